@@ -1,0 +1,46 @@
+"""jarvis-performance: run ONNX models fast from Python, on a Rust runtime built on tract.
+
+Load a model and run it::
+
+    import numpy as np
+    import jarvis_performance as jp
+
+    rt = jp.Runtime.load("models/digits_cnn.onnx")
+    logits = rt.infer(np.zeros((1, 1, 8, 8), np.float32))
+
+Errors are raised as :class:`JarvisError` subclasses (and ``FileNotFoundError`` for missing files).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ._native import (
+    CalibrationError,
+    ConfigError,
+    ImageError,
+    InputError,
+    JarvisError,
+    ModelLoadError,
+    Runtime,
+    TensorInfo,
+    UnsupportedOpError,
+    UpdateError,
+    __version__,
+)
+
+__all__ = [
+    "CalibrationError",
+    "ConfigError",
+    "ImageError",
+    "InputError",
+    "JarvisError",
+    "ModelLoadError",
+    "Runtime",
+    "TensorInfo",
+    "UnsupportedOpError",
+    "UpdateError",
+    "__version__",
+]
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())

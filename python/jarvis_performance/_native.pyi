@@ -1,0 +1,99 @@
+"""Type stubs of the compiled module ``jarvis_performance._native``."""
+
+from collections.abc import Mapping, Sequence
+from os import PathLike
+from typing import Any, overload
+
+import numpy.typing as npt
+
+__version__: str
+
+class JarvisError(Exception):
+    """Base class of every error jarvis-performance raises."""
+
+class ModelLoadError(JarvisError):
+    """The file is not a model the runtime can load."""
+
+class UnsupportedOpError(ModelLoadError):
+    """The model uses an operator the runtime does not implement."""
+
+class InputError(JarvisError):
+    """An input or output name, dtype, rank or shape is wrong."""
+
+class ConfigError(JarvisError):
+    """An option (threads, batch size, …) is invalid."""
+
+class UpdateError(JarvisError):
+    """A weight update was refused; the model is unchanged."""
+
+class CalibrationError(JarvisError):
+    """Calibration data is missing or unusable."""
+
+class ImageError(JarvisError):
+    """An image could not be read or decoded."""
+
+class TensorInfo:
+    """Name, shape and dtype of one model input or output."""
+
+    @property
+    def name(self) -> str:
+        """The ONNX tensor name."""
+    @property
+    def shape(self) -> tuple[int | None, ...]:
+        """The shape, with ``None`` for dynamic axes."""
+    @property
+    def dtype(self) -> str:
+        """The NumPy dtype name (``"float32"``, ``"int64"``, ``"bool"``, …)."""
+
+class TensorOwner:
+    """Keeps an output tensor alive while NumPy arrays view it (internal)."""
+
+class Runtime:
+    """A loaded ONNX model ready for inference; safe to call from many threads at once."""
+
+    @staticmethod
+    def load(path: str | PathLike[str], *, threads: int | None = None) -> Runtime:
+        """Load an ONNX file.
+
+        Args:
+            path: the ``.onnx`` file.
+            threads: threads used inside operators; defaults to ``JARVIS_PERF_THREADS``, else
+                every core.
+
+        Raises:
+            FileNotFoundError: the file does not exist.
+            ModelLoadError: the file is not a valid ONNX model tract can analyse.
+            UnsupportedOpError: the model uses an operator the runtime lacks.
+            ConfigError: ``threads`` is out of range.
+        """
+    @overload
+    def infer(self, x: Mapping[str, npt.ArrayLike]) -> dict[str, npt.NDArray[Any]]: ...
+    @overload
+    def infer(self, x: npt.ArrayLike) -> npt.NDArray[Any]: ...
+    def infer(self, x: Any) -> Any:
+        """Run the model.
+
+        An array feeds the model's only input and the first output is returned; a dict
+        ``{input name: array}`` feeds inputs by name and every output is returned in a dict.
+        The GIL is released while the model runs.
+
+        Raises:
+            InputError: unknown or missing input, wrong dtype, rank or shape.
+        """
+    def run(
+        self, output_names: Sequence[str] | None, input_feed: Mapping[str, npt.ArrayLike]
+    ) -> list[npt.NDArray[Any]]:
+        """onnxruntime-style: return the named outputs (all if ``None``) in the order asked."""
+    @property
+    def inputs(self) -> list[TensorInfo]:
+        """The model's inputs."""
+    @property
+    def outputs(self) -> list[TensorInfo]:
+        """The model's outputs."""
+    @property
+    def threads(self) -> int:
+        """Threads used inside operators."""
+
+def cli_main(argv: list[str]) -> int:
+    """Run the ``jarvis-perf`` command line with ``argv`` (program name first)."""
+

@@ -1,0 +1,170 @@
+//! The `jarvis-perf` command line: inspect, run and benchmark ONNX models without Python.
+//! The binary (`src/bin/jarvis-perf.rs`) and the Python console script both call [`main`].
+//! This module is the only place that uses `anyhow`.
+
+mod bench;
+mod npy;
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+use crate::runtime::{LoadOptions, Runtime};
+
+/// Run, inspect and benchmark ONNX models on jarvis-performance's runtime.
+#[derive(Debug, Parser)]
+#[command(name = "jarvis-perf", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print a model's inputs, outputs, operator counts and parameter count.
+    Inspect {
+        /// The ONNX file.
+        model: PathBuf,
+    },
+    /// Run a model once on inputs read from .npy files and print (or save) the outputs.
+    Run {
+        model: PathBuf,
+        /// `NAME=FILE.npy`, once per input; a bare `FILE.npy` is enough for a one-input model.
+        #[arg(long = "input", short = 'i', required = true)]
+        inputs: Vec<String>,
+        /// Write the first output to this .npy file.
+        #[arg(long, short = 'o')]
+        output: Option<PathBuf>,
+        /// Threads inside operators (default: JARVIS_PERF_THREADS, else every core).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+    /// Time inference on random inputs: median and p99 latency.
+    Bench {
+        model: PathBuf,
+        /// Size of dynamic leading (batch) axes.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Threads inside operators (default: JARVIS_PERF_THREADS, else every core).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Timed runs (after warm-up).
+        #[arg(long, default_value_t = 50)]
+        iterations: usize,
+        /// `NAME=D0xD1x…` fixes an input's whole shape (for models with dynamic non-batch axes).
+        #[arg(long = "shape")]
+        shapes: Vec<String>,
+    },
+}
+
+/// Entry point shared by the binary and the Python console script. `args[0]` is the program name.
+/// Errors print one line on stderr; the return value is the process exit code (0 on success,
+/// 1 on a failed command, 2 on bad arguments).
+pub fn main<I: IntoIterator<Item = String>>(args: I) -> u8 {
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(err) => {
+            // Help and --version are "errors" to clap; it prints them and picks the exit code.
+            let _ = err.print();
+            return if err.use_stderr() { 2 } else { 0 };
+        }
+    };
+    match execute(cli.command) {
+        Ok(()) => 0,
+        Err(err) => {
+            eprintln!("jarvis-perf: error: {err:#}");
+            1
+        }
+    }
+}
+
+fn execute(command: Command) -> Result<()> {
+    match command {
+        Command::Inspect { model } => inspect(&model),
+        Command::Run {
+            model,
+            inputs,
+            output,
+            threads,
+        } => run(&model, &inputs, output, threads),
+        Command::Bench {
+            model,
+            batch,
+            threads,
+            iterations,
+            shapes,
+        } => {
+            let runtime = Runtime::load(&model, &LoadOptions { threads })?;
+            bench::run(&runtime, batch, iterations, &shapes)
+        }
+    }
+}
+
+fn inspect(path: &std::path::Path) -> Result<()> {
+    let runtime = Runtime::load(path, &LoadOptions { threads: Some(1) })?;
+    let model = runtime.model();
+    let summary = &model.summary;
+    println!("model      {}", path.display());
+    println!("producer   {} (opset {})", summary.producer, summary.opset);
+    println!(
+        "parameters {} in {} tensors",
+        summary.parameters, summary.weight_tensors
+    );
+    println!("inputs");
+    for spec in &model.inputs {
+        println!("  {spec}");
+    }
+    println!("outputs");
+    for spec in &model.outputs {
+        println!("  {spec}");
+    }
+    println!(
+        "operators ({} nodes)",
+        summary.op_counts.values().sum::<usize>()
+    );
+    let mut counts: Vec<_> = summary.op_counts.iter().collect();
+    counts.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    for (op, count) in counts {
+        println!("  {count:>5}  {op}");
+    }
+    Ok(())
+}
+
+fn run(
+    path: &std::path::Path,
+    inputs: &[String],
+    output: Option<PathBuf>,
+    threads: Option<usize>,
+) -> Result<()> {
+    let runtime = Runtime::load(path, &LoadOptions { threads })?;
+    let mut feed = Vec::new();
+    for arg in inputs {
+        let (name, file) = match arg.split_once('=') {
+            Some((name, file)) => (name.to_string(), PathBuf::from(file)),
+            None if runtime.inputs().len() == 1 => {
+                (runtime.inputs()[0].name.clone(), PathBuf::from(arg))
+            }
+            None => bail!("--input {arg}: the model has several inputs, write NAME=FILE.npy"),
+        };
+        let Some(spec) = runtime.inputs().iter().find(|s| s.name == name) else {
+            let names: Vec<&str> = runtime.inputs().iter().map(|s| s.name.as_str()).collect();
+            bail!(
+                "--input {arg}: the model has no input {name:?} (inputs: {})",
+                names.join(", ")
+            );
+        };
+        let tensor = npy::read(&file, spec).with_context(|| format!("input {name:?}"))?;
+        feed.push((name, tensor));
+    }
+    let outputs = runtime.run_named(feed, None)?;
+    for (name, tensor) in &outputs {
+        println!("{name}: {:?} {:?}", tensor.datum_type(), tensor.shape());
+        println!("{}", npy::preview(tensor));
+    }
+    if let (Some(file), Some((name, tensor))) = (output, outputs.first()) {
+        npy::write(&file, tensor).with_context(|| format!("writing output {name:?}"))?;
+        println!("wrote {name} to {}", file.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,150 @@
+//! Loading ONNX files through tract: decoding, operator support, graph analysis, and the names
+//! and shapes of inputs and outputs.
+
+mod spec;
+mod summary;
+
+use std::path::Path;
+
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::ops::unimpl::UnimplementedOp;
+
+pub use spec::{ElementType, TensorSpec};
+pub use summary::ModelSummary;
+
+use crate::error::{chain, Error, Result};
+
+/// An ONNX model analysed by tract: the typed (float, un-optimised) graph with one node per ONNX
+/// operator (or per piece of an expanded operator), and its interface.
+#[derive(Debug, Clone)]
+pub struct OnnxModel {
+    /// Where the model came from, for messages.
+    pub source: String,
+    /// The typed graph; labels of its outlets are the ONNX tensor names.
+    pub typed: TypedModel,
+    pub inputs: Vec<TensorSpec>,
+    pub outputs: Vec<TensorSpec>,
+    pub summary: ModelSummary,
+}
+
+impl OnnxModel {
+    /// Reads and analyses an ONNX file. External-data files are looked up next to it.
+    pub fn load(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|source| match source.kind() {
+            std::io::ErrorKind::NotFound => Error::FileNotFound(path.to_path_buf()),
+            _ => Error::Io {
+                context: format!("reading {}", path.display()),
+                source,
+            },
+        })?;
+        let dir = path.parent().and_then(Path::to_str).map(str::to_owned);
+        Self::from_bytes(&bytes, &path.display().to_string(), dir.as_deref())
+    }
+
+    /// Analyses an ONNX model held in memory. `source` names it in messages; `dir` is where
+    /// external-data files live, if any.
+    pub fn from_bytes(bytes: &[u8], source: &str, dir: Option<&str>) -> Result<Self> {
+        let load_error = |reason: String| Error::ModelLoad {
+            path: source.to_string(),
+            reason,
+        };
+        if bytes.is_empty() {
+            return Err(load_error("the file is empty".into()));
+        }
+        let onnx = tract_onnx::onnx().with_ignore_output_shapes(true);
+        let proto = onnx
+            .proto_model_for_read(&mut &bytes[..])
+            .map_err(|e| load_error(format!("not a valid ONNX protobuf ({})", chain(&e))))?;
+        let Some(graph) = proto.graph.as_ref() else {
+            return Err(load_error(
+                "the protobuf holds no graph (is this an ONNX model?)".into(),
+            ));
+        };
+        let summary = ModelSummary::from_proto(&proto, graph);
+        let parsed = onnx.parse(&proto, dir).map_err(|e| load_error(chain(&e)))?;
+        if !parsed.unresolved_inputs.is_empty() {
+            return Err(load_error(format!(
+                "nodes read tensors that nothing produces: {}",
+                parsed.unresolved_inputs.join(", ")
+            )));
+        }
+        reject_unimplemented(&parsed.model)?;
+        let typed = parsed
+            .model
+            .into_typed()
+            .map_err(|e| load_error(chain(&e)))?;
+        let inputs = interface(
+            &typed,
+            typed.input_outlets().map_err(|e| load_error(chain(&e)))?,
+        )?;
+        let outputs = interface(
+            &typed,
+            typed.output_outlets().map_err(|e| load_error(chain(&e)))?,
+        )?;
+        if outputs.is_empty() {
+            return Err(load_error("the graph has no outputs".into()));
+        }
+        Ok(OnnxModel {
+            source: source.to_string(),
+            typed,
+            inputs,
+            outputs,
+            summary,
+        })
+    }
+
+    /// Position of the input called `name`.
+    pub fn input_index(&self, name: &str) -> Option<usize> {
+        self.inputs.iter().position(|s| s.name == name)
+    }
+
+    /// Position of the output called `name`.
+    pub fn output_index(&self, name: &str) -> Option<usize> {
+        self.outputs.iter().position(|s| s.name == name)
+    }
+}
+
+/// tract parses unknown operators into placeholders; refuse them here, naming the first one.
+fn reject_unimplemented(model: &InferenceModel) -> Result<()> {
+    let mut missing = model
+        .nodes()
+        .iter()
+        .filter(|n| n.op_is::<UnimplementedOp>());
+    let Some(first) = missing.next() else {
+        return Ok(());
+    };
+    let op_name = first.op.name();
+    let op_type = op_name
+        .strip_prefix("Unimplemented(")
+        .and_then(|s| s.strip_suffix(')'))
+        .unwrap_or(&op_name)
+        .to_string();
+    let others = missing.count();
+    let reason = if others > 0 {
+        format!("tract has no implementation; {others} more node(s) also unsupported")
+    } else {
+        "tract has no implementation".to_string()
+    };
+    Err(Error::UnsupportedOp {
+        node: first.name.clone(),
+        op_type,
+        reason,
+    })
+}
+
+fn interface(model: &TypedModel, outlets: &[OutletId]) -> Result<Vec<TensorSpec>> {
+    outlets
+        .iter()
+        .map(|&outlet| {
+            let name = model
+                .outlet_label(outlet)
+                .map(str::to_owned)
+                .unwrap_or_else(|| model.node(outlet.node).name.clone());
+            let fact = model.outlet_fact(outlet).map_err(|e| Error::ModelLoad {
+                path: name.clone(),
+                reason: chain(&e),
+            })?;
+            Ok(TensorSpec::from_fact(name, fact))
+        })
+        .collect()
+}

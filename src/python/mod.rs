@@ -1,0 +1,51 @@
+//! The PyO3 facade (`jarvis_performance._native`). Only argument conversion, error mapping and
+//! GIL handling live here; everything else is in the library.
+
+mod convert;
+mod errors;
+mod runtime;
+
+use pyo3::prelude::*;
+
+use crate::error::Result;
+
+/// Runs heavy work with the GIL released. Every long call from Python goes through here, so other
+/// Python threads keep running; errors become the matching Python exceptions.
+pub(crate) fn without_gil<T, F>(py: Python<'_>, work: F) -> PyResult<T>
+where
+    T: Send,
+    F: FnOnce() -> Result<T> + Send,
+{
+    py.detach(work).map_err(PyErr::from)
+}
+
+/// Runs the `jarvis-perf` command line with `argv` (program name first); returns the exit code.
+#[pyfunction]
+fn cli_main(py: Python<'_>, argv: Vec<String>) -> u8 {
+    py.detach(|| crate::cli::main(argv))
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_class::<runtime::PyRuntime>()?;
+    m.add_class::<runtime::PyTensorInfo>()?;
+    m.add_class::<convert::TensorOwner>()?;
+    m.add_function(wrap_pyfunction!(cli_main, m)?)?;
+    m.add("JarvisError", py.get_type::<errors::JarvisError>())?;
+    m.add("ModelLoadError", py.get_type::<errors::ModelLoadError>())?;
+    m.add(
+        "UnsupportedOpError",
+        py.get_type::<errors::UnsupportedOpError>(),
+    )?;
+    m.add("InputError", py.get_type::<errors::InputError>())?;
+    m.add("ConfigError", py.get_type::<errors::ConfigError>())?;
+    m.add("UpdateError", py.get_type::<errors::UpdateError>())?;
+    m.add(
+        "CalibrationError",
+        py.get_type::<errors::CalibrationError>(),
+    )?;
+    m.add("ImageError", py.get_type::<errors::ImageError>())?;
+    Ok(())
+}

@@ -1,0 +1,197 @@
+//! The Python `Runtime` class and `TensorInfo`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList, PyTuple};
+
+use super::convert::{tensor_from_py, tensor_to_py};
+use super::without_gil;
+use crate::error::Error;
+use crate::model::TensorSpec;
+use crate::runtime::{LoadOptions, Runtime};
+
+/// Name, shape and dtype of one model input or output.
+#[pyclass(frozen, module = "jarvis_performance._native", name = "TensorInfo")]
+pub struct PyTensorInfo(TensorSpec);
+
+#[pymethods]
+impl PyTensorInfo {
+    /// The ONNX tensor name.
+    #[getter]
+    fn name(&self) -> &str {
+        &self.0.name
+    }
+
+    /// The shape, with `None` for dynamic axes.
+    #[getter]
+    fn shape<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        PyTuple::new(py, self.0.shape.iter().copied())
+    }
+
+    /// The NumPy dtype name (`"float32"`, `"int64"`, `"bool"`, …).
+    #[getter]
+    fn dtype(&self) -> String {
+        self.0.type_name()
+    }
+
+    fn __repr__(&self) -> String {
+        let dims: Vec<String> = self
+            .0
+            .shape
+            .iter()
+            .map(|d| d.map_or_else(|| "None".to_string(), |n| n.to_string()))
+            .collect();
+        let shape = if dims.len() == 1 {
+            format!("({},)", dims[0])
+        } else {
+            format!("({})", dims.join(", "))
+        };
+        format!(
+            "TensorInfo(name={:?}, shape={shape}, dtype={:?})",
+            self.0.name,
+            self.0.type_name()
+        )
+    }
+}
+
+/// A loaded ONNX model ready for inference. Thread-safe: call it from any number of threads.
+#[pyclass(frozen, module = "jarvis_performance._native", name = "Runtime")]
+pub struct PyRuntime {
+    inner: Arc<Runtime>,
+}
+
+#[pymethods]
+impl PyRuntime {
+    /// Loads an ONNX file; `threads` defaults to `JARVIS_PERF_THREADS`, else every core.
+    #[staticmethod]
+    #[pyo3(signature = (path, *, threads = None))]
+    fn load(py: Python<'_>, path: PathBuf, threads: Option<usize>) -> PyResult<Self> {
+        let options = LoadOptions { threads };
+        let runtime = without_gil(py, move || Runtime::load(&path, &options))?;
+        Ok(PyRuntime {
+            inner: Arc::new(runtime),
+        })
+    }
+
+    /// Runs the model. An array feeds the only input and the first output comes back; a dict
+    /// `{input name: array}` feeds inputs by name and every output comes back as a dict.
+    fn infer<'py>(&self, py: Python<'py>, x: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        if let Ok(feed) = x.cast::<PyDict>() {
+            let outputs = self.run_feed(py, feed, None)?;
+            let result = PyDict::new(py);
+            for (name, tensor) in outputs {
+                let array = tensor_to_py(py, &name, tensor)?;
+                result.set_item(name, array)?;
+            }
+            return Ok(result.into_any());
+        }
+        let inputs = self.inner.inputs();
+        if inputs.len() != 1 {
+            let names: Vec<&str> = inputs.iter().map(|s| s.name.as_str()).collect();
+            return Err(Error::input(
+                names.join(", "),
+                format!(
+                    "the model takes {} inputs; pass a dict {{name: array}}",
+                    names.len()
+                ),
+            )
+            .into());
+        }
+        let tensor = tensor_from_py(x, &inputs[0])?;
+        let runtime = Arc::clone(&self.inner);
+        let mut outputs = without_gil(py, move || runtime.run(vec![tensor]))?;
+        let first = outputs.swap_remove(0);
+        tensor_to_py(py, &self.inner.outputs()[0].name, first)
+    }
+
+    /// onnxruntime-style: `run(output_names or None, {input name: array})` → list of arrays.
+    #[pyo3(signature = (output_names, input_feed))]
+    fn run<'py>(
+        &self,
+        py: Python<'py>,
+        output_names: Option<Vec<String>>,
+        input_feed: &Bound<'py, PyDict>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let outputs = self.run_feed(py, input_feed, output_names)?;
+        let arrays = outputs
+            .into_iter()
+            .map(|(name, tensor)| tensor_to_py(py, &name, tensor))
+            .collect::<PyResult<Vec<_>>>()?;
+        PyList::new(py, arrays)
+    }
+
+    /// The model's inputs.
+    #[getter]
+    fn inputs(&self) -> Vec<PyTensorInfo> {
+        self.inner
+            .inputs()
+            .iter()
+            .cloned()
+            .map(PyTensorInfo)
+            .collect()
+    }
+
+    /// The model's outputs.
+    #[getter]
+    fn outputs(&self) -> Vec<PyTensorInfo> {
+        self.inner
+            .outputs()
+            .iter()
+            .cloned()
+            .map(PyTensorInfo)
+            .collect()
+    }
+
+    /// Threads used inside operators.
+    #[getter]
+    fn threads(&self) -> usize {
+        self.inner.threads()
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Runtime({:?}, threads={})",
+            self.inner.model().source,
+            self.inner.threads()
+        )
+    }
+}
+
+impl PyRuntime {
+    fn run_feed(
+        &self,
+        py: Python<'_>,
+        feed: &Bound<'_, PyDict>,
+        output_names: Option<Vec<String>>,
+    ) -> PyResult<Vec<(String, tract_onnx::prelude::Tensor)>> {
+        let mut tensors = Vec::with_capacity(feed.len());
+        for (key, value) in feed.iter() {
+            let name: String = key
+                .extract()
+                .map_err(|_| Error::input(key.to_string(), "input names must be strings"))?;
+            let Some(spec) = self.inner.inputs().iter().find(|s| s.name == name) else {
+                let names: Vec<&str> = self
+                    .inner
+                    .inputs()
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect();
+                return Err(Error::input(
+                    name,
+                    format!(
+                        "the model has no such input; its inputs are {}",
+                        names.join(", ")
+                    ),
+                )
+                .into());
+            };
+            tensors.push((name, tensor_from_py(&value, spec)?));
+        }
+        let runtime = Arc::clone(&self.inner);
+        without_gil(py, move || {
+            runtime.run_named(tensors, output_names.as_deref())
+        })
+    }
+}

@@ -1,0 +1,262 @@
+//! [`Runtime`]: the one object users hold. It owns the analysed model and a runnable tract plan,
+//! validates every call's inputs against the model's interface, and runs the plan.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::RunOptions;
+use tract_onnx::tract_core::tract_linalg::multithread::Executor;
+
+use crate::error::{catch_panics, chain, Error, Result};
+use crate::model::{ElementType, OnnxModel, TensorSpec};
+
+/// Environment variable that sets the default thread count.
+pub const THREADS_ENV: &str = "JARVIS_PERF_THREADS";
+
+/// Options of [`Runtime::load`].
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// Threads used inside operators; `None` reads `JARVIS_PERF_THREADS`, else uses every core.
+    pub threads: Option<usize>,
+}
+
+/// A loaded model ready to run. `Runtime` is `Send + Sync`: any number of threads may call
+/// [`Runtime::run`] at once; each call gets its own execution state.
+#[derive(Debug)]
+pub struct Runtime {
+    model: OnnxModel,
+    plan: Arc<TypedSimplePlan>,
+    threads: usize,
+}
+
+impl Runtime {
+    /// Loads an ONNX file and prepares its float plan.
+    pub fn load(path: &Path, options: &LoadOptions) -> Result<Self> {
+        catch_panics("loading the model", || {
+            let model = OnnxModel::load(path)?;
+            Self::from_model(model, options)
+        })
+    }
+
+    /// Prepares the float plan of an already analysed model.
+    pub fn from_model(model: OnnxModel, options: &LoadOptions) -> Result<Self> {
+        let threads = resolve_threads(options.threads)?;
+        let executor = executor(threads)?;
+        let plan = catch_panics("optimising the model", || {
+            model
+                .typed
+                .clone()
+                .into_optimized()
+                .and_then(|m| {
+                    m.into_runnable_with_options(&RunOptions {
+                        executor: Some(executor),
+                        ..Default::default()
+                    })
+                })
+                .map_err(|e| Error::ModelLoad {
+                    path: model.source.clone(),
+                    reason: chain(&e),
+                })
+        })?;
+        log::debug!("prepared {} with {threads} thread(s)", model.source);
+        Ok(Runtime {
+            model,
+            plan,
+            threads,
+        })
+    }
+
+    /// The analysed model this runtime was built from.
+    pub fn model(&self) -> &OnnxModel {
+        &self.model
+    }
+
+    pub fn inputs(&self) -> &[TensorSpec] {
+        &self.model.inputs
+    }
+
+    pub fn outputs(&self) -> &[TensorSpec] {
+        &self.model.outputs
+    }
+
+    /// Threads used inside operators.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Runs the model on inputs given in the model's input order; returns every output, in order.
+    pub fn run(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>> {
+        if inputs.len() != self.model.inputs.len() {
+            let names: Vec<&str> = self.model.inputs.iter().map(|s| s.name.as_str()).collect();
+            return Err(Error::input(
+                names.join(", "),
+                format!(
+                    "the model takes {} input(s), {} given",
+                    names.len(),
+                    inputs.len()
+                ),
+            ));
+        }
+        for (spec, tensor) in self.model.inputs.iter().zip(&inputs) {
+            check_input(spec, tensor)?;
+        }
+        let values: TVec<TValue> = inputs.into_iter().map(TValue::from).collect();
+        let outputs = catch_panics("inference", || {
+            self.plan
+                .run(values)
+                .map_err(|e| Error::Inference(chain(&e)))
+        })?;
+        Ok(outputs.into_iter().map(TValue::into_tensor).collect())
+    }
+
+    /// Runs the model on inputs given by name; returns the requested outputs (all if `None`) in
+    /// the order asked, each with its name.
+    pub fn run_named(
+        &self,
+        feed: Vec<(String, Tensor)>,
+        output_names: Option<&[String]>,
+    ) -> Result<Vec<(String, Tensor)>> {
+        let selected = self.output_positions(output_names)?;
+        let mut ordered: Vec<Option<Tensor>> = vec![None; self.model.inputs.len()];
+        for (name, tensor) in feed {
+            let Some(ix) = self.model.input_index(&name) else {
+                return Err(Error::input(
+                    name,
+                    format!(
+                        "the model has no such input; its inputs are {}",
+                        self.input_names()
+                    ),
+                ));
+            };
+            ordered[ix] = Some(tensor);
+        }
+        let inputs = ordered
+            .into_iter()
+            .zip(&self.model.inputs)
+            .map(|(t, spec)| t.ok_or_else(|| Error::input(&spec.name, "missing from the feed")))
+            .collect::<Result<Vec<_>>>()?;
+        let mut outputs: Vec<Option<Tensor>> = self.run(inputs)?.into_iter().map(Some).collect();
+        selected
+            .into_iter()
+            .map(|ix| {
+                let tensor = outputs[ix].take().ok_or_else(|| Error::Output {
+                    name: self.model.outputs[ix].name.clone(),
+                    reason: "requested twice".into(),
+                })?;
+                Ok((self.model.outputs[ix].name.clone(), tensor))
+            })
+            .collect()
+    }
+
+    fn output_positions(&self, names: Option<&[String]>) -> Result<Vec<usize>> {
+        let Some(names) = names else {
+            return Ok((0..self.model.outputs.len()).collect());
+        };
+        names
+            .iter()
+            .map(|name| {
+                self.model.output_index(name).ok_or_else(|| Error::Output {
+                    name: name.clone(),
+                    reason: format!(
+                        "the model has no such output; its outputs are {}",
+                        self.model
+                            .outputs
+                            .iter()
+                            .map(|s| s.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                })
+            })
+            .collect()
+    }
+
+    fn input_names(&self) -> String {
+        self.model
+            .inputs
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// Checks one input tensor against the model's declaration: element type, rank, fixed axes.
+pub fn check_input(spec: &TensorSpec, tensor: &Tensor) -> Result<()> {
+    let Some(expected) = spec.element_type else {
+        return Err(Error::input(
+            &spec.name,
+            format!("element type {:?} cannot be passed in", spec.datum_type),
+        ));
+    };
+    if tensor.datum_type() != expected.datum_type() {
+        let got = ElementType::from_datum_type(tensor.datum_type()).map_or_else(
+            || format!("{:?}", tensor.datum_type()),
+            |t| t.name().to_string(),
+        );
+        return Err(Error::input(
+            &spec.name,
+            format!("expected dtype {expected}, got {got}"),
+        ));
+    }
+    let shape = tensor.shape();
+    if shape.len() != spec.shape.len() {
+        return Err(Error::input(
+            &spec.name,
+            format!(
+                "expected rank {} (shape {}), got rank {} (shape {:?})",
+                spec.shape.len(),
+                spec.shape_text(),
+                shape.len(),
+                shape
+            ),
+        ));
+    }
+    for (axis, (want, &got)) in spec.shape.iter().zip(shape).enumerate() {
+        if let Some(want) = want {
+            if *want != got {
+                return Err(Error::input(
+                    &spec.name,
+                    format!(
+                        "axis {axis} must be {want} (shape {}), got shape {shape:?}",
+                        spec.shape_text()
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The thread count to use: the explicit option, else `JARVIS_PERF_THREADS`, else every core.
+pub fn resolve_threads(requested: Option<usize>) -> Result<usize> {
+    let threads = match requested {
+        Some(n) => n,
+        None => match std::env::var(THREADS_ENV) {
+            Ok(text) => text.trim().parse::<usize>().map_err(|_| {
+                Error::config(THREADS_ENV, format!("{text:?} is not a whole number"))
+            })?,
+            Err(_) => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        },
+    };
+    if threads == 0 || threads > 1024 {
+        return Err(Error::config(
+            "threads",
+            format!("{threads} is not in 1..=1024"),
+        ));
+    }
+    Ok(threads)
+}
+
+fn executor(threads: usize) -> Result<Executor> {
+    if threads == 1 {
+        return Ok(Executor::SingleThread);
+    }
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("jarvis-perf-{i}"))
+        .build()
+        .map_err(|e| Error::config("threads", format!("cannot start {threads} threads: {e}")))?;
+    Ok(Executor::MultiThread(Arc::new(pool)))
+}
