@@ -24,11 +24,7 @@ pub enum Error {
 
     /// The graph uses an operator tract does not implement.
     #[error("unsupported operator {op_type} at node {node:?}{}", hint(.reason))]
-    UnsupportedOp {
-        node: String,
-        op_type: String,
-        reason: String,
-    },
+    UnsupportedOp { node: String, op_type: String, reason: String },
 
     /// A caller-supplied input is wrong: unknown name, missing, wrong dtype, rank or shape.
     #[error("input {name:?}: {reason}")]
@@ -61,17 +57,11 @@ fn hint(reason: &str) -> String {
 
 impl Error {
     pub(crate) fn input(name: impl Into<String>, reason: impl Into<String>) -> Self {
-        Error::Input {
-            name: name.into(),
-            reason: reason.into(),
-        }
+        Error::Input { name: name.into(), reason: reason.into() }
     }
 
     pub(crate) fn config(option: impl Into<String>, reason: impl Into<String>) -> Self {
-        Error::Config {
-            option: option.into(),
-            reason: reason.into(),
-        }
+        Error::Config { option: option.into(), reason: reason.into() }
     }
 }
 

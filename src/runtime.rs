@@ -1,6 +1,7 @@
 //! [`Runtime`]: the one object users hold. It owns the analysed model and a runnable tract plan,
 //! validates every call's inputs against the model's interface, and runs the plan.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -54,17 +55,10 @@ impl Runtime {
                         ..Default::default()
                     })
                 })
-                .map_err(|e| Error::ModelLoad {
-                    path: model.source.clone(),
-                    reason: chain(&e),
-                })
+                .map_err(|e| Error::ModelLoad { path: model.source.clone(), reason: chain(&e) })
         })?;
         log::debug!("prepared {} with {threads} thread(s)", model.source);
-        Ok(Runtime {
-            model,
-            plan,
-            threads,
-        })
+        Ok(Runtime { model, plan, threads })
     }
 
     /// The analysed model this runtime was built from.
@@ -91,23 +85,34 @@ impl Runtime {
             let names: Vec<&str> = self.model.inputs.iter().map(|s| s.name.as_str()).collect();
             return Err(Error::input(
                 names.join(", "),
-                format!(
-                    "the model takes {} input(s), {} given",
-                    names.len(),
-                    inputs.len()
-                ),
+                format!("the model takes {} input(s), {} given", names.len(), inputs.len()),
             ));
         }
+        let mut bound: HashMap<&str, (usize, &str)> = HashMap::new();
         for (spec, tensor) in self.model.inputs.iter().zip(&inputs) {
             check_input(spec, tensor)?;
+            for (symbol, &size) in spec.symbols.iter().zip(tensor.shape()) {
+                let Some(symbol) = symbol else { continue };
+                match bound.get(symbol.as_str()) {
+                    Some(&(other, other_input)) if other != size => {
+                        return Err(Error::input(
+                            &spec.name,
+                            format!(
+                                "axis {symbol:?} is {size} here but {other} in input {other_input:?}"
+                            ),
+                        ));
+                    }
+                    _ => {
+                        bound.insert(symbol, (size, &spec.name));
+                    }
+                }
+            }
         }
         let values: TVec<TValue> = inputs.into_iter().map(TValue::from).collect();
         let outputs = catch_panics("inference", || {
-            self.plan
-                .run(values)
-                .map_err(|e| Error::Inference(chain(&e)))
+            self.plan.run(values).map_err(|e| Error::Inference(chain(&e)))
         })?;
-        Ok(outputs.into_iter().map(TValue::into_tensor).collect())
+        outputs.into_iter().map(exchangeable).collect()
     }
 
     /// Runs the model on inputs given by name; returns the requested outputs (all if `None`) in
@@ -123,10 +128,7 @@ impl Runtime {
             let Some(ix) = self.model.input_index(&name) else {
                 return Err(Error::input(
                     name,
-                    format!(
-                        "the model has no such input; its inputs are {}",
-                        self.input_names()
-                    ),
+                    format!("the model has no such input; its inputs are {}", self.input_names()),
                 ));
             };
             ordered[ix] = Some(tensor);
@@ -173,13 +175,20 @@ impl Runtime {
     }
 
     fn input_names(&self) -> String {
-        self.model
-            .inputs
-            .iter()
-            .map(|s| s.name.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
+        self.model.inputs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
     }
+}
+
+/// Casts tract-internal element types to what callers exchange (symbolic dims → int64).
+fn exchangeable(value: TValue) -> Result<Tensor> {
+    let tensor = value.into_tensor();
+    if tensor.datum_type() != DatumType::TDim {
+        return Ok(tensor);
+    }
+    tensor
+        .cast_to::<i64>()
+        .map(|t| t.into_owned())
+        .map_err(|e| Error::Inference(format!("a shape output is not a whole number: {e:#}")))
 }
 
 /// Checks one input tensor against the model's declaration: element type, rank, fixed axes.
@@ -191,14 +200,9 @@ pub fn check_input(spec: &TensorSpec, tensor: &Tensor) -> Result<()> {
         ));
     };
     if tensor.datum_type() != expected.datum_type() {
-        let got = ElementType::from_datum_type(tensor.datum_type()).map_or_else(
-            || format!("{:?}", tensor.datum_type()),
-            |t| t.name().to_string(),
-        );
-        return Err(Error::input(
-            &spec.name,
-            format!("expected dtype {expected}, got {got}"),
-        ));
+        let got = ElementType::from_datum_type(tensor.datum_type())
+            .map_or_else(|| format!("{:?}", tensor.datum_type()), |t| t.name().to_string());
+        return Err(Error::input(&spec.name, format!("expected dtype {expected}, got {got}")));
     }
     let shape = tensor.shape();
     if shape.len() != spec.shape.len() {
@@ -241,10 +245,7 @@ pub fn resolve_threads(requested: Option<usize>) -> Result<usize> {
         },
     };
     if threads == 0 || threads > 1024 {
-        return Err(Error::config(
-            "threads",
-            format!("{threads} is not in 1..=1024"),
-        ));
+        return Err(Error::config("threads", format!("{threads} is not in 1..=1024")));
     }
     Ok(threads)
 }

@@ -78,9 +78,7 @@ fn random_input(spec: &TensorSpec, batch: usize, shapes: &[String]) -> Result<Te
         // but all-zero inputs could take fast paths real data never takes.
         let mut state = 0x9E37_79B9_7F4A_7C15u64;
         for x in tensor.try_as_plain_ram_mut()?.as_slice_mut::<f32>()? {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             *x = (state >> 40) as f32 / (1u64 << 24) as f32;
         }
     }
@@ -96,8 +94,7 @@ fn explicit_shape(name: &str, shapes: &[String]) -> Result<Option<Vec<usize>>> {
             return dims
                 .split('x')
                 .map(|d| {
-                    d.parse::<usize>()
-                        .with_context(|| format!("--shape {arg}: bad dim {d:?}"))
+                    d.parse::<usize>().with_context(|| format!("--shape {arg}: bad dim {d:?}"))
                 })
                 .collect::<Result<Vec<_>>>()
                 .map(Some);

@@ -82,19 +82,8 @@ pub fn main<I: IntoIterator<Item = String>>(args: I) -> u8 {
 fn execute(command: Command) -> Result<()> {
     match command {
         Command::Inspect { model } => inspect(&model),
-        Command::Run {
-            model,
-            inputs,
-            output,
-            threads,
-        } => run(&model, &inputs, output, threads),
-        Command::Bench {
-            model,
-            batch,
-            threads,
-            iterations,
-            shapes,
-        } => {
+        Command::Run { model, inputs, output, threads } => run(&model, &inputs, output, threads),
+        Command::Bench { model, batch, threads, iterations, shapes } => {
             let runtime = Runtime::load(&model, &LoadOptions { threads })?;
             bench::run(&runtime, batch, iterations, &shapes)
         }
@@ -107,10 +96,7 @@ fn inspect(path: &std::path::Path) -> Result<()> {
     let summary = &model.summary;
     println!("model      {}", path.display());
     println!("producer   {} (opset {})", summary.producer, summary.opset);
-    println!(
-        "parameters {} in {} tensors",
-        summary.parameters, summary.weight_tensors
-    );
+    println!("parameters {} in {} tensors", summary.parameters, summary.weight_tensors);
     println!("inputs");
     for spec in &model.inputs {
         println!("  {spec}");
@@ -119,10 +105,7 @@ fn inspect(path: &std::path::Path) -> Result<()> {
     for spec in &model.outputs {
         println!("  {spec}");
     }
-    println!(
-        "operators ({} nodes)",
-        summary.op_counts.values().sum::<usize>()
-    );
+    println!("operators ({} nodes)", summary.op_counts.values().sum::<usize>());
     let mut counts: Vec<_> = summary.op_counts.iter().collect();
     counts.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
     for (op, count) in counts {
@@ -149,10 +132,7 @@ fn run(
         };
         let Some(spec) = runtime.inputs().iter().find(|s| s.name == name) else {
             let names: Vec<&str> = runtime.inputs().iter().map(|s| s.name.as_str()).collect();
-            bail!(
-                "--input {arg}: the model has no input {name:?} (inputs: {})",
-                names.join(", ")
-            );
+            bail!("--input {arg}: the model has no input {name:?} (inputs: {})", names.join(", "));
         };
         let tensor = npy::read(&file, spec).with_context(|| format!("input {name:?}"))?;
         feed.push((name, tensor));

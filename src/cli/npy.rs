@@ -31,10 +31,7 @@ pub fn read(path: &Path, spec: &TensorSpec) -> Result<Tensor> {
 /// Writes `tensor` to `path` as `.npy`.
 pub fn write(path: &Path, tensor: &Tensor) -> Result<()> {
     let Some(element) = ElementType::from_datum_type(tensor.datum_type()) else {
-        bail!(
-            "a {:?} tensor cannot be written to .npy",
-            tensor.datum_type()
-        );
+        bail!("a {:?} tensor cannot be written to .npy", tensor.datum_type());
     };
     let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
     with_element_type!(element, T => {

@@ -32,10 +32,7 @@ impl OnnxModel {
     pub fn load(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|source| match source.kind() {
             std::io::ErrorKind::NotFound => Error::FileNotFound(path.to_path_buf()),
-            _ => Error::Io {
-                context: format!("reading {}", path.display()),
-                source,
-            },
+            _ => Error::Io { context: format!("reading {}", path.display()), source },
         })?;
         let dir = path.parent().and_then(Path::to_str).map(str::to_owned);
         Self::from_bytes(&bytes, &path.display().to_string(), dir.as_deref())
@@ -44,10 +41,7 @@ impl OnnxModel {
     /// Analyses an ONNX model held in memory. `source` names it in messages; `dir` is where
     /// external-data files live, if any.
     pub fn from_bytes(bytes: &[u8], source: &str, dir: Option<&str>) -> Result<Self> {
-        let load_error = |reason: String| Error::ModelLoad {
-            path: source.to_string(),
-            reason,
-        };
+        let load_error = |reason: String| Error::ModelLoad { path: source.to_string(), reason };
         if bytes.is_empty() {
             return Err(load_error("the file is empty".into()));
         }
@@ -56,9 +50,7 @@ impl OnnxModel {
             .proto_model_for_read(&mut &bytes[..])
             .map_err(|e| load_error(format!("not a valid ONNX protobuf ({})", chain(&e))))?;
         let Some(graph) = proto.graph.as_ref() else {
-            return Err(load_error(
-                "the protobuf holds no graph (is this an ONNX model?)".into(),
-            ));
+            return Err(load_error("the protobuf holds no graph (is this an ONNX model?)".into()));
         };
         let summary = ModelSummary::from_proto(&proto, graph);
         let parsed = onnx.parse(&proto, dir).map_err(|e| load_error(chain(&e)))?;
@@ -69,28 +61,23 @@ impl OnnxModel {
             )));
         }
         reject_unimplemented(&parsed.model)?;
-        let typed = parsed
-            .model
-            .into_typed()
-            .map_err(|e| load_error(chain(&e)))?;
-        let inputs = interface(
-            &typed,
-            typed.input_outlets().map_err(|e| load_error(chain(&e)))?,
-        )?;
-        let outputs = interface(
-            &typed,
-            typed.output_outlets().map_err(|e| load_error(chain(&e)))?,
-        )?;
+        let typed = parsed.model.into_typed().map_err(|e| load_error(chain(&e)))?;
+        let initializers: Vec<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
+        let input_names = graph
+            .input
+            .iter()
+            .map(|i| i.name.clone())
+            .filter(|name| !initializers.contains(&name.as_str()))
+            .collect();
+        let output_names = graph.output.iter().map(|o| o.name.clone()).collect();
+        let outlets = typed.input_outlets().map_err(|e| load_error(chain(&e)))?;
+        let inputs = interface(&typed, outlets, input_names)?;
+        let outlets = typed.output_outlets().map_err(|e| load_error(chain(&e)))?;
+        let outputs = interface(&typed, outlets, output_names)?;
         if outputs.is_empty() {
             return Err(load_error("the graph has no outputs".into()));
         }
-        Ok(OnnxModel {
-            source: source.to_string(),
-            typed,
-            inputs,
-            outputs,
-            summary,
-        })
+        Ok(OnnxModel { source: source.to_string(), typed, inputs, outputs, summary })
     }
 
     /// Position of the input called `name`.
@@ -106,10 +93,7 @@ impl OnnxModel {
 
 /// tract parses unknown operators into placeholders; refuse them here, naming the first one.
 fn reject_unimplemented(model: &InferenceModel) -> Result<()> {
-    let mut missing = model
-        .nodes()
-        .iter()
-        .filter(|n| n.op_is::<UnimplementedOp>());
+    let mut missing = model.nodes().iter().filter(|n| n.op_is::<UnimplementedOp>());
     let Some(first) = missing.next() else {
         return Ok(());
     };
@@ -125,25 +109,33 @@ fn reject_unimplemented(model: &InferenceModel) -> Result<()> {
     } else {
         "tract has no implementation".to_string()
     };
-    Err(Error::UnsupportedOp {
-        node: first.name.clone(),
-        op_type,
-        reason,
-    })
+    Err(Error::UnsupportedOp { node: first.name.clone(), op_type, reason })
 }
 
-fn interface(model: &TypedModel, outlets: &[OutletId]) -> Result<Vec<TensorSpec>> {
+/// Specs of the model's input or output outlets. Names come from the ONNX graph when it lists
+/// one per outlet: tract labels an outlet with the last tensor name it carries, so a graph input
+/// that flows unchanged into an output would otherwise be named after the output.
+fn interface(
+    model: &TypedModel,
+    outlets: &[OutletId],
+    onnx_names: Vec<String>,
+) -> Result<Vec<TensorSpec>> {
+    let use_onnx_names = onnx_names.len() == outlets.len();
     outlets
         .iter()
-        .map(|&outlet| {
-            let name = model
-                .outlet_label(outlet)
-                .map(str::to_owned)
-                .unwrap_or_else(|| model.node(outlet.node).name.clone());
-            let fact = model.outlet_fact(outlet).map_err(|e| Error::ModelLoad {
-                path: name.clone(),
-                reason: chain(&e),
-            })?;
+        .enumerate()
+        .map(|(ix, &outlet)| {
+            let name = if use_onnx_names {
+                onnx_names[ix].clone()
+            } else {
+                model
+                    .outlet_label(outlet)
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| model.node(outlet.node).name.clone())
+            };
+            let fact = model
+                .outlet_fact(outlet)
+                .map_err(|e| Error::ModelLoad { path: name.clone(), reason: chain(&e) })?;
             Ok(TensorSpec::from_fact(name, fact))
         })
         .collect()

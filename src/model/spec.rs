@@ -81,9 +81,7 @@ impl ElementType {
 
     /// The element type for a tract datum type, if callers can exchange it.
     pub fn from_datum_type(dt: DatumType) -> Option<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|t| t.datum_type() == dt.unquantized())
+        Self::ALL.into_iter().find(|t| t.datum_type() == dt.unquantized())
     }
 }
 
@@ -98,6 +96,9 @@ impl fmt::Display for ElementType {
 pub struct TensorSpec {
     pub name: String,
     pub shape: Vec<Option<usize>>,
+    /// For each axis, the name of its symbol when the axis is one plain symbol (`batch`).
+    /// Inputs sharing a symbol must agree on its value.
+    pub symbols: Vec<Option<String>>,
     /// `None` for a type callers cannot exchange (strings, complex numbers, …).
     pub element_type: Option<ElementType>,
     /// The tract datum type, kept for messages about unusual types.
@@ -111,9 +112,18 @@ impl TensorSpec {
             .iter()
             .map(|d| d.to_i64().ok().and_then(|n| usize::try_from(n).ok()))
             .collect();
+        let symbols = fact
+            .shape
+            .iter()
+            .map(|d| match d {
+                TDim::Sym(symbol) => Some(symbol.to_string()),
+                _ => None,
+            })
+            .collect();
         TensorSpec {
             name,
             shape,
+            symbols,
             element_type: ElementType::from_datum_type(fact.datum_type),
             datum_type: fact.datum_type,
         }
@@ -140,13 +150,7 @@ impl TensorSpec {
 
 impl fmt::Display for TensorSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}: {} {}",
-            self.name,
-            self.type_name(),
-            self.shape_text()
-        )
+        write!(f, "{}: {} {}", self.name, self.type_name(), self.shape_text())
     }
 }
 
@@ -162,6 +166,7 @@ mod tests {
         }
         assert_eq!(ElementType::from_name("string"), None);
         assert_eq!(ElementType::from_datum_type(DatumType::String), None);
+        assert_eq!(ElementType::from_datum_type(DatumType::TDim), Some(ElementType::I64));
     }
 }
 

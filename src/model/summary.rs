@@ -48,10 +48,8 @@ impl ModelSummary {
     }
 
     fn add_weight(&mut self, tensor: &pb::TensorProto) {
-        let elements = tensor
-            .dims
-            .iter()
-            .try_fold(1u64, |acc, &d| acc.checked_mul(u64::try_from(d).ok()?));
+        let elements =
+            tensor.dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(u64::try_from(d).ok()?));
         self.parameters = self.parameters.saturating_add(elements.unwrap_or(0));
         self.weight_tensors += 1;
     }

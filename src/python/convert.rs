@@ -35,11 +35,7 @@ pub fn tensor_from_py(obj: &Bound<'_, PyAny>, spec: &TensorSpec) -> PyResult<Ten
         }
     };
     let Some(element) = element_type_of(&array) else {
-        let dtype = array
-            .dtype()
-            .str()
-            .map(|s| s.to_string())
-            .unwrap_or_default();
+        let dtype = array.dtype().str().map(|s| s.to_string()).unwrap_or_default();
         let want = spec.type_name();
         return Err(Error::input(&spec.name, format!("expected dtype {want}, got {dtype}")).into());
     };
@@ -67,10 +63,7 @@ fn element_type_of(array: &Bound<'_, PyUntypedArray>) -> Option<ElementType> {
 }
 
 fn type_name(obj: &Bound<'_, PyAny>) -> String {
-    obj.get_type()
-        .name()
-        .map(|n| n.to_string())
-        .unwrap_or_else(|_| "object".into())
+    obj.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "object".into())
 }
 
 /// Keeps an output tensor alive for as long as NumPy arrays view it.
@@ -86,10 +79,7 @@ pub fn tensor_to_py<'py>(
     let Some(element) = ElementType::from_datum_type(tensor.datum_type()) else {
         return Err(Error::Output {
             name: name.to_string(),
-            reason: format!(
-                "element type {:?} cannot be returned to NumPy",
-                tensor.datum_type()
-            ),
+            reason: format!("element type {:?} cannot be returned to NumPy", tensor.datum_type()),
         }
         .into());
     };

@@ -35,17 +35,11 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(cli_main, m)?)?;
     m.add("JarvisError", py.get_type::<errors::JarvisError>())?;
     m.add("ModelLoadError", py.get_type::<errors::ModelLoadError>())?;
-    m.add(
-        "UnsupportedOpError",
-        py.get_type::<errors::UnsupportedOpError>(),
-    )?;
+    m.add("UnsupportedOpError", py.get_type::<errors::UnsupportedOpError>())?;
     m.add("InputError", py.get_type::<errors::InputError>())?;
     m.add("ConfigError", py.get_type::<errors::ConfigError>())?;
     m.add("UpdateError", py.get_type::<errors::UpdateError>())?;
-    m.add(
-        "CalibrationError",
-        py.get_type::<errors::CalibrationError>(),
-    )?;
+    m.add("CalibrationError", py.get_type::<errors::CalibrationError>())?;
     m.add("ImageError", py.get_type::<errors::ImageError>())?;
     Ok(())
 }

@@ -48,11 +48,7 @@ impl PyTensorInfo {
         } else {
             format!("({})", dims.join(", "))
         };
-        format!(
-            "TensorInfo(name={:?}, shape={shape}, dtype={:?})",
-            self.0.name,
-            self.0.type_name()
-        )
+        format!("TensorInfo(name={:?}, shape={shape}, dtype={:?})", self.0.name, self.0.type_name())
     }
 }
 
@@ -70,9 +66,7 @@ impl PyRuntime {
     fn load(py: Python<'_>, path: PathBuf, threads: Option<usize>) -> PyResult<Self> {
         let options = LoadOptions { threads };
         let runtime = without_gil(py, move || Runtime::load(&path, &options))?;
-        Ok(PyRuntime {
-            inner: Arc::new(runtime),
-        })
+        Ok(PyRuntime { inner: Arc::new(runtime) })
     }
 
     /// Runs the model. An array feeds the only input and the first output comes back; a dict
@@ -92,10 +86,7 @@ impl PyRuntime {
             let names: Vec<&str> = inputs.iter().map(|s| s.name.as_str()).collect();
             return Err(Error::input(
                 names.join(", "),
-                format!(
-                    "the model takes {} inputs; pass a dict {{name: array}}",
-                    names.len()
-                ),
+                format!("the model takes {} inputs; pass a dict {{name: array}}", names.len()),
             )
             .into());
         }
@@ -125,23 +116,13 @@ impl PyRuntime {
     /// The model's inputs.
     #[getter]
     fn inputs(&self) -> Vec<PyTensorInfo> {
-        self.inner
-            .inputs()
-            .iter()
-            .cloned()
-            .map(PyTensorInfo)
-            .collect()
+        self.inner.inputs().iter().cloned().map(PyTensorInfo).collect()
     }
 
     /// The model's outputs.
     #[getter]
     fn outputs(&self) -> Vec<PyTensorInfo> {
-        self.inner
-            .outputs()
-            .iter()
-            .cloned()
-            .map(PyTensorInfo)
-            .collect()
+        self.inner.outputs().iter().cloned().map(PyTensorInfo).collect()
     }
 
     /// Threads used inside operators.
@@ -151,11 +132,7 @@ impl PyRuntime {
     }
 
     fn __repr__(&self) -> String {
-        format!(
-            "Runtime({:?}, threads={})",
-            self.inner.model().source,
-            self.inner.threads()
-        )
+        format!("Runtime({:?}, threads={})", self.inner.model().source, self.inner.threads())
     }
 }
 
@@ -172,26 +149,17 @@ impl PyRuntime {
                 .extract()
                 .map_err(|_| Error::input(key.to_string(), "input names must be strings"))?;
             let Some(spec) = self.inner.inputs().iter().find(|s| s.name == name) else {
-                let names: Vec<&str> = self
-                    .inner
-                    .inputs()
-                    .iter()
-                    .map(|s| s.name.as_str())
-                    .collect();
+                let names: Vec<&str> =
+                    self.inner.inputs().iter().map(|s| s.name.as_str()).collect();
                 return Err(Error::input(
                     name,
-                    format!(
-                        "the model has no such input; its inputs are {}",
-                        names.join(", ")
-                    ),
+                    format!("the model has no such input; its inputs are {}", names.join(", ")),
                 )
                 .into());
             };
             tensors.push((name, tensor_from_py(&value, spec)?));
         }
         let runtime = Arc::clone(&self.inner);
-        without_gil(py, move || {
-            runtime.run_named(tensors, output_names.as_deref())
-        })
+        without_gil(py, move || runtime.run_named(tensors, output_names.as_deref()))
     }
 }
