@@ -80,7 +80,13 @@ impl ElementType {
     }
 
     /// The element type for a tract datum type, if callers can exchange it.
+    ///
+    /// tract's symbolic dimensions (`TDim`, the output of `Shape` and `Size`) are exchanged as
+    /// int64, as in ONNX.
     pub fn from_datum_type(dt: DatumType) -> Option<Self> {
+        if dt == DatumType::TDim {
+            return Some(ElementType::I64);
+        }
         Self::ALL.into_iter().find(|t| t.datum_type() == dt.unquantized())
     }
 }
