@@ -88,6 +88,7 @@ fn bad_files_are_typed_errors() {
 
 #[test]
 fn zero_threads_is_a_config_error() {
-    let err = Runtime::load(&model("digits_mlp.onnx"), &LoadOptions { threads: Some(0) }).unwrap_err();
+    let err =
+        Runtime::load(&model("digits_mlp.onnx"), &LoadOptions { threads: Some(0) }).unwrap_err();
     assert!(matches!(err, Error::Config { .. }), "{err}");
 }

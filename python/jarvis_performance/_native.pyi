@@ -2,11 +2,26 @@
 
 from collections.abc import Mapping, Sequence
 from os import PathLike
-from typing import Any, overload
+from typing import Any, final, overload
 
 import numpy.typing as npt
 
 __version__: str
+__all__ = [
+    "__version__",
+    "Runtime",
+    "TensorInfo",
+    "TensorOwner",
+    "cli_main",
+    "JarvisError",
+    "ModelLoadError",
+    "UnsupportedOpError",
+    "InputError",
+    "ConfigError",
+    "UpdateError",
+    "CalibrationError",
+    "ImageError",
+]
 
 class JarvisError(Exception):
     """Base class of every error jarvis-performance raises."""
@@ -32,6 +47,7 @@ class CalibrationError(JarvisError):
 class ImageError(JarvisError):
     """An image could not be read or decoded."""
 
+@final
 class TensorInfo:
     """Name, shape and dtype of one model input or output."""
 
@@ -45,9 +61,11 @@ class TensorInfo:
     def dtype(self) -> str:
         """The NumPy dtype name (``"float32"``, ``"int64"``, ``"bool"``, …)."""
 
+@final
 class TensorOwner:
     """Keeps an output tensor alive while NumPy arrays view it (internal)."""
 
+@final
 class Runtime:
     """A loaded ONNX model ready for inference; safe to call from many threads at once."""
 
@@ -69,8 +87,7 @@ class Runtime:
     @overload
     def infer(self, x: Mapping[str, npt.ArrayLike]) -> dict[str, npt.NDArray[Any]]: ...
     @overload
-    def infer(self, x: npt.ArrayLike) -> npt.NDArray[Any]: ...
-    def infer(self, x: Any) -> Any:
+    def infer(self, x: npt.ArrayLike) -> npt.NDArray[Any]:
         """Run the model.
 
         An array feeds the model's only input and the first output is returned; a dict

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,6 +144,37 @@ def export_model(
         return ExportResult(path, None, None)
     abs_diff, rel_diff = _verify(module, path, input_shape, dynamic_batch=dynamic_batch, seed=seed)
     return ExportResult(path, abs_diff, rel_diff)
+
+
+def default_cache_dir() -> Path:
+    """Where :func:`cached_export` keeps models: ``$JARVIS_MODEL_CACHE`` or
+    ``~/.cache/jarvis-performance/models``."""
+    return Path(os.environ.get("JARVIS_MODEL_CACHE", Path.home() / ".cache/jarvis-performance/models"))
+
+
+def cached_export(
+    name: str,
+    *,
+    input_shape: tuple[int, ...] = (1, 3, 224, 224),
+    cache_dir: Path | None = None,
+    seed: int = 0,
+) -> Path:
+    """Export the model ``name`` (see :func:`load_module`) once and reuse the file afterwards.
+
+    Random initialisations are seeded, so the same torch version always writes the same model.
+    The file name carries the torch version; writes go through a temporary file and a rename.
+    """
+    import torch
+
+    folder = cache_dir or default_cache_dir()
+    shape_tag = "x".join(str(d) for d in input_shape[1:])
+    path = folder / f"{name}-{shape_tag}-torch{torch.__version__.split('+')[0]}.onnx"
+    if not path.exists():
+        torch.manual_seed(seed)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        export_model(name, tmp, input_shape=input_shape, verify=False)
+        tmp.replace(path)
+    return path
 
 
 def _verify(

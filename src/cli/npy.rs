@@ -40,7 +40,21 @@ pub fn write(path: &Path, tensor: &Tensor) -> Result<()> {
     Ok(())
 }
 
-/// A short human-readable rendering of a tensor's values.
+/// A short human-readable rendering of a tensor's values; for a float matrix (a batch of
+/// scores), also the index of the largest value in each row: the predicted class.
 pub fn preview(tensor: &Tensor) -> String {
-    format!("{tensor:?}")
+    let mut text = format!("{tensor:?}");
+    if let Ok(scores) = tensor.to_plain_array_view::<f32>() {
+        if scores.ndim() == 2 {
+            let best: Vec<String> = scores
+                .outer_iter()
+                .map(|row| {
+                    let top = row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1));
+                    top.map_or_else(|| "-".to_string(), |(i, _)| i.to_string())
+                })
+                .collect();
+            text.push_str(&format!("\nargmax per row: [{}]", best.join(", ")));
+        }
+    }
+    text
 }

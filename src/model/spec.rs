@@ -160,22 +160,6 @@ impl fmt::Display for TensorSpec {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_round_trip() {
-        for t in ElementType::ALL {
-            assert_eq!(ElementType::from_name(t.name()), Some(t));
-            assert_eq!(ElementType::from_datum_type(t.datum_type()), Some(t));
-        }
-        assert_eq!(ElementType::from_name("string"), None);
-        assert_eq!(ElementType::from_datum_type(DatumType::String), None);
-        assert_eq!(ElementType::from_datum_type(DatumType::TDim), Some(ElementType::I64));
-    }
-}
-
 /// Runs `$body` with `$T` bound to the Rust type of an [`ElementType`], so one generic code path
 /// serves every supported dtype (NumPy conversion, `.npy` files, random inputs).
 #[macro_export]
@@ -204,4 +188,20 @@ macro_rules! with_element_type {
             __E::F64 => { type $T = f64; $body }
         }
     }};
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for t in ElementType::ALL {
+            assert_eq!(ElementType::from_name(t.name()), Some(t));
+            assert_eq!(ElementType::from_datum_type(t.datum_type()), Some(t));
+        }
+        assert_eq!(ElementType::from_name("string"), None);
+        assert_eq!(ElementType::from_datum_type(DatumType::String), None);
+        assert_eq!(ElementType::from_datum_type(DatumType::TDim), Some(ElementType::I64));
+    }
 }

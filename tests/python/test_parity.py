@@ -46,7 +46,7 @@ def test_pytorch_to_onnx_to_runtime_matches_pytorch(
 ) -> None:
     from jarvis_performance.export import load_module
 
-    torch.manual_seed(0)  # the same random init as the cached export
+    torch.manual_seed(0)  # the same seeded random init as the cached export
     module = load_module(name).eval()
     rt = jp.Runtime.load(model_path(name))
     x = random_input(EXPORTED[name], 2, seed=7)
