@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod error;
 pub mod model;
+pub mod plan;
 pub mod runtime;
 
 #[cfg(feature = "python")]

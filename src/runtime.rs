@@ -6,11 +6,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 use tract_onnx::prelude::*;
-use tract_onnx::tract_core::internal::RunOptions;
 use tract_onnx::tract_core::tract_linalg::multithread::Executor;
 
 use crate::error::{catch_panics, chain, Error, Result};
 use crate::model::{ElementType, OnnxModel, TensorSpec};
+use crate::plan::{Plans, SymbolBindings};
 
 /// Environment variable that sets the default thread count.
 pub const THREADS_ENV: &str = "JARVIS_PERF_THREADS";
@@ -27,7 +27,7 @@ pub struct LoadOptions {
 #[derive(Debug)]
 pub struct Runtime {
     model: OnnxModel,
-    plan: Arc<TypedSimplePlan>,
+    plans: Plans,
     threads: usize,
 }
 
@@ -43,22 +43,9 @@ impl Runtime {
     /// Prepares the float plan of an already analysed model.
     pub fn from_model(model: OnnxModel, options: &LoadOptions) -> Result<Self> {
         let threads = resolve_threads(options.threads)?;
-        let executor = executor(threads)?;
-        let plan = catch_panics("optimising the model", || {
-            model
-                .typed
-                .clone()
-                .into_optimized()
-                .and_then(|m| {
-                    m.into_runnable_with_options(&RunOptions {
-                        executor: Some(executor),
-                        ..Default::default()
-                    })
-                })
-                .map_err(|e| Error::ModelLoad { path: model.source.clone(), reason: chain(&e) })
-        })?;
+        let plans = Plans::new(&model.typed, executor(threads)?, &model.source)?;
         log::debug!("prepared {} with {threads} thread(s)", model.source);
-        Ok(Runtime { model, plan, threads })
+        Ok(Runtime { model, plans, threads })
     }
 
     /// The analysed model this runtime was built from.
@@ -88,8 +75,20 @@ impl Runtime {
                 format!("the model takes {} input(s), {} given", names.len(), inputs.len()),
             ));
         }
+        let bindings = self.check_inputs(&inputs)?;
+        let plan = self.plans.get(bindings)?;
+        let values: TVec<TValue> = inputs.into_iter().map(TValue::from).collect();
+        let outputs = catch_panics("inference", || {
+            plan.run(values).map_err(|e| Error::Inference(chain(&e)))
+        })?;
+        outputs.into_iter().map(exchangeable).collect()
+    }
+
+    /// Validates every input against its spec and returns the values of the dynamic-axis
+    /// symbols, which inputs sharing a symbol must agree on.
+    fn check_inputs(&self, inputs: &[Tensor]) -> Result<SymbolBindings> {
         let mut bound: HashMap<&str, (usize, &str)> = HashMap::new();
-        for (spec, tensor) in self.model.inputs.iter().zip(&inputs) {
+        for (spec, tensor) in self.model.inputs.iter().zip(inputs) {
             check_input(spec, tensor)?;
             for (symbol, &size) in spec.symbols.iter().zip(tensor.shape()) {
                 let Some(symbol) = symbol else { continue };
@@ -108,11 +107,10 @@ impl Runtime {
                 }
             }
         }
-        let values: TVec<TValue> = inputs.into_iter().map(TValue::from).collect();
-        let outputs = catch_panics("inference", || {
-            self.plan.run(values).map_err(|e| Error::Inference(chain(&e)))
-        })?;
-        outputs.into_iter().map(exchangeable).collect()
+        let mut bindings: SymbolBindings =
+            bound.into_iter().map(|(name, (size, _))| (name.to_string(), size)).collect();
+        bindings.sort();
+        Ok(bindings)
     }
 
     /// Runs the model on inputs given by name; returns the requested outputs (all if `None`) in
