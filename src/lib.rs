@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod error;
+pub mod kernels;
 pub mod model;
 pub mod plan;
 pub mod runtime;

@@ -53,6 +53,11 @@ impl Plans {
         })
     }
 
+    /// The decluttered (float, un-optimised) graph the plans are built from.
+    pub fn decluttered(&self) -> &TypedModel {
+        &self.decluttered
+    }
+
     /// The plan for these symbol values: a cached concrete plan, a newly built one, or the
     /// symbolic plan when the cache is full or the model has no symbols.
     pub fn get(&self, bindings: SymbolBindings) -> Result<Arc<TypedSimplePlan>> {

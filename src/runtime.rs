@@ -53,6 +53,11 @@ impl Runtime {
         &self.model
     }
 
+    /// The decluttered tract graph (BatchNorm folded, reshapes simplified) that plans run.
+    pub fn decluttered(&self) -> &TypedModel {
+        self.plans.decluttered()
+    }
+
     pub fn inputs(&self) -> &[TensorSpec] {
         &self.model.inputs
     }

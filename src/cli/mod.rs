@@ -26,6 +26,9 @@ enum Command {
     Inspect {
         /// The ONNX file.
         model: PathBuf,
+        /// Also print tract's decluttered graph, one node per line.
+        #[arg(long)]
+        graph: bool,
     },
     /// Run a model once on inputs read from .npy files and print (or save) the outputs.
     Run {
@@ -81,7 +84,7 @@ pub fn main<I: IntoIterator<Item = String>>(args: I) -> u8 {
 
 fn execute(command: Command) -> Result<()> {
     match command {
-        Command::Inspect { model } => inspect(&model),
+        Command::Inspect { model, graph } => inspect(&model, graph),
         Command::Run { model, inputs, output, threads } => run(&model, &inputs, output, threads),
         Command::Bench { model, batch, threads, iterations, shapes } => {
             let runtime = Runtime::load(&model, &LoadOptions { threads })?;
@@ -90,7 +93,7 @@ fn execute(command: Command) -> Result<()> {
     }
 }
 
-fn inspect(path: &std::path::Path) -> Result<()> {
+fn inspect(path: &std::path::Path, graph: bool) -> Result<()> {
     let runtime = Runtime::load(path, &LoadOptions { threads: Some(1) })?;
     let model = runtime.model();
     let summary = &model.summary;
@@ -110,6 +113,24 @@ fn inspect(path: &std::path::Path) -> Result<()> {
     counts.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
     for (op, count) in counts {
         println!("  {count:>5}  {op}");
+    }
+    if graph {
+        println!("tract graph (decluttered)");
+        let typed = runtime.decluttered();
+        for node in typed.nodes() {
+            let inputs: Vec<String> = node.inputs.iter().map(|o| format!("#{}", o.node)).collect();
+            let facts: Vec<String> = node.outputs.iter().map(|o| format!("{:?}", o.fact)).collect();
+            let info = node.op.info().unwrap_or_default().join("; ");
+            println!(
+                "  #{} {} {} ({}) <- [{}] -> {}",
+                node.id,
+                node.name,
+                node.op.name(),
+                info,
+                inputs.join(", "),
+                facts.join(", ")
+            );
+        }
     }
     Ok(())
 }

@@ -1,0 +1,54 @@
+//! INT8 compute kernels: u8 activations × i8 weights → i32, quantize and requantize loops.
+//!
+//! Every kernel has a portable scalar reference; the AVX-512-VNNI paths (`vpdpbusd`, which
+//! multiplies u8 by i8 natively) are chosen at run time and checked against the scalar reference
+//! by property tests. Nothing here knows about tract or graphs.
+
+mod depthwise;
+mod gemm;
+mod quant;
+
+use std::sync::OnceLock;
+
+pub use depthwise::{depthwise_conv, DepthwiseGeometry};
+pub use gemm::{gemm_u8i8, gemm_u8i8_reference, PackedWeights, BLOCK_N};
+pub use quant::{
+    dequantize_rows, quantize_u8, round_half_even, saturate_i8, saturate_u8, Activation,
+};
+
+/// The instruction set the int8 kernels use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    /// AVX-512 with VNNI (`vpdpbusd` on 512-bit vectors).
+    Avx512Vnni,
+    /// Portable Rust; the reference every other path is tested against.
+    Scalar,
+}
+
+impl Isa {
+    /// The name used in logs and status (`avx512_vnni`, `scalar`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Avx512Vnni => "avx512_vnni",
+            Isa::Scalar => "scalar",
+        }
+    }
+
+    /// The best instruction set this CPU supports; `JARVIS_PERF_ISA=scalar` forces the reference.
+    pub fn detect() -> Isa {
+        static DETECTED: OnceLock<Isa> = OnceLock::new();
+        *DETECTED.get_or_init(|| {
+            if std::env::var("JARVIS_PERF_ISA").is_ok_and(|v| v == "scalar") {
+                return Isa::Scalar;
+            }
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512vnni")
+            {
+                return Isa::Avx512Vnni;
+            }
+            Isa::Scalar
+        })
+    }
+}

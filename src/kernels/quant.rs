@@ -1,0 +1,143 @@
+//! Quantization arithmetic: the one rounding function, the saturations, and the vectorisable
+//! loops that quantize float activations and dequantize i32 accumulators.
+
+/// Rounds half to even, as ONNX `QuantizeLinear` specifies.
+///
+/// Written with the 2^23 trick rather than `f32::round_ties_even`, which is a libm call on the
+/// baseline x86-64 target and would keep the quantize loops from vectorising.
+#[inline(always)]
+pub fn round_half_even(v: f32) -> f32 {
+    const MAGIC: f32 = 8_388_608.0; // 2^23: adding it leaves no fraction bits
+    let magnitude = v.abs();
+    if magnitude >= MAGIC || v.is_nan() {
+        return v; // already an integer (or NaN)
+    }
+    ((magnitude + MAGIC) - MAGIC).copysign(v)
+}
+
+/// Saturates a rounded value to u8 (NaN becomes 0).
+#[inline(always)]
+pub fn saturate_u8(v: f32) -> u8 {
+    v.clamp(0.0, 255.0) as u8
+}
+
+/// Saturates a rounded value to i8 (NaN becomes 0).
+#[inline(always)]
+pub fn saturate_i8(v: f32) -> i8 {
+    v.clamp(-128.0, 127.0) as i8
+}
+
+/// `dst[i] = saturate(round(src[i] / scale) + zero_point)`: ONNX `QuantizeLinear` to u8.
+pub fn quantize_u8(src: &[f32], scale: f32, zero_point: u8, dst: &mut [u8]) {
+    let zp = f32::from(zero_point);
+    for (d, &s) in dst.iter_mut().zip(src) {
+        // Round before adding the zero point, as the spec does: adding first could drop
+        // fraction bits and move a near-tie.
+        *d = saturate_u8(round_half_even(s / scale) + zp);
+    }
+}
+
+/// What is applied to a layer's output as it is stored.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Activation {
+    Identity,
+    /// `max(x, 0)`
+    Relu,
+    /// `min(max(x, low), high)` (ReLU6 is `Clip(0, 6)`)
+    Clip(f32, f32),
+}
+
+impl Activation {
+    #[inline(always)]
+    pub fn apply(self, v: f32) -> f32 {
+        match self {
+            Activation::Identity => v,
+            Activation::Relu => v.max(0.0),
+            Activation::Clip(low, high) => v.max(low).min(high),
+        }
+    }
+}
+
+/// Turns i32 accumulators back into floats: for each row `r` and column `o < n`,
+/// `out(r, o) = act((acc[r][o] - zero_point * column_sums[o]) * scales[o] + bias[o])`.
+/// `acc` rows are `acc_stride` wide; `store(r, o, value)` places each result, so one loop serves
+/// row-major (linear) and channel-major (NCHW conv) outputs.
+#[allow(clippy::too_many_arguments)]
+pub fn dequantize_rows(
+    acc: &[i32],
+    acc_stride: usize,
+    rows: usize,
+    n: usize,
+    zero_point: i32,
+    column_sums: &[i32],
+    scales: &[f32],
+    bias: &[f32],
+    activation: Activation,
+    mut store: impl FnMut(usize, usize, f32),
+) {
+    for r in 0..rows {
+        let row = &acc[r * acc_stride..r * acc_stride + n];
+        for o in 0..n {
+            let centred = row[o] - zero_point * column_sums[o];
+            store(r, o, activation.apply(centred as f32 * scales[o] + bias[o]));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn rounding_is_half_to_even_like_onnx() {
+        for (v, want) in [
+            (0.5, 0.0),
+            (1.5, 2.0),
+            (2.5, 2.0),
+            (-0.5, -0.0),
+            (-1.5, -2.0),
+            (-2.5, -2.0),
+            (254.5, 254.0),
+            (3.4999, 3.0),
+            (3.5001, 4.0),
+            (1e30, 1e30),
+        ] {
+            assert_eq!(round_half_even(v), want, "round({v})");
+        }
+        assert!(round_half_even(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn quantize_matches_the_onnx_reference_example() {
+        // onnx/backend/test/case/node/quantizelinear.py, uint8 case.
+        let x = [0.0, 2.0, 3.0, 1000.0, -254.0, -1000.0];
+        let mut q = [0u8; 6];
+        quantize_u8(&x, 2.0, 128, &mut q);
+        assert_eq!(q, [128, 129, 130, 255, 1, 0]);
+    }
+
+    #[test]
+    fn saturation_never_wraps() {
+        assert_eq!(saturate_u8(-3.0), 0);
+        assert_eq!(saturate_u8(300.0), 255);
+        assert_eq!(saturate_i8(-300.0), -128);
+        assert_eq!(saturate_i8(300.0), 127);
+        assert_eq!(saturate_u8(f32::NAN), 0);
+    }
+
+    proptest! {
+        #[test]
+        fn rounding_agrees_with_std(v in -1e7f32..1e7f32) {
+            prop_assert_eq!(round_half_even(v), v.round_ties_even());
+        }
+
+        #[test]
+        fn quantize_agrees_with_the_spec_formula(x in -1e4f32..1e4f32, scale in 1e-3f32..10.0, zp in 0u8..=255) {
+            let mut q = [0u8];
+            quantize_u8(&[x], scale, zp, &mut q);
+            let spec = ((x / scale).round_ties_even() + f32::from(zp)).clamp(0.0, 255.0) as u8;
+            prop_assert_eq!(q[0], spec);
+        }
+    }
+}
