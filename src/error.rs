@@ -38,6 +38,10 @@ pub enum Error {
     #[error("invalid option {option}: {reason}")]
     Config { option: String, reason: String },
 
+    /// Calibration data is missing, malformed, or the calibration run failed.
+    #[error("calibration: {0}")]
+    Calibration(String),
+
     /// tract failed while running the plan on inputs that passed validation.
     #[error("inference failed: {0}")]
     Inference(String),

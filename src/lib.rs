@@ -4,11 +4,14 @@
 //! The layers, from the bottom: [`model`] loads ONNX through tract; [`runtime`] owns the plan users
 //! run; `python` (cargo feature `python`) is the PyO3 facade; [`cli`] is the `jarvis-perf` command.
 
+pub mod calibrate;
 pub mod cli;
 pub mod error;
 pub mod kernels;
 pub mod model;
+pub mod ops;
 pub mod plan;
+pub mod quantize;
 pub mod runtime;
 
 #[cfg(feature = "python")]

@@ -11,6 +11,7 @@ use tract_onnx::tract_core::tract_linalg::multithread::Executor;
 use crate::error::{catch_panics, chain, Error, Result};
 use crate::model::{ElementType, OnnxModel, TensorSpec};
 use crate::plan::{Plans, SymbolBindings};
+use crate::quantize::{BatchSource, LayerReport, QuantizeOptions};
 
 /// Environment variable that sets the default thread count.
 pub const THREADS_ENV: &str = "JARVIS_PERF_THREADS";
@@ -29,6 +30,20 @@ pub struct Runtime {
     model: OnnxModel,
     plans: Plans,
     threads: usize,
+    quantization: Option<Quantization>,
+}
+
+/// What quantization produced, for reports.
+#[derive(Debug, Clone)]
+pub struct Quantization {
+    pub options: QuantizeOptions,
+    /// Per layer, int8 ones worst first, then those left in float.
+    pub report: Vec<LayerReport>,
+    pub batches: usize,
+    pub samples: usize,
+    pub calibration_bytes: usize,
+    pub float_weight_bytes: usize,
+    pub int8_weight_bytes: usize,
 }
 
 impl Runtime {
@@ -45,7 +60,60 @@ impl Runtime {
         let threads = resolve_threads(options.threads)?;
         let plans = Plans::new(&model.typed, executor(threads)?, &model.source)?;
         log::debug!("prepared {} with {threads} thread(s)", model.source);
-        Ok(Runtime { model, plans, threads })
+        Ok(Runtime { model, plans, threads, quantization: None })
+    }
+
+    /// Loads an ONNX file, calibrates it on `batches` (inputs in model order, until the source
+    /// returns `None`) and prepares its int8 plan.
+    pub fn load_quantized(
+        path: &Path,
+        options: &LoadOptions,
+        quantize: &QuantizeOptions,
+        batches: &mut BatchSource<'_>,
+    ) -> Result<Self> {
+        catch_panics("quantizing the model", || {
+            let model = OnnxModel::load(path)?;
+            let threads = resolve_threads(options.threads)?;
+            let executor = executor(threads)?;
+            let float = Plans::new(&model.typed, executor.clone(), &model.source)?;
+            let start = std::time::Instant::now();
+            let q = crate::quantize::quantize(
+                float.decluttered(),
+                &model.inputs,
+                batches,
+                quantize,
+                executor.clone(),
+            )?;
+            let plans = Plans::new(&q.typed, executor, &model.source)?;
+            let int8 = q.report.iter().filter(|l| l.int8).count();
+            log::info!(
+                "{}: {int8}/{} layers int8 after {:?} ({} samples)",
+                model.source,
+                q.report.len(),
+                start.elapsed(),
+                q.samples
+            );
+            let quantization = Quantization {
+                options: quantize.clone(),
+                report: q.report,
+                batches: q.batches,
+                samples: q.samples,
+                calibration_bytes: q.calibration_bytes,
+                float_weight_bytes: q.float_weight_bytes,
+                int8_weight_bytes: q.int8_weight_bytes,
+            };
+            Ok(Runtime { model, plans, threads, quantization: Some(quantization) })
+        })
+    }
+
+    /// Whether the model runs with int8 layers.
+    pub fn quantized(&self) -> bool {
+        self.quantization.is_some()
+    }
+
+    /// The quantization outcome, if the model was quantized.
+    pub fn quantization(&self) -> Option<&Quantization> {
+        self.quantization.as_ref()
     }
 
     /// The analysed model this runtime was built from.
@@ -80,42 +148,13 @@ impl Runtime {
                 format!("the model takes {} input(s), {} given", names.len(), inputs.len()),
             ));
         }
-        let bindings = self.check_inputs(&inputs)?;
+        let bindings = bind_inputs(&self.model.inputs, &inputs)?;
         let plan = self.plans.get(bindings)?;
         let values: TVec<TValue> = inputs.into_iter().map(TValue::from).collect();
         let outputs = catch_panics("inference", || {
             plan.run(values).map_err(|e| Error::Inference(chain(&e)))
         })?;
         outputs.into_iter().map(exchangeable).collect()
-    }
-
-    /// Validates every input against its spec and returns the values of the dynamic-axis
-    /// symbols, which inputs sharing a symbol must agree on.
-    fn check_inputs(&self, inputs: &[Tensor]) -> Result<SymbolBindings> {
-        let mut bound: HashMap<&str, (usize, &str)> = HashMap::new();
-        for (spec, tensor) in self.model.inputs.iter().zip(inputs) {
-            check_input(spec, tensor)?;
-            for (symbol, &size) in spec.symbols.iter().zip(tensor.shape()) {
-                let Some(symbol) = symbol else { continue };
-                match bound.get(symbol.as_str()) {
-                    Some(&(other, other_input)) if other != size => {
-                        return Err(Error::input(
-                            &spec.name,
-                            format!(
-                                "axis {symbol:?} is {size} here but {other} in input {other_input:?}"
-                            ),
-                        ));
-                    }
-                    _ => {
-                        bound.insert(symbol, (size, &spec.name));
-                    }
-                }
-            }
-        }
-        let mut bindings: SymbolBindings =
-            bound.into_iter().map(|(name, (size, _))| (name.to_string(), size)).collect();
-        bindings.sort();
-        Ok(bindings)
     }
 
     /// Runs the model on inputs given by name; returns the requested outputs (all if `None`) in
@@ -192,6 +231,35 @@ fn exchangeable(value: TValue) -> Result<Tensor> {
         .cast_to::<i64>()
         .map(|t| t.into_owned())
         .map_err(|e| Error::Inference(format!("a shape output is not a whole number: {e:#}")))
+}
+
+/// Validates every input against its spec and returns the values of the dynamic-axis symbols,
+/// which inputs sharing a symbol must agree on.
+pub fn bind_inputs(specs: &[TensorSpec], inputs: &[Tensor]) -> Result<SymbolBindings> {
+    let mut bound: HashMap<&str, (usize, &str)> = HashMap::new();
+    for (spec, tensor) in specs.iter().zip(inputs) {
+        check_input(spec, tensor)?;
+        for (symbol, &size) in spec.symbols.iter().zip(tensor.shape()) {
+            let Some(symbol) = symbol else { continue };
+            match bound.get(symbol.as_str()) {
+                Some(&(other, other_input)) if other != size => {
+                    return Err(Error::input(
+                        &spec.name,
+                        format!(
+                            "axis {symbol:?} is {size} here but {other} in input {other_input:?}"
+                        ),
+                    ));
+                }
+                _ => {
+                    bound.insert(symbol, (size, &spec.name));
+                }
+            }
+        }
+    }
+    let mut bindings: SymbolBindings =
+        bound.into_iter().map(|(name, (size, _))| (name.to_string(), size)).collect();
+    bindings.sort();
+    Ok(bindings)
 }
 
 /// Checks one input tensor against the model's declaration: element type, rank, fixed axes.

@@ -90,49 +90,54 @@ pub fn gemm_u8i8(
     out: &mut [i32],
 ) {
     let n_padded = weights.n_padded();
+    assert!(out.len() >= m * n_padded, "out too short");
+    for b in 0..n_padded / BLOCK_N {
+        gemm_u8i8_block(isa, x, x_stride, m, weights, b, &mut out[b * BLOCK_N..], n_padded);
+    }
+}
+
+/// One block of [`BLOCK_N`] output channels (`block`): `out[r][0..16]` at row stride
+/// `out_stride` = Σ_k x[r][k] · W[block·16 + lane][k].
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_u8i8_block(
+    isa: super::Isa,
+    x: &[u8],
+    x_stride: usize,
+    m: usize,
+    weights: &PackedWeights,
+    block: usize,
+    out: &mut [i32],
+    out_stride: usize,
+) {
     assert!(x_stride >= weights.k_padded, "x rows shorter than k_padded");
     assert!(m == 0 || x.len() >= (m - 1) * x_stride + weights.k_padded, "x too short");
-    assert!(out.len() >= m * n_padded, "out too short");
-    let blocks = n_padded / BLOCK_N;
+    assert!(m == 0 || out.len() >= (m - 1) * out_stride + BLOCK_N, "out too short");
+    assert!(out_stride >= BLOCK_N && block < weights.n_padded() / BLOCK_N, "bad block");
+    let w = weights.block(block);
+    let k4s = weights.k_padded / 4;
     match isa {
         #[cfg(target_arch = "x86_64")]
         super::Isa::Avx512Vnni => {
-            for b in 0..blocks {
-                let w = weights.block(b);
-                let mut r = 0;
-                while r < m {
-                    let rows = BLOCK_M.min(m - r);
-                    let out_at = &mut out[r * n_padded + b * BLOCK_N..];
-                    // SAFETY: Isa::Avx512Vnni is only returned when the CPU has these features;
-                    // the asserts above bound every row and block the kernel touches.
-                    unsafe {
-                        avx512::block(
-                            w,
-                            weights.k_padded / 4,
-                            &x[r * x_stride..],
-                            x_stride,
-                            rows,
-                            out_at,
-                            n_padded,
-                        )
-                    };
-                    r += rows;
-                }
+            let mut r = 0;
+            while r < m {
+                let rows = BLOCK_M.min(m - r);
+                // SAFETY: Isa::Avx512Vnni is only chosen when the CPU has these features; the
+                // asserts above bound every row and column the kernel touches.
+                unsafe {
+                    avx512::block(
+                        w,
+                        k4s,
+                        &x[r * x_stride..],
+                        x_stride,
+                        rows,
+                        &mut out[r * out_stride..],
+                        out_stride,
+                    )
+                };
+                r += rows;
             }
         }
-        _ => {
-            for b in 0..blocks {
-                scalar_block(
-                    weights.block(b),
-                    weights.k_padded / 4,
-                    x,
-                    x_stride,
-                    m,
-                    &mut out[b * BLOCK_N..],
-                    n_padded,
-                );
-            }
-        }
+        _ => scalar_block(w, k4s, x, x_stride, m, out, out_stride),
     }
 }
 

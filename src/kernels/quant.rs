@@ -27,13 +27,18 @@ pub fn saturate_i8(v: f32) -> i8 {
     v.clamp(-128.0, 127.0) as i8
 }
 
-/// `dst[i] = saturate(round(src[i] / scale) + zero_point)`: ONNX `QuantizeLinear` to u8.
+/// ONNX `QuantizeLinear` to u8 of one value: `saturate(round(x / scale) + zero_point)`.
+#[inline(always)]
+pub fn quantize_value(x: f32, scale: f32, zero_point: u8) -> u8 {
+    // Round before adding the zero point, as the spec does: adding first could drop fraction
+    // bits and move a near-tie.
+    saturate_u8(round_half_even(x / scale) + f32::from(zero_point))
+}
+
+/// `dst[i] = quantize_value(src[i], scale, zero_point)`.
 pub fn quantize_u8(src: &[f32], scale: f32, zero_point: u8, dst: &mut [u8]) {
-    let zp = f32::from(zero_point);
     for (d, &s) in dst.iter_mut().zip(src) {
-        // Round before adding the zero point, as the spec does: adding first could drop
-        // fraction bits and move a near-tie.
-        *d = saturate_u8(round_half_even(s / scale) + zp);
+        *d = quantize_value(s, scale, zero_point);
     }
 }
 

@@ -65,6 +65,7 @@ impl From<Error> for PyErr {
             Error::UnsupportedOp { .. } => UnsupportedOpError::new_err(message),
             Error::Input { .. } | Error::Output { .. } => InputError::new_err(message),
             Error::Config { .. } => ConfigError::new_err(message),
+            Error::Calibration(_) => CalibrationError::new_err(message),
             Error::Inference(_) | Error::Internal(_) => JarvisError::new_err(message),
         }
     }

@@ -1,0 +1,101 @@
+//! `Int8Linear`: `y = x · Wᵀ + b` over the last axis, on u8 activations and i8 weights
+//! (replaces tract's EinSum for Gemm/MatMul with a constant weight, + bias add + ReLU/Clip).
+
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::*;
+
+use super::parallel::for_each_chunk;
+use super::Int8Layer;
+use crate::kernels::{dequantize_rows, gemm_u8i8, quantize_u8, Isa};
+
+/// Rows per parallel task.
+const ROWS_PER_TASK: usize = 32;
+
+/// An int8 fully connected layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Int8Linear {
+    pub layer: Int8Layer,
+    /// Leading input axes kept in the output; the next axis is k, later axes have size 1.
+    pub kept_axes: usize,
+}
+
+impl Op for Int8Linear {
+    fn name(&self) -> StaticName {
+        "Int8Linear".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        let w = &self.layer.weights;
+        Ok(vec![format!(
+            "{}x{}, input scale {} zero point {}, {:?}",
+            w.k, w.n, self.layer.input.scale, self.layer.input.zero_point, self.layer.activation
+        )])
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for Int8Linear {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let input = args_1!(inputs);
+        let shape = input.shape().to_vec();
+        let w = &*self.layer.weights;
+        ensure!(
+            shape.len() > self.kept_axes && shape[self.kept_axes] == w.k,
+            "Int8Linear: input {shape:?} has no axis of {}",
+            w.k
+        );
+        let rows: usize = shape[..self.kept_axes].iter().product();
+        let view = input.to_plain_array_view::<f32>()?;
+        let contiguous = view.as_standard_layout();
+        let data = contiguous.as_slice().context("Int8Linear input is not contiguous")?;
+        let packed = &w.packed[0];
+        let (k, k_padded, n, n_padded) = (w.k, packed.k_padded, w.n, packed.n_padded());
+        let zp = self.layer.input.zero_point;
+        let mut output = vec![0f32; rows * n];
+        let isa = Isa::detect();
+        for_each_chunk(&mut output, ROWS_PER_TASK * n.max(1), |task, out| {
+            let first = task * ROWS_PER_TASK;
+            let count = out.len() / n.max(1);
+            let mut x = vec![zp; count * k_padded];
+            for r in 0..count {
+                let src = &data[(first + r) * k..(first + r + 1) * k];
+                quantize_u8(
+                    src,
+                    self.layer.input.scale,
+                    zp,
+                    &mut x[r * k_padded..r * k_padded + k],
+                );
+            }
+            let mut acc = vec![0i32; count * n_padded];
+            gemm_u8i8(isa, &x, k_padded, count, packed, &mut acc);
+            dequantize_rows(
+                &acc,
+                n_padded,
+                count,
+                n,
+                i32::from(zp),
+                &packed.column_sums,
+                &w.output_scales,
+                &w.bias,
+                self.layer.activation,
+                |r, o, v| out[r * n + o] = v,
+            );
+        });
+        let mut out_shape = shape[..self.kept_axes].to_vec();
+        out_shape.push(n);
+        Ok(tvec!(Tensor::from_shape(&out_shape, &output)?.into_tvalue()))
+    }
+}
+
+impl TypedOp for Int8Linear {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let mut shape: TVec<TDim> = inputs[0].shape.iter().take(self.kept_axes).cloned().collect();
+        shape.push(self.layer.weights.n.to_dim());
+        Ok(tvec!(f32::fact(shape)))
+    }
+
+    as_op!();
+}

@@ -1,0 +1,176 @@
+//! Post-training INT8 quantization: calibrate, choose parameters, rewrite the graph with the
+//! project's int8 ops, and measure each layer against float.
+
+pub mod qparams;
+mod report;
+mod rewrite;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::tract_linalg::multithread::Executor;
+
+pub use report::{measure_layers, LayerReport};
+pub use rewrite::{find_layers, Candidate, LayerKind, Skipped};
+
+use crate::calibrate::{Calibrator, Method};
+use crate::error::{chain, Error, Result};
+use crate::model::TensorSpec;
+use crate::ops::{Int8Conv, Int8Layer, Int8Linear, LayerWeights};
+use qparams::{quantize_weights, ActivationQuant};
+
+/// How to quantize.
+#[derive(Debug, Clone)]
+pub struct QuantizeOptions {
+    pub method: Method,
+    /// One weight scale per output channel (else one per tensor).
+    pub per_channel: bool,
+    /// Node or tensor names of layers to keep in float.
+    pub exclude: Vec<String>,
+}
+
+impl Default for QuantizeOptions {
+    fn default() -> Self {
+        QuantizeOptions { method: Method::DEFAULT, per_channel: true, exclude: Vec::new() }
+    }
+}
+
+/// A source of calibration batches (inputs in model order); `Ok(None)` ends the data.
+pub type BatchSource<'a> = dyn FnMut() -> Result<Option<Vec<Tensor>>> + Send + 'a;
+
+/// The outcome of [`quantize`].
+#[derive(Debug)]
+pub struct Quantized {
+    /// The graph with int8 ops in place of the quantized layers.
+    pub typed: TypedModel,
+    /// One entry per Conv/MatMul-like layer, worst error first.
+    pub report: Vec<LayerReport>,
+    /// Calibration batches and samples seen.
+    pub batches: usize,
+    pub samples: usize,
+    /// The fixed bound on calibration memory (histograms), whatever the data size.
+    pub calibration_bytes: usize,
+    /// Bytes of float weights replaced, and of int8 weights holding them now.
+    pub float_weight_bytes: usize,
+    pub int8_weight_bytes: usize,
+}
+
+/// Calibrates `decluttered` on `batches` and returns the int8 graph with its report.
+pub fn quantize(
+    decluttered: &TypedModel,
+    inputs: &[TensorSpec],
+    batches: &mut BatchSource<'_>,
+    options: &QuantizeOptions,
+    executor: Executor,
+) -> Result<Quantized> {
+    let calibration = |e: TractError| Error::Calibration(chain(&e));
+    let (candidates, skipped) = find_layers(decluttered, &options.exclude).map_err(calibration)?;
+    let observed: Vec<OutletId> = candidates.iter().map(|c| c.input).collect();
+    let mut calibrator = Calibrator::new(decluttered, inputs, &observed, executor.clone())?;
+    let mut first_batch = None;
+    while let Some(batch) = batches()? {
+        if first_batch.is_none() {
+            first_batch = Some(batch.clone());
+        }
+        calibrator.observe(batch)?;
+    }
+    let Some(first_batch) = first_batch else {
+        return Err(Error::Calibration("no calibration data: the source yielded nothing".into()));
+    };
+    let (batch_count, samples) = calibrator.seen();
+    log::info!("calibrated on {samples} samples in {batch_count} batches ({})", options.method);
+
+    let mut typed = decluttered.clone();
+    let mut replaced = HashMap::new();
+    let mut int8_outlets = Vec::with_capacity(candidates.len());
+    let (mut float_bytes, mut int8_bytes) = (0, 0);
+    for (layer, observer) in candidates.iter().zip(calibrator.observers()) {
+        let (low, high) = observer.range(options.method);
+        let input = ActivationQuant::from_range(low, high);
+        let op = build_op(layer, input, options.per_channel);
+        float_bytes += layer.weights.len() * 4 + layer.bias.len() * 4;
+        int8_bytes += op_weights(&*op).map_or(0, LayerWeights::bytes);
+        let outlet =
+            rewrite::substitute(&mut typed, layer, op, &mut replaced).map_err(calibration)?;
+        int8_outlets.push(outlet);
+    }
+    let report = measure_layers(
+        decluttered,
+        &typed,
+        &candidates,
+        &int8_outlets,
+        &skipped,
+        inputs,
+        first_batch,
+        executor,
+    )?;
+    Ok(Quantized {
+        typed,
+        report,
+        batches: batch_count,
+        samples,
+        calibration_bytes: calibrator.memory_bound_bytes(),
+        float_weight_bytes: float_bytes,
+        int8_weight_bytes: int8_bytes,
+    })
+}
+
+fn build_op(layer: &Candidate, input: ActivationQuant, per_channel: bool) -> Box<dyn TypedOp> {
+    let (codes, scales) = quantize_weights(&layer.weights, layer.n, layer.k, per_channel);
+    match &layer.kind {
+        LayerKind::Conv { pool_spec, group, depthwise } => {
+            let (codes, groups) = if *depthwise {
+                // Depthwise kernels read weights tap-major: (tap, channel).
+                let mut by_tap = vec![0i8; codes.len()];
+                for c in 0..layer.n {
+                    for t in 0..layer.k {
+                        by_tap[t * layer.n + c] = codes[c * layer.k + t];
+                    }
+                }
+                (by_tap, 0)
+            } else {
+                (codes, *group)
+            };
+            let weights = LayerWeights::new(
+                codes,
+                scales,
+                layer.bias.clone(),
+                layer.n,
+                layer.k,
+                input,
+                groups,
+            );
+            let layer = Int8Layer {
+                name: layer.name.clone(),
+                input,
+                activation: layer.activation,
+                weights: Arc::new(weights),
+            };
+            Box::new(Int8Conv {
+                layer,
+                pool_spec: pool_spec.clone(),
+                group: *group,
+                depthwise: *depthwise,
+            })
+        }
+        LayerKind::Linear { kept_axes } => {
+            let weights =
+                LayerWeights::new(codes, scales, layer.bias.clone(), layer.n, layer.k, input, 1);
+            let layer = Int8Layer {
+                name: layer.name.clone(),
+                input,
+                activation: layer.activation,
+                weights: Arc::new(weights),
+            };
+            Box::new(Int8Linear { layer, kept_axes: *kept_axes })
+        }
+    }
+}
+
+fn op_weights(op: &dyn TypedOp) -> Option<&LayerWeights> {
+    if let Some(conv) = op.downcast_ref::<Int8Conv>() {
+        return Some(&conv.layer.weights);
+    }
+    op.downcast_ref::<Int8Linear>().map(|l| &*l.layer.weights)
+}

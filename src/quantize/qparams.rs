@@ -1,0 +1,89 @@
+//! Quantization parameters: asymmetric u8 for activations (the seed's formula), symmetric i8
+//! per output channel for weights. Rounding and saturation come from `kernels`, in one place.
+
+use crate::kernels::{round_half_even, saturate_u8};
+
+/// Per-tensor u8 quantization of an activation: `q = saturate(round(x / scale) + zero_point)`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ActivationQuant {
+    pub scale: f32,
+    pub zero_point: u8,
+}
+
+impl ActivationQuant {
+    /// `scale = (max − min) / 255`, `zero_point = round(−min / scale)`, with the range widened
+    /// to include 0 so that zero (and padding) is exact.
+    pub fn from_range(low: f32, high: f32) -> Self {
+        let (low, high) = (low.min(0.0), high.max(0.0));
+        let span = high - low;
+        if !(span.is_finite() && span > f32::MIN_POSITIVE * 255.0) {
+            // A constant-zero tensor: any scale represents it exactly.
+            return ActivationQuant { scale: 1.0, zero_point: 0 };
+        }
+        let scale = span / 255.0;
+        ActivationQuant { scale, zero_point: saturate_u8(round_half_even(-low / scale)) }
+    }
+
+    /// The float range this quantization represents.
+    pub fn range(&self) -> (f32, f32) {
+        let zp = f32::from(self.zero_point);
+        (-zp * self.scale, (255.0 - zp) * self.scale)
+    }
+}
+
+/// Symmetric i8 quantization of `n` rows of `k` weights: one scale per row (`per_channel`) or
+/// one for the whole tensor. Codes stay in [−127, 127] so negation never overflows.
+pub fn quantize_weights(
+    weights: &[f32],
+    n: usize,
+    k: usize,
+    per_channel: bool,
+) -> (Vec<i8>, Vec<f32>) {
+    let scale_of = |values: &[f32]| {
+        let max = values.iter().fold(0f32, |m, v| m.max(v.abs()));
+        if max > 0.0 && max.is_finite() {
+            max / 127.0
+        } else {
+            1.0
+        }
+    };
+    let scales: Vec<f32> = if per_channel {
+        (0..n).map(|o| scale_of(&weights[o * k..(o + 1) * k])).collect()
+    } else {
+        vec![scale_of(weights); n]
+    };
+    let codes = weights
+        .iter()
+        .enumerate()
+        .map(|(i, &w)| round_half_even(w / scales[i / k.max(1)]).clamp(-127.0, 127.0) as i8)
+        .collect();
+    (codes, scales)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seed_formula_and_zero_is_exact() {
+        let q = ActivationQuant::from_range(-1.0, 3.0);
+        assert!((q.scale - 4.0 / 255.0).abs() < 1e-9);
+        assert_eq!(q.zero_point, 64); // round(1 / (4/255)) = round(63.75)
+        let relu = ActivationQuant::from_range(0.5, 6.0); // widened to include 0
+        assert_eq!(relu.zero_point, 0);
+        assert_eq!(
+            ActivationQuant::from_range(0.0, 0.0),
+            ActivationQuant { scale: 1.0, zero_point: 0 }
+        );
+    }
+
+    #[test]
+    fn weights_per_channel() {
+        let w = [1.0, -0.5, 0.0, 0.02, -0.04, 0.01];
+        let (q, s) = quantize_weights(&w, 2, 3, true);
+        assert_eq!(q, vec![127, -64, 0, 64, -127, 32]);
+        assert!((s[1] - 0.04 / 127.0).abs() < 1e-9);
+        let (q, _) = quantize_weights(&w, 2, 3, false);
+        assert_eq!(&q[3..], &[3, -5, 1]);
+    }
+}

@@ -1,0 +1,123 @@
+//! The per-layer quantization report: which layers run in int8 (and why others do not), and how
+//! far each int8 layer's output is from float on calibration data.
+
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::tract_linalg::multithread::Executor;
+
+use super::rewrite::{Candidate, LayerKind, Skipped};
+use crate::error::{catch_panics, chain, Error, Result};
+use crate::model::TensorSpec;
+use crate::plan::Plans;
+use crate::runtime::bind_inputs;
+
+/// One Conv/MatMul-like layer of the model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerReport {
+    pub name: String,
+    /// `conv`, `depthwise`, `pointwise`, `linear`, or `float` for layers left alone.
+    pub kind: String,
+    pub int8: bool,
+    /// Why the layer stayed float.
+    pub reason: Option<String>,
+    /// Signal-to-quantization-noise ratio of the layer's output (int8 model vs float model, so
+    /// error accumulated from earlier layers counts), in dB; higher is better.
+    pub sqnr_db: Option<f64>,
+    /// Cosine similarity of the same outputs.
+    pub cosine: Option<f64>,
+}
+
+/// Runs both graphs on `batch` and compares each int8 layer's output with float's; returns the
+/// report, int8 layers worst first, then the float ones.
+#[allow(clippy::too_many_arguments)]
+pub fn measure_layers(
+    float: &TypedModel,
+    quantized: &TypedModel,
+    layers: &[Candidate],
+    int8_outlets: &[OutletId],
+    skipped: &[Skipped],
+    inputs: &[TensorSpec],
+    batch: Vec<Tensor>,
+    executor: Executor,
+) -> Result<Vec<LayerReport>> {
+    let float_outputs: Vec<OutletId> = layers.iter().map(|l| l.output).collect();
+    let expected =
+        run_with_outputs(float, &float_outputs, inputs, batch.clone(), executor.clone())?;
+    let got = run_with_outputs(quantized, int8_outlets, inputs, batch, executor)?;
+    let mut report: Vec<LayerReport> = layers
+        .iter()
+        .zip(expected.iter().zip(&got))
+        .map(|(layer, (want, have))| {
+            let (sqnr_db, cosine) = compare(want, have);
+            LayerReport {
+                name: layer.name.clone(),
+                kind: kind_name(&layer.kind).into(),
+                int8: true,
+                reason: None,
+                sqnr_db: Some(sqnr_db),
+                cosine: Some(cosine),
+            }
+        })
+        .collect();
+    report.sort_by(|a, b| a.sqnr_db.partial_cmp(&b.sqnr_db).unwrap_or(std::cmp::Ordering::Equal));
+    report.extend(skipped.iter().map(|s| LayerReport {
+        name: s.name.clone(),
+        kind: "float".into(),
+        int8: false,
+        reason: Some(s.reason.clone()),
+        sqnr_db: None,
+        cosine: None,
+    }));
+    Ok(report)
+}
+
+fn kind_name(kind: &LayerKind) -> &'static str {
+    match kind {
+        LayerKind::Conv { depthwise: true, .. } => "depthwise",
+        LayerKind::Conv { pool_spec, .. } if pool_spec.kernel_shape.iter().all(|&k| k == 1) => {
+            "pointwise"
+        }
+        LayerKind::Conv { .. } => "conv",
+        LayerKind::Linear { .. } => "linear",
+    }
+}
+
+fn run_with_outputs(
+    model: &TypedModel,
+    outputs: &[OutletId],
+    inputs: &[TensorSpec],
+    batch: Vec<Tensor>,
+    executor: Executor,
+) -> Result<Vec<Vec<f32>>> {
+    let mut model = model.clone();
+    model.select_output_outlets(outputs).map_err(|e| Error::Calibration(chain(&e)))?;
+    let plans = Plans::new(&model, executor, "quantization report")?;
+    let plan = plans.get(bind_inputs(inputs, &batch)?)?;
+    let values = catch_panics("quantization report", || {
+        plan.run(batch.into_iter().map(TValue::from).collect())
+            .map_err(|e| Error::Calibration(chain(&e)))
+    })?;
+    values
+        .iter()
+        .map(|v| {
+            let view =
+                v.to_plain_array_view::<f32>().map_err(|e| Error::Calibration(format!("{e:#}")))?;
+            Ok(view.iter().copied().collect())
+        })
+        .collect()
+}
+
+/// (SQNR in dB, cosine similarity) of `have` against `want`.
+pub fn compare(want: &[f32], have: &[f32]) -> (f64, f64) {
+    let (mut signal, mut noise, mut dot, mut have_sq) = (0f64, 0f64, 0f64, 0f64);
+    for (&w, &h) in want.iter().zip(have) {
+        let (w, h) = (f64::from(w), f64::from(h));
+        signal += w * w;
+        noise += (w - h) * (w - h);
+        dot += w * h;
+        have_sq += h * h;
+    }
+    let sqnr = if noise == 0.0 { f64::INFINITY } else { 10.0 * (signal / noise).log10() };
+    let cosine =
+        if signal == 0.0 || have_sq == 0.0 { 1.0 } else { dot / (signal.sqrt() * have_sq.sqrt()) };
+    (sqnr, cosine)
+}
