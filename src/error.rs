@@ -64,7 +64,7 @@ impl Error {
         Error::Input { name: name.into(), reason: reason.into() }
     }
 
-    pub(crate) fn config(option: impl Into<String>, reason: impl Into<String>) -> Self {
+    pub fn config(option: impl Into<String>, reason: impl Into<String>) -> Self {
         Error::Config { option: option.into(), reason: reason.into() }
     }
 }

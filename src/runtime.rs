@@ -71,8 +71,18 @@ impl Runtime {
         quantize: &QuantizeOptions,
         batches: &mut BatchSource<'_>,
     ) -> Result<Self> {
+        let model = catch_panics("loading the model", || OnnxModel::load(path))?;
+        Self::from_model_quantized(model, options, quantize, batches)
+    }
+
+    /// Calibrates an analysed model on `batches` and prepares its int8 plan.
+    pub fn from_model_quantized(
+        model: OnnxModel,
+        options: &LoadOptions,
+        quantize: &QuantizeOptions,
+        batches: &mut BatchSource<'_>,
+    ) -> Result<Self> {
         catch_panics("quantizing the model", || {
-            let model = OnnxModel::load(path)?;
             let threads = resolve_threads(options.threads)?;
             let executor = executor(threads)?;
             let float = Plans::new(&model.typed, executor.clone(), &model.source)?;

@@ -71,7 +71,7 @@ mod tests {
             out_width: 4,
         };
         let x: Vec<u8> = (0..5 * 4 * 3).map(|i| (i * 37 % 251) as u8).collect();
-        let w: Vec<i8> = (0..9 * 3).map(|i| (i as i32 * 29 % 255 - 127) as i8).collect();
+        let w: Vec<i8> = (0..9 * 3).map(|i| (i * 29 % 255 - 127) as i8).collect();
         let zp = 17;
         let mut acc = vec![0; 3 * 4 * 3];
         depthwise_conv(&g, &x, zp, &w, &mut acc);

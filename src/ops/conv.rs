@@ -8,7 +8,7 @@ use tract_onnx::tract_core::ops::cnn::PoolSpec;
 use super::parallel::for_each_chunk;
 use super::Int8Layer;
 use crate::kernels::{
-    depthwise_conv, dequantize_rows, gemm_u8i8_block, quantize_value, DepthwiseGeometry, Isa,
+    depthwise_conv, dequantize_to_planes, gemm_u8i8_block, quantize_to_hwc, DepthwiseGeometry, Isa,
     BLOCK_N,
 };
 
@@ -61,11 +61,7 @@ impl Int8Conv {
         let zp = layer.input.zero_point;
         // Quantize and go NCHW → HWC in one pass: patches then read channels contiguously.
         let mut x = vec![0u8; hw * c];
-        for ch in 0..c {
-            for (p, &v) in image[ch * hw..(ch + 1) * hw].iter().enumerate() {
-                x[p * c + ch] = quantize_value(v, layer.input.scale, zp);
-            }
-        }
+        quantize_to_hwc(image, c, hw, layer.input.scale, zp, &mut x);
         let pixels = g.out[0] * g.out[1];
         if self.depthwise {
             let geometry = DepthwiseGeometry {
@@ -82,7 +78,7 @@ impl Int8Conv {
             let mut acc = vec![0i32; pixels * c];
             depthwise_conv(&geometry, &x, i32::from(zp), &w.codes, &mut acc);
             let zeros = vec![0; c];
-            dequantize_rows(
+            dequantize_to_planes(
                 &acc,
                 c,
                 pixels,
@@ -92,7 +88,7 @@ impl Int8Conv {
                 &w.output_scales,
                 &w.bias,
                 layer.activation,
-                |p, o, v| out[o * pixels + p] = v,
+                out,
             );
             return;
         }
@@ -111,7 +107,7 @@ impl Int8Conv {
                 gemm_u8i8_block(isa, &patches, k_padded, pixels, packed, block, &mut acc, BLOCK_N);
                 let first = group * per_group_out + block * BLOCK_N;
                 let sums = &packed.column_sums[block * BLOCK_N..block * BLOCK_N + channels];
-                dequantize_rows(
+                dequantize_to_planes(
                     &acc,
                     BLOCK_N,
                     pixels,
@@ -121,7 +117,7 @@ impl Int8Conv {
                     &w.output_scales[first..first + channels],
                     &w.bias[first..first + channels],
                     layer.activation,
-                    |p, o, v| chunk[o * pixels + p] = v,
+                    chunk,
                 );
             });
         }

@@ -45,19 +45,14 @@ impl LayerWeights {
         input: ActivationQuant,
         groups: usize,
     ) -> Self {
-        let packed = if groups == 0 {
-            Vec::new()
-        } else {
-            let per_group = n / groups;
-            (0..groups)
+        let packed = match n.checked_div(groups) {
+            None => Vec::new(), // depthwise: the direct kernel reads `codes`
+            Some(per_group) => (0..groups)
                 .map(|g| {
-                    PackedWeights::pack(
-                        &codes[g * per_group * k..(g + 1) * per_group * k],
-                        per_group,
-                        k,
-                    )
+                    let rows = &codes[g * per_group * k..(g + 1) * per_group * k];
+                    PackedWeights::pack(rows, per_group, k)
                 })
-                .collect()
+                .collect(),
         };
         let output_scales = scales.iter().map(|s| s * input.scale).collect();
         LayerWeights { n, k, codes, scales, bias, output_scales, packed }

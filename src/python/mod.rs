@@ -1,6 +1,7 @@
 //! The PyO3 facade (`jarvis_performance._native`). Only argument conversion, error mapping and
 //! GIL handling live here; everything else is in the library.
 
+mod calibration;
 mod convert;
 mod errors;
 mod runtime;

@@ -6,10 +6,13 @@ use std::sync::Arc;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
 
+use super::calibration::PySource;
 use super::convert::{tensor_from_py, tensor_to_py};
 use super::without_gil;
+use crate::calibrate::Method;
 use crate::error::Error;
-use crate::model::TensorSpec;
+use crate::model::{OnnxModel, TensorSpec};
+use crate::quantize::QuantizeOptions;
 use crate::runtime::{LoadOptions, Runtime};
 
 /// Name, shape and dtype of one model input or output.
@@ -60,13 +63,101 @@ pub struct PyRuntime {
 
 #[pymethods]
 impl PyRuntime {
-    /// Loads an ONNX file; `threads` defaults to `JARVIS_PERF_THREADS`, else every core.
+    /// Loads an ONNX file; `threads` defaults to `JARVIS_PERF_THREADS`, else every core. With
+    /// `quantize="int8"`, calibrates on `calibration` and runs Conv/Gemm/MatMul layers in int8.
     #[staticmethod]
-    #[pyo3(signature = (path, *, threads = None))]
-    fn load(py: Python<'_>, path: PathBuf, threads: Option<usize>) -> PyResult<Self> {
+    #[pyo3(signature = (path, *, threads = None, quantize = None, calibration = None, method = None, per_channel = true, exclude = Vec::new()))]
+    #[allow(clippy::too_many_arguments)]
+    fn load(
+        py: Python<'_>,
+        path: PathBuf,
+        threads: Option<usize>,
+        quantize: Option<String>,
+        calibration: Option<Bound<'_, PyAny>>,
+        method: Option<String>,
+        per_channel: bool,
+        exclude: Vec<String>,
+    ) -> PyResult<Self> {
         let options = LoadOptions { threads };
-        let runtime = without_gil(py, move || Runtime::load(&path, &options))?;
+        let runtime = match quantize.as_deref() {
+            None => {
+                if calibration.is_some() || method.is_some() {
+                    return Err(
+                        Error::config("calibration", "given without quantize=\"int8\"").into()
+                    );
+                }
+                without_gil(py, move || Runtime::load(&path, &options))?
+            }
+            Some("int8") => {
+                let Some(calibration) = calibration else {
+                    return Err(Error::Calibration(
+                        "quantize=\"int8\" needs calibration data".into(),
+                    )
+                    .into());
+                };
+                let method = match method.as_deref() {
+                    None => Method::DEFAULT,
+                    Some(text) => text.parse().map_err(|e: String| Error::config("method", e))?,
+                };
+                let quantize = QuantizeOptions { method, per_channel, exclude };
+                let model = without_gil(py, move || OnnxModel::load(&path))?;
+                let mut source = PySource::new(&calibration, &model.inputs)?;
+                without_gil(py, move || {
+                    Runtime::from_model_quantized(model, &options, &quantize, &mut || {
+                        source.next_batch()
+                    })
+                })?
+            }
+            Some(other) => {
+                return Err(
+                    Error::config("quantize", format!("{other:?}: use None or \"int8\"")).into()
+                );
+            }
+        };
         Ok(PyRuntime { inner: Arc::new(runtime) })
+    }
+
+    /// Whether the model runs with int8 layers.
+    #[getter]
+    fn quantized(&self) -> bool {
+        self.inner.quantized()
+    }
+
+    /// Per Conv/Gemm/MatMul layer: `name`, `kind`, `int8`, `reason` (why it stayed float),
+    /// `sqnr_db` and `cosine` of its output against the float model on calibration data;
+    /// int8 layers worst first, then float ones. Empty for a float runtime.
+    fn quantization_report<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let rows = self.inner.quantization().map(|q| q.report.as_slice()).unwrap_or_default();
+        let dicts = rows
+            .iter()
+            .map(|row| {
+                let d = PyDict::new(py);
+                d.set_item("name", &row.name)?;
+                d.set_item("kind", &row.kind)?;
+                d.set_item("int8", row.int8)?;
+                d.set_item("reason", &row.reason)?;
+                d.set_item("sqnr_db", row.sqnr_db)?;
+                d.set_item("cosine", row.cosine)?;
+                Ok(d)
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        PyList::new(py, dicts)
+    }
+
+    /// Calibration and weight-memory figures of a quantized runtime (`None` for float):
+    /// `method`, `batches`, `samples`, `calibration_bytes` (the fixed bound on observer
+    /// memory), `float_weight_bytes`, `int8_weight_bytes`.
+    fn quantization_summary<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let Some(q) = self.inner.quantization() else { return Ok(None) };
+        let d = PyDict::new(py);
+        d.set_item("method", q.options.method.to_string())?;
+        d.set_item("per_channel", q.options.per_channel)?;
+        d.set_item("batches", q.batches)?;
+        d.set_item("samples", q.samples)?;
+        d.set_item("calibration_bytes", q.calibration_bytes)?;
+        d.set_item("float_weight_bytes", q.float_weight_bytes)?;
+        d.set_item("int8_weight_bytes", q.int8_weight_bytes)?;
+        Ok(Some(d))
     }
 
     /// Runs the model. An array feeds the only input and the first output comes back; a dict
@@ -132,7 +223,12 @@ impl PyRuntime {
     }
 
     fn __repr__(&self) -> String {
-        format!("Runtime({:?}, threads={})", self.inner.model().source, self.inner.threads())
+        let precision = if self.inner.quantized() { "int8" } else { "float32" };
+        format!(
+            "Runtime({:?}, {precision}, threads={})",
+            self.inner.model().source,
+            self.inner.threads()
+        )
     }
 }
 

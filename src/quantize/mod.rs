@@ -149,7 +149,7 @@ fn build_op(layer: &Candidate, input: ActivationQuant, per_channel: bool) -> Box
             };
             Box::new(Int8Conv {
                 layer,
-                pool_spec: pool_spec.clone(),
+                pool_spec: (**pool_spec).clone(),
                 group: *group,
                 depthwise: *depthwise,
             })

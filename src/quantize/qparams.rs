@@ -79,11 +79,11 @@ mod tests {
 
     #[test]
     fn weights_per_channel() {
-        let w = [1.0, -0.5, 0.0, 0.02, -0.04, 0.01];
+        let w = [1.0, -0.5, 0.0, 0.03, -0.04, 0.01];
         let (q, s) = quantize_weights(&w, 2, 3, true);
-        assert_eq!(q, vec![127, -64, 0, 64, -127, 32]);
+        assert_eq!(q, vec![127, -64, 0, 95, -127, 32]);
         assert!((s[1] - 0.04 / 127.0).abs() < 1e-9);
         let (q, _) = quantize_weights(&w, 2, 3, false);
-        assert_eq!(&q[3..], &[3, -5, 1]);
+        assert_eq!(&q[3..], &[4, -5, 1]);
     }
 }

@@ -19,7 +19,7 @@ use crate::kernels::Activation;
 /// The shape of a layer's computation.
 #[derive(Debug, Clone)]
 pub enum LayerKind {
-    Conv { pool_spec: PoolSpec, group: usize, depthwise: bool },
+    Conv { pool_spec: Box<PoolSpec>, group: usize, depthwise: bool },
     Linear { kept_axes: usize },
 }
 
@@ -152,7 +152,7 @@ fn conv_layer(
     };
     Ok(Ok(Candidate {
         name: node.name.clone(),
-        kind: LayerKind::Conv { pool_spec: spec.clone(), group, depthwise },
+        kind: LayerKind::Conv { pool_spec: Box::new(spec.clone()), group, depthwise },
         input: node.inputs[0],
         output: OutletId::new(node.id, 0),
         weights,
@@ -244,7 +244,7 @@ fn einsum_layer(
             input_channels: k,
             output_channels: n,
         };
-        LayerKind::Conv { pool_spec, group: 1, depthwise: false }
+        LayerKind::Conv { pool_spec: Box::new(pool_spec), group: 1, depthwise: false }
     } else {
         return Ok(Err(format!(
             "axes {text} are neither a linear layer nor a pointwise convolution"
@@ -274,12 +274,15 @@ fn only_successor(model: &TypedModel, outlet: OutletId) -> TractResult<Option<&T
     }
 }
 
+/// A binary op's name, and its constant operand's values and shape.
+type ConstOperand<'m> = (&'m str, Vec<f32>, TVec<usize>);
+
 /// The other operand of a binary node reading `outlet`, when it is a constant.
 fn binary_with_const<'m>(
     model: &'m TypedModel,
     node: &'m TypedNode,
     outlet: OutletId,
-) -> TractResult<Option<(&'m str, Vec<f32>, TVec<usize>)>> {
+) -> TractResult<Option<ConstOperand<'m>>> {
     let Some(op) = node.op_as::<TypedBinOp>() else { return Ok(None) };
     if node.inputs.len() != 2 {
         return Ok(None);
