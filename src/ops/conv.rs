@@ -61,7 +61,7 @@ impl Int8Conv {
         let zp = layer.input.zero_point;
         // Quantize and go NCHW → HWC in one pass: patches then read channels contiguously.
         let mut x = vec![0u8; hw * c];
-        quantize_to_hwc(image, c, hw, layer.input.scale, zp, &mut x);
+        quantize_to_hwc(Isa::detect(), image, c, hw, layer.input.scale, zp, &mut x);
         let pixels = g.out[0] * g.out[1];
         if self.depthwise {
             let geometry = DepthwiseGeometry {
@@ -76,9 +76,10 @@ impl Int8Conv {
                 out_width: g.out[1],
             };
             let mut acc = vec![0i32; pixels * c];
-            depthwise_conv(&geometry, &x, i32::from(zp), &w.codes, &mut acc);
+            depthwise_conv(Isa::detect(), &geometry, &x, i32::from(zp), &w.codes, &mut acc);
             let zeros = vec![0; c];
             dequantize_to_planes(
+                Isa::detect(),
                 &acc,
                 c,
                 pixels,
@@ -108,6 +109,7 @@ impl Int8Conv {
                 let first = group * per_group_out + block * BLOCK_N;
                 let sums = &packed.column_sums[block * BLOCK_N..block * BLOCK_N + channels];
                 dequantize_to_planes(
+                    Isa::detect(),
                     &acc,
                     BLOCK_N,
                     pixels,

@@ -63,6 +63,7 @@ impl EvalOp for Int8Linear {
             for r in 0..count {
                 let src = &data[(first + r) * k..(first + r + 1) * k];
                 quantize_u8(
+                    isa,
                     src,
                     self.layer.input.scale,
                     zp,
