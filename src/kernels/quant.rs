@@ -11,10 +11,13 @@ use super::Isa;
 pub fn round_half_even(v: f32) -> f32 {
     const MAGIC: f32 = 8_388_608.0; // 2^23: adding it leaves no fraction bits
     let magnitude = v.abs();
-    if magnitude >= MAGIC || v.is_nan() {
-        return v; // already an integer (or NaN)
+    let rounded = ((magnitude + MAGIC) - MAGIC).copysign(v);
+    // A select, not a branch, so loops vectorise; large values (and NaN) are kept as they are.
+    if magnitude < MAGIC {
+        rounded
+    } else {
+        v
     }
-    ((magnitude + MAGIC) - MAGIC).copysign(v)
 }
 
 /// Saturates a rounded value to u8 (NaN becomes 0).
@@ -33,8 +36,13 @@ pub fn saturate_i8(v: f32) -> i8 {
 #[inline(always)]
 pub fn quantize_value(x: f32, scale: f32, zero_point: u8) -> u8 {
     // Round before adding the zero point, as the spec does: adding first could drop fraction
-    // bits and move a near-tie.
-    saturate_u8(round_half_even(x / scale) + f32::from(zero_point))
+    // bits and move a near-tie. Written with selects (not `clamp`) so loops vectorise.
+    let q = round_half_even(x / scale) + f32::from(zero_point);
+    let q = if q > 0.0 { q } else { 0.0 }; // NaN lands here too and becomes 0
+    let q = if q < 255.0 { q } else { 255.0 };
+    // SAFETY: q is finite and in [0, 255] here, so the conversion is exact and in range; the
+    // checked `as` conversion would keep the loop from vectorising.
+    unsafe { q.to_int_unchecked::<i32>() as u8 }
 }
 
 /// Runs `$body` compiled for AVX-512 when `$isa` allows it (the same source, vectorised 16
@@ -49,10 +57,24 @@ macro_rules! multiversion {
         match $isa {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: Isa::Avx512Vnni is only chosen on CPUs with these features.
-            Isa::Avx512Vnni => unsafe { wide(|| $body) },
+            // `move`: the body sees its scalars as values, not as references that a store could
+            // alias, which would keep LLVM from vectorising.
+            Isa::Avx512Vnni => unsafe { wide(move || $body) },
             _ => $body,
         }
     }};
+}
+
+pub(crate) use multiversion;
+
+/// `dst[i] = quantize_value(src[i], scale, zero_point) - zero_point`: codes centred on the zero
+/// point, as the depthwise kernel multiplies them.
+pub fn quantize_centred(isa: Isa, src: &[f32], scale: f32, zero_point: u8, dst: &mut [i16]) {
+    multiversion!(isa, {
+        for (d, &s) in dst.iter_mut().zip(src) {
+            *d = i16::from(quantize_value(s, scale, zero_point)) - i16::from(zero_point);
+        }
+    })
 }
 
 /// `dst[i] = quantize_value(src[i], scale, zero_point)`.
@@ -104,13 +126,22 @@ pub enum Activation {
 }
 
 impl Activation {
+    /// The (low, high) clamp this activation is.
+    #[inline(always)]
+    pub fn bounds(self) -> (f32, f32) {
+        match self {
+            Activation::Identity => (f32::NEG_INFINITY, f32::INFINITY),
+            Activation::Relu => (0.0, f32::INFINITY),
+            Activation::Clip(low, high) => (low, high),
+        }
+    }
+
+    /// Applies the clamp. Branch-free, so loops calling it vectorise; inputs come from integer
+    /// accumulators and are never NaN.
     #[inline(always)]
     pub fn apply(self, v: f32) -> f32 {
-        match self {
-            Activation::Identity => v,
-            Activation::Relu => v.max(0.0),
-            Activation::Clip(low, high) => v.max(low).min(high),
-        }
+        let (low, high) = self.bounds();
+        v.max(low).min(high)
     }
 }
 

@@ -6,11 +6,13 @@ use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::cnn::PoolSpec;
 
 use super::parallel::for_each_chunk;
-use super::Int8Layer;
+use super::{Int8Layer, Packed};
 use crate::kernels::{
-    depthwise_conv, dequantize_to_planes, gemm_u8i8_block, quantize_to_hwc, DepthwiseGeometry, Isa,
-    BLOCK_N,
+    depthwise_plane, dequantize_plane, gemm_planar, im2col_c4, quantize_c4, quantize_centred, Isa,
 };
+
+/// Output channels per parallel task.
+const CHANNELS_PER_TASK: usize = 16;
 
 /// An int8 convolution replacing tract's `Conv` (+ a fused ReLU/Clip).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,7 +21,7 @@ pub struct Int8Conv {
     /// Kernel shape, strides, dilations and padding, as tract analysed them.
     pub pool_spec: PoolSpec,
     pub group: usize,
-    /// Weight k order is (ky, kx, channel-in-group); depthwise weights are (ky, kx, channel).
+    /// One filter per channel (run by the direct depthwise kernel).
     pub depthwise: bool,
 }
 
@@ -54,124 +56,98 @@ impl Int8Conv {
         })
     }
 
-    fn run_image(&self, g: &Geometry, image: &[f32], out: &mut [f32]) {
+    fn run_image(&self, g: &Geometry, image: &[f32], out: &mut [f32]) -> TractResult<()> {
         let layer = &self.layer;
         let w = &*layer.weights;
-        let (hw, c) = (g.height * g.width, g.channels);
-        let zp = layer.input.zero_point;
-        // Quantize and go NCHW → HWC in one pass: patches then read channels contiguously.
-        let mut x = vec![0u8; hw * c];
-        quantize_to_hwc(Isa::detect(), image, c, hw, layer.input.scale, zp, &mut x);
-        let pixels = g.out[0] * g.out[1];
-        if self.depthwise {
-            let geometry = DepthwiseGeometry {
-                height: g.height,
-                width: g.width,
-                channels: c,
-                kernel: g.kernel,
-                stride: g.stride,
-                dilation: g.dilation,
-                pad: g.pad,
-                out_height: g.out[0],
-                out_width: g.out[1],
-            };
-            let mut acc = vec![0i32; pixels * c];
-            depthwise_conv(Isa::detect(), &geometry, &x, i32::from(zp), &w.codes, &mut acc);
-            let zeros = vec![0; c];
-            dequantize_to_planes(
-                Isa::detect(),
-                &acc,
-                c,
-                pixels,
-                c,
-                0,
-                &zeros,
-                &w.output_scales,
-                &w.bias,
-                layer.activation,
-                out,
-            );
-            return;
-        }
-        let per_group_in = c / self.group;
-        let per_group_out = w.n / self.group;
         let isa = Isa::detect();
-        for (group, packed) in w.packed.iter().enumerate() {
-            let k_padded = packed.k_padded;
-            let patches = self.im2col(g, &x, group * per_group_in, per_group_in, k_padded, zp);
-            let group_out =
-                &mut out[group * per_group_out * pixels..(group + 1) * per_group_out * pixels];
-            // One task per block of 16 output channels: its rows of the NCHW output are contiguous.
-            for_each_chunk(group_out, BLOCK_N * pixels, |block, chunk| {
-                let channels = chunk.len() / pixels;
-                let mut acc = vec![0i32; pixels * BLOCK_N];
-                gemm_u8i8_block(isa, &patches, k_padded, pixels, packed, block, &mut acc, BLOCK_N);
-                let first = group * per_group_out + block * BLOCK_N;
-                let sums = &packed.column_sums[block * BLOCK_N..block * BLOCK_N + channels];
-                dequantize_to_planes(
-                    Isa::detect(),
+        let (pixels_in, pixels) = (g.height * g.width, g.out[0] * g.out[1]);
+        let (scale, zp) = (layer.input.scale, layer.input.zero_point);
+        if let Packed::Depthwise = w.packed {
+            let mut x = vec![0i16; g.channels * pixels_in];
+            quantize_centred(isa, image, scale, zp, &mut x);
+            let taps = g.kernel[0] * g.kernel[1];
+            for_each_chunk(out, pixels, |c, plane| {
+                let mut acc = vec![0i32; pixels];
+                depthwise_plane(
+                    isa,
+                    &x[c * pixels_in..(c + 1) * pixels_in],
+                    g.height,
+                    g.width,
+                    &w.codes[c * taps..(c + 1) * taps],
+                    g.kernel,
+                    g.stride,
+                    g.dilation,
+                    g.pad,
+                    g.out,
+                    &mut acc,
+                );
+                dequantize_plane(
+                    isa,
                     &acc,
-                    BLOCK_N,
-                    pixels,
-                    channels,
-                    i32::from(zp),
-                    sums,
-                    &w.output_scales[first..first + channels],
-                    &w.bias[first..first + channels],
+                    0,
+                    w.output_scales[c],
+                    w.bias[c],
                     layer.activation,
-                    chunk,
+                    plane,
                 );
             });
+            return Ok(());
         }
-    }
-
-    /// One row of `k_padded` bytes per output pixel: the (ky, kx, channel) patch, padding taps
-    /// holding the zero point (so they contribute exactly nothing).
-    #[allow(clippy::too_many_arguments)]
-    fn im2col(
-        &self,
-        g: &Geometry,
-        x: &[u8],
-        first: usize,
-        channels: usize,
-        k_padded: usize,
-        zp: u8,
-    ) -> Vec<u8> {
-        let pixels = g.out[0] * g.out[1];
-        let c = g.channels;
-        let unit = g.kernel == [1, 1] && g.stride == [1, 1] && g.pad == [0, 0] && channels == c;
-        if unit && k_padded == c {
-            return x.to_vec(); // 1×1 convolution: the HWC image already is the patch matrix
-        }
-        let mut patches = vec![zp; pixels * k_padded];
-        for_each_chunk(&mut patches, k_padded * g.out[1], |oy, row| {
-            for ox in 0..g.out[1] {
-                let patch = &mut row[ox * k_padded..(ox + 1) * k_padded];
-                for ky in 0..g.kernel[0] {
-                    let Some(iy) = (oy * g.stride[0] + ky * g.dilation[0]).checked_sub(g.pad[0])
-                    else {
-                        continue;
-                    };
-                    if iy >= g.height {
-                        continue;
-                    }
-                    for kx in 0..g.kernel[1] {
-                        let Some(ix) =
-                            (ox * g.stride[1] + kx * g.dilation[1]).checked_sub(g.pad[1])
-                        else {
-                            continue;
-                        };
-                        if ix >= g.width {
-                            continue;
-                        }
-                        let src = &x[(iy * g.width + ix) * c + first..][..channels];
-                        let at = (ky * g.kernel[1] + kx) * channels;
-                        patch[at..at + channels].copy_from_slice(src);
-                    }
+        let Packed::Planar(groups) = &w.packed else { bail!("Int8Conv holds linear weights") };
+        let channel_groups = g.channels.div_ceil(4);
+        let mut x = vec![0u32; channel_groups * pixels_in];
+        quantize_c4(isa, image, g.channels, pixels_in, scale, zp, &mut x);
+        let unit = g.kernel == [1, 1] && g.stride == [1, 1] && g.pad == [0, 0];
+        let per_group_out = w.n / self.group;
+        let groups_per_conv_group = channel_groups / self.group;
+        for (group, packed) in groups.iter().enumerate() {
+            let first_group = group * groups_per_conv_group;
+            let patches;
+            let operand: &[u32] = if unit {
+                &x[first_group * pixels_in..]
+            } else {
+                let mut buffer = vec![0u32; packed.k4 * pixels];
+                im2col_c4(
+                    &x,
+                    first_group..first_group + groups_per_conv_group,
+                    g.height,
+                    g.width,
+                    g.kernel,
+                    g.stride,
+                    g.dilation,
+                    g.pad,
+                    g.out,
+                    zp,
+                    &mut buffer,
+                );
+                patches = buffer;
+                &patches
+            };
+            let group_out =
+                &mut out[group * per_group_out * pixels..(group + 1) * per_group_out * pixels];
+            // One task per 16 output channels: their NCHW planes are contiguous.
+            for_each_chunk(group_out, CHANNELS_PER_TASK * pixels, |task, chunk| {
+                let first = task * CHANNELS_PER_TASK;
+                let count = chunk.len() / pixels;
+                let mut acc = vec![0i32; count * pixels];
+                gemm_planar(isa, operand, pixels, packed, first..first + count, &mut acc);
+                for (i, plane) in chunk.chunks_mut(pixels).enumerate() {
+                    let (local, o) = (first + i, group * per_group_out + first + i);
+                    let offset = i32::from(zp) * packed.column_sums[local];
+                    let acc = &acc[i * pixels..(i + 1) * pixels];
+                    dequantize_plane(
+                        isa,
+                        acc,
+                        offset,
+                        w.output_scales[o],
+                        w.bias[o],
+                        layer.activation,
+                        plane,
+                    );
                 }
-            }
-        });
-        patches
+            });
+        }
+        Ok(())
     }
 }
 
@@ -207,7 +183,7 @@ impl EvalOp for Int8Conv {
         let out_len = n * g.out[0] * g.out[1];
         let mut output = vec![0f32; batch * out_len];
         for (image, out) in data.chunks(image_len.max(1)).zip(output.chunks_mut(out_len.max(1))) {
-            self.run_image(&g, image, out);
+            self.run_image(&g, image, out)?;
         }
         let tensor = Tensor::from_shape(&[batch, n, g.out[0], g.out[1]], &output)?;
         Ok(tvec!(tensor.into_tvalue()))

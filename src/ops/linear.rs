@@ -5,7 +5,7 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
 use super::parallel::for_each_chunk;
-use super::Int8Layer;
+use super::{Int8Layer, Packed};
 use crate::kernels::{dequantize_rows, gemm_u8i8, quantize_u8, Isa};
 
 /// Rows per parallel task.
@@ -51,7 +51,7 @@ impl EvalOp for Int8Linear {
         let view = input.to_plain_array_view::<f32>()?;
         let contiguous = view.as_standard_layout();
         let data = contiguous.as_slice().context("Int8Linear input is not contiguous")?;
-        let packed = &w.packed[0];
+        let Packed::Rows(packed) = &w.packed else { bail!("Int8Linear holds convolution weights") };
         let (k, k_padded, n, n_padded) = (w.k, packed.k_padded, w.n, packed.n_padded());
         let zp = self.layer.input.zero_point;
         let mut output = vec![0f32; rows * n];

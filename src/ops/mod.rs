@@ -11,8 +11,19 @@ use std::sync::Arc;
 pub use conv::Int8Conv;
 pub use linear::Int8Linear;
 
-use crate::kernels::{Activation, PackedWeights};
+use crate::kernels::{Activation, PackedWeights, PlanarWeights};
 use crate::quantize::qparams::ActivationQuant;
+
+/// How a layer's weights are laid out for its kernels.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Packed {
+    /// Row-major GEMM weights (linear layers).
+    Rows(PackedWeights),
+    /// Planar GEMM weights, one per convolution group; k order (tap, channel padded to 4).
+    Planar(Vec<PlanarWeights>),
+    /// Depthwise: the direct kernel reads `codes` (`n` rows of `taps`).
+    Depthwise,
+}
 
 /// The int8 weights of one layer and everything derived from them, immutable once built: an
 /// update builds a new one and swaps the `Arc`.
@@ -20,22 +31,29 @@ use crate::quantize::qparams::ActivationQuant;
 pub struct LayerWeights {
     /// Output channels.
     pub n: usize,
-    /// Reduction length per output channel (per group for grouped convs).
+    /// Reduction length per output channel (per group for grouped convs), before padding.
     pub k: usize,
-    /// Codes, `n` rows of `k` in the kernel's k order.
+    /// Codes, `n` rows of `k`; conv k order is (tap, channel-in-group).
     pub codes: Vec<i8>,
     /// Per-output-channel weight scales.
     pub scales: Vec<f32>,
     pub bias: Vec<f32>,
     /// `activation scale × weight scale` per output channel: the epilogue's multiplier.
     pub output_scales: Vec<f32>,
-    /// Packed for the GEMM kernels, one per group (empty for depthwise convs).
-    pub packed: Vec<PackedWeights>,
+    pub packed: Packed,
+}
+
+/// The weight layout a layer's kernel needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    Linear,
+    Conv { groups: usize, taps: usize },
+    Depthwise,
 }
 
 impl LayerWeights {
-    /// Builds the layer from codes; `groups` splits the output channels for packing
-    /// (0 = depthwise: no packing).
+    /// Builds the layer from codes (`n` rows of `k`) and packs them for `layout`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         codes: Vec<i8>,
         scales: Vec<f32>,
@@ -43,16 +61,31 @@ impl LayerWeights {
         n: usize,
         k: usize,
         input: ActivationQuant,
-        groups: usize,
+        layout: Layout,
     ) -> Self {
-        let packed = match n.checked_div(groups) {
-            None => Vec::new(), // depthwise: the direct kernel reads `codes`
-            Some(per_group) => (0..groups)
-                .map(|g| {
-                    let rows = &codes[g * per_group * k..(g + 1) * per_group * k];
-                    PackedWeights::pack(rows, per_group, k)
-                })
-                .collect(),
+        let packed = match layout {
+            Layout::Linear => Packed::Rows(PackedWeights::pack(&codes, n, k)),
+            Layout::Depthwise => Packed::Depthwise,
+            Layout::Conv { groups, taps } => {
+                let per_group = n / groups.max(1);
+                let channels = k / taps.max(1);
+                let padded = channels.div_ceil(4) * 4;
+                let planes = (0..groups.max(1))
+                    .map(|g| {
+                        // (tap, channel) rows, each tap's channels padded to a multiple of 4.
+                        let mut rows = vec![0i8; per_group * taps * padded];
+                        for o in 0..per_group {
+                            for t in 0..taps {
+                                let src =
+                                    &codes[(g * per_group + o) * k + t * channels..][..channels];
+                                rows[(o * taps + t) * padded..][..channels].copy_from_slice(src);
+                            }
+                        }
+                        PlanarWeights::pack(&rows, per_group, taps * padded / 4)
+                    })
+                    .collect();
+                Packed::Planar(planes)
+            }
         };
         let output_scales = scales.iter().map(|s| s * input.scale).collect();
         LayerWeights { n, k, codes, scales, bias, output_scales, packed }
@@ -60,7 +93,12 @@ impl LayerWeights {
 
     /// Bytes of int8 weights held (codes and packed copies), for memory reports.
     pub fn bytes(&self) -> usize {
-        self.codes.len() + self.packed.iter().map(PackedWeights::bytes).sum::<usize>() + 12 * self.n
+        let packed = match &self.packed {
+            Packed::Rows(p) => p.bytes(),
+            Packed::Planar(planes) => planes.iter().map(PlanarWeights::bytes).sum(),
+            Packed::Depthwise => 0,
+        };
+        self.codes.len() + packed + 12 * self.n
     }
 }
 

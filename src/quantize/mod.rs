@@ -17,7 +17,7 @@ pub use rewrite::{find_layers, Candidate, LayerKind, Skipped};
 use crate::calibrate::{Calibrator, Method};
 use crate::error::{chain, Error, Result};
 use crate::model::TensorSpec;
-use crate::ops::{Int8Conv, Int8Layer, Int8Linear, LayerWeights};
+use crate::ops::{Int8Conv, Int8Layer, Int8Linear, LayerWeights, Layout};
 use qparams::{quantize_weights, ActivationQuant};
 
 /// How to quantize.
@@ -118,52 +118,30 @@ pub fn quantize(
 
 fn build_op(layer: &Candidate, input: ActivationQuant, per_channel: bool) -> Box<dyn TypedOp> {
     let (codes, scales) = quantize_weights(&layer.weights, layer.n, layer.k, per_channel);
-    match &layer.kind {
-        LayerKind::Conv { pool_spec, group, depthwise } => {
-            let (codes, groups) = if *depthwise {
-                // Depthwise kernels read weights tap-major: (tap, channel).
-                let mut by_tap = vec![0i8; codes.len()];
-                for c in 0..layer.n {
-                    for t in 0..layer.k {
-                        by_tap[t * layer.n + c] = codes[c * layer.k + t];
-                    }
-                }
-                (by_tap, 0)
-            } else {
-                (codes, *group)
-            };
-            let weights = LayerWeights::new(
-                codes,
-                scales,
-                layer.bias.clone(),
-                layer.n,
-                layer.k,
-                input,
-                groups,
-            );
-            let layer = Int8Layer {
-                name: layer.name.clone(),
-                input,
-                activation: layer.activation,
-                weights: Arc::new(weights),
-            };
-            Box::new(Int8Conv {
-                layer,
-                pool_spec: (**pool_spec).clone(),
-                group: *group,
-                depthwise: *depthwise,
-            })
+    let layout = match &layer.kind {
+        LayerKind::Conv { depthwise: true, .. } => Layout::Depthwise,
+        LayerKind::Conv { pool_spec, group, .. } => {
+            Layout::Conv { groups: *group, taps: pool_spec.kernel_shape.iter().product() }
         }
+        LayerKind::Linear { .. } => Layout::Linear,
+    };
+    let weights =
+        LayerWeights::new(codes, scales, layer.bias.clone(), layer.n, layer.k, input, layout);
+    let int8 = Int8Layer {
+        name: layer.name.clone(),
+        input,
+        activation: layer.activation,
+        weights: Arc::new(weights),
+    };
+    match &layer.kind {
+        LayerKind::Conv { pool_spec, group, depthwise } => Box::new(Int8Conv {
+            layer: int8,
+            pool_spec: (**pool_spec).clone(),
+            group: *group,
+            depthwise: *depthwise,
+        }),
         LayerKind::Linear { kept_axes } => {
-            let weights =
-                LayerWeights::new(codes, scales, layer.bias.clone(), layer.n, layer.k, input, 1);
-            let layer = Int8Layer {
-                name: layer.name.clone(),
-                input,
-                activation: layer.activation,
-                weights: Arc::new(weights),
-            };
-            Box::new(Int8Linear { layer, kept_axes: *kept_axes })
+            Box::new(Int8Linear { layer: int8, kept_axes: *kept_axes })
         }
     }
 }

@@ -147,6 +147,11 @@ fn conv_layer(
         }
     }
     let depthwise = group > 1 && per_group_in == 1 && n == group;
+    if group > 1 && !depthwise && !per_group_in.is_multiple_of(4) {
+        return Ok(Err(format!(
+            "grouped convolution with {per_group_in} channels per group (not a multiple of 4)"
+        )));
+    }
     let Some(bias) = broadcast_bias(&bias, n) else {
         return Ok(Err(format!("bias of {} values for {n} channels", bias.len())));
     };

@@ -1,0 +1,404 @@
+//! Convolution kernels on planar (channel-major) activations, so NCHW tensors go in and out
+//! without transposes.
+//!
+//! Activations are quantized into "C4" layout: channels in groups of four, each group a plane of
+//! pixels holding four bytes (one per channel), the operand shape `vpdpbusd` multiplies. The
+//! GEMM keeps 16 pixels of one output channel per vector, so results land directly in that
+//! channel's output plane.
+
+use std::ops::Range;
+
+use super::quant::quantize_value;
+use super::Isa;
+
+/// Output channels computed together by the SIMD kernel.
+const BLOCK_O: usize = 8;
+
+/// Weights for [`gemm_planar`]: `n` rows of `k4` words, each word 4 i8 weights for 4
+/// consecutive k (the kernel's k order is tap-major, channel groups of 4 within a tap).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlanarWeights {
+    pub n: usize,
+    pub k4: usize,
+    /// `Σ_k W[o][k]` per output channel, for zero-point correction.
+    pub column_sums: Vec<i32>,
+    words: Vec<i32>,
+}
+
+impl PlanarWeights {
+    /// Packs `n` rows of `k4 * 4` i8 weights.
+    pub fn pack(weights: &[i8], n: usize, k4: usize) -> Self {
+        assert_eq!(weights.len(), n * k4 * 4, "weights must be n × 4·k4");
+        let words = weights
+            .chunks_exact(4)
+            .map(|b| i32::from_le_bytes([b[0] as u8, b[1] as u8, b[2] as u8, b[3] as u8]))
+            .collect();
+        let column_sums = weights
+            .chunks_exact(k4 * 4)
+            .map(|row| row.iter().map(|&w| i32::from(w)).sum())
+            .collect();
+        PlanarWeights { n, k4, column_sums, words }
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.words.len() * 4 + self.column_sums.len() * 4
+    }
+}
+
+/// Quantizes `channels` planes of `pixels` floats into C4 layout (`ceil(channels/4)` planes of
+/// `pixels` words); missing channels of the last group hold the zero point.
+pub fn quantize_c4(
+    isa: Isa,
+    image: &[f32],
+    channels: usize,
+    pixels: usize,
+    scale: f32,
+    zero_point: u8,
+    dst: &mut [u32],
+) {
+    let groups = channels.div_ceil(4);
+    assert!(image.len() >= channels * pixels && dst.len() >= groups * pixels);
+    super::quant::multiversion!(isa, {
+        for g in 0..groups {
+            let out = &mut dst[g * pixels..(g + 1) * pixels];
+            let plane = |j: usize| {
+                (4 * g + j < channels)
+                    .then(|| &image[(4 * g + j) * pixels..(4 * g + j + 1) * pixels])
+            };
+            let planes = [plane(0), plane(1), plane(2), plane(3)];
+            for (j, plane) in planes.iter().enumerate() {
+                match plane {
+                    Some(values) => {
+                        for (word, &v) in out.iter_mut().zip(values.iter()) {
+                            let byte = u32::from(quantize_value(v, scale, zero_point)) << (8 * j);
+                            *word = if j == 0 { byte } else { *word | byte };
+                        }
+                    }
+                    None => {
+                        for word in out.iter_mut() {
+                            *word |= u32::from(zero_point) << (8 * j);
+                        }
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// `acc[o - range.start][p] = Σ_k4 Σ_j x[k4][p].byte(j) · W[o][4·k4 + j]` for `o` in `range`:
+/// one plane of `pixels` i32 per output channel.
+pub fn gemm_planar(
+    isa: Isa,
+    x: &[u32],
+    pixels: usize,
+    w: &PlanarWeights,
+    range: Range<usize>,
+    acc: &mut [i32],
+) {
+    assert!(x.len() >= w.k4 * pixels && range.end <= w.n && acc.len() >= range.len() * pixels);
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni => {
+            let mut o = range.start;
+            while o < range.end {
+                let count = BLOCK_O.min(range.end - o);
+                let out = &mut acc[(o - range.start) * pixels..];
+                // SAFETY: Isa::Avx512Vnni is only chosen on CPUs with these features; the assert
+                // above bounds the rows, words and planes the kernel touches.
+                unsafe { avx512::channels(x, pixels, &w.words[o * w.k4..], w.k4, count, out) };
+                o += count;
+            }
+        }
+        _ => {
+            for o in range.clone() {
+                let row = &w.words[o * w.k4..(o + 1) * w.k4];
+                let out = &mut acc[(o - range.start) * pixels..(o - range.start + 1) * pixels];
+                out.fill(0);
+                for (k4, &word) in row.iter().enumerate() {
+                    let wb = word.to_le_bytes();
+                    for (a, &xw) in out.iter_mut().zip(&x[k4 * pixels..(k4 + 1) * pixels]) {
+                        let xb = xw.to_le_bytes();
+                        *a +=
+                            (0..4).map(|j| i32::from(xb[j]) * i32::from(wb[j] as i8)).sum::<i32>();
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    /// `count` (≤ 8) output channels over all pixels.
+    ///
+    /// # Safety
+    /// AVX-512F/BW/VNNI must be available; `x` holds `k4` planes of `pixels` words, `w` holds
+    /// `count` rows of `k4` words, `out` holds `count` planes of `pixels` i32.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub unsafe fn channels(
+        x: &[u32],
+        pixels: usize,
+        w: &[i32],
+        k4: usize,
+        count: usize,
+        out: &mut [i32],
+    ) {
+        match count {
+            8 => unsafe { block::<8>(x, pixels, w, k4, out) },
+            7 => unsafe { block::<7>(x, pixels, w, k4, out) },
+            6 => unsafe { block::<6>(x, pixels, w, k4, out) },
+            5 => unsafe { block::<5>(x, pixels, w, k4, out) },
+            4 => unsafe { block::<4>(x, pixels, w, k4, out) },
+            3 => unsafe { block::<3>(x, pixels, w, k4, out) },
+            2 => unsafe { block::<2>(x, pixels, w, k4, out) },
+            _ => unsafe { block::<1>(x, pixels, w, k4, out) },
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn block<const O: usize>(
+        x: &[u32],
+        pixels: usize,
+        w: &[i32],
+        k4: usize,
+        out: &mut [i32],
+    ) {
+        let (xp, wp, op) = (x.as_ptr(), w.as_ptr(), out.as_mut_ptr());
+        let mut p = 0;
+        while p < pixels {
+            let lanes = (pixels - p).min(16);
+            let mask: __mmask16 = if lanes == 16 { 0xffff } else { (1u16 << lanes) - 1 };
+            let mut acc = [_mm512_setzero_si512(); O];
+            for kk in 0..k4 {
+                // SAFETY: plane `kk` has `pixels` words; the mask keeps the load inside it.
+                unsafe {
+                    let xv = _mm512_maskz_loadu_epi32(mask, xp.add(kk * pixels + p).cast());
+                    for (o, a) in acc.iter_mut().enumerate() {
+                        let wv = _mm512_set1_epi32(*wp.add(o * k4 + kk));
+                        *a = _mm512_dpbusd_epi32(*a, xv, wv);
+                    }
+                }
+            }
+            for (o, a) in acc.iter().enumerate() {
+                // SAFETY: plane `o` of `out` has `pixels` i32; the mask keeps the store inside.
+                unsafe { _mm512_mask_storeu_epi32(op.add(o * pixels + p).cast(), mask, *a) };
+            }
+            p += lanes;
+        }
+    }
+}
+
+/// Builds the C4 patch matrix of a k×k convolution: for each tap and channel group, the plane of
+/// input words each output pixel reads (the zero point where the tap falls in the padding).
+#[allow(clippy::too_many_arguments)]
+pub fn im2col_c4(
+    x: &[u32],
+    groups: Range<usize>,
+    height: usize,
+    width: usize,
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    dilation: [usize; 2],
+    pad: [usize; 2],
+    out: [usize; 2],
+    zero_point: u8,
+    patches: &mut [u32],
+) {
+    let pixels_in = height * width;
+    let pixels_out = out[0] * out[1];
+    let fill = u32::from_le_bytes([zero_point; 4]);
+    let mut row = 0;
+    for ky in 0..kernel[0] {
+        for kx in 0..kernel[1] {
+            for g in groups.clone() {
+                let plane = &x[g * pixels_in..(g + 1) * pixels_in];
+                let dst = &mut patches[row * pixels_out..(row + 1) * pixels_out];
+                for oy in 0..out[0] {
+                    let line = &mut dst[oy * out[1]..(oy + 1) * out[1]];
+                    let iy = (oy * stride[0] + ky * dilation[0])
+                        .checked_sub(pad[0])
+                        .filter(|&iy| iy < height);
+                    let Some(iy) = iy else {
+                        line.fill(fill);
+                        continue;
+                    };
+                    let src = &plane[iy * width..(iy + 1) * width];
+                    for (ox, word) in line.iter_mut().enumerate() {
+                        let ix = (ox * stride[1] + kx * dilation[1])
+                            .checked_sub(pad[1])
+                            .filter(|&ix| ix < width);
+                        *word = ix.map_or(fill, |ix| src[ix]);
+                    }
+                }
+                row += 1;
+            }
+        }
+    }
+}
+
+/// Depthwise convolution of one channel plane of centred codes (`height × width`, each
+/// `q - zero_point`) with `kernel` taps: `acc[oy][ox] = Σ x · w` over taps inside the image.
+/// Strided columns are first split by phase (column mod stride), so every tap reads a
+/// contiguous run and the inner loop vectorises.
+#[allow(clippy::too_many_arguments)]
+pub fn depthwise_plane(
+    isa: Isa,
+    x: &[i16],
+    height: usize,
+    width: usize,
+    taps: &[i8],
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    dilation: [usize; 2],
+    pad: [usize; 2],
+    out: [usize; 2],
+    acc: &mut [i32],
+) {
+    assert!(
+        x.len() >= height * width
+            && taps.len() >= kernel[0] * kernel[1]
+            && acc.len() >= out[0] * out[1]
+    );
+    let s = stride[1];
+    // phase p holds columns p, p + s, p + 2s, … of every row, `phase_width` wide.
+    let phase_width = width.div_ceil(s);
+    let split;
+    let phases: &[i16] = if s == 1 {
+        x
+    } else {
+        let mut buffer = vec![0i16; s * height * phase_width];
+        for phase in 0..s.min(width) {
+            for y in 0..height {
+                let row = &x[y * width + phase..(y + 1) * width];
+                let dst = &mut buffer[(phase * height + y) * phase_width..][..phase_width];
+                for (d, &v) in dst.iter_mut().zip(row.iter().step_by(s)) {
+                    *d = v;
+                }
+            }
+        }
+        split = buffer;
+        &split
+    };
+    // Per kernel column: the output columns whose input lies inside the row, and where the
+    // first of them reads in the phase planes (both independent of the row).
+    let columns: Vec<(usize, usize, usize, usize)> = (0..kernel[1])
+        .map(|kx| {
+            let offset = kx * dilation[1];
+            let first = pad[1].saturating_sub(offset).div_ceil(s);
+            let last = (width + pad[1])
+                .checked_sub(offset + 1)
+                .map_or(0, |span| (span / s + 1).min(out[1]));
+            let ix = (first * s + offset).saturating_sub(pad[1]);
+            (first, last, ix % s, ix / s)
+        })
+        .collect();
+    super::quant::multiversion!(isa, {
+        acc[..out[0] * out[1]].fill(0);
+        for oy in 0..out[0] {
+            let line = &mut acc[oy * out[1]..(oy + 1) * out[1]];
+            for ky in 0..kernel[0] {
+                let iy = (oy * stride[0] + ky * dilation[0])
+                    .checked_sub(pad[0])
+                    .filter(|&iy| iy < height);
+                let Some(iy) = iy else { continue };
+                for (kx, &(first, last, phase, start)) in columns.iter().enumerate() {
+                    if first >= last {
+                        continue;
+                    }
+                    let w = i32::from(taps[ky * kernel[1] + kx]);
+                    let row = &phases[(phase * height + iy) * phase_width..][..phase_width];
+                    for (o, &v) in line[first..last].iter_mut().zip(&row[start..]) {
+                        *o += i32::from(v) * w;
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// `out[p] = act((acc[p] - offset) · scale + bias)` for one output plane.
+pub fn dequantize_plane(
+    isa: Isa,
+    acc: &[i32],
+    offset: i32,
+    scale: f32,
+    bias: f32,
+    activation: super::Activation,
+    out: &mut [f32],
+) {
+    let (low, high) = activation.bounds();
+    super::quant::multiversion!(isa, {
+        for (o, &a) in out.iter_mut().zip(acc) {
+            // `clamp`-like without NaN handling (inputs are finite): plain vmaxps/vminps.
+            let v = (a - offset) as f32 * scale + bias;
+            let v = if v < low { low } else { v };
+            *o = if v > high { high } else { v };
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        #[test]
+        fn planar_gemm_matches_the_scalar_reference(n in 1usize..20, k4 in 1usize..12, pixels in 1usize..50, seed in any::<u64>()) {
+            let mut state = seed;
+            let mut next = || { state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407); (state >> 33) as u32 };
+            let x: Vec<u32> = (0..k4 * pixels).map(|_| next()).collect();
+            let w: Vec<i8> = (0..n * k4 * 4).map(|_| next() as i8).collect();
+            let packed = PlanarWeights::pack(&w, n, k4);
+            let mut simd = vec![0; n * pixels];
+            gemm_planar(Isa::detect(), &x, pixels, &packed, 0..n, &mut simd);
+            let mut scalar = vec![0; n * pixels];
+            gemm_planar(Isa::Scalar, &x, pixels, &packed, 0..n, &mut scalar);
+            prop_assert_eq!(&simd, &scalar);
+            // And against the definition, for one entry.
+            let (o, p) = (n - 1, pixels - 1);
+            let want: i32 = (0..k4 * 4).map(|k| i32::from(x[(k / 4) * pixels + p].to_le_bytes()[k % 4]) * i32::from(w[o * k4 * 4 + k])).sum();
+            prop_assert_eq!(scalar[o * pixels + p], want);
+        }
+
+        #[test]
+        fn depthwise_plane_matches_a_naive_loop(h in 1usize..12, w in 1usize..12, k in 1usize..4, s in 1usize..3, d in 1usize..3, pad in 0usize..3, seed in any::<u64>()) {
+            let span = (k - 1) * d + 1;
+            prop_assume!(h + 2 * pad >= span && w + 2 * pad >= span);
+            let out = [(h + 2 * pad - span) / s + 1, (w + 2 * pad - span) / s + 1];
+            let mut state = seed;
+            let mut next = || { state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407); (state >> 33) as u32 };
+            let x: Vec<i16> = (0..h * w).map(|_| i16::from(next() as u8) - 9).collect();
+            let taps: Vec<i8> = (0..k * k).map(|_| next() as i8).collect();
+            let mut acc = vec![0; out[0] * out[1]];
+            depthwise_plane(Isa::detect(), &x, h, w, &taps, [k, k], [s, s], [d, d], [pad, pad], out, &mut acc);
+            for oy in 0..out[0] {
+                for ox in 0..out[1] {
+                    let mut want = 0;
+                    for ky in 0..k {
+                        for kx in 0..k {
+                            let (iy, ix) = ((oy * s + ky * d) as i64 - pad as i64, (ox * s + kx * d) as i64 - pad as i64);
+                            if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
+                                want += i32::from(x[iy as usize * w + ix as usize]) * i32::from(taps[ky * k + kx]);
+                            }
+                        }
+                    }
+                    prop_assert_eq!(acc[oy * out[1] + ox], want, "at {},{}", oy, ox);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn c4_quantization_interleaves_and_pads() {
+        let image: Vec<f32> = (0..5 * 3).map(|i| i as f32).collect(); // 5 channels × 3 pixels
+        let mut dst = vec![0u32; 2 * 3];
+        quantize_c4(Isa::detect(), &image, 5, 3, 1.0, 7, &mut dst);
+        assert_eq!(dst[1].to_le_bytes(), [8, 11, 14, 17]); // channels 0..4 at pixel 1, + zp 7
+        assert_eq!(dst[3 + 2].to_le_bytes(), [21, 7, 7, 7]); // channel 4, then padding
+    }
+}
