@@ -8,6 +8,12 @@ Load a model and run it::
     rt = jp.Runtime.load("models/digits_cnn.onnx")
     logits = rt.infer(np.zeros((1, 1, 8, 8), np.float32))
 
+Quantize it to INT8 with the project's own calibration pass::
+
+    calib = np.load("models/digits_calib.npy")
+    rt8 = jp.Runtime.load("models/digits_cnn.onnx", quantize="int8", calibration=calib)
+    print(rt8.quantization_report())
+
 Errors are raised as :class:`JarvisError` subclasses (and ``FileNotFoundError`` for missing files).
 """
 
@@ -28,10 +34,12 @@ from ._native import (
     UpdateError,
     __version__,
 )
+from .dataset import Dataset
 
 __all__ = [
     "CalibrationError",
     "ConfigError",
+    "Dataset",
     "ImageError",
     "InputError",
     "JarvisError",

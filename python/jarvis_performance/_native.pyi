@@ -2,7 +2,7 @@
 
 from collections.abc import Mapping, Sequence
 from os import PathLike
-from typing import Any, final, overload
+from typing import Any, Literal, final, overload
 
 import numpy.typing as npt
 
@@ -70,20 +70,48 @@ class Runtime:
     """A loaded ONNX model ready for inference; safe to call from many threads at once."""
 
     @staticmethod
-    def load(path: str | PathLike[str], *, threads: int | None = None) -> Runtime:
-        """Load an ONNX file.
+    def load(
+        path: str | PathLike[str],
+        *,
+        threads: int | None = None,
+        quantize: Literal["int8"] | None = None,
+        calibration: Any = None,
+        method: str | None = None,
+        per_channel: bool = True,
+        exclude: Sequence[str] = (),
+    ) -> Runtime:
+        """Load an ONNX file, optionally quantized to INT8.
 
         Args:
             path: the ``.onnx`` file.
             threads: threads used inside operators; defaults to ``JARVIS_PERF_THREADS``, else
                 every core.
+            quantize: ``"int8"`` to calibrate and run Conv/Gemm/MatMul layers in int8.
+            calibration: with ``quantize="int8"``: a NumPy array (N, …) split into batches of
+                16, an iterable of arrays or of ``{input name: array}`` dicts (``jp.Dataset``
+                is one), or an onnxruntime ``CalibrationDataReader``.
+            method: how activation ranges are chosen: ``"minmax"``, ``"percentile"``
+                (99.999; ``"percentile:99.9"`` sets it), ``"entropy"`` or ``"mse"``; ``None``
+                picks the default.
+            per_channel: one weight scale per output channel (else per tensor).
+            exclude: node or tensor names of layers to keep in float.
 
         Raises:
             FileNotFoundError: the file does not exist.
             ModelLoadError: the file is not a valid ONNX model tract can analyse.
             UnsupportedOpError: the model uses an operator the runtime lacks.
-            ConfigError: ``threads`` is out of range.
+            CalibrationError: calibration data missing, empty or malformed.
+            ConfigError: ``threads``, ``quantize`` or ``method`` is invalid.
         """
+    @property
+    def quantized(self) -> bool:
+        """Whether the model runs with int8 layers."""
+    def quantization_report(self) -> list[dict[str, Any]]:
+        """Per Conv/Gemm/MatMul layer: ``name``, ``kind``, ``int8``, ``reason`` (why it stayed
+        float), ``sqnr_db`` and ``cosine`` against float on calibration data; int8 layers worst
+        first, then float ones. Empty for a float runtime."""
+    def quantization_summary(self) -> dict[str, Any] | None:
+        """Calibration and weight-memory figures of a quantized runtime (``None`` for float)."""
     @overload
     def infer(self, x: Mapping[str, npt.ArrayLike]) -> dict[str, npt.NDArray[Any]]: ...
     @overload

@@ -15,7 +15,8 @@ const ROWS_PER_TASK: usize = 32;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Int8Linear {
     pub layer: Int8Layer,
-    /// Leading input axes kept in the output; the next axis is k, later axes have size 1.
+    /// Leading input axes kept in the output; the axes after them hold the k reduced elements
+    /// (several axes when tract folded a reshape into the weight).
     pub kept_axes: usize,
 }
 
@@ -42,10 +43,12 @@ impl EvalOp for Int8Linear {
         let input = args_1!(inputs);
         let shape = input.shape().to_vec();
         let w = &*self.layer.weights;
+        let k_elements: usize = shape[self.kept_axes.min(shape.len())..].iter().product();
         ensure!(
-            shape.len() > self.kept_axes && shape[self.kept_axes] == w.k,
-            "Int8Linear: input {shape:?} has no axis of {}",
-            w.k
+            shape.len() > self.kept_axes && k_elements == w.k,
+            "Int8Linear: input {shape:?} does not end in {} elements after axis {}",
+            w.k,
+            self.kept_axes
         );
         let rows: usize = shape[..self.kept_axes].iter().product();
         let view = input.to_plain_array_view::<f32>()?;

@@ -201,37 +201,35 @@ fn einsum_layer(
     let Some((a, w)) = inputs.split_once(',') else { return Ok(Err(format!("axes {text}"))) };
     let (a, w, out): (Vec<char>, Vec<char>, Vec<char>) =
         (a.chars().collect(), w.chars().collect(), output.chars().collect());
-    // The weight is 2-D: one axis shared with `a` (k, summed) and one with the output (n).
-    if w.len() != 2 {
-        return Ok(Err(format!("weight axes {text} are not 2-D")));
+    // The weight holds one output axis (n, not in `a`) and one or more reduced axes (k: in `a`
+    // and the weight, not in the output), which must sit together, in order, in `a`.
+    let reduced: Vec<char> =
+        a.iter().copied().filter(|c| w.contains(c) && !out.contains(c)).collect();
+    let outputs: Vec<char> =
+        w.iter().copied().filter(|c| out.contains(c) && !a.contains(c)).collect();
+    if reduced.is_empty() || outputs.len() != 1 || reduced.len() + 1 != w.len() {
+        return Ok(Err(format!("weight axes in {text} are not (output, reduced…)")));
     }
-    let Some(k_axis) = a.iter().position(|c| w.contains(c) && !out.contains(c)) else {
-        return Ok(Err(format!("no reduced axis in {text}")));
-    };
-    let Some(n_label) = w.iter().find(|c| out.contains(c) && !a.contains(c)) else {
-        return Ok(Err(format!("no output axis from the weight in {text}")));
-    };
-    let k_label = a[k_axis];
-    let (prefix, rest) = (&a[..k_axis], &a[k_axis + 1..]);
+    let n_label = outputs[0];
+    let k_axis = a.iter().position(|c| *c == reduced[0]).unwrap_or(0);
+    if a.get(k_axis..k_axis + reduced.len()) != Some(&reduced[..]) {
+        return Ok(Err(format!("reduced axes of {text} are not contiguous in the input")));
+    }
+    let (prefix, rest) = (&a[..k_axis], &a[k_axis + reduced.len()..]);
     let a_shape = &model.outlet_fact(node.inputs[0])?.shape;
-    let w_shape = model
-        .outlet_fact(node.inputs[1])?
-        .shape
-        .as_concrete()
-        .map(|s| s.to_vec())
-        .unwrap_or_default();
-    let (n_pos, k_pos) = (
-        w.iter().position(|c| c == n_label).unwrap_or(0),
-        w.iter().position(|&c| c == k_label).unwrap_or(1),
-    );
-    let (n, k) = (w_shape[n_pos], w_shape[k_pos]);
-    let mut weights = vec![0f32; n * k];
-    for o in 0..n {
-        for kk in 0..k {
-            let ix = if n_pos == 0 { o * k + kk } else { kk * n + o };
-            weights[o * k + kk] = weight[ix];
-        }
-    }
+    let Some(w_shape) = model.outlet_fact(node.inputs[1])?.shape.as_concrete().map(|s| s.to_vec())
+    else {
+        return Ok(Err("weight shape is not concrete".into()));
+    };
+    // Reorder the weight to (n, reduced axes in the input's order), then flatten to n × k.
+    let order: Vec<usize> =
+        [n_label].iter().chain(&reduced).filter_map(|c| w.iter().position(|x| x == c)).collect();
+    let array = ndarray::ArrayD::from_shape_vec(w_shape.clone(), weight)?;
+    let weights: Vec<f32> =
+        array.permuted_axes(order).as_standard_layout().iter().copied().collect();
+    let n = w_shape[w.iter().position(|&c| c == n_label).unwrap_or(0)];
+    let k = weights.len() / n.max(1);
+    let n_label = &n_label;
     let expected_linear: Vec<char> = prefix.iter().copied().chain([*n_label]).collect();
     let expected_pointwise: Vec<char> =
         prefix.iter().chain([n_label]).chain(rest).copied().collect();
@@ -239,7 +237,11 @@ fn einsum_layer(
         && rest.iter().enumerate().all(|(i, _)| a_shape[k_axis + 1 + i].is_one())
     {
         LayerKind::Linear { kept_axes: prefix.len() }
-    } else if out == expected_pointwise && prefix.len() == 1 && rest.len() == 2 {
+    } else if out == expected_pointwise
+        && reduced.len() == 1
+        && prefix.len() == 1
+        && rest.len() == 2
+    {
         let pool_spec = PoolSpec {
             data_format: DataFormat::NCHW,
             kernel_shape: tvec!(1, 1),
