@@ -185,15 +185,19 @@ impl Observer {
         if total == 0.0 || self.limit == 0.0 {
             return self.limit;
         }
-        let p_full: Vec<f64> = self.counts.iter().map(|&c| c as f64).collect();
+        let mut p_full: Vec<f64> = self.counts.iter().map(|&c| c as f64).collect();
+        // The exact zeros after a ReLU (often most values) are represented exactly whatever
+        // the threshold; left in, their spike dominates the divergence and hides clipping.
+        p_full[0] = 0.0;
         let mut best = (f64::INFINITY, BINS);
-        // Candidate thresholds: every 16th bin edge. Below `levels` bins every bin keeps its own
-        // level, so only the clipped mass counts.
-        for edge in (16..=BINS).step_by(16) {
+        // Candidate thresholds: every 16th bin edge from `levels` bins up, as TensorRT does.
+        // Starting lower lets KL prefer clipping a rare but large activation, which the
+        // divergence barely sees and the network does (measured: EfficientNet-Lite0 collapsed).
+        for edge in (levels..=BINS).step_by(16) {
             let mut p = p_full[..edge].to_vec();
             let outliers: f64 = p_full[edge..].iter().sum();
             p[edge - 1] += outliers;
-            let q = quantized_distribution(&p_full[..edge], levels.min(edge));
+            let q = quantized_distribution(&p_full[..edge], levels);
             let kl = kl_divergence(&p, &q);
             if kl < best.0 {
                 best = (kl, edge);
@@ -307,22 +311,27 @@ mod tests {
         o.observe(&values);
         o.observe(&[50.0]);
         assert_eq!(o.range(Method::MinMax).1, 50.0);
-        for method in [Method::Percentile(99.99), Method::Entropy] {
-            let (low, high) = o.range(method);
-            assert_eq!(low, 0.0);
-            assert!(high > 0.9 && high < 5.0, "{method}: {high}");
-        }
+        let (low, high) = o.range(Method::Percentile(99.99));
+        assert_eq!(low, 0.0);
+        assert!(high > 0.9 && high < 5.0, "percentile: {high}");
+        // Entropy keeps a lone outlier: moving its mass into an empty bin costs more divergence
+        // than coarser steps do. It still returns a valid range holding the data.
+        let (low, high) = o.range(Method::Entropy);
+        assert_eq!(low, 0.0);
+        assert!(high > 0.9, "entropy: {high}");
     }
 
     #[test]
-    fn mse_clips_a_heavy_tail() {
+    fn entropy_and_mse_clip_a_heavy_tail() {
         // Exponential samples: a long thin tail that is cheaper to clip than to resolve.
         let values: Vec<f32> = (1..100_000).map(|i| -((i as f32) / 100_000.0).ln()).collect();
         let mut o = Observer::default();
         o.observe(&values);
         let max = o.range(Method::MinMax).1;
-        let high = o.range(Method::Mse).1;
-        assert!(high < 0.95 * max && high > 2.0, "mse threshold {high} of max {max}");
+        for method in [Method::Entropy, Method::Mse] {
+            let high = o.range(method).1;
+            assert!(high < 0.95 * max && high > 2.0, "{method} threshold {high} of max {max}");
+        }
     }
 
     #[test]
