@@ -31,8 +31,9 @@ pub fn run(runtime: &Runtime, batch: usize, iterations: usize, shapes: &[String]
     let median = percentile(&samples_ms, 50.0);
     let p99 = percentile(&samples_ms, 99.0);
     let shapes: Vec<String> = inputs.iter().map(|t| format!("{:?}", t.shape())).collect();
+    let precision = if runtime.quantized() { "int8" } else { "float32" };
     println!(
-        "batch {batch}, {} thread(s), inputs {}, {iterations} runs",
+        "{precision}, batch {batch}, {} thread(s), inputs {}, {iterations} runs",
         runtime.threads(),
         shapes.join(" ")
     );

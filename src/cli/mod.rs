@@ -3,6 +3,7 @@
 //! This module is the only place that uses `anyhow`.
 
 mod bench;
+mod int8;
 mod npy;
 
 use std::path::PathBuf;
@@ -42,6 +43,20 @@ enum Command {
         /// Threads inside operators (default: JARVIS_PERF_THREADS, else every core).
         #[arg(long)]
         threads: Option<usize>,
+        #[command(flatten)]
+        precision: int8::Precision,
+    },
+    /// Compare INT8 with float on data: SQNR, cosine, top-1 agreement, accuracy, per-layer report.
+    Eval {
+        model: PathBuf,
+        #[command(flatten)]
+        precision: int8::Precision,
+        /// Evaluation inputs (.npy, batch on axis 0).
+        #[arg(long)]
+        data: PathBuf,
+        /// Optional int64 class labels (.npy) for accuracy.
+        #[arg(long)]
+        labels: Option<PathBuf>,
     },
     /// Time inference on random inputs: median and p99 latency.
     Bench {
@@ -58,6 +73,8 @@ enum Command {
         /// `NAME=D0xD1x…` fixes an input's whole shape (for models with dynamic non-batch axes).
         #[arg(long = "shape")]
         shapes: Vec<String>,
+        #[command(flatten)]
+        precision: int8::Precision,
     },
 }
 
@@ -85,9 +102,16 @@ pub fn main<I: IntoIterator<Item = String>>(args: I) -> u8 {
 fn execute(command: Command) -> Result<()> {
     match command {
         Command::Inspect { model, graph } => inspect(&model, graph),
-        Command::Run { model, inputs, output, threads } => run(&model, &inputs, output, threads),
-        Command::Bench { model, batch, threads, iterations, shapes } => {
-            let runtime = Runtime::load(&model, &LoadOptions { threads })?;
+        Command::Run { model, inputs, output, threads, precision } => {
+            let runtime = int8::load(&model, threads, &precision)?;
+            int8::print_report(&runtime);
+            run(&runtime, &inputs, output)
+        }
+        Command::Eval { model, precision, data, labels } => {
+            int8::eval(&model, &precision, &data, labels.as_deref())
+        }
+        Command::Bench { model, batch, threads, iterations, shapes, precision } => {
+            let runtime = int8::load(&model, threads, &precision)?;
             bench::run(&runtime, batch, iterations, &shapes)
         }
     }
@@ -135,13 +159,7 @@ fn inspect(path: &std::path::Path, graph: bool) -> Result<()> {
     Ok(())
 }
 
-fn run(
-    path: &std::path::Path,
-    inputs: &[String],
-    output: Option<PathBuf>,
-    threads: Option<usize>,
-) -> Result<()> {
-    let runtime = Runtime::load(path, &LoadOptions { threads })?;
+fn run(runtime: &Runtime, inputs: &[String], output: Option<PathBuf>) -> Result<()> {
     let mut feed = Vec::new();
     for arg in inputs {
         let (name, file) = match arg.split_once('=') {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::tract_linalg::multithread::Executor;
 
-pub use report::{measure_layers, LayerReport};
+pub use report::{compare, measure_layers, LayerReport};
 pub use rewrite::{find_layers, Candidate, LayerKind, Skipped};
 
 use crate::calibrate::{Calibrator, Method};

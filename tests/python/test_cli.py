@@ -75,3 +75,44 @@ def test_wrong_dtype_npy_is_refused(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "as a float32 array" in result.stderr
 
+
+
+def test_eval_reports_int8_against_float_and_labels() -> None:
+    result = jarvis_perf("eval", str(MODELS / "digits_cnn.onnx"), "--calib", str(MODELS / "digits_calib.npy"),
+                         "--data", str(MODELS / "digits_test.npy"),
+                         "--labels", str(MODELS / "digits_test_labels.npy"))
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "top-1 agreement" in out and "accuracy  float 99.44 %" in out
+    assert "4/4 layers int8" in out and "/classifier/Gemm.ab" in out
+
+
+def test_bench_and_run_in_int8(tmp_path: Path) -> None:
+    calib = str(MODELS / "digits_calib.npy")
+    result = jarvis_perf("bench", str(MODELS / "digits_cnn.onnx"), "--int8", "--calib", calib,
+                         "--method", "mse", "--iterations", "5")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("int8, batch 1")
+    folder = tmp_path / "calib"
+    folder.mkdir()
+    data = np.load(calib)
+    np.save(folder / "a.npy", data[:100])
+    np.save(folder / "b.npy", data[100:])
+    result = jarvis_perf("run", str(MODELS / "digits_cnn.onnx"), "--int8", "--calib", str(folder),
+                         "--input", str(MODELS / "digits_sample.npy"))
+    assert result.returncode == 0, result.stderr
+    assert "calibrated on 256 samples" in result.stdout and "argmax per row" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--int8"], "--int8 needs --calib"),
+        (["--calib", "models/digits_calib.npy"], "--calib is only used with --int8"),
+        (["--int8", "--calib", "models/digits_calib.npy", "--method", "kl"], "unknown calibration method"),
+    ],
+)
+def test_int8_option_errors(args: list[str], message: str) -> None:
+    args = [str(MODELS.parent / a) if a.startswith("models/") else a for a in args]
+    result = jarvis_perf("bench", str(MODELS / "digits_cnn.onnx"), *args)
+    assert result.returncode == 1 and message in result.stderr, result.stderr
