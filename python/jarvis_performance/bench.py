@@ -2,13 +2,17 @@
 
     python -m jarvis_performance.bench                       # shipped digits models
     python -m jarvis_performance.bench --models resnet18 mobilenet_v2 efficientnet_lite0 \\
-        --batch 1 8 --threads 1 2 --torch
+        --batch 1 8 --threads 1 2 --int8 --torch
 
 Model names are shipped models (``digits_cnn``, ``digits_mlp``), ``.onnx`` paths, or names that
 :func:`jarvis_performance.export.load_module` understands (exported once into the model cache;
 needs the ``export`` extra). Each configuration is measured in interleaved rounds, so a noisy
-neighbour slows every system alike; the table gives median milliseconds and the ratio
-jarvis / onnxruntime (below 1.0 means jarvis is faster). Needs the ``bench`` extra (onnxruntime).
+neighbour slows every system alike; the table gives median milliseconds and ratios (below 1.0
+means jarvis is faster). ``jarvis`` is the float path (tract's own kernels). With ``--int8``,
+``jarvis int8`` (the project's calibration and int8 kernels) and ``ort int8`` (onnxruntime's
+``quantize_static``: QDQ, per-channel s8 weights, u8 activations) join, both calibrated on the
+same 32 random inputs (enough for timing; accuracy is what the test suite checks). Needs the
+``bench`` extra (onnxruntime).
 """
 
 from __future__ import annotations
@@ -74,8 +78,9 @@ def _median_ms(fns: dict[str, Callable[[], object]], *, rounds: int, per_round: 
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
-def measure(path: Path, *, batch: int, threads: int, with_torch: str | None, rounds: int) -> Row:
-    """Time jarvis, onnxruntime and optionally PyTorch on the same input."""
+def measure(path: Path, *, batch: int, threads: int, with_torch: str | None, rounds: int,
+            int8: bool = False) -> Row:
+    """Time jarvis, onnxruntime and optionally PyTorch (and the int8 paths) on the same input."""
     import onnxruntime as ort
 
     rt = Runtime.load(path, threads=threads)
@@ -89,10 +94,49 @@ def measure(path: Path, *, batch: int, threads: int, with_torch: str | None, rou
         "jarvis": lambda: rt.infer(x),
         "onnxruntime": lambda: session.run(None, feed),
     }
+    if int8:
+        calib = _input_for(rt, 32, seed=1)
+        rt8 = Runtime.load(path, threads=threads, quantize="int8", calibration=calib)
+        session8 = ort.InferenceSession(str(_ort_int8(path, calib)), options,
+                                        providers=["CPUExecutionProvider"])
+        fns["jarvis int8"] = lambda: rt8.infer(x)
+        fns["ort int8"] = lambda: session8.run(None, feed)
     if with_torch:
         fns["pytorch"] = _torch_fn(with_torch, x, threads)
     per_round = max(1, min(20, int(200 / max(batch, 1))))
     return Row(path.stem, batch, threads, _median_ms(fns, rounds=rounds, per_round=per_round))
+
+
+def _ort_int8(path: Path, calib: np.ndarray) -> Path:
+    """onnxruntime's static QDQ quantization of ``path``, kept in the model cache."""
+    import onnxruntime as ort
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    from .export import default_cache_dir
+
+    out = default_cache_dir() / f"{path.stem}.ort-int8.onnx"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists():
+        return out
+    name = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_inputs()[0].name
+
+    class Reader(CalibrationDataReader):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.items = iter([{name: calib[i:i + 1]} for i in range(len(calib))])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.items, None)
+
+    tmp = out.with_suffix(".tmp.onnx")
+    quantize_static(str(path), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    tmp.replace(out)
+    return out
 
 
 def _torch_fn(name: str, x: np.ndarray, threads: int) -> Callable[[], object]:
@@ -116,15 +160,21 @@ def format_header(systems: list[str]) -> str:
     """The table header for the given systems."""
     header = f"{'model':<28}{'batch':>6}{'thr':>5}" + "".join(f"{s + ' ms':>15}" for s in systems)
     header += f"{'jarvis/ort':>12}"
+    if "jarvis int8" in systems:
+        header += f"{'int8/float':>12}{'int8/ort8':>11}"
     return header + "\n" + "-" * len(header)
 
 
 def format_row(row: Row, systems: list[str]) -> str:
-    """One table line: median milliseconds per system (``nan`` where not measured) and the
-    jarvis / onnxruntime ratio."""
-    cells = "".join(f"{row.median_ms.get(s, float('nan')):>15.3f}" for s in systems)
-    ratio = row.median_ms["jarvis"] / row.median_ms["onnxruntime"]
-    return f"{row.model:<28}{row.batch:>6}{row.threads:>5}{cells}{ratio:>12.2f}"
+    """One table line: median milliseconds per system (``nan`` where not measured) and ratios:
+    jarvis float / onnxruntime float, and with int8: jarvis int8 / jarvis float and
+    jarvis int8 / onnxruntime int8."""
+    ms = row.median_ms
+    cells = "".join(f"{ms.get(s, float('nan')):>15.3f}" for s in systems)
+    line = f"{row.model:<28}{row.batch:>6}{row.threads:>5}{cells}{ms['jarvis'] / ms['onnxruntime']:>12.2f}"
+    if "jarvis int8" in ms:
+        line += f"{ms['jarvis int8'] / ms['jarvis']:>12.2f}{ms['jarvis int8'] / ms['ort int8']:>11.2f}"
+    return line
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,8 +186,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per configuration")
     parser.add_argument("--torch", action="store_true", help="also time PyTorch eager (exportable names only)")
+    parser.add_argument("--int8", action="store_true", help="also time jarvis int8 and onnxruntime int8")
     args = parser.parse_args(argv)
-    systems = ["jarvis", "onnxruntime"] + (["pytorch"] if args.torch else [])
+    systems = ["jarvis", "onnxruntime"] + (["jarvis int8", "ort int8"] if args.int8 else [])
+    systems += ["pytorch"] if args.torch else []
     sys.stdout.write(format_header(systems) + "\n")
     for name in args.models:
         path = resolve_model(name)
@@ -146,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         for threads in args.threads:
             for batch in args.batch:
                 row = measure(path, batch=batch, threads=threads, with_torch=torch_name,
-                              rounds=args.rounds)
+                              rounds=args.rounds, int8=args.int8)
                 sys.stdout.write(format_row(row, systems) + "\n")
                 sys.stdout.flush()
     return 0

@@ -12,9 +12,11 @@ def test_bench_prints_one_row_per_configuration(capsys: pytest.CaptureFixture[st
     from conftest import REPO
 
     monkeypatch.chdir(REPO)
-    assert main(["--models", "digits_mlp", "--batch", "1", "2", "--threads", "1", "--rounds", "1"]) == 0
+    assert main(["--models", "digits_cnn", "--batch", "1", "2", "--threads", "1", "--rounds", "1",
+                 "--int8"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert "jarvis ms" in lines[0] and "onnxruntime ms" in lines[0] and "jarvis/ort" in lines[0]
-    rows = [line.split() for line in lines if line.startswith("digits_mlp")]
+    for column in ("jarvis ms", "onnxruntime ms", "jarvis int8 ms", "ort int8 ms", "int8/ort8"):
+        assert column in lines[0]
+    rows = [line.split() for line in lines if line.startswith("digits_cnn")]
     assert [(r[1], r[2]) for r in rows] == [("1", "1"), ("2", "1")]
-    assert all(float(r[3]) > 0 and float(r[4]) > 0 for r in rows)
+    assert all(float(cell) > 0 for r in rows for cell in r[3:])
