@@ -66,7 +66,10 @@ impl PyRuntime {
     /// Loads an ONNX file; `threads` defaults to `JARVIS_PERF_THREADS`, else every core. With
     /// `quantize="int8"`, calibrates on `calibration` and runs Conv/Gemm/MatMul layers in int8.
     #[staticmethod]
-    #[pyo3(signature = (path, *, threads = None, quantize = None, calibration = None, method = None, per_channel = true, exclude = Vec::new()))]
+    #[pyo3(
+        signature = (path, *, threads = None, quantize = None, calibration = None, method = None, per_channel = true, exclude = Vec::new()),
+        text_signature = "(path, *, threads=None, quantize=None, calibration=None, method=None, per_channel=True, exclude=())"
+    )]
     #[allow(clippy::too_many_arguments)]
     fn load(
         py: Python<'_>,
