@@ -22,31 +22,23 @@ from onnxruntime.quantization import (
 
 import jarvis_performance as jp
 from jarvis_performance.export import cached_export
-from jarvis_performance.photos import photos, views
+from jarvis_performance.photos import agreement, photos, softmax, views
 
 
-def softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max(1, keepdims=True))
-    return e / e.sum(1, keepdims=True)
-
-
-def scores(float_probs: np.ndarray, logits: np.ndarray) -> str:
-    probs = softmax(logits)
-    same = float_probs.argmax(1) == probs.argmax(1)
-    confident = float_probs.max(1) >= 0.5
-    kl = (float_probs * (np.log(float_probs + 1e-12) - np.log(probs + 1e-12))).sum(1).mean()
-    return f"confident {same[confident].mean():6.1%}   KL {kl:.4f}   top-1 {same.mean():6.1%}"
+def scores(float_logits: np.ndarray, logits: np.ndarray) -> str:
+    m = agreement(float_logits, logits)
+    return f"confident {m['confident']:6.1%}   KL {m['kl']:.4f}   top-1 {m['top1']:6.1%}"
 
 
 images = photos()
 path = cached_export("efficientnet_lite0", input_shape=(1, 3, 224, 224))
 calib, x = views(images, 64, seed=1), views(images, 160, seed=2)
-float_probs = softmax(jp.Runtime.load(path).infer(x))
-print(f"{len(images)} photos, {len(calib)} calibration views, {len(x)} evaluation views, "
-      f"{int((float_probs.max(1) >= 0.5).sum())} confident")
+float_logits = jp.Runtime.load(path).infer(x)
+confident = int((softmax(float_logits).max(1) >= 0.5).sum())
+print(f"{len(images)} photos, {len(calib)} calibration views, {len(x)} evaluation views, {confident} confident")
 for method in ["minmax", "percentile", "entropy", "mse"]:
     rt = jp.Runtime.load(path, quantize="int8", calibration=calib, method=method)
-    print(f"jarvis       {method:<11} {scores(float_probs, rt.infer(x))}")
+    print(f"jarvis       {method:<11} {scores(float_logits, rt.infer(x))}")
 
 
 class Reader(CalibrationDataReader):  # type: ignore[misc]
@@ -65,4 +57,4 @@ for method in [CalibrationMethod.MinMax, CalibrationMethod.Entropy, CalibrationM
                     calibrate_method=method)
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     logits = np.concatenate([session.run(None, {"input": x[i:i + 16]})[0] for i in range(0, len(x), 16)])
-    print(f"onnxruntime  {method.name.lower():<11} {scores(float_probs, logits)}")
+    print(f"onnxruntime  {method.name.lower():<11} {scores(float_logits, logits)}")

@@ -11,7 +11,7 @@ use tract_onnx::tract_core::tract_linalg::multithread::Executor;
 use crate::error::{catch_panics, chain, Error, Result};
 use crate::model::{ElementType, OnnxModel, TensorSpec};
 use crate::plan::{Plans, SymbolBindings};
-use crate::quantize::{BatchSource, LayerReport, QuantizeOptions};
+use crate::quantize::{BatchSource, QuantizationSummary, QuantizeOptions};
 
 /// Environment variable that sets the default thread count.
 pub const THREADS_ENV: &str = "JARVIS_PERF_THREADS";
@@ -30,20 +30,7 @@ pub struct Runtime {
     model: OnnxModel,
     plans: Plans,
     threads: usize,
-    quantization: Option<Quantization>,
-}
-
-/// What quantization produced, for reports.
-#[derive(Debug, Clone)]
-pub struct Quantization {
-    pub options: QuantizeOptions,
-    /// Per layer, int8 ones worst first, then those left in float.
-    pub report: Vec<LayerReport>,
-    pub batches: usize,
-    pub samples: usize,
-    pub calibration_bytes: usize,
-    pub float_weight_bytes: usize,
-    pub int8_weight_bytes: usize,
+    quantization: Option<QuantizationSummary>,
 }
 
 impl Runtime {
@@ -95,23 +82,16 @@ impl Runtime {
                 executor.clone(),
             )?;
             let plans = Plans::new(&q.typed, executor, &model.source)?;
-            let int8 = q.report.iter().filter(|l| l.int8).count();
+            let report = &q.summary.report;
             log::info!(
-                "{}: {int8}/{} layers int8 after {:?} ({} samples)",
+                "{}: {}/{} layers int8 after {:?} ({} samples)",
                 model.source,
-                q.report.len(),
+                report.iter().filter(|l| l.int8).count(),
+                report.len(),
                 start.elapsed(),
-                q.samples
+                q.summary.samples
             );
-            let quantization = Quantization {
-                options: quantize.clone(),
-                report: q.report,
-                batches: q.batches,
-                samples: q.samples,
-                calibration_bytes: q.calibration_bytes,
-                float_weight_bytes: q.float_weight_bytes,
-                int8_weight_bytes: q.int8_weight_bytes,
-            };
+            let quantization = q.summary;
             Ok(Runtime { model, plans, threads, quantization: Some(quantization) })
         })
     }
@@ -122,7 +102,7 @@ impl Runtime {
     }
 
     /// The quantization outcome, if the model was quantized.
-    pub fn quantization(&self) -> Option<&Quantization> {
+    pub fn quantization(&self) -> Option<&QuantizationSummary> {
         self.quantization.as_ref()
     }
 

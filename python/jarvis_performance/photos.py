@@ -65,3 +65,22 @@ def views(images: list[np.ndarray], count: int, *, seed: int, size: int = 224) -
         pixels = np.asarray(crop.resize((size, size), Image.Resampling.BILINEAR), np.float32) / 255.0
         batch[i] = ((pixels - MEAN) / STD).transpose(2, 0, 1)
     return batch
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of a (N, classes) array."""
+    e = np.exp(logits - logits.max(1, keepdims=True))
+    result: np.ndarray = e / e.sum(1, keepdims=True)
+    return result
+
+
+def agreement(float_logits: np.ndarray, quantized_logits: np.ndarray) -> dict[str, float]:
+    """How closely a quantized classifier follows its float original on the same inputs:
+    ``confident``, top-1 agreement where float's top probability is at least 0.5 (many views are
+    near-ties even for float); ``kl``, the mean KL divergence from float's softmax to the
+    quantized one; ``top1``, top-1 agreement over all inputs."""
+    p, q = softmax(float_logits), softmax(quantized_logits)
+    same = p.argmax(1) == q.argmax(1)
+    confident = p.max(1) >= 0.5
+    kl = (p * (np.log(p + 1e-12) - np.log(q + 1e-12))).sum(1).mean()
+    return {"confident": float(same[confident].mean()), "kl": float(kl), "top1": float(same.mean())}

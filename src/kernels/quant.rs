@@ -86,35 +86,6 @@ pub fn quantize_u8(isa: Isa, src: &[f32], scale: f32, zero_point: u8, dst: &mut 
     })
 }
 
-/// Pixels per tile of the layout-changing loops: a tile of 64 pixels × a few hundred channels
-/// stays in L1/L2 while it is transposed.
-const TILE: usize = 64;
-
-/// Quantizes one CHW image (`channels` planes of `pixels`) into HWC order (`pixels` rows of
-/// `channels`), tile by tile so both sides stay in cache.
-pub fn quantize_to_hwc(
-    isa: Isa,
-    image: &[f32],
-    channels: usize,
-    pixels: usize,
-    scale: f32,
-    zero_point: u8,
-    dst: &mut [u8],
-) {
-    assert!(image.len() >= channels * pixels && dst.len() >= channels * pixels);
-    multiversion!(isa, {
-        for start in (0..pixels).step_by(TILE) {
-            let end = (start + TILE).min(pixels);
-            for ch in 0..channels {
-                let plane = &image[ch * pixels..(ch + 1) * pixels];
-                for p in start..end {
-                    dst[p * channels + ch] = quantize_value(plane[p], scale, zero_point);
-                }
-            }
-        }
-    })
-}
-
 /// What is applied to a layer's output as it is stored.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Activation {
@@ -171,38 +142,6 @@ pub fn dequantize_rows(
     }
 }
 
-/// Like [`dequantize_rows`], but stores channel-major (`out[o * rows + r]`, the NCHW layout)
-/// tile by tile, so neither the reads nor the writes stride across the whole image.
-#[allow(clippy::too_many_arguments)]
-pub fn dequantize_to_planes(
-    isa: Isa,
-    acc: &[i32],
-    acc_stride: usize,
-    rows: usize,
-    n: usize,
-    zero_point: i32,
-    column_sums: &[i32],
-    scales: &[f32],
-    bias: &[f32],
-    activation: Activation,
-    out: &mut [f32],
-) {
-    assert!(out.len() >= n * rows && (rows == 0 || acc.len() >= (rows - 1) * acc_stride + n));
-    multiversion!(isa, {
-        for start in (0..rows).step_by(TILE) {
-            let end = (start + TILE).min(rows);
-            for o in 0..n {
-                let offset = zero_point * column_sums[o];
-                let plane = &mut out[o * rows..(o + 1) * rows];
-                for r in start..end {
-                    plane[r] = activation
-                        .apply((acc[r * acc_stride + o] - offset) as f32 * scales[o] + bias[o]);
-                }
-            }
-        }
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,56 +185,16 @@ mod tests {
     }
 
     #[test]
-    fn layout_changing_loops_match_their_plain_versions() {
-        let (channels, pixels) = (5, 150);
-        let image: Vec<f32> =
-            (0..channels * pixels).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
-        let mut hwc = vec![0u8; channels * pixels];
-        quantize_to_hwc(Isa::detect(), &image, channels, pixels, 0.05, 60, &mut hwc);
-        let mut flat = vec![0u8; channels * pixels];
-        quantize_u8(Isa::detect(), &image, 0.05, 60, &mut flat);
-        let mut flat_scalar = vec![0u8; channels * pixels];
-        quantize_u8(Isa::Scalar, &image, 0.05, 60, &mut flat_scalar);
-        assert_eq!(flat, flat_scalar);
-        for ch in 0..channels {
-            for p in 0..pixels {
-                assert_eq!(
-                    hwc[p * channels + ch],
-                    quantize_value(image[ch * pixels + p], 0.05, 60)
-                );
-            }
-        }
-        let acc: Vec<i32> = (0..pixels * 8).map(|i| (i as i32 * 7919) % 2001 - 1000).collect();
-        let (sums, scales, bias) =
-            ([3, -2, 0, 5, 1], [0.1, 0.2, 0.3, 0.4, 0.5], [1.0, -1.0, 0.0, 2.0, -2.0]);
-        let mut planes = vec![0f32; channels * pixels];
-        dequantize_to_planes(
-            Isa::detect(),
-            &acc,
-            8,
-            pixels,
-            channels,
-            7,
-            &sums,
-            &scales,
-            &bias,
-            Activation::Relu,
-            &mut planes,
-        );
-        let mut plain = vec![0f32; channels * pixels];
-        dequantize_rows(
-            &acc,
-            8,
-            pixels,
-            channels,
-            7,
-            &sums,
-            &scales,
-            &bias,
-            Activation::Relu,
-            |r, o, v| plain[o * pixels + r] = v,
-        );
-        assert_eq!(planes, plain);
+    fn simd_quantize_matches_the_portable_loop() {
+        let values: Vec<f32> = (0..1000).map(|i| (i as f32 * 0.37).sin() * 300.0).collect();
+        let (mut simd, mut scalar) = (vec![0u8; 1000], vec![0u8; 1000]);
+        quantize_u8(Isa::detect(), &values, 0.9, 60, &mut simd);
+        quantize_u8(Isa::Scalar, &values, 0.9, 60, &mut scalar);
+        assert_eq!(simd, scalar);
+        let (mut simd, mut scalar) = (vec![0i16; 1000], vec![0i16; 1000]);
+        quantize_centred(Isa::detect(), &values, 0.9, 60, &mut simd);
+        quantize_centred(Isa::Scalar, &values, 0.9, 60, &mut scalar);
+        assert_eq!(simd, scalar);
     }
 
     proptest! {

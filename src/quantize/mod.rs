@@ -39,12 +39,11 @@ impl Default for QuantizeOptions {
 /// A source of calibration batches (inputs in model order); `Ok(None)` ends the data.
 pub type BatchSource<'a> = dyn FnMut() -> Result<Option<Vec<Tensor>>> + Send + 'a;
 
-/// The outcome of [`quantize`].
-#[derive(Debug)]
-pub struct Quantized {
-    /// The graph with int8 ops in place of the quantized layers.
-    pub typed: TypedModel,
-    /// One entry per Conv/MatMul-like layer, worst error first.
+/// What quantization produced, for reports.
+#[derive(Debug, Clone)]
+pub struct QuantizationSummary {
+    pub options: QuantizeOptions,
+    /// One entry per Conv/MatMul-like layer: int8 ones worst first, then those left in float.
     pub report: Vec<LayerReport>,
     /// Calibration batches and samples seen.
     pub batches: usize,
@@ -54,6 +53,13 @@ pub struct Quantized {
     /// Bytes of float weights replaced, and of int8 weights holding them now.
     pub float_weight_bytes: usize,
     pub int8_weight_bytes: usize,
+}
+
+/// The outcome of [`quantize`]: the graph with int8 ops in place of the quantized layers.
+#[derive(Debug)]
+pub struct Quantized {
+    pub typed: TypedModel,
+    pub summary: QuantizationSummary,
 }
 
 /// Calibrates `decluttered` on `batches` and returns the int8 graph with its report.
@@ -105,15 +111,16 @@ pub fn quantize(
         first_batch,
         executor,
     )?;
-    Ok(Quantized {
-        typed,
+    let summary = QuantizationSummary {
+        options: options.clone(),
         report,
         batches: batch_count,
         samples,
         calibration_bytes: calibrator.memory_bound_bytes(),
         float_weight_bytes: float_bytes,
         int8_weight_bytes: int8_bytes,
-    })
+    };
+    Ok(Quantized { typed, summary })
 }
 
 fn build_op(layer: &Candidate, input: ActivationQuant, per_channel: bool) -> Box<dyn TypedOp> {

@@ -19,22 +19,7 @@ from onnxruntime.quantization import (
 )
 
 import jarvis_performance as jp
-from jarvis_performance.photos import photos, views
-
-
-def softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max(1, keepdims=True))
-    return e / e.sum(1, keepdims=True)
-
-
-def agreement(float_probs: np.ndarray, logits: np.ndarray) -> dict[str, float]:
-    """(a) top-1 agreement where float is confident (p ≥ 0.5), (b) mean KL(float ‖ int8),
-    (c) top-1 agreement over all views."""
-    probs = softmax(logits)
-    same = float_probs.argmax(1) == probs.argmax(1)
-    confident = float_probs.max(1) >= 0.5
-    kl = (float_probs * (np.log(float_probs + 1e-12) - np.log(probs + 1e-12))).sum(1).mean()
-    return {"confident": float(same[confident].mean()), "kl": float(kl), "top1": float(same.mean())}
+from jarvis_performance.photos import agreement, photos, views
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +34,8 @@ def test_int8_agrees_with_float_at_least_as_well_as_onnxruntime(
 ) -> None:
     calib, x = photo_views
     path = model_path("efficientnet_lite0")
-    float_probs = softmax(jp.Runtime.load(path).infer(x))
-    ours = agreement(float_probs, jp.Runtime.load(path, quantize="int8", calibration=calib).infer(x))
+    float_logits = jp.Runtime.load(path).infer(x)
+    ours = agreement(float_logits, jp.Runtime.load(path, quantize="int8", calibration=calib).infer(x))
 
     class Reader(CalibrationDataReader):  # type: ignore[misc]
         def __init__(self) -> None:
@@ -66,7 +51,7 @@ def test_int8_agrees_with_float_at_least_as_well_as_onnxruntime(
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                     calibrate_method=CalibrationMethod.MinMax)
     session = ort.InferenceSession(str(qdq), providers=["CPUExecutionProvider"])
-    theirs = agreement(float_probs, np.concatenate(
+    theirs = agreement(float_logits, np.concatenate(
         [session.run(None, {"input": x[i:i + 16]})[0] for i in range(0, len(x), 16)]))
     print(f"\njarvis int8 {ours}\nonnxruntime int8 {theirs}")
     assert ours["confident"] >= theirs["confident"]
