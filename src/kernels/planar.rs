@@ -210,9 +210,12 @@ pub fn im2col_c4(
     let pixels_in = height * width;
     let pixels_out = out[0] * out[1];
     let fill = u32::from_le_bytes([zero_point; 4]);
+    let columns: Vec<(usize, usize, usize)> = (0..kernel[1])
+        .map(|kx| valid_columns(width, out[1], kx * dilation[1], stride[1], pad[1]))
+        .collect();
     let mut row = 0;
     for ky in 0..kernel[0] {
-        for kx in 0..kernel[1] {
+        for &(first, last, start) in &columns {
             for g in groups.clone() {
                 let plane = &x[g * pixels_in..(g + 1) * pixels_in];
                 let dst = &mut patches[row * pixels_out..(row + 1) * pixels_out];
@@ -221,22 +224,43 @@ pub fn im2col_c4(
                     let iy = (oy * stride[0] + ky * dilation[0])
                         .checked_sub(pad[0])
                         .filter(|&iy| iy < height);
-                    let Some(iy) = iy else {
+                    let (Some(iy), true) = (iy, first < last) else {
                         line.fill(fill);
                         continue;
                     };
-                    let src = &plane[iy * width..(iy + 1) * width];
-                    for (ox, word) in line.iter_mut().enumerate() {
-                        let ix = (ox * stride[1] + kx * dilation[1])
-                            .checked_sub(pad[1])
-                            .filter(|&ix| ix < width);
-                        *word = ix.map_or(fill, |ix| src[ix]);
+                    line[..first].fill(fill);
+                    line[last..].fill(fill);
+                    let src = &plane[iy * width + start..(iy + 1) * width];
+                    let inside = &mut line[first..last];
+                    if stride[1] == 1 {
+                        inside.copy_from_slice(&src[..inside.len()]);
+                    } else {
+                        inside
+                            .iter_mut()
+                            .zip(src.iter().step_by(stride[1]))
+                            .for_each(|(d, &v)| *d = v);
                     }
                 }
                 row += 1;
             }
         }
     }
+}
+
+/// For a kernel column at input offset `offset` (`kx · dilation`): the output columns
+/// `first..last` whose input column lies inside the row, and the input column `first` reads.
+fn valid_columns(
+    width: usize,
+    out_width: usize,
+    offset: usize,
+    stride: usize,
+    pad: usize,
+) -> (usize, usize, usize) {
+    let first = pad.saturating_sub(offset).div_ceil(stride);
+    let last =
+        (width + pad).checked_sub(offset + 1).map_or(0, |span| (span / stride + 1).min(out_width));
+    let start = (first * stride + offset).saturating_sub(pad);
+    (first, last.max(first), start)
 }
 
 /// Depthwise convolution of one channel plane of centred codes (`height × width`, each
@@ -286,12 +310,7 @@ pub fn depthwise_plane(
     // first of them reads in the phase planes (both independent of the row).
     let columns: Vec<(usize, usize, usize, usize)> = (0..kernel[1])
         .map(|kx| {
-            let offset = kx * dilation[1];
-            let first = pad[1].saturating_sub(offset).div_ceil(s);
-            let last = (width + pad[1])
-                .checked_sub(offset + 1)
-                .map_or(0, |span| (span / s + 1).min(out[1]));
-            let ix = (first * s + offset).saturating_sub(pad[1]);
+            let (first, last, ix) = valid_columns(width, out[1], kx * dilation[1], s, pad[1]);
             (first, last, ix % s, ix / s)
         })
         .collect();
@@ -388,6 +407,40 @@ mod tests {
                         }
                     }
                     prop_assert_eq!(acc[oy * out[1] + ox], want, "at {},{}", oy, ox);
+                }
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        #[test]
+        fn im2col_matches_a_naive_gather(h in 1usize..10, w in 1usize..10, k in 1usize..4, s in 1usize..3, d in 1usize..3, pad in 0usize..3) {
+            let span = (k - 1) * d + 1;
+            prop_assume!(h + 2 * pad >= span && w + 2 * pad >= span);
+            let out = [(h + 2 * pad - span) / s + 1, (w + 2 * pad - span) / s + 1];
+            let groups = 2;
+            let x: Vec<u32> = (0..groups * h * w).map(|i| i as u32 * 7 + 1).collect();
+            let mut patches = vec![0u32; k * k * groups * out[0] * out[1]];
+            im2col_c4(&x, 0..groups, h, w, [k, k], [s, s], [d, d], [pad, pad], out, 3, &mut patches);
+            let fill = u32::from_le_bytes([3; 4]);
+            let mut row = 0;
+            for ky in 0..k {
+                for kx in 0..k {
+                    for g in 0..groups {
+                        for oy in 0..out[0] {
+                            for ox in 0..out[1] {
+                                let (iy, ix) = ((oy * s + ky * d) as i64 - pad as i64, (ox * s + kx * d) as i64 - pad as i64);
+                                let want = if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
+                                    x[g * h * w + iy as usize * w + ix as usize]
+                                } else {
+                                    fill
+                                };
+                                prop_assert_eq!(patches[(row * out[0] + oy) * out[1] + ox], want);
+                            }
+                        }
+                        row += 1;
+                    }
                 }
             }
         }

@@ -28,6 +28,8 @@ enum Origin {
 pub struct PySource {
     origin: Origin,
     inputs: Vec<TensorSpec>,
+    /// A tqdm progress bar counting batches (absent if tqdm is not installed).
+    progress: Option<Py<PyAny>>,
 }
 
 impl PySource {
@@ -46,11 +48,33 @@ impl PySource {
             })?;
             Origin::Iterator(iterator.into_any().unbind())
         };
-        Ok(PySource { origin, inputs: inputs.to_vec() })
+        let batches = match &origin {
+            Origin::Array { tensor, .. } => {
+                Some(tensor.shape().first().copied().unwrap_or(0).div_ceil(ARRAY_BATCH))
+            }
+            _ => data.len().ok(),
+        };
+        let progress = progress_bar(data.py(), batches);
+        Ok(PySource { origin, inputs: inputs.to_vec(), progress })
     }
 
     /// The next batch, inputs in model order; `None` at the end.
     pub fn next_batch(&mut self) -> Result<Option<Vec<Tensor>>> {
+        let batch = self.take();
+        if let Some(progress) = &self.progress {
+            // Progress is cosmetic: a failing bar must not fail calibration.
+            let _ = Python::attach(|py| {
+                let bar = progress.bind(py);
+                match &batch {
+                    Ok(Some(_)) => bar.call_method1("update", (1,)).map(drop),
+                    _ => bar.call_method0("close").map(drop),
+                }
+            });
+        }
+        batch
+    }
+
+    fn take(&mut self) -> Result<Option<Vec<Tensor>>> {
         if let Origin::Array { tensor, next } = &mut self.origin {
             let total = tensor.shape().first().copied().unwrap_or(0);
             if *next >= total {
@@ -100,6 +124,17 @@ impl PySource {
             })
             .collect()
     }
+}
+
+/// `tqdm.auto.tqdm(total=batches, desc="calibrating", unit="batch")`, if tqdm is installed.
+fn progress_bar(py: Python<'_>, batches: Option<usize>) -> Option<Py<PyAny>> {
+    let tqdm = py.import("tqdm.auto").ok()?;
+    let kwargs = PyDict::new(py);
+    kwargs.set_item("total", batches).ok()?;
+    kwargs.set_item("desc", "calibrating").ok()?;
+    kwargs.set_item("unit", "batch").ok()?;
+    kwargs.set_item("leave", false).ok()?;
+    tqdm.call_method("tqdm", (), Some(&kwargs)).ok().map(Bound::unbind)
 }
 
 fn single_input(inputs: &[TensorSpec]) -> PyResult<&TensorSpec> {
