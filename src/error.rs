@@ -42,6 +42,10 @@ pub enum Error {
     #[error("calibration: {0}")]
     Calibration(String),
 
+    /// The model could not be written.
+    #[error("cannot save: {0}")]
+    Save(String),
+
     /// tract failed while running the plan on inputs that passed validation.
     #[error("inference failed: {0}")]
     Inference(String),

@@ -9,8 +9,10 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::tract_linalg::multithread::Executor;
 
 use crate::error::{catch_panics, chain, Error, Result};
+use crate::model::saved::SavedInt8;
 use crate::model::{ElementType, OnnxModel, TensorSpec};
 use crate::plan::{Plans, SymbolBindings};
+use crate::quantize::qparams::ActivationQuant;
 use crate::quantize::{BatchSource, QuantizationSummary, QuantizeOptions};
 
 /// Environment variable that sets the default thread count.
@@ -42,8 +44,12 @@ impl Runtime {
         })
     }
 
-    /// Prepares the float plan of an already analysed model.
+    /// Prepares the plan of an already analysed model: float, or int8 for a file `save` wrote
+    /// from an int8 runtime (no calibration data needed; the plan is bit-identical).
     pub fn from_model(model: OnnxModel, options: &LoadOptions) -> Result<Self> {
+        if let Some(saved) = model.saved_int8.clone() {
+            return Self::from_saved_int8(model, options, &saved);
+        }
         let threads = resolve_threads(options.threads)?;
         let plans = Plans::new(&model.typed, executor(threads)?, &model.source)?;
         log::debug!("prepared {} with {threads} thread(s)", model.source);
@@ -94,6 +100,42 @@ impl Runtime {
             let quantization = q.summary;
             Ok(Runtime { model, plans, threads, quantization: Some(quantization) })
         })
+    }
+
+    fn from_saved_int8(model: OnnxModel, options: &LoadOptions, saved: &SavedInt8) -> Result<Self> {
+        catch_panics("restoring the int8 model", || {
+            let threads = resolve_threads(options.threads)?;
+            let executor = executor(threads)?;
+            let float = Plans::new(&model.typed, executor.clone(), &model.source)?;
+            let method = saved.method.parse().unwrap_or(crate::calibrate::Method::DEFAULT);
+            let quantize =
+                QuantizeOptions { method, per_channel: saved.per_channel, exclude: Vec::new() };
+            let layers: Vec<(String, ActivationQuant)> = saved
+                .layers
+                .iter()
+                .map(|l| {
+                    (l.name.clone(), ActivationQuant { scale: l.scale, zero_point: l.zero_point })
+                })
+                .collect();
+            let q = crate::quantize::quantize_with_saved(float.decluttered(), &layers, &quantize)?;
+            let plans = Plans::new(&q.typed, executor, &model.source)?;
+            Ok(Runtime { model, plans, threads, quantization: Some(q.summary) })
+        })
+    }
+
+    /// Writes the model to `path` atomically (a temporary file in the same folder, then a
+    /// rename): the float ONNX for a float runtime; for an int8 runtime, standard ONNX in QDQ
+    /// form (int8 weights, scales, zero points) that onnxruntime runs, carrying the float master
+    /// weights and the calibrated parameters so `Runtime::load` rebuilds the same int8 plan.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let bytes = match &self.quantization {
+            None => self.model.onnx.to_vec(),
+            Some(q) => {
+                let options = format!("{}\t{}", q.options.method, q.options.per_channel);
+                crate::quantize::save::to_qdq(&self.model.onnx, &q.activations, &options)?
+            }
+        };
+        write_atomically(path, &bytes)
     }
 
     /// Whether the model runs with int8 layers.
@@ -221,6 +263,29 @@ fn exchangeable(value: TValue) -> Result<Tensor> {
         .cast_to::<i64>()
         .map(|t| t.into_owned())
         .map_err(|e| Error::Inference(format!("a shape output is not a whole number: {e:#}")))
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so a
+/// crash leaves either the old file or the new one, never half of one.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let io = |context: String| move |source| Error::Io { context, source };
+    let folder = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = folder.join(format!(".{name}.{}.tmp", std::process::id()));
+    let result = std::fs::File::create(&tmp)
+        .and_then(|mut file| {
+            file.write_all(bytes)?;
+            file.sync_all()
+        })
+        .map_err(io(format!("writing {}", tmp.display())))
+        .and_then(|()| {
+            std::fs::rename(&tmp, path).map_err(io(format!("renaming to {}", path.display())))
+        });
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }
 
 /// Validates every input against its spec and returns the values of the dynamic-axis symbols,

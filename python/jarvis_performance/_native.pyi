@@ -103,6 +103,11 @@ class Runtime:
             CalibrationError: calibration data missing, empty or malformed.
             ConfigError: ``threads``, ``quantize`` or ``method`` is invalid.
         """
+    def save(self, path: str | PathLike[str]) -> None:
+        """Write the model to ``path`` atomically: for an int8 runtime, standard ONNX in QDQ form
+        (int8 weights, scales, zero points) that onnxruntime runs, carrying the float master
+        weights and calibrated parameters, so ``Runtime.load(path)`` rebuilds the same int8 plan
+        without calibration data."""
     @property
     def quantized(self) -> bool:
         """Whether the model runs with int8 layers."""

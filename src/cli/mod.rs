@@ -46,6 +46,23 @@ enum Command {
         #[command(flatten)]
         precision: int8::Precision,
     },
+    /// Calibrate and quantize a model to INT8 and save it as QDQ ONNX (onnxruntime runs it;
+    /// `run`/`bench` and the Python API reload it without calibration data).
+    Quantize {
+        model: PathBuf,
+        /// Calibration data: a .npy file (split into batches of 16) or a folder of .npy batches.
+        #[arg(long, value_name = "FILE.npy|DIR")]
+        calib: PathBuf,
+        /// Where to write the INT8 model.
+        #[arg(long, short = 'o')]
+        output: PathBuf,
+        /// Calibration method: minmax, percentile[:P], entropy or mse.
+        #[arg(long)]
+        method: Option<String>,
+        /// Layers (node or tensor names) kept in float; repeatable.
+        #[arg(long = "exclude")]
+        exclude: Vec<String>,
+    },
     /// Compare INT8 with float on data: SQNR, cosine, top-1 agreement, accuracy, per-layer report.
     Eval {
         model: PathBuf,
@@ -106,6 +123,14 @@ fn execute(command: Command) -> Result<()> {
             let runtime = int8::load(&model, threads, &precision)?;
             int8::print_report(&runtime);
             run(&runtime, &inputs, output)
+        }
+        Command::Quantize { model, calib, output, method, exclude } => {
+            let precision = int8::Precision { int8: true, calib: Some(calib), method, exclude };
+            let runtime = int8::load(&model, None, &precision)?;
+            int8::print_report(&runtime);
+            runtime.save(&output)?;
+            println!("wrote {}", output.display());
+            Ok(())
         }
         Command::Eval { model, precision, data, labels } => {
             int8::eval(&model, &precision, &data, labels.as_deref())

@@ -1,6 +1,7 @@
 //! Loading ONNX files through tract: decoding, operator support, graph analysis, and the names
 //! and shapes of inputs and outputs.
 
+pub mod saved;
 mod spec;
 mod summary;
 
@@ -25,6 +26,11 @@ pub struct OnnxModel {
     pub inputs: Vec<TensorSpec>,
     pub outputs: Vec<TensorSpec>,
     pub summary: ModelSummary,
+    /// The float model as ONNX bytes (for a file `Runtime::save` wrote: the restored float
+    /// graph), what saving starts from.
+    pub onnx: std::sync::Arc<Vec<u8>>,
+    /// The quantization carried by a file `Runtime::save` wrote.
+    pub saved_int8: Option<saved::SavedInt8>,
 }
 
 impl OnnxModel {
@@ -46,9 +52,15 @@ impl OnnxModel {
             return Err(load_error("the file is empty".into()));
         }
         let onnx = tract_onnx::onnx().with_ignore_output_shapes(true);
-        let proto = onnx
+        let mut proto = onnx
             .proto_model_for_read(&mut &bytes[..])
             .map_err(|e| load_error(format!("not a valid ONNX protobuf ({})", chain(&e))))?;
+        let saved_int8 = saved::restore_float(&mut proto).map_err(|e| load_error(e.to_string()))?;
+        let float_bytes = if saved_int8.is_some() {
+            prost::Message::encode_to_vec(&proto)
+        } else {
+            bytes.to_vec()
+        };
         let Some(graph) = proto.graph.as_ref() else {
             return Err(load_error("the protobuf holds no graph (is this an ONNX model?)".into()));
         };
@@ -77,7 +89,15 @@ impl OnnxModel {
         if outputs.is_empty() {
             return Err(load_error("the graph has no outputs".into()));
         }
-        Ok(OnnxModel { source: source.to_string(), typed, inputs, outputs, summary })
+        Ok(OnnxModel {
+            source: source.to_string(),
+            typed,
+            inputs,
+            outputs,
+            summary,
+            onnx: std::sync::Arc::new(float_bytes),
+            saved_int8,
+        })
     }
 
     /// Position of the input called `name`.

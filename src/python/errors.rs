@@ -66,7 +66,9 @@ impl From<Error> for PyErr {
             Error::Input { .. } | Error::Output { .. } => InputError::new_err(message),
             Error::Config { .. } => ConfigError::new_err(message),
             Error::Calibration(_) => CalibrationError::new_err(message),
-            Error::Inference(_) | Error::Internal(_) => JarvisError::new_err(message),
+            Error::Save(_) | Error::Inference(_) | Error::Internal(_) => {
+                JarvisError::new_err(message)
+            }
         }
     }
 }

@@ -120,6 +120,14 @@ impl PyRuntime {
         Ok(PyRuntime { inner: Arc::new(runtime) })
     }
 
+    /// Writes the model to `path` atomically. An int8 runtime is written as standard ONNX in
+    /// QDQ form that onnxruntime runs; `Runtime.load` reloads it without calibration data to the
+    /// same outputs bit for bit. A float runtime writes its float model.
+    fn save(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
+        let runtime = Arc::clone(&self.inner);
+        without_gil(py, move || runtime.save(&path))
+    }
+
     /// Whether the model runs with int8 layers.
     #[getter]
     fn quantized(&self) -> bool {

@@ -4,6 +4,7 @@
 pub mod qparams;
 mod report;
 mod rewrite;
+pub mod save;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -53,6 +54,8 @@ pub struct QuantizationSummary {
     /// Bytes of float weights replaced, and of int8 weights holding them now.
     pub float_weight_bytes: usize,
     pub int8_weight_bytes: usize,
+    /// Each int8 layer (tract node name) and its input's quantization: what `save` records.
+    pub activations: Vec<(String, ActivationQuant)>,
 }
 
 /// The outcome of [`quantize`]: the graph with int8 ops in place of the quantized layers.
@@ -87,25 +90,20 @@ pub fn quantize(
     let (batch_count, samples) = calibrator.seen();
     log::info!("calibrated on {samples} samples in {batch_count} batches ({})", options.method);
 
-    let mut typed = decluttered.clone();
-    let mut replaced = HashMap::new();
-    let mut int8_outlets = Vec::with_capacity(candidates.len());
-    let (mut float_bytes, mut int8_bytes) = (0, 0);
-    for (layer, observer) in candidates.iter().zip(calibrator.observers()) {
-        let (low, high) = observer.range(options.method);
-        let input = ActivationQuant::from_range(low, high);
-        let op = build_op(layer, input, options.per_channel);
-        float_bytes += layer.weights.len() * 4 + layer.bias.len() * 4;
-        int8_bytes += op_weights(&*op).map_or(0, LayerWeights::bytes);
-        let outlet =
-            rewrite::substitute(&mut typed, layer, op, &mut replaced).map_err(calibration)?;
-        int8_outlets.push(outlet);
-    }
+    let activations: Vec<ActivationQuant> = calibrator
+        .observers()
+        .iter()
+        .map(|observer| {
+            let (low, high) = observer.range(options.method);
+            ActivationQuant::from_range(low, high)
+        })
+        .collect();
+    let rewritten = rewrite_layers(decluttered, &candidates, &activations, options.per_channel)?;
     let report = measure_layers(
         decluttered,
-        &typed,
+        &rewritten.typed,
         &candidates,
-        &int8_outlets,
+        &rewritten.outlets,
         &skipped,
         inputs,
         first_batch,
@@ -117,10 +115,97 @@ pub fn quantize(
         batches: batch_count,
         samples,
         calibration_bytes: calibrator.memory_bound_bytes(),
-        float_weight_bytes: float_bytes,
-        int8_weight_bytes: int8_bytes,
+        float_weight_bytes: rewritten.float_bytes,
+        int8_weight_bytes: rewritten.int8_bytes,
+        activations: candidates.iter().map(|c| c.name.clone()).zip(activations).collect(),
     };
-    Ok(Quantized { typed, summary })
+    Ok(Quantized { typed: rewritten.typed, summary })
+}
+
+/// Rebuilds the int8 graph from saved activation parameters (by layer name): no calibration,
+/// and the same weights give the same codes, so the plan is bit-identical to the one saved.
+pub fn quantize_with_saved(
+    decluttered: &TypedModel,
+    saved: &[(String, ActivationQuant)],
+    options: &QuantizeOptions,
+) -> Result<Quantized> {
+    let calibration = |e: TractError| Error::Calibration(chain(&e));
+    let (all, mut skipped) = find_layers(decluttered, &options.exclude).map_err(calibration)?;
+    let by_name: HashMap<&str, ActivationQuant> =
+        saved.iter().map(|(n, q)| (n.as_str(), *q)).collect();
+    let (mut candidates, mut activations) = (Vec::new(), Vec::new());
+    for layer in all {
+        match by_name.get(layer.name.as_str()) {
+            Some(q) => {
+                activations.push(*q);
+                candidates.push(layer);
+            }
+            None => {
+                skipped.push(Skipped { name: layer.name, reason: "float in the saved file".into() })
+            }
+        }
+    }
+    let rewritten = rewrite_layers(decluttered, &candidates, &activations, options.per_channel)?;
+    let report = candidates
+        .iter()
+        .map(|c| LayerReport {
+            name: c.name.clone(),
+            kind: report::kind_name(&c.kind).into(),
+            int8: true,
+            reason: None,
+            sqnr_db: None,
+            cosine: None,
+        })
+        .chain(skipped.iter().map(|s| LayerReport {
+            name: s.name.clone(),
+            kind: "float".into(),
+            int8: false,
+            reason: Some(s.reason.clone()),
+            sqnr_db: None,
+            cosine: None,
+        }))
+        .collect();
+    let summary = QuantizationSummary {
+        options: options.clone(),
+        report,
+        batches: 0,
+        samples: 0,
+        calibration_bytes: 0,
+        float_weight_bytes: rewritten.float_bytes,
+        int8_weight_bytes: rewritten.int8_bytes,
+        activations: candidates.iter().map(|c| c.name.clone()).zip(activations).collect(),
+    };
+    Ok(Quantized { typed: rewritten.typed, summary })
+}
+
+/// The int8 graph and its weight sizes.
+struct Rewritten {
+    typed: TypedModel,
+    outlets: Vec<OutletId>,
+    float_bytes: usize,
+    int8_bytes: usize,
+}
+
+/// Replaces each candidate layer (with its input quantization) by its int8 op.
+fn rewrite_layers(
+    decluttered: &TypedModel,
+    candidates: &[Candidate],
+    activations: &[ActivationQuant],
+    per_channel: bool,
+) -> Result<Rewritten> {
+    let mut typed = decluttered.clone();
+    let mut replaced = HashMap::new();
+    let mut outlets = Vec::with_capacity(candidates.len());
+    let (mut float_bytes, mut int8_bytes) = (0, 0);
+    for (layer, &input) in candidates.iter().zip(activations) {
+        let op = build_op(layer, input, per_channel);
+        float_bytes += layer.weights.len() * 4 + layer.bias.len() * 4;
+        int8_bytes += op_weights(&*op).map_or(0, LayerWeights::bytes);
+        let outlet = rewrite::substitute(&mut typed, layer, op, &mut replaced)
+            .map_err(|e| Error::Calibration(chain(&e)))?;
+        outlets.push(outlet);
+    }
+    Ok(Rewritten { typed, outlets, float_bytes, int8_bytes })
 }
 
 fn build_op(layer: &Candidate, input: ActivationQuant, per_channel: bool) -> Box<dyn TypedOp> {

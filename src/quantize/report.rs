@@ -70,7 +70,7 @@ pub fn measure_layers(
     Ok(report)
 }
 
-fn kind_name(kind: &LayerKind) -> &'static str {
+pub(crate) fn kind_name(kind: &LayerKind) -> &'static str {
     match kind {
         LayerKind::Conv { depthwise: true, .. } => "depthwise",
         LayerKind::Conv { pool_spec, .. } if pool_spec.kernel_shape.iter().all(|&k| k == 1) => {

@@ -116,3 +116,15 @@ def test_int8_option_errors(args: list[str], message: str) -> None:
     args = [str(MODELS.parent / a) if a.startswith("models/") else a for a in args]
     result = jarvis_perf("bench", str(MODELS / "digits_cnn.onnx"), *args)
     assert result.returncode == 1 and message in result.stderr, result.stderr
+
+
+def test_quantize_writes_a_model_that_reloads_without_calibration(tmp_path: Path) -> None:
+    out = tmp_path / "digits_int8.onnx"
+    result = jarvis_perf("quantize", str(MODELS / "digits_cnn.onnx"), "--calib",
+                         str(MODELS / "digits_calib.npy"), "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    assert f"wrote {out}" in result.stdout
+    rt = jp.Runtime.load(out)
+    assert rt.quantized
+    result = jarvis_perf("bench", str(out), "--iterations", "5")
+    assert result.returncode == 0 and result.stdout.startswith("int8"), result.stderr

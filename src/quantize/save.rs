@@ -1,0 +1,267 @@
+//! Writing an INT8 runtime as a standard ONNX file in QDQ form: each int8 layer's activation goes
+//! through QuantizeLinear→DequantizeLinear (u8, the calibrated parameters) and its weight through
+//! DequantizeLinear of per-channel int8 codes, so onnxruntime and other QDQ-aware runtimes run it.
+//! The float initializers stay in the file as the master weights, and metadata records what was
+//! added so `Runtime::load` restores the float graph and the exact int8 plan.
+
+use std::collections::{HashMap, HashSet};
+
+use prost::Message;
+use tract_onnx::data_resolver::MmapDataResolver;
+use tract_onnx::pb;
+
+use super::qparams::{quantize_weights, ActivationQuant};
+use crate::error::{Error, Result};
+use crate::model::saved::{
+    ADDED_INITIALIZERS_KEY, ADDED_NODES_KEY, LAYERS_KEY, OPTIONS_KEY, REWIRED_KEY,
+};
+
+/// Suffixes tract appends to the ONNX node name when it expands an operator.
+const EXPANSION_SUFFIXES: [&str; 2] = [".ab", ".einsum"];
+
+/// Builds the QDQ file from the float model and each int8 layer's activation parameters.
+pub fn to_qdq(
+    float_onnx: &[u8],
+    layers: &[(String, ActivationQuant)],
+    options: &str,
+) -> Result<Vec<u8>> {
+    let fail = |reason: String| Error::Save(reason);
+    let mut proto = pb::ModelProto::decode(float_onnx)
+        .map_err(|e| fail(format!("re-reading the model: {e}")))?;
+    let opset = proto
+        .opset_import
+        .iter()
+        .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
+        .map_or(0, |o| o.version);
+    if opset < 13 {
+        return Err(fail(format!(
+            "per-channel QDQ needs opset 13 or later; the model has {opset}"
+        )));
+    }
+    let Some(graph) = proto.graph.as_mut() else {
+        return Err(fail("the model has no graph".into()));
+    };
+    let by_node: HashMap<String, ActivationQuant> = layers
+        .iter()
+        .map(|(name, q)| {
+            let onnx = EXPANSION_SUFFIXES.iter().find_map(|s| name.strip_suffix(s)).unwrap_or(name);
+            (onnx.to_string(), *q)
+        })
+        .collect();
+    let initializers: HashMap<String, usize> =
+        graph.initializer.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
+    let mut added = Added::default();
+    let mut nodes = Vec::with_capacity(graph.node.len() + 3 * layers.len());
+    let original_nodes = std::mem::take(&mut graph.node);
+    for mut node in original_nodes {
+        let quantizable =
+            matches!(node.op_type.as_str(), "Conv" | "Gemm" | "MatMul") && node.input.len() >= 2;
+        if let (true, Some(q)) = (quantizable, by_node.get(&node.name)) {
+            let activation = node.input[0].clone();
+            node.input[0] = added.activation(&mut nodes, &activation, *q);
+            added.rewired.push(format!("{}\t0\t{activation}", node.name));
+            let weight = node.input[1].clone();
+            if let Some(&ix) = initializers.get(&weight) {
+                let axis = weight_axis(&node, &graph.initializer[ix]);
+                let dq = added.weight(&mut nodes, &graph.initializer[ix], axis).map_err(fail)?;
+                node.input[1] = dq;
+                added.rewired.push(format!("{}\t1\t{weight}", node.name));
+            }
+        }
+        nodes.push(node);
+    }
+    graph.node = nodes;
+    graph.initializer.append(&mut added.initializers);
+    let layer_lines: String =
+        layers.iter().map(|(n, q)| format!("{n}\t{}\t{}\n", q.scale, q.zero_point)).collect();
+    for (key, value) in [
+        (LAYERS_KEY, layer_lines),
+        (OPTIONS_KEY, options.to_string()),
+        (ADDED_NODES_KEY, added.node_names.join("\n")),
+        (ADDED_INITIALIZERS_KEY, added.initializer_names.join("\n")),
+        (REWIRED_KEY, added.rewired.join("\n")),
+    ] {
+        proto.metadata_props.push(pb::StringStringEntryProto { key: key.into(), value });
+    }
+    Ok(proto.encode_to_vec())
+}
+
+/// The axis of a weight that indexes output channels.
+fn weight_axis(node: &pb::NodeProto, weight: &pb::TensorProto) -> usize {
+    match node.op_type.as_str() {
+        "Gemm" => {
+            let trans_b = node.attribute.iter().find(|a| a.name == "transB").map_or(0, |a| a.i);
+            if trans_b == 1 {
+                0
+            } else {
+                1
+            }
+        }
+        "MatMul" => weight.dims.len().saturating_sub(1),
+        _ => 0,
+    }
+}
+
+#[derive(Default)]
+struct Added {
+    initializers: Vec<pb::TensorProto>,
+    initializer_names: Vec<String>,
+    node_names: Vec<String>,
+    rewired: Vec<String>,
+    /// Activations already quantized, with the dequantized tensor's name.
+    activations: HashMap<String, String>,
+    weights: HashSet<String>,
+}
+
+impl Added {
+    fn initializer(&mut self, tensor: pb::TensorProto) -> String {
+        let name = tensor.name.clone();
+        if !self.initializer_names.contains(&name) {
+            self.initializer_names.push(name.clone());
+            self.initializers.push(tensor);
+        }
+        name
+    }
+
+    fn node(
+        &mut self,
+        nodes: &mut Vec<pb::NodeProto>,
+        op: &str,
+        name: String,
+        inputs: Vec<String>,
+        output: String,
+        axis: Option<i64>,
+    ) {
+        let attribute = axis
+            .map(|axis| pb::AttributeProto {
+                name: "axis".into(),
+                r#type: pb::attribute_proto::AttributeType::Int as i32,
+                i: axis,
+                ..Default::default()
+            })
+            .into_iter()
+            .collect();
+        self.node_names.push(name.clone());
+        nodes.push(pb::NodeProto {
+            name,
+            op_type: op.into(),
+            input: inputs,
+            output: vec![output],
+            attribute,
+            ..Default::default()
+        });
+    }
+
+    /// QuantizeLinear→DequantizeLinear on `tensor` (once per tensor); returns the DQ output.
+    fn activation(
+        &mut self,
+        nodes: &mut Vec<pb::NodeProto>,
+        tensor: &str,
+        q: ActivationQuant,
+    ) -> String {
+        if let Some(done) = self.activations.get(tensor) {
+            return done.clone();
+        }
+        let scale =
+            self.initializer(float_tensor(format!("{tensor}_jp_scale"), vec![], vec![q.scale]));
+        let zero = self.initializer(pb::TensorProto {
+            name: format!("{tensor}_jp_zero_point"),
+            data_type: pb::tensor_proto::DataType::Uint8 as i32,
+            raw_data: vec![q.zero_point],
+            ..Default::default()
+        });
+        let (quantized, dequantized) = (format!("{tensor}_jp_q"), format!("{tensor}_jp_dq"));
+        let inputs = vec![tensor.to_string(), scale.clone(), zero.clone()];
+        self.node(
+            nodes,
+            "QuantizeLinear",
+            format!("{tensor}_jp_Q"),
+            inputs,
+            quantized.clone(),
+            None,
+        );
+        self.node(
+            nodes,
+            "DequantizeLinear",
+            format!("{tensor}_jp_DQ"),
+            vec![quantized, scale, zero],
+            dequantized.clone(),
+            None,
+        );
+        self.activations.insert(tensor.to_string(), dequantized.clone());
+        dequantized
+    }
+
+    /// Per-channel int8 codes of `weight` along `axis` and their DequantizeLinear; returns the
+    /// DQ output.
+    fn weight(
+        &mut self,
+        nodes: &mut Vec<pb::NodeProto>,
+        weight: &pb::TensorProto,
+        axis: usize,
+    ) -> std::result::Result<String, String> {
+        let dequantized = format!("{}_jp_dq", weight.name);
+        if !self.weights.insert(weight.name.clone()) {
+            return Ok(dequantized);
+        }
+        let tensor = tract_onnx::tensor::load_tensor(&MmapDataResolver, weight, None)
+            .map_err(|e| format!("reading weight {}: {e:#}", weight.name))?;
+        let array = tensor
+            .to_plain_array_view::<f32>()
+            .map_err(|e| format!("weight {}: {e:#}", weight.name))?;
+        let dims: Vec<usize> = array.shape().to_vec();
+        let channels =
+            *dims.get(axis).ok_or_else(|| format!("weight {} has no axis {axis}", weight.name))?;
+        // Quantize with the output-channel axis first, then put the codes back in place.
+        let mut moved = array.to_owned();
+        moved.swap_axes(0, axis);
+        let rows: Vec<f32> = moved.as_standard_layout().iter().copied().collect();
+        let (codes, scales) = quantize_weights(&rows, channels, rows.len() / channels.max(1), true);
+        let mut shape_moved = dims.clone();
+        shape_moved.swap(0, axis);
+        let mut back =
+            ndarray::ArrayD::from_shape_vec(shape_moved, codes).map_err(|e| e.to_string())?;
+        back.swap_axes(0, axis);
+        let codes: Vec<u8> = back.as_standard_layout().iter().map(|&c| c as u8).collect();
+        let dims_i64: Vec<i64> = dims.iter().map(|&d| d as i64).collect();
+        let quantized = self.initializer(pb::TensorProto {
+            name: format!("{}_jp_quantized", weight.name),
+            dims: dims_i64,
+            data_type: pb::tensor_proto::DataType::Int8 as i32,
+            raw_data: codes,
+            ..Default::default()
+        });
+        let scale = self.initializer(float_tensor(
+            format!("{}_jp_scale", weight.name),
+            vec![channels as i64],
+            scales,
+        ));
+        let zero = self.initializer(pb::TensorProto {
+            name: format!("{}_jp_zero_point", weight.name),
+            dims: vec![channels as i64],
+            data_type: pb::tensor_proto::DataType::Int8 as i32,
+            raw_data: vec![0; channels],
+            ..Default::default()
+        });
+        let name = format!("{}_jp_DQ", weight.name);
+        self.node(
+            nodes,
+            "DequantizeLinear",
+            name,
+            vec![quantized, scale, zero],
+            dequantized.clone(),
+            Some(axis as i64),
+        );
+        Ok(dequantized)
+    }
+}
+
+fn float_tensor(name: String, dims: Vec<i64>, values: Vec<f32>) -> pb::TensorProto {
+    pb::TensorProto {
+        name,
+        dims,
+        data_type: pb::tensor_proto::DataType::Float as i32,
+        raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ..Default::default()
+    }
+}
