@@ -148,22 +148,8 @@ pub fn quantize_with_saved(
     let rewritten = rewrite_layers(decluttered, &candidates, &activations, options.per_channel)?;
     let report = candidates
         .iter()
-        .map(|c| LayerReport {
-            name: c.name.clone(),
-            kind: report::kind_name(&c.kind).into(),
-            int8: true,
-            reason: None,
-            sqnr_db: None,
-            cosine: None,
-        })
-        .chain(skipped.iter().map(|s| LayerReport {
-            name: s.name.clone(),
-            kind: "float".into(),
-            int8: false,
-            reason: Some(s.reason.clone()),
-            sqnr_db: None,
-            cosine: None,
-        }))
+        .map(|c| LayerReport::int8(c, None))
+        .chain(skipped.iter().map(LayerReport::float))
         .collect();
     let summary = QuantizationSummary {
         options: options.clone(),

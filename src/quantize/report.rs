@@ -26,6 +26,32 @@ pub struct LayerReport {
     pub cosine: Option<f64>,
 }
 
+impl LayerReport {
+    /// An int8 layer, with its (SQNR dB, cosine) against float when measured.
+    pub(crate) fn int8(layer: &Candidate, measured: Option<(f64, f64)>) -> Self {
+        LayerReport {
+            name: layer.name.clone(),
+            kind: kind_name(&layer.kind).into(),
+            int8: true,
+            reason: None,
+            sqnr_db: measured.map(|m| m.0),
+            cosine: measured.map(|m| m.1),
+        }
+    }
+
+    /// A layer left in float, and why.
+    pub(crate) fn float(skipped: &Skipped) -> Self {
+        LayerReport {
+            name: skipped.name.clone(),
+            kind: "float".into(),
+            int8: false,
+            reason: Some(skipped.reason.clone()),
+            sqnr_db: None,
+            cosine: None,
+        }
+    }
+}
+
 /// Runs both graphs on `batch` and compares each int8 layer's output with float's; returns the
 /// report, int8 layers worst first, then the float ones.
 #[allow(clippy::too_many_arguments)]
@@ -46,31 +72,14 @@ pub fn measure_layers(
     let mut report: Vec<LayerReport> = layers
         .iter()
         .zip(expected.iter().zip(&got))
-        .map(|(layer, (want, have))| {
-            let (sqnr_db, cosine) = compare(want, have);
-            LayerReport {
-                name: layer.name.clone(),
-                kind: kind_name(&layer.kind).into(),
-                int8: true,
-                reason: None,
-                sqnr_db: Some(sqnr_db),
-                cosine: Some(cosine),
-            }
-        })
+        .map(|(layer, (want, have))| LayerReport::int8(layer, Some(compare(want, have))))
         .collect();
     report.sort_by(|a, b| a.sqnr_db.partial_cmp(&b.sqnr_db).unwrap_or(std::cmp::Ordering::Equal));
-    report.extend(skipped.iter().map(|s| LayerReport {
-        name: s.name.clone(),
-        kind: "float".into(),
-        int8: false,
-        reason: Some(s.reason.clone()),
-        sqnr_db: None,
-        cosine: None,
-    }));
+    report.extend(skipped.iter().map(LayerReport::float));
     Ok(report)
 }
 
-pub(crate) fn kind_name(kind: &LayerKind) -> &'static str {
+fn kind_name(kind: &LayerKind) -> &'static str {
     match kind {
         LayerKind::Conv { depthwise: true, .. } => "depthwise",
         LayerKind::Conv { pool_spec, .. } if pool_spec.kernel_shape.iter().all(|&k| k == 1) => {
