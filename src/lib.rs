@@ -1,8 +1,11 @@
-//! jarvis-performance: an ONNX runtime built on tract, with an INT8 backend (coming), live weight
-//! updates and a Python facade.
+//! jarvis-performance: an ONNX runtime built on tract, with its own INT8 calibration, quantization
+//! and kernels, and a Python facade.
 //!
-//! The layers, from the bottom: [`model`] loads ONNX through tract; [`runtime`] owns the plan users
-//! run; `python` (cargo feature `python`) is the PyO3 facade; [`cli`] is the `jarvis-perf` command.
+//! The layers, from the bottom: [`kernels`] (u8×i8 SIMD loops, no tract); [`model`] loads ONNX
+//! through tract; [`plan`] holds the runnable plans; [`calibrate`] observes activation ranges;
+//! [`ops`] are the int8 tract ops; [`quantize`] rewrites graphs with them, reports and saves;
+//! [`runtime`] is what users hold; `python` (cargo feature `python`) is the PyO3 facade; [`cli`]
+//! is the `jarvis-perf` command.
 
 pub mod calibrate;
 pub mod cli;
