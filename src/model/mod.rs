@@ -55,7 +55,11 @@ impl OnnxModel {
         let mut proto = onnx
             .proto_model_for_read(&mut &bytes[..])
             .map_err(|e| load_error(format!("not a valid ONNX protobuf ({})", chain(&e))))?;
-        let saved_int8 = saved::restore_float(&mut proto).map_err(|e| load_error(e.to_string()))?;
+        let saved_int8 =
+            match saved::restore_float(&mut proto).map_err(|e| load_error(e.to_string()))? {
+                Some(ours) => Some(ours),
+                None => saved::import_qdq(&mut proto).map_err(|e| load_error(e.to_string()))?,
+            };
         let float_bytes = if saved_int8.is_some() {
             prost::Message::encode_to_vec(&proto)
         } else {

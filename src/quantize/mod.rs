@@ -131,11 +131,13 @@ pub fn quantize_with_saved(
 ) -> Result<Quantized> {
     let calibration = |e: TractError| Error::Calibration(chain(&e));
     let (all, mut skipped) = find_layers(decluttered, &options.exclude).map_err(calibration)?;
+    // Files from other quantizers name layers by ONNX node; ours by tract node: compare both
+    // without tract's expansion suffixes.
     let by_name: HashMap<&str, ActivationQuant> =
-        saved.iter().map(|(n, q)| (n.as_str(), *q)).collect();
+        saved.iter().map(|(n, q)| (save::onnx_node_name(n), *q)).collect();
     let (mut candidates, mut activations) = (Vec::new(), Vec::new());
     for layer in all {
-        match by_name.get(layer.name.as_str()) {
+        match by_name.get(save::onnx_node_name(&layer.name)) {
             Some(q) => {
                 activations.push(*q);
                 candidates.push(layer);

@@ -19,6 +19,11 @@ use crate::model::saved::{
 /// Suffixes tract appends to the ONNX node name when it expands an operator.
 const EXPANSION_SUFFIXES: [&str; 2] = [".ab", ".einsum"];
 
+/// The ONNX node a tract layer name comes from (tract suffixes the nodes an operator expands to).
+pub fn onnx_node_name(tract_name: &str) -> &str {
+    EXPANSION_SUFFIXES.iter().find_map(|s| tract_name.strip_suffix(s)).unwrap_or(tract_name)
+}
+
 /// Builds the QDQ file from the float model and each int8 layer's activation parameters.
 pub fn to_qdq(
     float_onnx: &[u8],
@@ -41,13 +46,8 @@ pub fn to_qdq(
     let Some(graph) = proto.graph.as_mut() else {
         return Err(fail("the model has no graph".into()));
     };
-    let by_node: HashMap<String, ActivationQuant> = layers
-        .iter()
-        .map(|(name, q)| {
-            let onnx = EXPANSION_SUFFIXES.iter().find_map(|s| name.strip_suffix(s)).unwrap_or(name);
-            (onnx.to_string(), *q)
-        })
-        .collect();
+    let by_node: HashMap<String, ActivationQuant> =
+        layers.iter().map(|(name, q)| (onnx_node_name(name).to_string(), *q)).collect();
     let initializers: HashMap<String, usize> =
         graph.initializer.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
     let mut added = Added::default();

@@ -89,3 +89,26 @@ def test_corrupt_int8_metadata_is_refused(digits_int8: jp.Runtime, tmp_path: Pat
     onnx.save(model, str(path))
     with pytest.raises(jp.ModelLoadError, match="corrupt int8 metadata"):
         jp.Runtime.load(path)
+
+
+def test_onnxruntime_qdq_file_runs_on_the_int8_ops(tmp_path: Path) -> None:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    calib = np.load(MODELS / "digits_calib.npy")
+    batches = iter([{"input": calib[i:i + 16]} for i in range(0, len(calib), 16)])
+
+    class Reader(CalibrationDataReader):  # type: ignore[misc]
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(batches, None)
+
+    path = tmp_path / "ort_qdq.onnx"
+    quantize_static(str(MODELS / "digits_cnn.onnx"), str(path), Reader(), quant_format=QuantFormat.QDQ,
+                    per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    rt = jp.Runtime.load(path)
+    assert rt.quantized
+    assert [r["int8"] for r in rt.quantization_report()] == [True] * 4
+    x = np.load(MODELS / "digits_test.npy")
+    theirs = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    ours = rt.infer(x)
+    assert cosine(ours, theirs) > 0.9999
+    assert (ours.argmax(1) == theirs.argmax(1)).mean() >= 0.99
