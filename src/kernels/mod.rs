@@ -12,7 +12,8 @@ use std::sync::OnceLock;
 
 pub use gemm::{gemm_u8i8, gemm_u8i8_block, gemm_u8i8_reference, PackedWeights, BLOCK_N};
 pub use planar::{
-    depthwise_plane, dequantize_plane, gemm_planar, im2col_c4, quantize_c4, PlanarWeights,
+    depthwise_plane, dequantize_plane, gemm_planar, im2col_c4, quantize_c4, ConvGeometry,
+    PlanarWeights,
 };
 pub use quant::{
     dequantize_rows, quantize_centred, quantize_u8, quantize_value, round_half_even, saturate_i8,

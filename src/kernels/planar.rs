@@ -11,6 +11,22 @@ use std::ops::Range;
 use super::quant::quantize_value;
 use super::Isa;
 
+/// The spatial shape of a 2-D convolution over one image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvGeometry {
+    /// Input channels.
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+    pub kernel: [usize; 2],
+    pub stride: [usize; 2],
+    pub dilation: [usize; 2],
+    /// Padding before the first row and column.
+    pub pad: [usize; 2],
+    /// Output height and width.
+    pub out: [usize; 2],
+}
+
 /// Output channels computed together by the SIMD kernel.
 const BLOCK_O: usize = 8;
 
@@ -193,20 +209,14 @@ mod avx512 {
 
 /// Builds the C4 patch matrix of a k×k convolution: for each tap and channel group, the plane of
 /// input words each output pixel reads (the zero point where the tap falls in the padding).
-#[allow(clippy::too_many_arguments)]
 pub fn im2col_c4(
+    g: &ConvGeometry,
     x: &[u32],
     groups: Range<usize>,
-    height: usize,
-    width: usize,
-    kernel: [usize; 2],
-    stride: [usize; 2],
-    dilation: [usize; 2],
-    pad: [usize; 2],
-    out: [usize; 2],
     zero_point: u8,
     patches: &mut [u32],
 ) {
+    let ConvGeometry { height, width, kernel, stride, dilation, pad, out, .. } = *g;
     let pixels_in = height * width;
     let pixels_out = out[0] * out[1];
     let fill = u32::from_le_bytes([zero_point; 4]);
@@ -267,20 +277,8 @@ fn valid_columns(
 /// `q - zero_point`) with `kernel` taps: `acc[oy][ox] = Σ x · w` over taps inside the image.
 /// Strided columns are first split by phase (column mod stride), so every tap reads a
 /// contiguous run and the inner loop vectorises.
-#[allow(clippy::too_many_arguments)]
-pub fn depthwise_plane(
-    isa: Isa,
-    x: &[i16],
-    height: usize,
-    width: usize,
-    taps: &[i8],
-    kernel: [usize; 2],
-    stride: [usize; 2],
-    dilation: [usize; 2],
-    pad: [usize; 2],
-    out: [usize; 2],
-    acc: &mut [i32],
-) {
+pub fn depthwise_plane(isa: Isa, g: &ConvGeometry, x: &[i16], taps: &[i8], acc: &mut [i32]) {
+    let ConvGeometry { height, width, kernel, stride, dilation, pad, out, .. } = *g;
     assert!(
         x.len() >= height * width
             && taps.len() >= kernel[0] * kernel[1]
@@ -394,7 +392,8 @@ mod tests {
             let x: Vec<i16> = (0..h * w).map(|_| i16::from(next() as u8) - 9).collect();
             let taps: Vec<i8> = (0..k * k).map(|_| next() as i8).collect();
             let mut acc = vec![0; out[0] * out[1]];
-            depthwise_plane(Isa::detect(), &x, h, w, &taps, [k, k], [s, s], [d, d], [pad, pad], out, &mut acc);
+            let g = ConvGeometry { channels: 1, height: h, width: w, kernel: [k, k], stride: [s, s], dilation: [d, d], pad: [pad, pad], out };
+            depthwise_plane(Isa::detect(), &g, &x, &taps, &mut acc);
             for oy in 0..out[0] {
                 for ox in 0..out[1] {
                     let mut want = 0;
@@ -422,7 +421,8 @@ mod tests {
             let groups = 2;
             let x: Vec<u32> = (0..groups * h * w).map(|i| i as u32 * 7 + 1).collect();
             let mut patches = vec![0u32; k * k * groups * out[0] * out[1]];
-            im2col_c4(&x, 0..groups, h, w, [k, k], [s, s], [d, d], [pad, pad], out, 3, &mut patches);
+            let g = ConvGeometry { channels: 4 * groups, height: h, width: w, kernel: [k, k], stride: [s, s], dilation: [d, d], pad: [pad, pad], out };
+            im2col_c4(&g, &x, 0..groups, 3, &mut patches);
             let fill = u32::from_le_bytes([3; 4]);
             let mut row = 0;
             for ky in 0..k {

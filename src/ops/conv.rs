@@ -8,7 +8,8 @@ use tract_onnx::tract_core::ops::cnn::PoolSpec;
 use super::parallel::for_each_chunk;
 use super::{Int8Layer, Packed};
 use crate::kernels::{
-    depthwise_plane, dequantize_plane, gemm_planar, im2col_c4, quantize_c4, quantize_centred, Isa,
+    depthwise_plane, dequantize_plane, gemm_planar, im2col_c4, quantize_c4, quantize_centred,
+    ConvGeometry, Isa,
 };
 
 /// Output channels per parallel task.
@@ -25,26 +26,14 @@ pub struct Int8Conv {
     pub depthwise: bool,
 }
 
-/// Spatial geometry of one evaluation.
-struct Geometry {
-    channels: usize,
-    height: usize,
-    width: usize,
-    kernel: [usize; 2],
-    stride: [usize; 2],
-    dilation: [usize; 2],
-    pad: [usize; 2],
-    out: [usize; 2],
-}
-
 impl Int8Conv {
-    fn geometry(&self, shape: &[usize]) -> TractResult<Geometry> {
+    fn geometry(&self, shape: &[usize]) -> TractResult<ConvGeometry> {
         ensure!(shape.len() == 4, "Int8Conv expects NCHW input, got shape {shape:?}");
         let kernel = [self.pool_spec.kernel_shape[0], self.pool_spec.kernel_shape[1]];
         let strides = self.pool_spec.strides();
         let dilations = self.pool_spec.dilations();
         let padded = self.pool_spec.padding.compute(&shape[2..4], &kernel, &dilations, &strides);
-        Ok(Geometry {
+        Ok(ConvGeometry {
             channels: shape[1],
             height: shape[2],
             width: shape[3],
@@ -56,7 +45,7 @@ impl Int8Conv {
         })
     }
 
-    fn run_image(&self, g: &Geometry, image: &[f32], out: &mut [f32]) -> TractResult<()> {
+    fn run_image(&self, g: &ConvGeometry, image: &[f32], out: &mut [f32]) -> TractResult<()> {
         let layer = &self.layer;
         let w = &*layer.weights;
         let isa = Isa::detect();
@@ -70,15 +59,9 @@ impl Int8Conv {
                 let mut acc = vec![0i32; pixels];
                 depthwise_plane(
                     isa,
+                    g,
                     &x[c * pixels_in..(c + 1) * pixels_in],
-                    g.height,
-                    g.width,
                     &w.codes[c * taps..(c + 1) * taps],
-                    g.kernel,
-                    g.stride,
-                    g.dilation,
-                    g.pad,
-                    g.out,
                     &mut acc,
                 );
                 dequantize_plane(
@@ -107,19 +90,7 @@ impl Int8Conv {
                 &x[first_group * pixels_in..]
             } else {
                 let mut buffer = vec![0u32; packed.k4 * pixels];
-                im2col_c4(
-                    &x,
-                    first_group..first_group + groups_per_conv_group,
-                    g.height,
-                    g.width,
-                    g.kernel,
-                    g.stride,
-                    g.dilation,
-                    g.pad,
-                    g.out,
-                    zp,
-                    &mut buffer,
-                );
+                im2col_c4(g, &x, first_group..first_group + groups_per_conv_group, zp, &mut buffer);
                 patches = buffer;
                 &patches
             };
