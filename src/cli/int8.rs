@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
 use tract_onnx::prelude::*;
 
 use super::npy;
@@ -50,12 +51,24 @@ pub fn load(path: &Path, threads: Option<usize>, precision: &Precision) -> Resul
     let [spec] = model.inputs.as_slice() else {
         bail!("--calib feeds one input; this model has {}", model.inputs.len());
     };
-    let mut batches = calibration_batches(calib, spec)?.into_iter();
+    let batches = calibration_batches(calib, spec)?;
+    // Progress on stderr, so piped stdout stays clean; hidden when stderr is not a terminal.
+    let progress = ProgressBar::new(batches.len() as u64).with_style(
+        ProgressStyle::with_template("calibrating {bar:30} {pos}/{len} batches {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut batches = batches.into_iter();
     let quantize =
         QuantizeOptions { method, per_channel: true, exclude: precision.exclude.clone() };
-    Ok(Runtime::from_model_quantized(model, &options, &quantize, &mut || {
-        Ok(batches.next().map(|t| vec![t]))
-    })?)
+    let runtime = Runtime::from_model_quantized(model, &options, &quantize, &mut || {
+        let batch = batches.next().map(|t| vec![t]);
+        if batch.is_some() {
+            progress.inc(1);
+        }
+        Ok(batch)
+    });
+    progress.finish_and_clear();
+    Ok(runtime?)
 }
 
 fn calibration_batches(path: &Path, spec: &crate::model::TensorSpec) -> Result<Vec<Tensor>> {
