@@ -129,11 +129,6 @@ impl Observer {
         self.min > self.max
     }
 
-    /// The observed (min, max).
-    pub fn min_max(&self) -> (f32, f32) {
-        (self.min, self.max)
-    }
-
     /// The range `method` picks: `(low, high)` with `low ≤ 0 ≤ high`, so 0.0 (and padding) is
     /// exactly representable.
     pub fn range(&self, method: Method) -> (f32, f32) {

@@ -56,11 +56,6 @@ impl ElementType {
         }
     }
 
-    /// Parses a NumPy type name.
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|t| t.name() == name)
-    }
-
     /// The tract datum type with the same layout.
     pub fn datum_type(self) -> DatumType {
         match self {
@@ -197,10 +192,8 @@ mod tests {
     #[test]
     fn names_round_trip() {
         for t in ElementType::ALL {
-            assert_eq!(ElementType::from_name(t.name()), Some(t));
             assert_eq!(ElementType::from_datum_type(t.datum_type()), Some(t));
         }
-        assert_eq!(ElementType::from_name("string"), None);
         assert_eq!(ElementType::from_datum_type(DatumType::String), None);
         assert_eq!(ElementType::from_datum_type(DatumType::TDim), Some(ElementType::I64));
     }

@@ -51,7 +51,7 @@ impl Int8Conv {
         let isa = Isa::detect();
         let (pixels_in, pixels) = (g.height * g.width, g.out[0] * g.out[1]);
         let (scale, zp) = (layer.input.scale, layer.input.zero_point);
-        if let Packed::Depthwise = w.packed {
+        if let Packed::Depthwise(codes) = &w.packed {
             let mut x = vec![0i16; g.channels * pixels_in];
             quantize_centred(isa, image, scale, zp, &mut x);
             let taps = g.kernel[0] * g.kernel[1];
@@ -61,7 +61,7 @@ impl Int8Conv {
                     isa,
                     g,
                     &x[c * pixels_in..(c + 1) * pixels_in],
-                    &w.codes[c * taps..(c + 1) * taps],
+                    &codes[c * taps..(c + 1) * taps],
                     &mut acc,
                 );
                 dequantize_plane(

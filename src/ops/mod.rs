@@ -21,8 +21,8 @@ pub enum Packed {
     Rows(PackedWeights),
     /// Planar GEMM weights, one per convolution group; k order (tap, channel padded to 4).
     Planar(Vec<PlanarWeights>),
-    /// Depthwise: the direct kernel reads `codes` (`n` rows of `taps`).
-    Depthwise,
+    /// Depthwise: the direct kernel reads the codes as they are (`n` rows of `taps`).
+    Depthwise(Vec<i8>),
 }
 
 /// The int8 weights of one layer and everything derived from them, immutable once built: an
@@ -33,8 +33,6 @@ pub struct LayerWeights {
     pub n: usize,
     /// Reduction length per output channel (per group for grouped convs), before padding.
     pub k: usize,
-    /// Codes, `n` rows of `k`; conv k order is (tap, channel-in-group).
-    pub codes: Vec<i8>,
     /// Per-output-channel weight scales.
     pub scales: Vec<f32>,
     pub bias: Vec<f32>,
@@ -65,7 +63,7 @@ impl LayerWeights {
     ) -> Self {
         let packed = match layout {
             Layout::Linear => Packed::Rows(PackedWeights::pack(&codes, n, k)),
-            Layout::Depthwise => Packed::Depthwise,
+            Layout::Depthwise => Packed::Depthwise(codes),
             Layout::Conv { groups, taps } => {
                 let per_group = n / groups.max(1);
                 let channels = k / taps.max(1);
@@ -88,17 +86,17 @@ impl LayerWeights {
             }
         };
         let output_scales = scales.iter().map(|s| s * input.scale).collect();
-        LayerWeights { n, k, codes, scales, bias, output_scales, packed }
+        LayerWeights { n, k, scales, bias, output_scales, packed }
     }
 
-    /// Bytes of int8 weights held (codes and packed copies), for memory reports.
+    /// Bytes of int8 weights held (packed codes, sums, scales, bias), for memory reports.
     pub fn bytes(&self) -> usize {
         let packed = match &self.packed {
             Packed::Rows(p) => p.bytes(),
             Packed::Planar(planes) => planes.iter().map(PlanarWeights::bytes).sum(),
-            Packed::Depthwise => 0,
+            Packed::Depthwise(codes) => codes.len(),
         };
-        self.codes.len() + packed + 12 * self.n
+        packed + 12 * self.n
     }
 }
 

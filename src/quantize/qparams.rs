@@ -1,7 +1,7 @@
 //! Quantization parameters: asymmetric u8 for activations (the seed's formula), symmetric i8
 //! per output channel for weights. Rounding and saturation come from `kernels`, in one place.
 
-use crate::kernels::{round_half_even, saturate_u8};
+use crate::kernels::{round_half_even, saturate_i8, saturate_u8};
 
 /// Per-tensor u8 quantization of an activation: `q = saturate(round(x / scale) + zero_point)`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -55,7 +55,7 @@ pub fn quantize_weights(
     let codes = weights
         .iter()
         .enumerate()
-        .map(|(i, &w)| round_half_even(w / scales[i / k.max(1)]).clamp(-127.0, 127.0) as i8)
+        .map(|(i, &w)| saturate_i8(round_half_even(w / scales[i / k.max(1)]).max(-127.0)))
         .collect();
     (codes, scales)
 }
