@@ -90,13 +90,17 @@ def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
         return float((model(torch.from_numpy(x)).argmax(1).numpy() == y).mean())
 
 
-def save_data(x_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray) -> None:
+def save_data(
+    x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray
+) -> None:
     """``digits_sample.npy`` (8 held-out images, 8×1×8×8 float32 in [0, 1]) and its labels;
-    ``digits_calib.npy`` (the first 256 training images, for INT8 calibration);
+    ``digits_calib.npy`` (the first 256 training images, for INT8 calibration) and its labels
+    (the continual-learning example's stream);
     ``digits_test.npy`` and ``digits_test_labels.npy`` (the 360 held-out images)."""
     np.save(HERE / "digits_sample.npy", x_test[:8])
     np.save(HERE / "digits_sample_labels.npy", y_test[:8].astype(np.int64))
     np.save(HERE / "digits_calib.npy", x_train[:256])
+    np.save(HERE / "digits_calib_labels.npy", y_train[:256].astype(np.int64))
     np.save(HERE / "digits_test.npy", x_test)
     np.save(HERE / "digits_test_labels.npy", y_test.astype(np.int64))
 
@@ -111,7 +115,7 @@ def main() -> None:
     flat_train, flat_test = x_train.reshape(-1, 64), x_test.reshape(-1, 64)
     cnn_result = export_model(cnn, HERE / "digits_cnn.onnx", input_shape=(1, 1, 8, 8))
     mlp_result = export_model(flat_mlp, HERE / "digits_mlp.onnx", input_shape=(1, 64))
-    save_data(x_train, x_test, y_test)
+    save_data(x_train, y_train, x_test, y_test)
     print(f"digits_cnn: held-out accuracy {accuracy(cnn, x_test, y_test):.4f} "
           f"(train {accuracy(cnn, x_train, y_train):.4f}), export diff {cnn_result.max_abs_diff:.2e}")
     print(f"digits_mlp: held-out accuracy {accuracy(flat_mlp, flat_test, y_test):.4f} "

@@ -42,6 +42,10 @@ pub enum Error {
     #[error("calibration: {0}")]
     Calibration(String),
 
+    /// A weight update (or rollback, or learning step) was refused; the model is unchanged.
+    #[error("update refused: {0}")]
+    Update(String),
+
     /// The model could not be written.
     #[error("cannot save: {0}")]
     Save(String),

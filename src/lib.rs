@@ -11,6 +11,7 @@ pub mod calibrate;
 pub mod cli;
 pub mod error;
 pub mod kernels;
+pub mod learn;
 pub mod model;
 pub mod ops;
 pub mod plan;

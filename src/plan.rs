@@ -76,6 +76,58 @@ impl Plans {
         Ok(cache.entry(bindings).or_insert(plan).clone())
     }
 
+    /// A copy of these plans in which the int8 ops of the layers named in `ops` are replaced
+    /// (new weights after an update). Nothing is re-optimised: the graphs are cloned, sharing
+    /// every other op's weights, and the cached concrete plans carry over.
+    pub fn with_ops(&self, ops: &HashMap<String, Box<dyn TypedOp>>) -> Result<Plans> {
+        let replace = |model: &TypedModel| -> TypedModel {
+            let mut model = model.clone();
+            for node in model.nodes_mut() {
+                let name = crate::ops::int8_layer(node.op.as_ref()).map(|l| l.name.as_str());
+                if let Some(op) = name.and_then(|name| ops.get(name)) {
+                    node.op = op.clone();
+                }
+            }
+            model
+        };
+        let runnable = |plan: &TypedSimplePlan| -> Result<Arc<TypedSimplePlan>> {
+            replace(plan.model())
+                .into_runnable_with_options(&self.options)
+                .map_err(|e| Error::Update(format!("re-planning: {}", chain(&e))))
+        };
+        let concrete = self
+            .read_cache()
+            .iter()
+            .map(|(bindings, plan)| Ok((bindings.clone(), runnable(plan)?)))
+            .collect::<Result<HashMap<_, _>>>()?;
+        Ok(Plans {
+            decluttered: replace(&self.decluttered),
+            options: self.options.clone(),
+            symbolic: runnable(&self.symbolic)?,
+            concrete: RwLock::new(concrete),
+            source: self.source.clone(),
+        })
+    }
+
+    /// Plans computing the input of the layer called `layer` (the features a head learner
+    /// trains on) instead of the model's outputs.
+    pub fn features_of(&self, layer: &str, executor: Executor) -> Result<Plans> {
+        let fail = |reason: String| Error::Update(format!("features of {layer}: {reason}"));
+        let node = self
+            .decluttered
+            .nodes()
+            .iter()
+            .find(|n| {
+                crate::ops::int8_layer(n.op.as_ref()).is_some_and(|l| l.name == layer)
+                    || n.name == layer
+            })
+            .ok_or_else(|| fail("no such layer in the graph".into()))?;
+        let input = *node.inputs.first().ok_or_else(|| fail("the layer has no input".into()))?;
+        let mut model = self.decluttered.clone();
+        model.select_output_outlets(&[input]).map_err(|e| fail(chain(&e)))?;
+        Plans::new(&model, executor, &self.source)
+    }
+
     fn read_cache(
         &self,
     ) -> std::sync::RwLockReadGuard<'_, HashMap<SymbolBindings, Arc<TypedSimplePlan>>> {

@@ -4,6 +4,7 @@
 pub mod saved;
 mod spec;
 mod summary;
+pub mod weights;
 
 use std::path::Path;
 

@@ -8,6 +8,8 @@ mod parallel;
 
 use std::sync::Arc;
 
+use tract_onnx::prelude::TypedOp;
+
 pub use conv::Int8Conv;
 pub use linear::Int8Linear;
 
@@ -116,3 +118,11 @@ impl PartialEq for Int8Layer {
     }
 }
 impl Eq for Int8Layer {}
+
+/// The int8 layer inside `op`, if it is one of the project's int8 ops.
+pub fn int8_layer(op: &dyn TypedOp) -> Option<&Int8Layer> {
+    if let Some(conv) = op.downcast_ref::<Int8Conv>() {
+        return Some(&conv.layer);
+    }
+    op.downcast_ref::<Int8Linear>().map(|linear| &linear.layer)
+}

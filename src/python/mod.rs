@@ -4,6 +4,7 @@
 mod calibration;
 mod convert;
 mod errors;
+mod learning;
 mod runtime;
 
 use pyo3::prelude::*;

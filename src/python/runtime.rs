@@ -8,6 +8,7 @@ use pyo3::types::{PyDict, PyList, PyTuple};
 
 use super::calibration::PySource;
 use super::convert::{tensor_from_py, tensor_to_py};
+use super::learning::{deltas_from_py, inputs_from_py, labels_from_py, step_to_py};
 use super::without_gil;
 use crate::calibrate::Method;
 use crate::error::Error;
@@ -126,6 +127,74 @@ impl PyRuntime {
     fn save(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
         let runtime = Arc::clone(&self.inner);
         without_gil(py, move || runtime.save(&path))
+    }
+
+    /// Adds `scale * delta` to each named float weight (`{ONNX initializer name: array}`, the
+    /// `state_dict` keys of an exported PyTorch model) and returns the new version. All deltas
+    /// apply at once; inference in other threads goes on and each call sees one version.
+    #[pyo3(signature = (deltas, *, scale = 1.0))]
+    fn update(&self, py: Python<'_>, deltas: &Bound<'_, PyDict>, scale: f32) -> PyResult<u64> {
+        let deltas = deltas_from_py(deltas)?;
+        let runtime = Arc::clone(&self.inner);
+        without_gil(py, move || runtime.update(&deltas, scale).map(|o| o.version))
+    }
+
+    /// One step of softmax cross-entropy gradient descent on a linear layer (default: the
+    /// model's last), from the features the model computes for `x`, against integer `labels`.
+    /// Returns `{"version", "layer", "weight", "loss", "accuracy"}` (loss and accuracy of the
+    /// batch before the step).
+    #[pyo3(signature = (x, labels, *, lr = 0.01, layer = None))]
+    fn learn<'py>(
+        &self,
+        py: Python<'py>,
+        x: &Bound<'py, PyAny>,
+        labels: &Bound<'py, PyAny>,
+        lr: f32,
+        layer: Option<String>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let inputs = inputs_from_py(&self.inner, x)?;
+        let labels = labels_from_py(labels)?;
+        let runtime = Arc::clone(&self.inner);
+        let step = without_gil(py, move || runtime.learn(inputs, &labels, lr, layer.as_deref()))?;
+        step_to_py(py, &step)
+    }
+
+    /// Returns to `version` (default: the previous one); its outputs come back bit for bit.
+    /// Later versions are dropped from the history. Returns the version now current.
+    #[pyo3(signature = (version = None))]
+    fn rollback(&self, py: Python<'_>, version: Option<u64>) -> PyResult<u64> {
+        let runtime = Arc::clone(&self.inner);
+        without_gil(py, move || runtime.rollback(version))
+    }
+
+    /// The version of the weights inference runs on (0 when loaded, unless the file was saved
+    /// after updates).
+    #[getter]
+    fn version(&self) -> u64 {
+        self.inner.version()
+    }
+
+    /// The versions `rollback` can return to, oldest first, the current one last.
+    #[getter]
+    fn versions(&self) -> Vec<u64> {
+        self.inner.versions()
+    }
+
+    /// Keeps at most `versions` versions (the current one included) for rollback; default 8.
+    fn set_history(&self, versions: usize) -> PyResult<()> {
+        Ok(self.inner.set_history(versions)?)
+    }
+
+    /// Names of the float weights `update` accepts, sorted.
+    #[getter]
+    fn weight_names(&self) -> Vec<String> {
+        self.inner.weight_names()
+    }
+
+    /// A float32 copy of the current value of weight `name`.
+    fn weights<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
+        let tensor = self.inner.weights(name)?;
+        tensor_to_py(py, name, tensor)
     }
 
     /// Whether the model runs with int8 layers.

@@ -13,12 +13,12 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::tract_linalg::multithread::Executor;
 
 pub use report::{compare, measure_layers, LayerReport};
-pub use rewrite::{find_layers, Candidate, LayerKind, Skipped};
+pub use rewrite::{find_layers, Candidate, LayerKind, Skipped, WeightOrder};
 
 use crate::calibrate::{Calibrator, Method};
 use crate::error::{chain, Error, Result};
 use crate::model::TensorSpec;
-use crate::ops::{Int8Conv, Int8Layer, Int8Linear, LayerWeights, Layout};
+use crate::ops::{int8_layer, Int8Conv, Int8Layer, Int8Linear, LayerWeights, Layout};
 use qparams::{quantize_weights, ActivationQuant};
 
 /// How to quantize.
@@ -63,6 +63,8 @@ pub struct QuantizationSummary {
 pub struct Quantized {
     pub typed: TypedModel,
     pub summary: QuantizationSummary,
+    /// The int8 layers as found in the float graph, with their input quantization.
+    pub layers: Vec<(Candidate, ActivationQuant)>,
 }
 
 /// Calibrates `decluttered` on `batches` and returns the int8 graph with its report.
@@ -117,9 +119,10 @@ pub fn quantize(
         calibration_bytes: calibrator.memory_bound_bytes(),
         float_weight_bytes: rewritten.float_bytes,
         int8_weight_bytes: rewritten.int8_bytes,
-        activations: candidates.iter().map(|c| c.name.clone()).zip(activations).collect(),
+        activations: candidates.iter().map(|c| c.name.clone()).zip(activations.clone()).collect(),
     };
-    Ok(Quantized { typed: rewritten.typed, summary })
+    let layers = candidates.into_iter().zip(activations).collect();
+    Ok(Quantized { typed: rewritten.typed, summary, layers })
 }
 
 /// Rebuilds the int8 graph from saved activation parameters (by layer name): no calibration,
@@ -161,9 +164,10 @@ pub fn quantize_with_saved(
         calibration_bytes: 0,
         float_weight_bytes: rewritten.float_bytes,
         int8_weight_bytes: rewritten.int8_bytes,
-        activations: candidates.iter().map(|c| c.name.clone()).zip(activations).collect(),
+        activations: candidates.iter().map(|c| c.name.clone()).zip(activations.clone()).collect(),
     };
-    Ok(Quantized { typed: rewritten.typed, summary })
+    let layers = candidates.into_iter().zip(activations).collect();
+    Ok(Quantized { typed: rewritten.typed, summary, layers })
 }
 
 /// The int8 graph and its weight sizes.
@@ -188,7 +192,7 @@ fn rewrite_layers(
     for (layer, &input) in candidates.iter().zip(activations) {
         let op = build_op(layer, input, per_channel);
         float_bytes += layer.weights.len() * 4 + layer.bias.len() * 4;
-        int8_bytes += op_weights(&*op).map_or(0, LayerWeights::bytes);
+        int8_bytes += int8_layer(&*op).map_or(0, |l| l.weights.bytes());
         let outlet = rewrite::substitute(&mut typed, layer, op, &mut replaced)
             .map_err(|e| Error::Calibration(chain(&e)))?;
         outlets.push(outlet);
@@ -196,7 +200,9 @@ fn rewrite_layers(
     Ok(Rewritten { typed, outlets, float_bytes, int8_bytes })
 }
 
-fn build_op(layer: &Candidate, input: ActivationQuant, per_channel: bool) -> Box<dyn TypedOp> {
+/// The int8 op standing for `layer`: its weights quantized (per channel or per tensor) and packed
+/// for the kernel, reading activations quantized with `input`.
+pub fn build_op(layer: &Candidate, input: ActivationQuant, per_channel: bool) -> Box<dyn TypedOp> {
     let (codes, scales) = quantize_weights(&layer.weights, layer.n, layer.k, per_channel);
     let layout = match &layer.kind {
         LayerKind::Conv { depthwise: true, .. } => Layout::Depthwise,
@@ -224,11 +230,4 @@ fn build_op(layer: &Candidate, input: ActivationQuant, per_channel: bool) -> Box
             Box::new(Int8Linear { layer: int8, kept_axes: *kept_axes })
         }
     }
-}
-
-fn op_weights(op: &dyn TypedOp) -> Option<&LayerWeights> {
-    if let Some(conv) = op.downcast_ref::<Int8Conv>() {
-        return Some(&conv.layer.weights);
-    }
-    op.downcast_ref::<Int8Linear>().map(|l| &*l.layer.weights)
 }

@@ -35,10 +35,80 @@ pub struct Candidate {
     pub output: OutletId,
     /// `n` rows of `k` float weights, in the kernel's k order.
     pub weights: Vec<f32>,
+    /// How the weight constant's values map to `weights` (to apply updates to the source).
+    pub order: WeightOrder,
     pub n: usize,
     pub k: usize,
     pub bias: Vec<f32>,
     pub activation: Activation,
+}
+
+/// How the values of a layer's weight constant (flat, row-major) map to the kernel's `n × k`
+/// order, and back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WeightOrder {
+    /// An OIHW convolution kernel, read as (output, tap, channel): patches channel-fastest.
+    Conv { n: usize, channels: usize, taps: usize },
+    /// A tensor of `shape` whose axes are permuted by `order`, then flattened.
+    Axes { shape: Vec<usize>, order: Vec<usize> },
+}
+
+impl WeightOrder {
+    /// The kernel-order values of the constant `values`; `None` if the length does not fit.
+    pub fn to_kernel(&self, values: &[f32]) -> Option<Vec<f32>> {
+        match self {
+            WeightOrder::Conv { n, channels, taps } => {
+                let k = channels * taps;
+                (values.len() == n * k).then(|| {
+                    let mut out = vec![0f32; n * k];
+                    for o in 0..*n {
+                        for i in 0..*channels {
+                            for t in 0..*taps {
+                                out[o * k + t * channels + i] =
+                                    values[(o * channels + i) * taps + t];
+                            }
+                        }
+                    }
+                    out
+                })
+            }
+            WeightOrder::Axes { shape, order } => {
+                let array = ndarray::ArrayViewD::from_shape(shape.as_slice(), values).ok()?;
+                Some(array.permuted_axes(order.as_slice()).iter().copied().collect())
+            }
+        }
+    }
+
+    /// The inverse of [`WeightOrder::to_kernel`]: constant-order values of kernel-order `kernel`.
+    pub fn from_kernel(&self, kernel: &[f32]) -> Option<Vec<f32>> {
+        match self {
+            WeightOrder::Conv { n, channels, taps } => {
+                let k = channels * taps;
+                (kernel.len() == n * k).then(|| {
+                    let mut out = vec![0f32; n * k];
+                    for o in 0..*n {
+                        for i in 0..*channels {
+                            for t in 0..*taps {
+                                out[(o * channels + i) * taps + t] =
+                                    kernel[o * k + t * channels + i];
+                            }
+                        }
+                    }
+                    out
+                })
+            }
+            WeightOrder::Axes { shape, order } => {
+                let permuted: Vec<usize> =
+                    order.iter().map(|&a| shape.get(a).copied()).collect::<Option<_>>()?;
+                let mut inverse = vec![0; order.len()];
+                for (position, &axis) in order.iter().enumerate() {
+                    *inverse.get_mut(axis)? = position;
+                }
+                let array = ndarray::ArrayViewD::from_shape(permuted, kernel).ok()?;
+                Some(array.permuted_axes(inverse).iter().copied().collect())
+            }
+        }
+    }
 }
 
 /// A layer left in float, and why.
@@ -137,15 +207,10 @@ fn conv_layer(
     if kernel.len() != n * k {
         return Ok(Err(format!("kernel has {} values, expected {}", kernel.len(), n * k)));
     }
-    // OIHW → (o, ky, kx, i): the kernels read each patch channel-fastest.
-    let mut weights = vec![0f32; n * k];
-    for o in 0..n {
-        for i in 0..per_group_in {
-            for t in 0..taps {
-                weights[o * k + t * per_group_in + i] = kernel[(o * per_group_in + i) * taps + t];
-            }
-        }
-    }
+    let order = WeightOrder::Conv { n, channels: per_group_in, taps };
+    let Some(weights) = order.to_kernel(&kernel) else {
+        return Ok(Err(format!("kernel has {} values, expected {}", kernel.len(), n * k)));
+    };
     let depthwise = group > 1 && per_group_in == 1 && n == group;
     if group > 1 && !depthwise && !per_group_in.is_multiple_of(4) {
         return Ok(Err(format!(
@@ -161,6 +226,7 @@ fn conv_layer(
         input: node.inputs[0],
         output: OutletId::new(node.id, 0),
         weights,
+        order,
         n,
         k,
         bias,
@@ -224,9 +290,10 @@ fn einsum_layer(
     // Reorder the weight to (n, reduced axes in the input's order), then flatten to n × k.
     let order: Vec<usize> =
         [n_label].iter().chain(&reduced).filter_map(|c| w.iter().position(|x| x == c)).collect();
-    let array = ndarray::ArrayD::from_shape_vec(w_shape.clone(), weight)?;
-    let weights: Vec<f32> =
-        array.permuted_axes(order).as_standard_layout().iter().copied().collect();
+    let order = WeightOrder::Axes { shape: w_shape.clone(), order };
+    let Some(weights) = order.to_kernel(&weight) else {
+        return Ok(Err(format!("weight of {} values for shape {w_shape:?}", weight.len())));
+    };
     let n = w_shape[w.iter().position(|&c| c == n_label).unwrap_or(0)];
     let k = weights.len() / n.max(1);
     let n_label = &n_label;
@@ -263,6 +330,7 @@ fn einsum_layer(
         input: node.inputs[0],
         output: OutletId::new(node.id, 0),
         weights,
+        order,
         n,
         k,
         bias: vec![0.0; n],

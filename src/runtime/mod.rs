@@ -1,5 +1,10 @@
-//! [`Runtime`]: the one object users hold. It owns the analysed model and a runnable tract plan,
-//! validates every call's inputs against the model's interface, and runs the plan.
+//! [`Runtime`]: the one object users hold. It owns the analysed model and the current version
+//! of its weights with the runnable tract plans, validates every call's inputs against the
+//! model's interface, and runs the plans. Updates and learning live in `update.rs`.
+
+mod files;
+mod inputs;
+mod update;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -8,15 +13,22 @@ use std::sync::Arc;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::tract_linalg::multithread::Executor;
 
+pub use inputs::{bind_inputs, check_input};
+pub use update::{LearnStep, UpdateOutcome};
+
 use crate::error::{catch_panics, chain, Error, Result};
-use crate::model::saved::SavedInt8;
-use crate::model::{ElementType, OnnxModel, TensorSpec};
-use crate::plan::{Plans, SymbolBindings};
+use crate::learn::{Slots, Version, Versions};
+use crate::model::weights::{self, OnnxLayer, Weights};
+use crate::model::{OnnxModel, TensorSpec};
+use crate::plan::Plans;
 use crate::quantize::qparams::ActivationQuant;
-use crate::quantize::{BatchSource, QuantizationSummary, QuantizeOptions};
+use crate::quantize::{BatchSource, QuantizationSummary, QuantizeOptions, Quantized};
 
 /// Environment variable that sets the default thread count.
 pub const THREADS_ENV: &str = "JARVIS_PERF_THREADS";
+
+/// Metadata key of the weights' version in files `save` writes.
+pub const VERSION_KEY: &str = "jarvis_performance.version";
 
 /// Options of [`Runtime::load`].
 #[derive(Debug, Clone, Default)]
@@ -26,12 +38,18 @@ pub struct LoadOptions {
 }
 
 /// A loaded model ready to run. `Runtime` is `Send + Sync`: any number of threads may call
-/// [`Runtime::run`] at once; each call gets its own execution state.
+/// [`Runtime::run`] at once, each call getting its own execution state, while another thread
+/// updates the weights.
 #[derive(Debug)]
 pub struct Runtime {
+    /// The model as loaded: interface, source, float ONNX bytes.
     model: OnnxModel,
-    plans: Plans,
+    versions: Versions,
+    /// The float weights as loaded, to tell which ones updates changed.
+    original: Arc<Weights>,
+    onnx_layers: Vec<OnnxLayer>,
     threads: usize,
+    executor: Executor,
     quantization: Option<QuantizationSummary>,
 }
 
@@ -47,13 +65,38 @@ impl Runtime {
     /// Prepares the plan of an already analysed model: float, or int8 for a file `save` wrote
     /// from an int8 runtime (no calibration data needed; the plan is bit-identical).
     pub fn from_model(model: OnnxModel, options: &LoadOptions) -> Result<Self> {
-        if let Some(saved) = model.saved_int8.clone() {
-            return Self::from_saved_int8(model, options, &saved);
-        }
-        let threads = resolve_threads(options.threads)?;
-        let plans = Plans::new(&model.typed, executor(threads)?, &model.source)?;
-        log::debug!("prepared {} with {threads} thread(s)", model.source);
-        Ok(Runtime { model, plans, threads, quantization: None })
+        catch_panics("preparing the model", || {
+            let threads = resolve_threads(options.threads)?;
+            let executor = executor(threads)?;
+            let float = Plans::new(&model.typed, executor.clone(), &model.source)?;
+            let quantized = match model.saved_int8.clone() {
+                None => None,
+                Some(saved) => {
+                    let method = saved.method.parse().unwrap_or(crate::calibrate::Method::DEFAULT);
+                    let options = QuantizeOptions {
+                        method,
+                        per_channel: saved.per_channel,
+                        exclude: Vec::new(),
+                    };
+                    let layers: Vec<(String, ActivationQuant)> = saved
+                        .layers
+                        .iter()
+                        .map(|l| {
+                            let q = ActivationQuant { scale: l.scale, zero_point: l.zero_point };
+                            (l.name.clone(), q)
+                        })
+                        .collect();
+                    let q = crate::quantize::quantize_with_saved(
+                        float.decluttered(),
+                        &layers,
+                        &options,
+                    )?;
+                    Some(q)
+                }
+            };
+            log::debug!("prepared {} with {threads} thread(s)", model.source);
+            Self::assemble(model, threads, executor, float, quantized)
+        })
     }
 
     /// Loads an ONNX file, calibrates it on `batches` (inputs in model order, until the source
@@ -87,7 +130,6 @@ impl Runtime {
                 quantize,
                 executor.clone(),
             )?;
-            let plans = Plans::new(&q.typed, executor, &model.source)?;
             let report = &q.summary.report;
             log::info!(
                 "{}: {}/{} layers int8 after {:?} ({} samples)",
@@ -97,29 +139,49 @@ impl Runtime {
                 start.elapsed(),
                 q.summary.samples
             );
-            let quantization = q.summary;
-            Ok(Runtime { model, plans, threads, quantization: Some(quantization) })
+            Self::assemble(model, threads, executor, float, Some(q))
         })
     }
 
-    fn from_saved_int8(model: OnnxModel, options: &LoadOptions, saved: &SavedInt8) -> Result<Self> {
-        catch_panics("restoring the int8 model", || {
-            let threads = resolve_threads(options.threads)?;
-            let executor = executor(threads)?;
-            let float = Plans::new(&model.typed, executor.clone(), &model.source)?;
-            let method = saved.method.parse().unwrap_or(crate::calibrate::Method::DEFAULT);
-            let quantize =
-                QuantizeOptions { method, per_channel: saved.per_channel, exclude: Vec::new() };
-            let layers: Vec<(String, ActivationQuant)> = saved
-                .layers
-                .iter()
-                .map(|l| {
-                    (l.name.clone(), ActivationQuant { scale: l.scale, zero_point: l.zero_point })
-                })
-                .collect();
-            let q = crate::quantize::quantize_with_saved(float.decluttered(), &layers, &quantize)?;
-            let plans = Plans::new(&q.typed, executor, &model.source)?;
-            Ok(Runtime { model, plans, threads, quantization: Some(q.summary) })
+    /// The runtime around the float plans, or the int8 graph when `quantized`.
+    fn assemble(
+        model: OnnxModel,
+        threads: usize,
+        executor: Executor,
+        float: Plans,
+        quantized: Option<Quantized>,
+    ) -> Result<Self> {
+        let masters = Arc::new(weights::float_weights(&model.onnx)?);
+        let onnx_layers = weights::onnx_layers(&model.onnx)?;
+        let (plans, slots, quantization) = match quantized {
+            None => {
+                let slots =
+                    Slots::new(float.decluttered(), &onnx_layers, &masters, &HashMap::new(), true)?;
+                (float, slots, None)
+            }
+            Some(q) => {
+                let int8: HashMap<String, ActivationQuant> =
+                    q.layers.iter().map(|(c, a)| (c.name.clone(), *a)).collect();
+                let per_channel = q.summary.options.per_channel;
+                let slots =
+                    Slots::new(float.decluttered(), &onnx_layers, &masters, &int8, per_channel)?;
+                drop(float);
+                let plans = Plans::new(&q.typed, executor.clone(), &model.source)?;
+                (plans, slots, Some(q.summary))
+            }
+        };
+        let number = weights::metadata(&model.onnx, VERSION_KEY)?
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        let first = Version::new(number, masters.clone(), Arc::new(plans), Arc::new(slots));
+        Ok(Runtime {
+            model,
+            versions: Versions::new(first),
+            original: masters,
+            onnx_layers,
+            threads,
+            executor,
+            quantization,
         })
     }
 
@@ -127,15 +189,32 @@ impl Runtime {
     /// rename): the float ONNX for a float runtime; for an int8 runtime, standard ONNX in QDQ
     /// form (int8 weights, scales, zero points) that onnxruntime runs, carrying the float master
     /// weights and the calibrated parameters so `Runtime::load` rebuilds the same int8 plan.
+    /// The current version's weights and number are what is written.
     pub fn save(&self, path: &Path) -> Result<()> {
+        let version = self.versions.current();
+        let changed = self.changed_since_load(&version.masters);
+        let float = weights::with_weights(
+            &self.model.onnx,
+            &changed,
+            &[(VERSION_KEY, version.number.to_string())],
+        )?;
         let bytes = match &self.quantization {
-            None => self.model.onnx.to_vec(),
+            None => float,
             Some(q) => {
                 let options = format!("{}\t{}", q.options.method, q.options.per_channel);
-                crate::quantize::save::to_qdq(&self.model.onnx, &q.activations, &options)?
+                crate::quantize::save::to_qdq(&float, &q.activations, &options)?
             }
         };
-        write_atomically(path, &bytes)
+        files::write_atomically(path, &bytes)
+    }
+
+    /// The weights in `masters` that differ from the ones loaded.
+    fn changed_since_load(&self, masters: &Weights) -> Weights {
+        masters
+            .iter()
+            .filter(|(name, t)| self.original.get(*name).is_none_or(|o| !Arc::ptr_eq(o, t)))
+            .map(|(name, t)| (name.clone(), t.clone()))
+            .collect()
     }
 
     /// Whether the model runs with int8 layers.
@@ -153,9 +232,10 @@ impl Runtime {
         &self.model
     }
 
-    /// The decluttered tract graph (BatchNorm folded, reshapes simplified) that plans run.
-    pub fn decluttered(&self) -> &TypedModel {
-        self.plans.decluttered()
+    /// The decluttered tract graph (BatchNorm folded, reshapes simplified) the current plans
+    /// run, with the int8 ops in place for an int8 runtime.
+    pub fn decluttered(&self) -> TypedModel {
+        self.versions.current().plans.decluttered().clone()
     }
 
     pub fn inputs(&self) -> &[TensorSpec] {
@@ -172,21 +252,10 @@ impl Runtime {
     }
 
     /// Runs the model on inputs given in the model's input order; returns every output, in order.
+    /// The whole call runs on one version of the weights.
     pub fn run(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>> {
-        if inputs.len() != self.model.inputs.len() {
-            let names: Vec<&str> = self.model.inputs.iter().map(|s| s.name.as_str()).collect();
-            return Err(Error::input(
-                names.join(", "),
-                format!("the model takes {} input(s), {} given", names.len(), inputs.len()),
-            ));
-        }
-        let bindings = bind_inputs(&self.model.inputs, &inputs)?;
-        let plan = self.plans.get(bindings)?;
-        let values: TVec<TValue> = inputs.into_iter().map(TValue::from).collect();
-        let outputs = catch_panics("inference", || {
-            plan.run(values).map_err(|e| Error::Inference(chain(&e)))
-        })?;
-        outputs.into_iter().map(exchangeable).collect()
+        let version = self.versions.current();
+        run_plans(&version.plans, &self.model.inputs, inputs)
     }
 
     /// Runs the model on inputs given by name; returns the requested outputs (all if `None`) in
@@ -253,110 +322,21 @@ impl Runtime {
     }
 }
 
-/// Casts tract-internal element types to what callers exchange (symbolic dims → int64).
-fn exchangeable(value: TValue) -> Result<Tensor> {
-    let tensor = value.into_tensor();
-    if tensor.datum_type() != DatumType::TDim {
-        return Ok(tensor);
-    }
-    tensor
-        .cast_to::<i64>()
-        .map(|t| t.into_owned())
-        .map_err(|e| Error::Inference(format!("a shape output is not a whole number: {e:#}")))
-}
-
-/// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so a
-/// crash leaves either the old file or the new one, never half of one.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let io = |context: String| move |source| Error::Io { context, source };
-    let folder = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = folder.join(format!(".{name}.{}.tmp", std::process::id()));
-    let result = std::fs::File::create(&tmp)
-        .and_then(|mut file| {
-            file.write_all(bytes)?;
-            file.sync_all()
-        })
-        .map_err(io(format!("writing {}", tmp.display())))
-        .and_then(|()| {
-            std::fs::rename(&tmp, path).map_err(io(format!("renaming to {}", path.display())))
-        });
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
-
-/// Validates every input against its spec and returns the values of the dynamic-axis symbols,
-/// which inputs sharing a symbol must agree on.
-pub fn bind_inputs(specs: &[TensorSpec], inputs: &[Tensor]) -> Result<SymbolBindings> {
-    let mut bound: HashMap<&str, (usize, &str)> = HashMap::new();
-    for (spec, tensor) in specs.iter().zip(inputs) {
-        check_input(spec, tensor)?;
-        for (symbol, &size) in spec.symbols.iter().zip(tensor.shape()) {
-            let Some(symbol) = symbol else { continue };
-            match bound.get(symbol.as_str()) {
-                Some(&(other, other_input)) if other != size => {
-                    return Err(Error::input(
-                        &spec.name,
-                        format!(
-                            "axis {symbol:?} is {size} here but {other} in input {other_input:?}"
-                        ),
-                    ));
-                }
-                _ => {
-                    bound.insert(symbol, (size, &spec.name));
-                }
-            }
-        }
-    }
-    let mut bindings: SymbolBindings =
-        bound.into_iter().map(|(name, (size, _))| (name.to_string(), size)).collect();
-    bindings.sort();
-    Ok(bindings)
-}
-
-/// Checks one input tensor against the model's declaration: element type, rank, fixed axes.
-pub fn check_input(spec: &TensorSpec, tensor: &Tensor) -> Result<()> {
-    let Some(expected) = spec.element_type else {
+/// Runs `plans` on inputs in the order of `specs`, after checking them.
+fn run_plans(plans: &Plans, specs: &[TensorSpec], inputs: Vec<Tensor>) -> Result<Vec<Tensor>> {
+    if inputs.len() != specs.len() {
+        let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
         return Err(Error::input(
-            &spec.name,
-            format!("element type {:?} cannot be passed in", spec.datum_type),
-        ));
-    };
-    if tensor.datum_type() != expected.datum_type() {
-        let got = ElementType::from_datum_type(tensor.datum_type())
-            .map_or_else(|| format!("{:?}", tensor.datum_type()), |t| t.name().to_string());
-        return Err(Error::input(&spec.name, format!("expected dtype {expected}, got {got}")));
-    }
-    let shape = tensor.shape();
-    if shape.len() != spec.shape.len() {
-        return Err(Error::input(
-            &spec.name,
-            format!(
-                "expected rank {} (shape {}), got rank {} (shape {:?})",
-                spec.shape.len(),
-                spec.shape_text(),
-                shape.len(),
-                shape
-            ),
+            names.join(", "),
+            format!("the model takes {} input(s), {} given", names.len(), inputs.len()),
         ));
     }
-    for (axis, (want, &got)) in spec.shape.iter().zip(shape).enumerate() {
-        if let Some(want) = want {
-            if *want != got {
-                return Err(Error::input(
-                    &spec.name,
-                    format!(
-                        "axis {axis} must be {want} (shape {}), got shape {shape:?}",
-                        spec.shape_text()
-                    ),
-                ));
-            }
-        }
-    }
-    Ok(())
+    let bindings = bind_inputs(specs, &inputs)?;
+    let plan = plans.get(bindings)?;
+    let values: TVec<TValue> = inputs.into_iter().map(TValue::from).collect();
+    let outputs =
+        catch_panics("inference", || plan.run(values).map_err(|e| Error::Inference(chain(&e))))?;
+    outputs.into_iter().map(files::exchangeable).collect()
 }
 
 /// The thread count to use: the explicit option, else `JARVIS_PERF_THREADS`, else every core.

@@ -1,0 +1,208 @@
+//! Where each updatable weight lives in the running graph: the layers (Conv, Gemm, MatMul) whose
+//! weight tensor is exactly one ONNX weight, so that an update to it re-quantizes and re-packs
+//! that layer alone instead of rebuilding the model.
+
+use std::collections::HashMap;
+
+use tract_onnx::prelude::*;
+
+use crate::error::{chain, Error, Result};
+use crate::model::weights::{OnnxLayer, Weights};
+use crate::quantize::qparams::ActivationQuant;
+use crate::quantize::save::onnx_node_name;
+use crate::quantize::{build_op, find_layers, Candidate, LayerKind};
+
+/// A layer an update can reach directly.
+#[derive(Debug, Clone)]
+pub struct LayerSlot {
+    /// The layer as found in the float graph; its `weights` are not kept (the master is).
+    pub template: Candidate,
+    /// The input quantization when the layer runs in int8.
+    pub int8: Option<ActivationQuant>,
+    /// The ONNX weight holding the layer's weights, and whether it is stored transposed
+    /// (`k × n`, a MatMul operand) relative to the layer's own weight constant.
+    pub weight: String,
+    pub transposed: bool,
+    /// The ONNX weight holding the bias, if it is one.
+    pub bias: Option<String>,
+}
+
+impl LayerSlot {
+    /// The layer's weights in kernel order (`n × k`) from a master value.
+    pub fn kernel_weights(&self, master: &Tensor) -> Result<Vec<f32>> {
+        let values = plain_f32(master, &self.weight)?;
+        let values = if self.transposed { transpose(&values, master.shape()) } else { values };
+        self.template.order.to_kernel(&values).ok_or_else(|| {
+            Error::Internal(format!(
+                "{}: {} does not fit the layer",
+                self.template.name, self.weight
+            ))
+        })
+    }
+
+    /// A kernel-order (`n × k`) gradient in the layout of the master weight.
+    pub fn to_master_layout(&self, kernel: &[f32], master_shape: &[usize]) -> Result<Vec<f32>> {
+        let values = self.template.order.from_kernel(kernel).ok_or_else(|| {
+            Error::Internal(format!("{}: gradient does not fit the layer", self.template.name))
+        })?;
+        Ok(if self.transposed {
+            // The constant is the master transposed: transpose back.
+            let (rows, cols) = (master_shape[0], master_shape[1]);
+            transpose(&values, &[cols, rows])
+        } else {
+            values
+        })
+    }
+}
+
+/// Every layer an update can reach directly, by the ONNX weights that feed them.
+#[derive(Debug, Clone, Default)]
+pub struct Slots {
+    pub layers: Vec<LayerSlot>,
+    /// ONNX weight name → index in `layers`.
+    by_weight: HashMap<String, usize>,
+    per_channel: bool,
+}
+
+impl Slots {
+    /// Binds the layers of `float_graph` (the decluttered float model) to the ONNX weights of
+    /// `onnx_layers` whose values they hold unchanged — found by node name, confirmed by value,
+    /// so a weight that tract folded (BatchNorm into a Conv) is never bound. `int8` gives the
+    /// input quantization of each layer that runs in int8, by layer name.
+    pub fn new(
+        float_graph: &TypedModel,
+        onnx_layers: &[OnnxLayer],
+        masters: &Weights,
+        int8: &HashMap<String, ActivationQuant>,
+        per_channel: bool,
+    ) -> Result<Self> {
+        let (candidates, _) =
+            find_layers(float_graph, &[]).map_err(|e| Error::Internal(chain(&e)))?;
+        let by_node: HashMap<&str, &OnnxLayer> =
+            onnx_layers.iter().map(|l| (l.node.as_str(), l)).collect();
+        let mut slots = Slots { per_channel, ..Default::default() };
+        for mut candidate in candidates {
+            let Some(onnx) = by_node.get(onnx_node_name(&candidate.name)) else { continue };
+            let Some(master) = masters.get(&onnx.weight) else { continue };
+            let Ok(values) = plain_f32(master, &onnx.weight) else { continue };
+            let matches =
+                |v: &[f32]| candidate.order.to_kernel(v).as_deref() == Some(&candidate.weights[..]);
+            let transposed = if matches(&values) {
+                false
+            } else if master.rank() == 2 && matches(&transpose(&values, master.shape())) {
+                true
+            } else {
+                continue;
+            };
+            let bias = match &onnx.bias {
+                Some(name) => {
+                    let same = masters
+                        .get(name)
+                        .and_then(|b| plain_f32(b, name).ok())
+                        .is_some_and(|b| b == candidate.bias);
+                    if !same {
+                        continue; // the bias was folded: only a rebuild keeps it right
+                    }
+                    Some(name.clone())
+                }
+                None => None,
+            };
+            candidate.weights = Vec::new();
+            let slot = LayerSlot {
+                int8: int8.get(&candidate.name).copied(),
+                template: candidate,
+                weight: onnx.weight.clone(),
+                transposed,
+                bias,
+            };
+            slots.by_weight.insert(slot.weight.clone(), slots.layers.len());
+            if let Some(bias) = &slot.bias {
+                slots.by_weight.insert(bias.clone(), slots.layers.len());
+            }
+            slots.layers.push(slot);
+        }
+        Ok(slots)
+    }
+
+    /// The int8 layers touched by an update of `names`, if every name feeds one directly (the
+    /// update can then swap those layers alone); `None` when the model must be rebuilt.
+    pub fn int8_layers_for<'n>(
+        &self,
+        names: impl IntoIterator<Item = &'n String>,
+    ) -> Option<Vec<usize>> {
+        let mut layers = Vec::new();
+        for name in names {
+            let ix = *self.by_weight.get(name)?;
+            self.layers[ix].int8?;
+            if !layers.contains(&ix) {
+                layers.push(ix);
+            }
+        }
+        Some(layers)
+    }
+
+    /// The int8 op of layer `ix` built from the weights in `masters`.
+    pub fn build(&self, ix: usize, masters: &Weights) -> Result<(String, Box<dyn TypedOp>)> {
+        let slot = &self.layers[ix];
+        let missing = |name: &str| Error::Internal(format!("no master weight {name}"));
+        let Some(input) = slot.int8 else {
+            return Err(Error::Internal(format!("{} is not an int8 layer", slot.template.name)));
+        };
+        let mut layer = slot.template.clone();
+        layer.weights =
+            slot.kernel_weights(masters.get(&slot.weight).ok_or_else(|| missing(&slot.weight))?)?;
+        if let Some(bias) = &slot.bias {
+            layer.bias = plain_f32(masters.get(bias).ok_or_else(|| missing(bias))?, bias)?;
+        }
+        Ok((layer.name.clone(), build_op(&layer, input, self.per_channel)))
+    }
+
+    /// The layer a head learner trains: `name` (a layer or its weight's name), or else the last
+    /// linear layer of the graph.
+    pub fn head(&self, name: Option<&str>) -> Result<&LayerSlot> {
+        let linear = |s: &&LayerSlot| matches!(s.template.kind, LayerKind::Linear { .. });
+        match name {
+            Some(name) => self
+                .layers
+                .iter()
+                .find(|s| {
+                    s.template.name == name
+                        || s.weight == name
+                        || onnx_node_name(&s.template.name) == name
+                })
+                .filter(linear)
+                .ok_or_else(|| {
+                    let known: Vec<&str> =
+                        self.layers.iter().filter(linear).map(|s| s.weight.as_str()).collect();
+                    Error::Update(format!(
+                        "layer {name:?} is not a linear layer with its own weights (these are: {})",
+                        known.join(", ")
+                    ))
+                }),
+            None => self.layers.iter().rev().find(linear).ok_or_else(|| {
+                Error::Update(
+                    "the model has no linear layer whose weights are a plain ONNX weight".into(),
+                )
+            }),
+        }
+    }
+}
+
+fn plain_f32(tensor: &Tensor, name: &str) -> Result<Vec<f32>> {
+    tensor
+        .to_plain_array_view::<f32>()
+        .map(|v| v.iter().copied().collect())
+        .map_err(|e| Error::Internal(format!("weight {name} is not float32: {e}")))
+}
+
+/// Row-major transpose of a 2-D `shape` array.
+fn transpose(values: &[f32], shape: &[usize]) -> Vec<f32> {
+    let (rows, cols) = (shape[0], shape.get(1).copied().unwrap_or(1));
+    let mut out = vec![0f32; values.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = values[r * cols + c];
+        }
+    }
+    out
+}

@@ -1,0 +1,80 @@
+//! Checking the inputs of a call against the model's interface.
+
+use std::collections::HashMap;
+
+use tract_onnx::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::model::{ElementType, TensorSpec};
+use crate::plan::SymbolBindings;
+
+/// Validates every input against its spec and returns the values of the dynamic-axis symbols,
+/// which inputs sharing a symbol must agree on.
+pub fn bind_inputs(specs: &[TensorSpec], inputs: &[Tensor]) -> Result<SymbolBindings> {
+    let mut bound: HashMap<&str, (usize, &str)> = HashMap::new();
+    for (spec, tensor) in specs.iter().zip(inputs) {
+        check_input(spec, tensor)?;
+        for (symbol, &size) in spec.symbols.iter().zip(tensor.shape()) {
+            let Some(symbol) = symbol else { continue };
+            match bound.get(symbol.as_str()) {
+                Some(&(other, other_input)) if other != size => {
+                    return Err(Error::input(
+                        &spec.name,
+                        format!(
+                            "axis {symbol:?} is {size} here but {other} in input {other_input:?}"
+                        ),
+                    ));
+                }
+                _ => {
+                    bound.insert(symbol, (size, &spec.name));
+                }
+            }
+        }
+    }
+    let mut bindings: SymbolBindings =
+        bound.into_iter().map(|(name, (size, _))| (name.to_string(), size)).collect();
+    bindings.sort();
+    Ok(bindings)
+}
+
+/// Checks one input tensor against the model's declaration: element type, rank, fixed axes.
+pub fn check_input(spec: &TensorSpec, tensor: &Tensor) -> Result<()> {
+    let Some(expected) = spec.element_type else {
+        return Err(Error::input(
+            &spec.name,
+            format!("element type {:?} cannot be passed in", spec.datum_type),
+        ));
+    };
+    if tensor.datum_type() != expected.datum_type() {
+        let got = ElementType::from_datum_type(tensor.datum_type())
+            .map_or_else(|| format!("{:?}", tensor.datum_type()), |t| t.name().to_string());
+        return Err(Error::input(&spec.name, format!("expected dtype {expected}, got {got}")));
+    }
+    let shape = tensor.shape();
+    if shape.len() != spec.shape.len() {
+        return Err(Error::input(
+            &spec.name,
+            format!(
+                "expected rank {} (shape {}), got rank {} (shape {:?})",
+                spec.shape.len(),
+                spec.shape_text(),
+                shape.len(),
+                shape
+            ),
+        ));
+    }
+    for (axis, (want, &got)) in spec.shape.iter().zip(shape).enumerate() {
+        if let Some(want) = want {
+            if *want != got {
+                return Err(Error::input(
+                    &spec.name,
+                    format!(
+                        "axis {axis} must be {want} (shape {}), got shape {shape:?}",
+                        spec.shape_text()
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,291 @@
+//! Live weight updates on a [`Runtime`]: deltas, rollback, the head learner, and reading weights.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tract_onnx::prelude::*;
+
+use super::{run_plans, Runtime};
+use crate::error::{catch_panics, Error, Result};
+use crate::kernels::Activation;
+use crate::learn::{apply_deltas, check_enabled, head_gradient, Slots, Version};
+use crate::model::weights::{self, Weights};
+use crate::model::OnnxModel;
+use crate::plan::Plans;
+use crate::quantize::qparams::ActivationQuant;
+use crate::quantize::{LayerKind, QuantizeOptions};
+
+/// What an update did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpdateOutcome {
+    /// The version now current.
+    pub version: u64,
+    /// The int8 layers re-quantized and swapped in place; empty when the model was rebuilt.
+    pub swapped_layers: Vec<String>,
+    /// Whether the plans were rebuilt from the updated ONNX weights (weights that tract folded
+    /// into other constants, layers running in float).
+    pub rebuilt: bool,
+}
+
+/// What one head-learning step did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LearnStep {
+    pub version: u64,
+    /// The layer trained (tract node name) and its ONNX weight.
+    pub layer: String,
+    pub weight: String,
+    /// Mean cross-entropy and accuracy of the batch before the step.
+    pub loss: f32,
+    pub accuracy: f32,
+}
+
+impl Runtime {
+    /// The version of the weights inference runs on now.
+    pub fn version(&self) -> u64 {
+        self.versions.current().number
+    }
+
+    /// The versions `rollback` can return to, oldest first (the current one last).
+    pub fn versions(&self) -> Vec<u64> {
+        self.versions.numbers()
+    }
+
+    /// Keeps at most `capacity` versions (the current one included) for rollback.
+    pub fn set_history(&self, capacity: usize) -> Result<()> {
+        self.versions.set_capacity(capacity)
+    }
+
+    /// Bytes of float master weights that only past versions hold.
+    pub fn history_bytes(&self) -> usize {
+        self.versions.history_master_bytes()
+    }
+
+    /// Names of the float weights `update` accepts, sorted.
+    pub fn weight_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.versions.current().masters.keys().cloned().collect();
+        names.sort_unstable();
+        names
+    }
+
+    /// A copy of the current float (master) value of the weight called `name`.
+    pub fn weights(&self, name: &str) -> Result<Tensor> {
+        let version = self.versions.current();
+        version
+            .masters
+            .get(name)
+            .map(|t| (**t).clone())
+            .ok_or_else(|| Error::Update(format!("{name}: no float weight of that name")))
+    }
+
+    /// Adds `scale × delta` to each named float weight, atomically: inference keeps running on
+    /// the previous version until the new one is published with one pointer swap, and every
+    /// call runs wholly on one version. Int8 layers whose weight is the updated tensor are
+    /// re-quantized (fresh per-channel scales) and re-packed alone; any other weight (folded by
+    /// tract, or feeding float ops) rebuilds the plans from the updated ONNX weights.
+    pub fn update(&self, deltas: &[(String, Tensor)], scale: f32) -> Result<UpdateOutcome> {
+        check_enabled()?;
+        catch_panics("updating the weights", || {
+            let mut history = self.versions.writer();
+            let current = self.versions.current();
+            let changed = apply_deltas(&current.masters, deltas, scale)?;
+            let mut masters = (*current.masters).clone();
+            let touched: Vec<String> = changed.keys().cloned().collect();
+            masters.extend(changed);
+            let masters = Arc::new(masters);
+            let number = history.next_number();
+            let start = std::time::Instant::now();
+            let (version, outcome) = match current.slots.int8_layers_for(&touched) {
+                Some(layers) => {
+                    let ops = layers
+                        .iter()
+                        .map(|&ix| current.slots.build(ix, &masters))
+                        .collect::<Result<HashMap<_, _>>>()?;
+                    warn_on_growth(&current, &masters, &layers);
+                    let plans = current.plans.with_ops(&ops)?;
+                    let features = current
+                        .features_snapshot()
+                        .into_iter()
+                        .map(|(layer, f)| Ok((layer, Arc::new(f.with_ops(&ops)?))))
+                        .collect::<Result<HashMap<_, _>>>()?;
+                    let swapped: Vec<String> = ops.into_keys().collect();
+                    let version =
+                        Version::new(number, masters, Arc::new(plans), current.slots.clone())
+                            .with_features(features);
+                    (
+                        version,
+                        UpdateOutcome { version: number, swapped_layers: swapped, rebuilt: false },
+                    )
+                }
+                None => {
+                    let (plans, slots) = self.rebuild(&masters)?;
+                    let version = Version::new(number, masters, Arc::new(plans), Arc::new(slots));
+                    (
+                        version,
+                        UpdateOutcome {
+                            version: number,
+                            swapped_layers: Vec::new(),
+                            rebuilt: true,
+                        },
+                    )
+                }
+            };
+            log::debug!(
+                "update to version {number} ({} weight(s), {}) prepared in {:?}",
+                touched.len(),
+                if outcome.rebuilt { "rebuilt" } else { "swapped" },
+                start.elapsed()
+            );
+            self.versions.publish(&mut history, version);
+            Ok(outcome)
+        })
+    }
+
+    /// Makes `version` (default: the previous one) current again; outputs are bit-identical to
+    /// what that version gave. Versions after it leave the history. Returns the version now
+    /// current.
+    pub fn rollback(&self, version: Option<u64>) -> Result<u64> {
+        check_enabled()?;
+        self.versions.rollback(version)
+    }
+
+    /// One step of gradient descent (learning rate `lr`) on the softmax cross-entropy of a
+    /// linear layer — `layer`, by layer or weight name, or the model's last linear layer —
+    /// from the features the model computes for it on `inputs` (in model order), against
+    /// `labels` (one class index per row of features). Applied through [`Runtime::update`].
+    pub fn learn(
+        &self,
+        inputs: Vec<Tensor>,
+        labels: &[i64],
+        lr: f32,
+        layer: Option<&str>,
+    ) -> Result<LearnStep> {
+        check_enabled()?;
+        if !(lr.is_finite() && lr > 0.0) {
+            return Err(Error::Update(format!(
+                "learning rate must be positive and finite, got {lr}"
+            )));
+        }
+        let current = self.versions.current();
+        let slot = current.slots.head(layer)?;
+        let name = slot.template.name.clone();
+        let LayerKind::Linear { kept_axes } = slot.template.kind else {
+            return Err(Error::Update(format!("{name} is not a linear layer")));
+        };
+        if slot.template.activation != Activation::Identity {
+            return Err(Error::Update(format!(
+                "{name} applies {:?} after its product; the head learner needs a plain linear layer",
+                slot.template.activation
+            )));
+        }
+        let features =
+            current.features(&name, || current.plans.features_of(&name, self.executor.clone()))?;
+        let values = run_plans(&features, &self.model.inputs, inputs)?;
+        let features =
+            values.into_iter().next().ok_or_else(|| Error::Internal("no features".into()))?;
+        let shape = features.shape().to_vec();
+        let rows: usize = shape[..kept_axes.min(shape.len())].iter().product();
+        if rows != labels.len() {
+            return Err(Error::Update(format!(
+                "{} labels for {rows} feature rows (features of {name} have shape {shape:?})",
+                labels.len()
+            )));
+        }
+        let features = features
+            .to_plain_array_view::<f32>()
+            .map_err(|e| Error::Internal(format!("features of {name}: {e}")))?
+            .iter()
+            .copied()
+            .collect::<Vec<f32>>();
+        let (n, k) = (slot.template.n, slot.template.k);
+        let master = current
+            .masters
+            .get(&slot.weight)
+            .ok_or_else(|| Error::Internal(format!("no master weight {}", slot.weight)))?;
+        let weights = slot.kernel_weights(master)?;
+        let bias = match &slot.bias {
+            Some(b) => current.masters.get(b).map_or_else(
+                || slot.template.bias.clone(),
+                |t| {
+                    t.to_plain_array_view::<f32>()
+                        .map(|v| v.iter().copied().collect())
+                        .unwrap_or_default()
+                },
+            ),
+            None => slot.template.bias.clone(),
+        };
+        let gradient = head_gradient(&features, labels, &weights, &bias, n, k)?;
+        let step: Vec<f32> = gradient.weights.iter().map(|g| -lr * g).collect();
+        let weight_delta = slot.to_master_layout(&step, master.shape())?;
+        let mut deltas = vec![(slot.weight.clone(), tensor(master.shape(), &weight_delta)?)];
+        if let Some(b) = &slot.bias {
+            let step: Vec<f32> = gradient.bias.iter().map(|g| -lr * g).collect();
+            deltas.push((b.clone(), tensor(&[n], &step)?));
+        }
+        let weight = slot.weight.clone();
+        drop(current);
+        let outcome = self.update(&deltas, 1.0)?;
+        Ok(LearnStep {
+            version: outcome.version,
+            layer: name,
+            weight,
+            loss: gradient.loss,
+            accuracy: gradient.accuracy,
+        })
+    }
+
+    /// Plans and slots for `masters`, rebuilt from the ONNX weights as a fresh load would,
+    /// with the calibrated activation parameters kept.
+    fn rebuild(&self, masters: &Weights) -> Result<(Plans, Slots)> {
+        let changed = self.changed_since_load(masters);
+        let bytes = weights::with_weights(&self.model.onnx, &changed, &[])?;
+        let model = OnnxModel::from_bytes(&bytes, &self.model.source, None)?;
+        let float = Plans::new(&model.typed, self.executor.clone(), &model.source)?;
+        let Some(q) = &self.quantization else {
+            let slots =
+                Slots::new(float.decluttered(), &self.onnx_layers, masters, &HashMap::new(), true)?;
+            return Ok((float, slots));
+        };
+        let options = QuantizeOptions { exclude: Vec::new(), ..q.options.clone() };
+        let quantized =
+            crate::quantize::quantize_with_saved(float.decluttered(), &q.activations, &options)?;
+        let int8: HashMap<String, ActivationQuant> =
+            quantized.layers.iter().map(|(c, a)| (c.name.clone(), *a)).collect();
+        let slots = Slots::new(
+            float.decluttered(),
+            &self.onnx_layers,
+            masters,
+            &int8,
+            options.per_channel,
+        )?;
+        let plans = Plans::new(&quantized.typed, self.executor.clone(), &model.source)?;
+        Ok((plans, slots))
+    }
+}
+
+/// Warns when an update grows a layer's weights far beyond what its output range was
+/// calibrated for: the next layer's input quantization may then clip.
+fn warn_on_growth(current: &Version, masters: &Weights, layers: &[usize]) {
+    for &ix in layers {
+        let slot = &current.slots.layers[ix];
+        let peak = |w: &Weights| {
+            w.get(&slot.weight)
+                .and_then(|t| {
+                    t.to_plain_array_view::<f32>().ok().map(|v| v.fold(0f32, |m, x| m.max(x.abs())))
+                })
+                .unwrap_or(0.0)
+        };
+        let (before, after) = (peak(&current.masters), peak(masters));
+        if before > 0.0 && after > 4.0 * before {
+            log::warn!(
+                "{}: weights grew {:.1}x in one update; activations downstream were calibrated \
+                 for the old ones and may clip (re-quantize with fresh calibration data)",
+                slot.template.name,
+                after / before
+            );
+        }
+    }
+}
+
+fn tensor(shape: &[usize], values: &[f32]) -> Result<Tensor> {
+    Tensor::from_shape(shape, values).map_err(|e| Error::Internal(format!("{e}")))
+}
