@@ -4,6 +4,7 @@ from collections.abc import Mapping, Sequence
 from os import PathLike
 from typing import Any, Literal, final, overload
 
+import numpy as np
 import numpy.typing as npt
 
 __version__: str
@@ -108,6 +109,43 @@ class Runtime:
         (int8 weights, scales, zero points) that onnxruntime runs, carrying the float master
         weights and calibrated parameters, so ``Runtime.load(path)`` rebuilds the same int8 plan
         without calibration data."""
+    def update(self, deltas: Mapping[str, npt.ArrayLike], *, scale: float = 1.0) -> int:
+        """Add ``scale * delta`` to each named float weight (ONNX initializer names: the
+        ``state_dict`` keys of an exported PyTorch model) and return the new version. All deltas
+        apply at once; inference in other threads goes on, each call seeing one version. Int8
+        layers are re-quantized with fresh per-channel scales.
+
+        Raises:
+            UpdateError: unknown name, wrong shape, dtype other than float32, NaN/Inf in a delta
+                or in the result, or ``DISABLE_CONTINUOUS_LEARNING=true``; nothing changes.
+        """
+    def learn(self, x: npt.ArrayLike | Mapping[str, npt.ArrayLike], labels: npt.ArrayLike, *,
+              lr: float = 0.01, layer: str | None = None) -> dict[str, Any]:
+        """One step of softmax cross-entropy gradient descent on a linear layer (default: the
+        model's last; or by layer or weight name) from the features the model computes for
+        ``x``, against integer ``labels``. Returns ``version``, ``layer``, ``weight``, and the
+        batch's ``loss`` and ``accuracy`` before the step.
+
+        Raises:
+            UpdateError: labels out of range or not one per feature row, ``lr <= 0``, a layer
+                that is not a plain linear layer, or learning disabled; nothing changes.
+        """
+    def rollback(self, version: int | None = None) -> int:
+        """Return to ``version`` (default: the previous one), bit for bit; later versions leave
+        the history. Returns the version now current."""
+    @property
+    def version(self) -> int:
+        """The version of the weights inference runs on."""
+    @property
+    def versions(self) -> list[int]:
+        """The versions ``rollback`` can return to, oldest first, the current one last."""
+    def set_history(self, versions: int) -> None:
+        """Keep at most ``versions`` versions (the current one included); default 8."""
+    @property
+    def weight_names(self) -> list[str]:
+        """Names of the float weights ``update`` accepts, sorted."""
+    def weights(self, name: str) -> npt.NDArray[np.float32]:
+        """A float32 copy of the current value of weight ``name``."""
     @property
     def quantized(self) -> bool:
         """Whether the model runs with int8 layers."""

@@ -92,7 +92,9 @@ pub fn restore_float(proto: &mut pb::ModelProto) -> Result<Option<SavedInt8>> {
         let slot = node.input.get_mut(ix).ok_or_else(|| bad(&original))?;
         *slot = original;
     }
-    proto.metadata_props.retain(|p| !p.key.starts_with("jarvis_performance."));
+    // The int8 bookkeeping goes; other entries (the weights' version) stay with the float model.
+    let int8_keys = [LAYERS_KEY, OPTIONS_KEY, ADDED_NODES_KEY, ADDED_INITIALIZERS_KEY, REWIRED_KEY];
+    proto.metadata_props.retain(|p| !int8_keys.contains(&p.key.as_str()));
     Ok(Some(saved))
 }
 

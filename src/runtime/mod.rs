@@ -48,6 +48,8 @@ pub struct Runtime {
     /// The float weights as loaded, to tell which ones updates changed.
     original: Arc<Weights>,
     onnx_layers: Vec<OnnxLayer>,
+    /// The version the file carried (0 unless `save` wrote it after updates).
+    loaded_version: u64,
     threads: usize,
     executor: Executor,
     quantization: Option<QuantizationSummary>,
@@ -179,6 +181,7 @@ impl Runtime {
             versions: Versions::new(first),
             original: masters,
             onnx_layers,
+            loaded_version: number,
             threads,
             executor,
             quantization,
@@ -193,11 +196,12 @@ impl Runtime {
     pub fn save(&self, path: &Path) -> Result<()> {
         let version = self.versions.current();
         let changed = self.changed_since_load(&version.masters);
-        let float = weights::with_weights(
-            &self.model.onnx,
-            &changed,
-            &[(VERSION_KEY, version.number.to_string())],
-        )?;
+        let float = if changed.is_empty() && version.number == self.loaded_version {
+            self.model.onnx.to_vec() // nothing learned: the float model as it came
+        } else {
+            let number = version.number.to_string();
+            weights::with_weights(&self.model.onnx, &changed, &[(VERSION_KEY, number)])?
+        };
         let bytes = match &self.quantization {
             None => float,
             Some(q) => {

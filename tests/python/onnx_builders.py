@@ -60,3 +60,35 @@ def unsupported_op(path: Path) -> Path:
     model.ir_version = 8
     onnx.save(model, str(path))
     return path
+
+
+def conv_batchnorm_classifier(path: Path, seed: int = 0) -> Path:
+    """``x`` [batch, 3, 16, 16] → Conv(8, 3×3) → BatchNormalization → Relu → GlobalAveragePool →
+    Flatten → Gemm(→ 5) = ``logits``, with the BatchNorm as a separate node (as TensorFlow and
+    other exporters leave it), so tract folds ``bn.scale`` & co. into the convolution."""
+    rng = np.random.default_rng(seed)
+
+    def weight(name: str, shape: tuple[int, ...], low: float = -0.5, high: float = 0.5) -> onnx.TensorProto:
+        return numpy_helper.from_array(rng.uniform(low, high, shape).astype(np.float32), name)
+
+    initializers = [
+        weight("conv.weight", (8, 3, 3, 3)), weight("conv.bias", (8,)),
+        weight("bn.scale", (8,), 0.5, 1.5), weight("bn.bias", (8,)),
+        weight("bn.mean", (8,), -0.1, 0.1), weight("bn.var", (8,), 0.5, 1.5),
+        weight("fc.weight", (5, 8)), weight("fc.bias", (5,)),
+    ]
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "conv.weight", "conv.bias"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+            helper.make_node("BatchNormalization", ["c", "bn.scale", "bn.bias", "bn.mean", "bn.var"], ["b"], name="bn"),
+            helper.make_node("Relu", ["b"], ["r"], name="relu"),
+            helper.make_node("GlobalAveragePool", ["r"], ["p"], name="pool"),
+            helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
+            helper.make_node("Gemm", ["f", "fc.weight", "fc.bias"], ["logits"], transB=1, name="fc"),
+        ],
+        "conv_batchnorm_classifier",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 16, 16])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 5])],
+        initializer=initializers,
+    )
+    return save(graph, path)
