@@ -187,7 +187,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per configuration")
     parser.add_argument("--torch", action="store_true", help="also time PyTorch eager (exportable names only)")
     parser.add_argument("--int8", action="store_true", help="also time jarvis int8 and onnxruntime int8")
+    parser.add_argument("--learning", action="store_true",
+                        help="time update/learn instead (see jarvis_performance.learning_bench)")
     args = parser.parse_args(argv)
+    if args.learning:
+        from . import learning_bench
+
+        models = args.models if args.models != parser.get_default("models") else ["digits_cnn"]
+        return learning_bench.main(models, rounds=max(args.rounds, 3))
     systems = ["jarvis", "onnxruntime"] + (["jarvis int8", "ort int8"] if args.int8 else [])
     systems += ["pytorch"] if args.torch else []
     sys.stdout.write(format_header(systems) + "\n")

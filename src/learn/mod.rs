@@ -253,7 +253,8 @@ pub fn apply_deltas(masters: &Weights, deltas: &[(String, Tensor)], scale: f32) 
         if let Some(bad) = updated.iter().position(|w| !w.is_finite()) {
             return Err(refuse(format!("the update overflows float32 at flat index {bad}")));
         }
-        let tensor = Tensor::from_shape(master.shape(), &updated)
+        let tensor = ndarray::ArrayD::from_shape_vec(master.shape(), updated)
+            .map(Tensor::from)
             .map_err(|e| Error::Internal(format!("{name}: {e}")))?;
         changed.insert(name.clone(), Arc::new(tensor));
     }

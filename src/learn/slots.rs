@@ -189,10 +189,13 @@ impl Slots {
 }
 
 fn plain_f32(tensor: &Tensor, name: &str) -> Result<Vec<f32>> {
-    tensor
+    let view = tensor
         .to_plain_array_view::<f32>()
-        .map(|v| v.iter().copied().collect())
-        .map_err(|e| Error::Internal(format!("weight {name} is not float32: {e}")))
+        .map_err(|e| Error::Internal(format!("weight {name} is not float32: {e}")))?;
+    Ok(match view.as_slice() {
+        Some(slice) => slice.to_vec(),
+        None => view.iter().copied().collect(),
+    })
 }
 
 /// Row-major transpose of a 2-D `shape` array.

@@ -52,11 +52,15 @@ pub fn quantize_weights(
     } else {
         vec![scale_of(weights); n]
     };
-    let codes = weights
-        .iter()
-        .enumerate()
-        .map(|(i, &w)| saturate_i8(round_half_even(w / scales[i / k.max(1)]).max(-127.0)))
-        .collect();
+    // Row by row, so the inner loop has one scale and vectorises (live updates re-run this).
+    let mut codes = vec![0i8; weights.len()];
+    for ((row, out), &scale) in
+        weights.chunks(k.max(1)).zip(codes.chunks_mut(k.max(1))).zip(&scales)
+    {
+        for (code, &w) in out.iter_mut().zip(row) {
+            *code = saturate_i8(round_half_even(w / scale).max(-127.0));
+        }
+    }
     (codes, scales)
 }
 

@@ -74,7 +74,17 @@ impl WeightOrder {
             }
             WeightOrder::Axes { shape, order } => {
                 let array = ndarray::ArrayViewD::from_shape(shape.as_slice(), values).ok()?;
-                Some(array.permuted_axes(order.as_slice()).iter().copied().collect())
+                if order.iter().enumerate().all(|(i, &axis)| i == axis) {
+                    return Some(values.to_vec()); // already in order (Gemm with transB)
+                }
+                Some(
+                    array
+                        .permuted_axes(order.as_slice())
+                        .as_standard_layout()
+                        .into_owned()
+                        .into_raw_vec_and_offset()
+                        .0,
+                )
             }
         }
     }
@@ -104,8 +114,19 @@ impl WeightOrder {
                 for (position, &axis) in order.iter().enumerate() {
                     *inverse.get_mut(axis)? = position;
                 }
+                if order.iter().enumerate().all(|(i, &axis)| i == axis) {
+                    return (kernel.len() == permuted.iter().product::<usize>())
+                        .then(|| kernel.to_vec());
+                }
                 let array = ndarray::ArrayViewD::from_shape(permuted, kernel).ok()?;
-                Some(array.permuted_axes(inverse).iter().copied().collect())
+                Some(
+                    array
+                        .permuted_axes(inverse)
+                        .as_standard_layout()
+                        .into_owned()
+                        .into_raw_vec_and_offset()
+                        .0,
+                )
             }
         }
     }
