@@ -20,3 +20,12 @@ def test_bench_prints_one_row_per_configuration(capsys: pytest.CaptureFixture[st
     rows = [line.split() for line in lines if line.startswith("digits_cnn")]
     assert [(r[1], r[2]) for r in rows] == [("1", "1"), ("2", "1")]
     assert all(float(cell) > 0 for r in rows for cell in r[3:])
+
+
+def test_learning_bench_times_update_and_learn(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--learning", "--models", "digits_cnn", "--rounds", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "update ms" in lines[0] and "learn ms" in lines[0]
+    rows = [line.split() for line in lines[1:]]
+    assert [r[1] for r in rows] == ["int8", "float"]
+    assert all(float(cell) > 0 for r in rows for cell in r[2:])

@@ -14,3 +14,19 @@ def test_quickstart_runs() -> None:
     assert result.returncode == 0, result.stderr
     assert "float accuracy 0.9944" in result.stdout
     assert "int8 accuracy" in result.stdout and "SQNR" in result.stdout
+
+
+def test_continual_learning_demo_tracks_pytorch() -> None:
+    """The continual-learning example: on digits at 40 % contrast, int8 + Rust updates (and the
+    head learner) end within one point of the same learning done in PyTorch float, and far above
+    where they started."""
+    result = subprocess.run([sys.executable, str(REPO / "examples" / "continual_learning.py")],
+                            capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    print(result.stdout)
+    rows = {line.split()[0]: [float(v) for v in line.split()[1:]] for line in result.stdout.splitlines()[1:]}
+    assert set(rows) == {"update", "learn"}
+    for how, (int8_before, int8_after, float_after, pytorch_after, _versions) in rows.items():
+        assert int8_after >= int8_before + 0.3, how
+        assert abs(int8_after - pytorch_after) <= 0.01, how
+        assert abs(float_after - pytorch_after) <= 0.01, how
