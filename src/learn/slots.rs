@@ -2,6 +2,7 @@
 //! weight tensor is exactly one ONNX weight, so that an update to it re-quantizes and re-packs
 //! that layer alone instead of rebuilding the model.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use tract_onnx::prelude::*;
@@ -28,16 +29,27 @@ pub struct LayerSlot {
 }
 
 impl LayerSlot {
-    /// The layer's weights in kernel order (`n × k`) from a master value.
-    pub fn kernel_weights(&self, master: &Tensor) -> Result<Vec<f32>> {
-        let values = plain_f32(master, &self.weight)?;
-        let values = if self.transposed { transpose(&values, master.shape()) } else { values };
-        self.template.order.to_kernel(&values).ok_or_else(|| {
+    /// The layer's weights in kernel order (`n × k`) from a master value: borrowed when the
+    /// master already is in that order (a Gemm weight), so an update copies nothing here.
+    pub fn kernel_weights<'m>(&self, master: &'m Tensor) -> Result<Cow<'m, [f32]>> {
+        let misfit = || {
             Error::Internal(format!(
                 "{}: {} does not fit the layer",
                 self.template.name, self.weight
             ))
-        })
+        };
+        let view = master
+            .to_plain_array_view::<f32>()
+            .map_err(|e| Error::Internal(format!("weight {} is not float32: {e}", self.weight)))?;
+        let slice = view.to_slice().ok_or_else(misfit)?;
+        if !self.transposed && self.template.order.is_identity() {
+            return (slice.len() == self.template.n * self.template.k)
+                .then_some(Cow::Borrowed(slice))
+                .ok_or_else(misfit);
+        }
+        let values =
+            if self.transposed { transpose(slice, master.shape()) } else { slice.to_vec() };
+        self.template.order.to_kernel(&values).map(Cow::Owned).ok_or_else(misfit)
     }
 
     /// A kernel-order (`n × k`) gradient in the layout of the master weight.
@@ -149,12 +161,12 @@ impl Slots {
             return Err(Error::Internal(format!("{} is not an int8 layer", slot.template.name)));
         };
         let mut layer = slot.template.clone();
-        layer.weights =
+        let weights =
             slot.kernel_weights(masters.get(&slot.weight).ok_or_else(|| missing(&slot.weight))?)?;
         if let Some(bias) = &slot.bias {
             layer.bias = plain_f32(masters.get(bias).ok_or_else(|| missing(bias))?, bias)?;
         }
-        Ok((layer.name.clone(), build_op(&layer, input, self.per_channel)))
+        Ok((layer.name.clone(), build_op(&layer, &weights, input, self.per_channel)))
     }
 
     /// The layer a head learner trains: `name` (a layer or its weight's name), or else the last

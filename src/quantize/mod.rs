@@ -190,7 +190,7 @@ fn rewrite_layers(
     let mut outlets = Vec::with_capacity(candidates.len());
     let (mut float_bytes, mut int8_bytes) = (0, 0);
     for (layer, &input) in candidates.iter().zip(activations) {
-        let op = build_op(layer, input, per_channel);
+        let op = build_op(layer, &layer.weights, input, per_channel);
         float_bytes += layer.weights.len() * 4 + layer.bias.len() * 4;
         int8_bytes += int8_layer(&*op).map_or(0, |l| l.weights.bytes());
         let outlet = rewrite::substitute(&mut typed, layer, op, &mut replaced)
@@ -200,10 +200,16 @@ fn rewrite_layers(
     Ok(Rewritten { typed, outlets, float_bytes, int8_bytes })
 }
 
-/// The int8 op standing for `layer`: its weights quantized (per channel or per tensor) and packed
-/// for the kernel, reading activations quantized with `input`.
-pub fn build_op(layer: &Candidate, input: ActivationQuant, per_channel: bool) -> Box<dyn TypedOp> {
-    let (codes, scales) = quantize_weights(&layer.weights, layer.n, layer.k, per_channel);
+/// The int8 op standing for `layer` with float `weights` (`n × k`, kernel order; the layer's own
+/// or an update's): quantized per channel or per tensor and packed for the kernel, reading
+/// activations quantized with `input`.
+pub fn build_op(
+    layer: &Candidate,
+    weights: &[f32],
+    input: ActivationQuant,
+    per_channel: bool,
+) -> Box<dyn TypedOp> {
+    let (codes, scales) = quantize_weights(weights, layer.n, layer.k, per_channel);
     let layout = match &layer.kind {
         LayerKind::Conv { depthwise: true, .. } => Layout::Depthwise,
         LayerKind::Conv { pool_spec, group, .. } => {

@@ -54,6 +54,14 @@ pub enum WeightOrder {
 }
 
 impl WeightOrder {
+    /// Whether the constant's values already are in kernel order.
+    pub fn is_identity(&self) -> bool {
+        match self {
+            WeightOrder::Conv { taps, channels, .. } => *taps == 1 || *channels == 1,
+            WeightOrder::Axes { order, .. } => order.iter().enumerate().all(|(i, &a)| i == a),
+        }
+    }
+
     /// The kernel-order values of the constant `values`; `None` if the length does not fit.
     pub fn to_kernel(&self, values: &[f32]) -> Option<Vec<f32>> {
         match self {
