@@ -128,6 +128,28 @@ impl Plans {
         Plans::new(&model, executor, &self.source)
     }
 
+    /// An upper bound on the bytes of all tensors one run computes with these symbol values
+    /// (every node output, no reuse), from the graph's shapes alone; unknown dims count as huge.
+    pub fn tensor_bytes(&self, bindings: &SymbolBindings) -> u128 {
+        let values = bindings.iter().fold(SymbolValues::default(), |values, (name, size)| {
+            values.with(&self.decluttered.symbols.sym(name), *size as i64)
+        });
+        let mut total: u128 = 0;
+        for node in self.decluttered.nodes() {
+            for output in &node.outputs {
+                let elements = output.fact.shape.iter().fold(1u128, |acc, dim| {
+                    let size =
+                        dim.eval(&values).to_i64().map_or(u64::MAX as u128, |d| d.max(0) as u128);
+                    acc.saturating_mul(size)
+                });
+                total = total.saturating_add(
+                    elements.saturating_mul(output.fact.datum_type.size_of() as u128),
+                );
+            }
+        }
+        total
+    }
+
     fn read_cache(
         &self,
     ) -> std::sync::RwLockReadGuard<'_, HashMap<SymbolBindings, Arc<TypedSimplePlan>>> {

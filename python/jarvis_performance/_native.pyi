@@ -14,6 +14,7 @@ __all__ = [
     "TensorInfo",
     "TensorOwner",
     "cli_main",
+    "_panic_for_tests",
     "JarvisError",
     "ModelLoadError",
     "UnsupportedOpError",
@@ -80,6 +81,8 @@ class Runtime:
         method: str | None = None,
         per_channel: bool = True,
         exclude: Sequence[str] = (),
+        max_memory_mb: float | None = None,
+        allow_non_finite: bool = False,
     ) -> Runtime:
         """Load an ONNX file, optionally quantized to INT8.
 
@@ -96,6 +99,10 @@ class Runtime:
                 picks the default.
             per_channel: one weight scale per output channel (else per tensor).
             exclude: node or tensor names of layers to keep in float.
+            max_memory_mb: refuse (``ConfigError``) any call whose tensors would need more,
+                estimated from the graph's shapes before anything is allocated.
+            allow_non_finite: let NaN/Inf into float inputs (by default they raise
+                ``InputError``: tract's ReLU would turn NaN into 0 silently).
 
         Raises:
             FileNotFoundError: the file does not exist.
@@ -184,4 +191,7 @@ class Runtime:
 
 def cli_main(argv: list[str]) -> int:
     """Run the ``jarvis-perf`` command line with ``argv`` (program name first)."""
+
+def _panic_for_tests(message: str) -> None:
+    """Panic inside a native call on purpose; raises ``JarvisError`` (tests of the FFI guard)."""
 

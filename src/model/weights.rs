@@ -150,6 +150,28 @@ pub fn with_weights(
     Ok(proto.encode_to_vec())
 }
 
+/// CRC-32 of the weights (names, shapes and values, in name order): written by `save`, checked
+/// on load, so a corrupted, edited or half-copied file is refused instead of loaded with wrong
+/// weights. (An integrity check, not a signature.)
+pub fn checksum(weights: &Weights) -> String {
+    let mut names: Vec<&String> = weights.keys().collect();
+    names.sort_unstable();
+    let mut hasher = crc32fast::Hasher::new();
+    for name in names {
+        hasher.update(name.as_bytes());
+        let tensor = &weights[name];
+        for &dim in tensor.shape() {
+            hasher.update(&(dim as u64).to_le_bytes());
+        }
+        if let Ok(view) = tensor.to_plain_array_view::<f32>() {
+            for value in view.iter() {
+                hasher.update(&value.to_le_bytes());
+            }
+        }
+    }
+    format!("{:08x}", hasher.finalize())
+}
+
 /// The value of a metadata entry of `onnx`.
 pub fn metadata(onnx: &[u8], key: &str) -> Result<Option<String>> {
     let proto = decode(onnx)?;

@@ -18,7 +18,16 @@ where
     T: Send,
     F: FnOnce() -> Result<T> + Send,
 {
-    py.detach(work).map_err(PyErr::from)
+    // Library entry points already turn panics into `Error::Internal`; this catches any that
+    // slip through (a bug), so Python gets `JarvisError`, never an abort or a PanicException.
+    py.detach(|| crate::error::catch_panics("a native call", work)).map_err(PyErr::from)
+}
+
+/// Panics inside a native call, on purpose: lets the tests prove that a panic reaching the
+/// Python boundary becomes `JarvisError` and the process lives on.
+#[pyfunction]
+fn _panic_for_tests(py: Python<'_>, message: String) -> PyResult<()> {
+    without_gil(py, move || -> crate::error::Result<()> { panic!("{message}") })
 }
 
 /// Runs the `jarvis-perf` command line with `argv` (program name first); returns the exit code.
@@ -35,6 +44,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<runtime::PyTensorInfo>()?;
     m.add_class::<convert::TensorOwner>()?;
     m.add_function(wrap_pyfunction!(cli_main, m)?)?;
+    m.add_function(wrap_pyfunction!(_panic_for_tests, m)?)?;
     m.add("JarvisError", py.get_type::<errors::JarvisError>())?;
     m.add("ModelLoadError", py.get_type::<errors::ModelLoadError>())?;
     m.add("UnsupportedOpError", py.get_type::<errors::UnsupportedOpError>())?;

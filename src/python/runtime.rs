@@ -66,10 +66,12 @@ pub struct PyRuntime {
 impl PyRuntime {
     /// Loads an ONNX file; `threads` defaults to `JARVIS_PERF_THREADS`, else every core. With
     /// `quantize="int8"`, calibrates on `calibration` and runs Conv/Gemm/MatMul layers in int8.
+    /// `max_memory_mb` refuses calls whose tensors would need more memory, before allocating;
+    /// NaN/Inf in float inputs raise `InputError` unless `allow_non_finite`.
     #[staticmethod]
     #[pyo3(
-        signature = (path, *, threads = None, quantize = None, calibration = None, method = None, per_channel = true, exclude = Vec::new()),
-        text_signature = "(path, *, threads=None, quantize=None, calibration=None, method=None, per_channel=True, exclude=())"
+        signature = (path, *, threads = None, quantize = None, calibration = None, method = None, per_channel = true, exclude = Vec::new(), max_memory_mb = None, allow_non_finite = false),
+        text_signature = "(path, *, threads=None, quantize=None, calibration=None, method=None, per_channel=True, exclude=(), max_memory_mb=None, allow_non_finite=False)"
     )]
     #[allow(clippy::too_many_arguments)]
     fn load(
@@ -81,8 +83,14 @@ impl PyRuntime {
         method: Option<String>,
         per_channel: bool,
         exclude: Vec<String>,
+        max_memory_mb: Option<f64>,
+        allow_non_finite: bool,
     ) -> PyResult<Self> {
-        let options = LoadOptions { threads };
+        let max_memory_bytes = max_memory_mb.map(|mb| (mb * 1e6) as u64);
+        if max_memory_mb.is_some_and(|mb| !(mb.is_finite() && mb > 0.0)) {
+            return Err(Error::config("max_memory_mb", "must be a positive number").into());
+        }
+        let options = LoadOptions { threads, max_memory_bytes, allow_non_finite };
         let runtime = match quantize.as_deref() {
             None => {
                 if calibration.is_some() || method.is_some() {

@@ -78,3 +78,26 @@ pub fn check_input(spec: &TensorSpec, tensor: &Tensor) -> Result<()> {
     }
     Ok(())
 }
+
+/// Refuses NaN and ±Inf in a float input, naming the first one's position.
+pub fn check_finite(spec: &TensorSpec, tensor: &Tensor) -> Result<()> {
+    fn first_bad<T: Datum + Copy>(tensor: &Tensor, finite: impl Fn(T) -> bool) -> Option<usize> {
+        let view = tensor.to_plain_array_view::<T>().ok()?;
+        view.iter().position(|&v| !finite(v))
+    }
+    let bad = match tensor.datum_type() {
+        DatumType::F32 => first_bad::<f32>(tensor, f32::is_finite),
+        DatumType::F64 => first_bad::<f64>(tensor, f64::is_finite),
+        DatumType::F16 => first_bad::<f16>(tensor, |v| v.is_finite()),
+        _ => None,
+    };
+    match bad {
+        None => Ok(()),
+        Some(flat) => Err(Error::input(
+            &spec.name,
+            format!(
+                "holds NaN or Inf at flat index {flat} (pass allow_non_finite=True to let it through)"
+            ),
+        )),
+    }
+}

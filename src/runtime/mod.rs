@@ -30,11 +30,20 @@ pub const THREADS_ENV: &str = "JARVIS_PERF_THREADS";
 /// Metadata key of the weights' version in files `save` writes.
 pub const VERSION_KEY: &str = "jarvis_performance.version";
 
+/// Metadata key of the checksum of the float master weights in files `save` writes.
+pub const CHECKSUM_KEY: &str = "jarvis_performance.masters_crc32";
+
 /// Options of [`Runtime::load`].
 #[derive(Debug, Clone, Default)]
 pub struct LoadOptions {
     /// Threads used inside operators; `None` reads `JARVIS_PERF_THREADS`, else uses every core.
     pub threads: Option<usize>,
+    /// Refuse calls whose tensors would need more bytes than this (estimated from the graph's
+    /// shapes before anything is allocated); `None`: no limit.
+    pub max_memory_bytes: Option<u64>,
+    /// Let NaN and ±Inf into float inputs. Off by default: tract's ReLU and max-pooling turn NaN
+    /// into plausible numbers and int8 layers saturate it, so a NaN could pass silently.
+    pub allow_non_finite: bool,
 }
 
 /// A loaded model ready to run. `Runtime` is `Send + Sync`: any number of threads may call
@@ -48,6 +57,8 @@ pub struct Runtime {
     /// The float weights as loaded, to tell which ones updates changed.
     original: Arc<Weights>,
     onnx_layers: Vec<OnnxLayer>,
+    max_memory_bytes: Option<u64>,
+    allow_non_finite: bool,
     /// The version the file carried (0 unless `save` wrote it after updates).
     loaded_version: u64,
     threads: usize,
@@ -97,7 +108,7 @@ impl Runtime {
                 }
             };
             log::debug!("prepared {} with {threads} thread(s)", model.source);
-            Self::assemble(model, threads, executor, float, quantized)
+            Self::assemble(model, options, threads, executor, float, quantized)
         })
     }
 
@@ -141,19 +152,32 @@ impl Runtime {
                 start.elapsed(),
                 q.summary.samples
             );
-            Self::assemble(model, threads, executor, float, Some(q))
+            Self::assemble(model, options, threads, executor, float, Some(q))
         })
     }
 
     /// The runtime around the float plans, or the int8 graph when `quantized`.
     fn assemble(
         model: OnnxModel,
+        options: &LoadOptions,
         threads: usize,
         executor: Executor,
         float: Plans,
         quantized: Option<Quantized>,
     ) -> Result<Self> {
         let masters = Arc::new(weights::float_weights(&model.onnx)?);
+        if let Some(expected) = weights::metadata(&model.onnx, CHECKSUM_KEY)? {
+            let actual = weights::checksum(&masters);
+            if actual != expected {
+                return Err(Error::ModelLoad {
+                    path: model.source.clone(),
+                    reason: format!(
+                        "the float weights do not match the checksum saved with them ({actual} \
+                         instead of {expected}): the file was corrupted or edited"
+                    ),
+                });
+            }
+        }
         let onnx_layers = weights::onnx_layers(&model.onnx)?;
         let (plans, slots, quantization) = match quantized {
             None => {
@@ -182,6 +206,8 @@ impl Runtime {
             original: masters,
             onnx_layers,
             loaded_version: number,
+            max_memory_bytes: options.max_memory_bytes,
+            allow_non_finite: options.allow_non_finite,
             threads,
             executor,
             quantization,
@@ -196,11 +222,15 @@ impl Runtime {
     pub fn save(&self, path: &Path) -> Result<()> {
         let version = self.versions.current();
         let changed = self.changed_since_load(&version.masters);
-        let float = if changed.is_empty() && version.number == self.loaded_version {
+        let unchanged = changed.is_empty() && version.number == self.loaded_version;
+        let float = if unchanged && self.quantization.is_none() {
             self.model.onnx.to_vec() // nothing learned: the float model as it came
         } else {
-            let number = version.number.to_string();
-            weights::with_weights(&self.model.onnx, &changed, &[(VERSION_KEY, number)])?
+            let metadata = [
+                (VERSION_KEY, version.number.to_string()),
+                (CHECKSUM_KEY, weights::checksum(&version.masters)),
+            ];
+            weights::with_weights(&self.model.onnx, &changed, &metadata)?
         };
         let bytes = match &self.quantization {
             None => float,
@@ -259,6 +289,26 @@ impl Runtime {
     /// The whole call runs on one version of the weights.
     pub fn run(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>> {
         let version = self.versions.current();
+        if !self.allow_non_finite {
+            for (spec, tensor) in self.model.inputs.iter().zip(&inputs) {
+                inputs::check_finite(spec, tensor)?;
+            }
+        }
+        if let Some(limit) = self.max_memory_bytes {
+            let bindings = bind_inputs(&self.model.inputs, &inputs)?;
+            let needed = version.plans.tensor_bytes(&bindings);
+            if needed > u128::from(limit) {
+                return Err(Error::config(
+                    "max_memory_mb",
+                    format!(
+                        "this call needs about {} MB of tensors ({bindings:?}), over the limit \
+                         of {} MB; use smaller batches",
+                        needed / 1_000_000,
+                        limit / 1_000_000
+                    ),
+                ));
+            }
+        }
         run_plans(&version.plans, &self.model.inputs, inputs)
     }
 

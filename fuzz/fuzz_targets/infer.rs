@@ -1,0 +1,57 @@
+//! Arbitrary shapes and values into the shipped digits CNN, float and int8: every call returns
+//! outputs or an input error — never a panic, abort or hang.
+#![no_main]
+
+use std::sync::OnceLock;
+
+use jarvis_performance::error::Error;
+use jarvis_performance::quantize::QuantizeOptions;
+use jarvis_performance::runtime::{LoadOptions, Runtime};
+use libfuzzer_sys::fuzz_target;
+use tract_onnx::prelude::*;
+
+fn runtimes() -> &'static (Runtime, Runtime) {
+    static RUNTIMES: OnceLock<(Runtime, Runtime)> = OnceLock::new();
+    RUNTIMES.get_or_init(|| {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/digits_cnn.onnx");
+        let options = LoadOptions {
+            threads: Some(1),
+            max_memory_bytes: Some(256 << 20),
+            allow_non_finite: true,
+        };
+        let float = Runtime::load(&path, &options).expect("the shipped model loads");
+        let mut batches = 0;
+        let int8 = Runtime::load_quantized(&path, &options, &QuantizeOptions::default(), &mut || {
+            batches += 1;
+            Ok((batches <= 2).then(|| vec![Tensor::zero::<f32>(&[4, 1, 8, 8]).expect("zeros")]))
+        })
+        .expect("the shipped model quantizes");
+        (float, int8)
+    })
+}
+
+fuzz_target!(|data: &[u8]| {
+    if data.len() < 4 {
+        return;
+    }
+    // First bytes: rank and dims (small), then f32 values (bytes reinterpreted, NaN/Inf included).
+    let rank = usize::from(data[0] % 6);
+    let shape: Vec<usize> = data[1..].iter().take(rank).map(|&d| usize::from(d % 17)).collect();
+    let elements: usize = shape.iter().product();
+    let values: Vec<f32> = data[1 + rank.min(data.len() - 1)..]
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .cycle()
+        .take(elements)
+        .collect();
+    if values.len() != elements {
+        return;
+    }
+    let Ok(tensor) = Tensor::from_shape(&shape, &values) else { return };
+    let (float, int8) = runtimes();
+    for runtime in [float, int8] {
+        if let Err(Error::Internal(message)) = runtime.run(vec![tensor.clone()]) {
+            panic!("caught panic: {message}");
+        }
+    }
+});

@@ -1,0 +1,39 @@
+//! Arbitrary bytes as an ONNX model: loading must return a model or an error — never panic,
+//! abort or hang — and a model that loads must run on small inputs or refuse them cleanly.
+#![no_main]
+
+use jarvis_performance::error::Error;
+use jarvis_performance::model::OnnxModel;
+use jarvis_performance::runtime::{LoadOptions, Runtime};
+use libfuzzer_sys::fuzz_target;
+use tract_onnx::prelude::*;
+
+fuzz_target!(|data: &[u8]| {
+    let options = LoadOptions {
+        threads: Some(1),
+        max_memory_bytes: Some(64 << 20),
+        ..Default::default()
+    };
+    let runtime = match OnnxModel::from_bytes(data, "fuzz", None)
+        .and_then(|model| Runtime::from_model(model, &options))
+    {
+        Ok(runtime) => runtime,
+        Err(Error::Internal(message)) => panic!("caught panic while loading: {message}"),
+        Err(_) => return,
+    };
+    // Inputs of the declared type, dynamic axes 1, nothing bigger than 1M elements.
+    let inputs: Option<Vec<Tensor>> = runtime
+        .inputs()
+        .iter()
+        .map(|spec| {
+            let shape: Vec<usize> = spec.shape.iter().map(|d| d.unwrap_or(1)).collect();
+            let elements = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d))?;
+            (elements <= 1 << 20).then(|| Tensor::zero_dt(spec.datum_type, &shape).ok())?
+        })
+        .collect();
+    if let Some(inputs) = inputs {
+        if let Err(Error::Internal(message)) = runtime.run(inputs) {
+            panic!("caught panic while running: {message}");
+        }
+    }
+});
