@@ -137,6 +137,14 @@ class Runtime:
             UpdateError: labels out of range or not one per feature row, ``lr <= 0``, a layer
                 that is not a plain linear layer, or learning disabled; nothing changes.
         """
+    def recalibrate(self, calibration: Any, *, method: str | None = None) -> int:
+        """Calibrate again on ``calibration`` (same forms as ``load``) with the current weights,
+        as a new version: fresh activation ranges after updates moved them. Returns the version.
+
+        Raises:
+            UpdateError: a float runtime, or learning disabled.
+            CalibrationError: the data is empty or malformed.
+        """
     def rollback(self, version: int | None = None) -> int:
         """Return to ``version`` (default: the previous one), bit for bit; later versions leave
         the history. Returns the version now current."""

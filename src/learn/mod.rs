@@ -19,6 +19,7 @@ pub use slots::{LayerSlot, Slots};
 use crate::error::{Error, Result};
 use crate::model::weights::Weights;
 use crate::plan::Plans;
+use crate::quantize::QuantizationSummary;
 
 /// Set to `true` (or `1`) to make `update`, `learn` and `rollback` refuse.
 pub const DISABLE_ENV: &str = "DISABLE_CONTINUOUS_LEARNING";
@@ -34,13 +35,23 @@ pub struct Version {
     pub masters: Arc<Weights>,
     pub plans: Arc<Plans>,
     pub slots: Arc<Slots>,
+    /// The calibrated quantization the int8 plans use (`None`: a float runtime). Recalibration
+    /// makes a new version, so rollback restores the ranges with the weights.
+    pub quantization: Option<Arc<QuantizationSummary>>,
     /// Plans computing a head layer's input, by layer name, built on first use.
     features: Mutex<HashMap<String, Arc<Plans>>>,
 }
 
 impl Version {
-    pub fn new(number: u64, masters: Arc<Weights>, plans: Arc<Plans>, slots: Arc<Slots>) -> Self {
-        Version { number, masters, plans, slots, features: Mutex::new(HashMap::new()) }
+    pub fn new(
+        number: u64,
+        masters: Arc<Weights>,
+        plans: Arc<Plans>,
+        slots: Arc<Slots>,
+        quantization: Option<Arc<QuantizationSummary>>,
+    ) -> Self {
+        let features = Mutex::new(HashMap::new());
+        Version { number, masters, plans, slots, quantization, features }
     }
 
     /// The cached feature plans of `layer`, or `build`'s.

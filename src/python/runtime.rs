@@ -167,6 +167,25 @@ impl PyRuntime {
         step_to_py(py, &step)
     }
 
+    /// Calibrates again on `calibration` (same forms as `load`) with the current weights, as a
+    /// new version: fresh activation ranges after updates moved them. `method` defaults to the
+    /// one used so far. Returns the new version.
+    #[pyo3(signature = (calibration, *, method = None))]
+    fn recalibrate(
+        &self,
+        py: Python<'_>,
+        calibration: &Bound<'_, PyAny>,
+        method: Option<String>,
+    ) -> PyResult<u64> {
+        let method = match method.as_deref() {
+            None => None,
+            Some(text) => Some(text.parse().map_err(|e: String| Error::config("method", e))?),
+        };
+        let mut source = PySource::new(calibration, self.inner.inputs())?;
+        let runtime = Arc::clone(&self.inner);
+        without_gil(py, move || runtime.recalibrate(&mut || source.next_batch(), method))
+    }
+
     /// Returns to `version` (default: the previous one); its outputs come back bit for bit.
     /// Later versions are dropped from the history. Returns the version now current.
     #[pyo3(signature = (version = None))]
@@ -215,7 +234,8 @@ impl PyRuntime {
     /// `sqnr_db` and `cosine` of its output against the float model on calibration data;
     /// int8 layers worst first, then float ones. Empty for a float runtime.
     fn quantization_report<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        let rows = self.inner.quantization().map(|q| q.report.as_slice()).unwrap_or_default();
+        let quantization = self.inner.quantization();
+        let rows = quantization.as_ref().map(|q| q.report.as_slice()).unwrap_or_default();
         let dicts = rows
             .iter()
             .map(|row| {

@@ -63,7 +63,6 @@ pub struct Runtime {
     loaded_version: u64,
     threads: usize,
     executor: Executor,
-    quantization: Option<QuantizationSummary>,
 }
 
 impl Runtime {
@@ -199,7 +198,9 @@ impl Runtime {
         let number = weights::metadata(&model.onnx, VERSION_KEY)?
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(0);
-        let first = Version::new(number, masters.clone(), Arc::new(plans), Arc::new(slots));
+        let quantization = quantization.map(Arc::new);
+        let first =
+            Version::new(number, masters.clone(), Arc::new(plans), Arc::new(slots), quantization);
         Ok(Runtime {
             model,
             versions: Versions::new(first),
@@ -210,7 +211,6 @@ impl Runtime {
             allow_non_finite: options.allow_non_finite,
             threads,
             executor,
-            quantization,
         })
     }
 
@@ -223,7 +223,7 @@ impl Runtime {
         let version = self.versions.current();
         let changed = self.changed_since_load(&version.masters);
         let unchanged = changed.is_empty() && version.number == self.loaded_version;
-        let float = if unchanged && self.quantization.is_none() {
+        let float = if unchanged && version.quantization.is_none() {
             self.model.onnx.to_vec() // nothing learned: the float model as it came
         } else {
             let metadata = [
@@ -232,7 +232,7 @@ impl Runtime {
             ];
             weights::with_weights(&self.model.onnx, &changed, &metadata)?
         };
-        let bytes = match &self.quantization {
+        let bytes = match &version.quantization {
             None => float,
             Some(q) => {
                 let options = format!("{}\t{}", q.options.method, q.options.per_channel);
@@ -253,12 +253,12 @@ impl Runtime {
 
     /// Whether the model runs with int8 layers.
     pub fn quantized(&self) -> bool {
-        self.quantization.is_some()
+        self.versions.current().quantization.is_some()
     }
 
     /// The quantization outcome, if the model was quantized.
-    pub fn quantization(&self) -> Option<&QuantizationSummary> {
-        self.quantization.as_ref()
+    pub fn quantization(&self) -> Option<Arc<QuantizationSummary>> {
+        self.versions.current().quantization.clone()
     }
 
     /// The analysed model this runtime was built from.

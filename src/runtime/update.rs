@@ -13,7 +13,7 @@ use crate::model::weights::{self, Weights};
 use crate::model::OnnxModel;
 use crate::plan::Plans;
 use crate::quantize::qparams::ActivationQuant;
-use crate::quantize::{LayerKind, QuantizeOptions};
+use crate::quantize::{BatchSource, LayerKind, QuantizationSummary, QuantizeOptions, Quantized};
 
 /// What an update did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,17 +108,24 @@ impl Runtime {
                         .map(|(layer, f)| Ok((layer, Arc::new(f.with_ops(&ops)?))))
                         .collect::<Result<HashMap<_, _>>>()?;
                     let swapped: Vec<String> = ops.into_keys().collect();
-                    let version =
-                        Version::new(number, masters, Arc::new(plans), current.slots.clone())
-                            .with_features(features);
+                    let version = Version::new(
+                        number,
+                        masters,
+                        Arc::new(plans),
+                        current.slots.clone(),
+                        current.quantization.clone(),
+                    )
+                    .with_features(features);
                     (
                         version,
                         UpdateOutcome { version: number, swapped_layers: swapped, rebuilt: false },
                     )
                 }
                 None => {
-                    let (plans, slots) = self.rebuild(&masters)?;
-                    let version = Version::new(number, masters, Arc::new(plans), Arc::new(slots));
+                    let (plans, slots) = self.rebuild(&masters, current.quantization.as_deref())?;
+                    let q = current.quantization.clone();
+                    let version =
+                        Version::new(number, masters, Arc::new(plans), Arc::new(slots), q);
                     (
                         version,
                         UpdateOutcome {
@@ -233,14 +240,69 @@ impl Runtime {
         })
     }
 
-    /// Plans and slots for `masters`, rebuilt from the ONNX weights as a fresh load would,
-    /// with the calibrated activation parameters kept.
-    fn rebuild(&self, masters: &Weights) -> Result<(Plans, Slots)> {
+    /// Re-runs calibration on `batches` with the current weights (after updates have moved
+    /// activation ranges) and publishes the result as a new version: fresh activation
+    /// parameters for every int8 layer, the same layers kept in float, `method` or the one used
+    /// so far. The per-layer report is measured again. Returns the new version.
+    pub fn recalibrate(
+        &self,
+        batches: &mut BatchSource<'_>,
+        method: Option<crate::calibrate::Method>,
+    ) -> Result<u64> {
+        check_enabled()?;
+        catch_panics("recalibrating", || {
+            let mut history = self.versions.writer();
+            let current = self.versions.current();
+            let Some(q) = &current.quantization else {
+                return Err(Error::Update(
+                    "a float runtime has no quantization to recalibrate".into(),
+                ));
+            };
+            let float = self.float_plans(&current.masters)?;
+            let exclude = q.report.iter().filter(|l| !l.int8).map(|l| l.name.clone()).collect();
+            let options = QuantizeOptions {
+                method: method.unwrap_or(q.options.method),
+                per_channel: q.options.per_channel,
+                exclude,
+            };
+            let quantized = crate::quantize::quantize(
+                float.decluttered(),
+                &self.model.inputs,
+                batches,
+                &options,
+                self.executor.clone(),
+            )?;
+            let (plans, slots) = self.int8_plans(&float, &current.masters, &quantized)?;
+            let number = history.next_number();
+            let summary = Some(Arc::new(quantized.summary));
+            let version = Version::new(
+                number,
+                current.masters.clone(),
+                Arc::new(plans),
+                Arc::new(slots),
+                summary,
+            );
+            Ok(self.versions.publish(&mut history, version))
+        })
+    }
+
+    /// The float plans of `masters`, rebuilt from the ONNX weights as a fresh load would.
+    fn float_plans(&self, masters: &Weights) -> Result<Plans> {
         let changed = self.changed_since_load(masters);
         let bytes = weights::with_weights(&self.model.onnx, &changed, &[])?;
         let model = OnnxModel::from_bytes(&bytes, &self.model.source, None)?;
-        let float = Plans::new(&model.typed, self.executor.clone(), &model.source)?;
-        let Some(q) = &self.quantization else {
+        Plans::new(&model.typed, self.executor.clone(), &model.source)
+    }
+
+    /// Plans and slots for `masters`, rebuilt from the ONNX weights as a fresh load would,
+    /// with the activation parameters of `quantization` kept.
+    fn rebuild(
+        &self,
+        masters: &Weights,
+        quantization: Option<&QuantizationSummary>,
+    ) -> Result<(Plans, Slots)> {
+        let float = self.float_plans(masters)?;
+        let Some(q) = quantization else {
             let slots =
                 Slots::new(float.decluttered(), &self.onnx_layers, masters, &HashMap::new(), true)?;
             return Ok((float, slots));
@@ -248,16 +310,22 @@ impl Runtime {
         let options = QuantizeOptions { exclude: Vec::new(), ..q.options.clone() };
         let quantized =
             crate::quantize::quantize_with_saved(float.decluttered(), &q.activations, &options)?;
+        self.int8_plans(&float, masters, &quantized)
+    }
+
+    /// The int8 plans of `quantized` and the slots binding `masters` to its layers.
+    fn int8_plans(
+        &self,
+        float: &Plans,
+        masters: &Weights,
+        quantized: &Quantized,
+    ) -> Result<(Plans, Slots)> {
         let int8: HashMap<String, ActivationQuant> =
             quantized.layers.iter().map(|(c, a)| (c.name.clone(), *a)).collect();
-        let slots = Slots::new(
-            float.decluttered(),
-            &self.onnx_layers,
-            masters,
-            &int8,
-            options.per_channel,
-        )?;
-        let plans = Plans::new(&quantized.typed, self.executor.clone(), &model.source)?;
+        let per_channel = quantized.summary.options.per_channel;
+        let slots =
+            Slots::new(float.decluttered(), &self.onnx_layers, masters, &int8, per_channel)?;
+        let plans = Plans::new(&quantized.typed, self.executor.clone(), &self.model.source)?;
         Ok((plans, slots))
     }
 }

@@ -328,3 +328,32 @@ def test_learn_by_layer_name(runtime: jp.Runtime, digits: tuple[np.ndarray, ...]
     _, x, y = digits
     assert runtime.learn(x[:8], y[:8], layer="classifier.weight")["weight"] == "classifier.weight"
     assert runtime.learn(x[:8], y[:8], layer="/classifier/Gemm")["weight"] == "classifier.weight"
+
+
+# --- recalibration -----------------------------------------------------------------------------------
+
+def test_recalibrate_after_a_large_update(digits: tuple[np.ndarray, ...], tmp_path: Path) -> None:
+    """Scaling a conv layer 6x moves every activation range after it: int8 drifts from float
+    until ``recalibrate`` measures the ranges again (a new version; rollback restores the old)."""
+    calib, x, _ = digits
+    fp32 = jp.Runtime.load(DIGITS)
+    rt = jp.Runtime.load(DIGITS, quantize="int8", calibration=calib)
+    grow = {"features.3.weight": 5.0 * rt.weights("features.3.weight"),
+            "features.3.bias": 5.0 * rt.weights("features.3.bias")}
+    fp32.update(grow)
+    rt.update(grow)
+    reference = fp32.infer(x)
+    stale = rt.infer(x)
+    assert rt.recalibrate(calib) == 2 and rt.version == 2
+    fresh = rt.infer(x)
+    error = lambda out: float(np.abs(out - reference).mean())  # noqa: E731
+    print(f"\nmean |int8 - float| before recalibration {error(stale):.4f}, after {error(fresh):.4f}")
+    assert error(fresh) < 0.5 * error(stale)
+    assert rt.quantization_summary()["samples"] == len(calib)
+    path = tmp_path / "recalibrated.onnx"
+    rt.save(path)
+    np.testing.assert_array_equal(jp.Runtime.load(path).infer(x), fresh)
+    assert rt.rollback() == 1
+    np.testing.assert_array_equal(rt.infer(x), stale)
+    with pytest.raises(jp.UpdateError, match="float runtime"):
+        fp32.recalibrate(calib)
