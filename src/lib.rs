@@ -16,6 +16,7 @@ pub mod ops;
 pub mod plan;
 pub mod quantize;
 pub mod runtime;
+pub mod vision;
 
 #[cfg(feature = "python")]
 mod python;

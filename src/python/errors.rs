@@ -66,6 +66,7 @@ impl From<Error> for PyErr {
             Error::Input { .. } | Error::Output { .. } => InputError::new_err(message),
             Error::Config { .. } => ConfigError::new_err(message),
             Error::Calibration(_) => CalibrationError::new_err(message),
+            Error::Image { .. } => ImageError::new_err(message),
             Error::Save(_) | Error::Inference(_) | Error::Internal(_) => {
                 JarvisError::new_err(message)
             }
