@@ -5,6 +5,7 @@ mod calibration;
 mod convert;
 mod errors;
 mod runtime;
+mod vision;
 
 use pyo3::prelude::*;
 
@@ -34,6 +35,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<runtime::PyTensorInfo>()?;
     m.add_class::<convert::TensorOwner>()?;
     m.add_function(wrap_pyfunction!(cli_main, m)?)?;
+    m.add_function(wrap_pyfunction!(vision::preprocess, m)?)?;
     m.add("JarvisError", py.get_type::<errors::JarvisError>())?;
     m.add("ModelLoadError", py.get_type::<errors::ModelLoadError>())?;
     m.add("UnsupportedOpError", py.get_type::<errors::UnsupportedOpError>())?;

@@ -49,27 +49,37 @@ pub fn write(
         let start = (y - top) * width * stride;
         &pixels.data[start..start + width * stride]
     };
+    let map = [0, 1, 2].map(source_channel);
     match options.layout {
         Layout::Nchw => {
-            for (c, plane) in slot.chunks_exact_mut(out_h * out_w).enumerate() {
-                let sc = source_channel(c);
-                for (y, row) in plane.chunks_exact_mut(out_w).enumerate() {
-                    if !inside(y) {
+            let plane_len = out_h * out_w;
+            let (p0, rest) = slot.split_at_mut(plane_len);
+            let (p1, p2) = rest.split_at_mut(plane_len);
+            let rows = p0.chunks_exact_mut(out_w).zip(p1.chunks_exact_mut(out_w));
+            for (y, ((r0, r1), r2)) in rows.zip(p2.chunks_exact_mut(out_w)).enumerate() {
+                let mut planes = [r0, r1, r2];
+                if !inside(y) {
+                    for (c, row) in planes.iter_mut().enumerate() {
                         row.fill(pad[c]);
-                        continue;
                     }
+                    continue;
+                }
+                for (c, row) in planes.iter_mut().enumerate() {
                     row[..left].fill(pad[c]);
                     row[left + width..].fill(pad[c]);
-                    let src = source_row(y);
-                    for (o, px) in row[left..left + width].iter_mut().zip(src.chunks_exact(stride))
-                    {
-                        *o = affine.apply(c, px[sc]);
-                    }
+                }
+                let [r0, r1, r2] = planes.map(|row| &mut row[left..left + width]);
+                let src = source_row(y);
+                // One pass over the source row, three output rows; the channel count is a
+                // constant in each arm so the loop compiles without per-pixel branches.
+                match stride {
+                    1 => planar_row::<1>(src, [r0, r1, r2], map, &affine),
+                    3 => planar_row::<3>(src, [r0, r1, r2], map, &affine),
+                    _ => planar_row::<4>(src, [r0, r1, r2], map, &affine),
                 }
             }
         }
         Layout::Nhwc => {
-            let map = [0, 1, 2].map(source_channel);
             for (y, row) in slot.chunks_exact_mut(out_w * 3).enumerate() {
                 if !inside(y) {
                     for o in row.chunks_exact_mut(3) {
@@ -90,6 +100,18 @@ pub fn write(
                 }
             }
         }
+    }
+}
+
+/// Normalizes one row of `C`-channel pixels into three planar output rows.
+fn planar_row<const C: usize>(src: &[u8], out: [&mut [f32]; 3], map: [usize; 3], affine: &Affine) {
+    let [r0, r1, r2] = out;
+    let [m0, m1, m2] = map.map(|m| m.min(C - 1));
+    let pixels = src.chunks_exact(C).zip(r0.iter_mut()).zip(r1.iter_mut().zip(r2.iter_mut()));
+    for ((px, o0), (o1, o2)) in pixels {
+        *o0 = affine.apply(0, px[m0]);
+        *o1 = affine.apply(1, px[m1]);
+        *o2 = affine.apply(2, px[m2]);
     }
 }
 

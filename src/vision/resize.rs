@@ -66,6 +66,17 @@ pub fn resize<'p>(
             full_height: pixels.height,
         });
     }
+    if mode == ResizeMode::Nearest {
+        let data = nearest(pixels, (left, top, box_w, box_h), out_w, out_h);
+        return Ok(Pixels {
+            data: Cow::Owned(data),
+            width: out_w,
+            height: out_h,
+            channels: pixels.channels,
+            full_width: out_w,
+            full_height: out_h,
+        });
+    }
     let pixel_type = match pixels.channels {
         1 => PixelType::U8,
         3 => PixelType::U8x3,
@@ -81,7 +92,7 @@ pub fn resize<'p>(
         // Fixed 2-tap kernel at half-pixel centres, replicated borders: OpenCV's INTER_LINEAR.
         ResizeMode::BilinearCv2 => ResizeAlg::Interpolation(FilterType::Bilinear),
         ResizeMode::Area => ResizeAlg::Convolution(FilterType::Box),
-        ResizeMode::Nearest => ResizeAlg::Nearest,
+        ResizeMode::Nearest => ResizeAlg::Nearest, // handled above
     };
     // Channels are resized independently: the 4th one of RGBA is dropped later, not used to
     // premultiply (Pillow's convert("RGB") does not composite either).
@@ -98,6 +109,34 @@ pub fn resize<'p>(
         full_width: out_w,
         full_height: out_h,
     })
+}
+
+/// Nearest neighbour exactly as Pillow picks it (`ImagingScaleAffine`): the source coordinate
+/// starts at the first output pixel's centre and grows by the scale in double precision, then
+/// is floored. `fast_image_resize`'s own nearest rounds ties differently (a few % of pixels).
+fn nearest(pixels: &Pixels<'_>, src: (f64, f64, f64, f64), out_w: usize, out_h: usize) -> Vec<u8> {
+    let (left, top, box_w, box_h) = src;
+    let pick = |start: f64, step: f64, count: usize, limit: usize| -> Vec<usize> {
+        let mut at = start + step * 0.5;
+        (0..count)
+            .map(|_| {
+                let i = (at.max(0.0) as usize).min(limit - 1);
+                at += step;
+                i
+            })
+            .collect()
+    };
+    let xs = pick(left, box_w / out_w as f64, out_w, pixels.width);
+    let ys = pick(top, box_h / out_h as f64, out_h, pixels.height);
+    let c = pixels.channels;
+    let mut out = Vec::with_capacity(out_w * out_h * c);
+    for &y in &ys {
+        let row = &pixels.data[y * pixels.width * c..(y + 1) * pixels.width * c];
+        for &x in &xs {
+            out.extend_from_slice(&row[x * c..(x + 1) * c]);
+        }
+    }
+    out
 }
 
 fn side(n: usize) -> Result<u32, String> {
