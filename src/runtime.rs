@@ -300,9 +300,10 @@ pub fn image_tensor(images: &[ImageSource<'_>], options: &PreprocessOptions) -> 
     let mut tensor = Tensor::zero::<f32>(&shape)
         .map_err(|e| Error::Internal(format!("allocating the image batch: {e:#}")))?;
     let internal = |e: TractError| Error::Internal(format!("image batch buffer: {e:#}"));
-    let mut plain = tensor.try_as_plain_ram_mut().map_err(internal)?;
-    vision::preprocess_into(images, options, plain.as_slice_mut::<f32>().map_err(internal)?)?;
-    drop(plain);
+    {
+        let mut plain = tensor.try_as_plain_ram_mut().map_err(internal)?;
+        vision::preprocess_into(images, options, plain.as_slice_mut::<f32>().map_err(internal)?)?;
+    }
     Ok(tensor)
 }
 

@@ -9,10 +9,12 @@ import numpy.typing as npt
 
 #: One image: a uint8 array (H×W grey, H×W×3 RGB, H×W×4 RGBA), an image file path, or the
 #: encoded bytes of one (PNG, JPEG, BMP, GIF, WebP, TIFF, PNM).
-Image: TypeAlias = npt.NDArray[np.uint8] | str | PathLike[str] | bytes | bytearray
+_Image: TypeAlias = npt.NDArray[np.uint8] | str | PathLike[str] | bytes | bytearray
 #: A list (or any iterable) of images, or one N×H×W×C uint8 array.
-Images: TypeAlias = Iterable[Image] | npt.NDArray[np.uint8]
-ResizeMode: TypeAlias = Literal["bilinear", "bilinear_cv2", "area", "nearest"]
+_Images: TypeAlias = Iterable[_Image] | npt.NDArray[np.uint8]
+#: ``mean`` / ``std``: one value for every channel, or one per channel.
+_PerChannel: TypeAlias = float | Sequence[float] | npt.NDArray[Any]
+_ResizeMode: TypeAlias = Literal["bilinear", "bilinear_cv2", "area", "nearest"]
 
 __version__: str
 __all__ = [
@@ -145,17 +147,17 @@ class Runtime:
         """onnxruntime-style: return the named outputs (all if ``None``) in the order asked."""
     def infer_images(
         self,
-        images: Images,
+        images: _Images,
         *,
-        mean: float | Sequence[float],
-        std: float | Sequence[float],
+        mean: _PerChannel,
+        std: _PerChannel,
         size: int | tuple[int, int] | None = None,
         layout: Literal["NCHW", "NHWC"] | None = None,
-        resize: ResizeMode = "bilinear",
+        resize: _ResizeMode = "bilinear",
         crop: Literal["center"] | None = None,
         keep_aspect: bool = False,
         channels: Literal["RGB", "BGR"] = "RGB",
-        dtype: npt.DTypeLike = None,
+        dtype: npt.DTypeLike | None = None,
         pad: int = 0,
         draft: bool = True,
     ) -> npt.NDArray[Any]:
@@ -181,17 +183,17 @@ class Runtime:
         """Threads used inside operators."""
 
 def preprocess(
-    images: Images,
+    images: _Images,
     *,
     size: int | tuple[int, int],
-    mean: float | Sequence[float],
-    std: float | Sequence[float],
+    mean: _PerChannel,
+    std: _PerChannel,
     layout: Literal["NCHW", "NHWC"] = "NCHW",
-    resize: ResizeMode = "bilinear",
+    resize: _ResizeMode = "bilinear",
     crop: Literal["center"] | None = None,
     keep_aspect: bool = False,
     channels: Literal["RGB", "BGR"] = "RGB",
-    dtype: npt.DTypeLike = None,
+    dtype: npt.DTypeLike | None = None,
     pad: int = 0,
     draft: bool = True,
     out: npt.NDArray[np.float32] | None = None,

@@ -20,3 +20,13 @@ def test_bench_prints_one_row_per_configuration(capsys: pytest.CaptureFixture[st
     rows = [line.split() for line in lines if line.startswith("digits_cnn")]
     assert [(r[1], r[2]) for r in rows] == [("1", "1"), ("2", "1")]
     assert all(float(cell) > 0 for r in rows for cell in r[3:])
+
+
+def test_vision_bench_reports_every_workload(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--vision", "--rounds", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "PIL/this" in out.splitlines()[0]
+    for workload in ("frames 64 photos", "frames 8 1080p", "files 64 PNG", "files 64 JPEG",
+                     "files 16 JPEG 1080p"):
+        rows = [line for line in out.splitlines() if line.startswith(workload)]
+        assert {"jarvis", "PIL+NumPy"} <= {r[24:38].strip() for r in rows}, workload
