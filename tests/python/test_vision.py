@@ -163,7 +163,7 @@ def test_files_and_bytes_match_pillow_decode_and_resize(tmp_path: Path, fmt: str
                                   from_files[:2])
     # Lossless formats decode identically; JPEG decoders (and a reduced-scale decode) differ
     # from libjpeg-turbo by a little. Measured: PNG/BMP 100 % within 1 LSB, JPEG full decode
-    # 99.998 % within 2 LSB, JPEG draft 99.9 %.
+    # 99.999 % within 2 LSB, JPEG draft 99.9 %.
     assert within(from_files, np.stack(references), 2) >= 0.99
 
 
