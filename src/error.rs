@@ -50,6 +50,11 @@ pub enum Error {
     #[error("cannot save: {0}")]
     Save(String),
 
+    /// An image could not be read, decoded or converted; `index` is its position in the batch,
+    /// `origin` names it (the path, or what kind of object it was).
+    #[error("image {index} ({origin}): {reason}")]
+    Image { index: usize, origin: String, reason: String },
+
     /// tract failed while running the plan on inputs that passed validation.
     #[error("inference failed: {0}")]
     Inference(String),

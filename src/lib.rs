@@ -17,6 +17,7 @@ pub mod ops;
 pub mod plan;
 pub mod quantize;
 pub mod runtime;
+pub mod vision;
 
 #[cfg(feature = "python")]
 mod python;

@@ -14,6 +14,11 @@ Quantize it to INT8 with the project's own calibration pass::
     rt8 = jp.Runtime.load("models/digits_cnn.onnx", quantize="int8", calibration=calib)
     print(rt8.quantization_report())
 
+Turn photos, files or camera frames into a model's input batch (in Rust, in parallel)::
+
+    batch = jp.preprocess(["cat.jpg", frame], size=224, mean=(0.485, 0.456, 0.406),
+                          std=(0.229, 0.224, 0.225))
+
 Errors are raised as :class:`JarvisError` subclasses (and ``FileNotFoundError`` for missing files).
 """
 
@@ -33,6 +38,7 @@ from ._native import (
     UnsupportedOpError,
     UpdateError,
     __version__,
+    preprocess,
 )
 from .dataset import Dataset
 
@@ -49,6 +55,7 @@ __all__ = [
     "UnsupportedOpError",
     "UpdateError",
     "__version__",
+    "preprocess",
 ]
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())

@@ -1,11 +1,20 @@
 """Type stubs of the compiled module ``jarvis_performance._native``."""
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from os import PathLike
-from typing import Any, Literal, final, overload
+from typing import Any, Literal, TypeAlias, final, overload
 
 import numpy as np
 import numpy.typing as npt
+
+#: One image: a uint8 array (H×W grey, H×W×3 RGB, H×W×4 RGBA), an image file path, or the
+#: encoded bytes of one (PNG, JPEG, BMP, GIF, WebP, TIFF, PNM).
+_Image: TypeAlias = npt.NDArray[np.uint8] | str | PathLike[str] | bytes | bytearray
+#: A list (or any iterable) of images, or one N×H×W×C uint8 array.
+_Images: TypeAlias = Iterable[_Image] | npt.NDArray[np.uint8]
+#: ``mean`` / ``std``: one value for every channel, or one per channel.
+_PerChannel: TypeAlias = float | Sequence[float] | npt.NDArray[Any]
+_ResizeMode: TypeAlias = Literal["bilinear", "bilinear_cv2", "area", "nearest"]
 
 __version__: str
 __all__ = [
@@ -15,6 +24,7 @@ __all__ = [
     "TensorOwner",
     "cli_main",
     "_panic_for_tests",
+    "preprocess",
     "JarvisError",
     "ModelLoadError",
     "UnsupportedOpError",
@@ -187,6 +197,33 @@ class Runtime:
         self, output_names: Sequence[str] | None, input_feed: Mapping[str, npt.ArrayLike]
     ) -> list[npt.NDArray[Any]]:
         """onnxruntime-style: return the named outputs (all if ``None``) in the order asked."""
+    def infer_images(
+        self,
+        images: _Images,
+        *,
+        mean: _PerChannel,
+        std: _PerChannel,
+        size: int | tuple[int, int] | None = None,
+        layout: Literal["NCHW", "NHWC"] | None = None,
+        resize: _ResizeMode = "bilinear",
+        crop: Literal["center"] | None = None,
+        keep_aspect: bool = False,
+        channels: Literal["RGB", "BGR"] = "RGB",
+        dtype: npt.DTypeLike | None = None,
+        pad: int = 0,
+        draft: bool = True,
+    ) -> npt.NDArray[Any]:
+        """Preprocess ``images`` as :func:`preprocess` does, straight into the model's only
+        input, and run the model; returns the first output.
+
+        ``size`` and ``layout`` default to the model's input shape (``(N, 3, H, W)`` is NCHW,
+        ``(N, H, W, 3)`` NHWC).
+
+        Raises:
+            ImageError: an image cannot be read or decoded (the message names its index).
+            InputError: no images, or the model does not take one float32 image batch.
+            ConfigError: an option is invalid.
+        """
     @property
     def inputs(self) -> list[TensorInfo]:
         """The model's inputs."""
@@ -196,6 +233,59 @@ class Runtime:
     @property
     def threads(self) -> int:
         """Threads used inside operators."""
+
+def preprocess(
+    images: _Images,
+    *,
+    size: int | tuple[int, int],
+    mean: _PerChannel,
+    std: _PerChannel,
+    layout: Literal["NCHW", "NHWC"] = "NCHW",
+    resize: _ResizeMode = "bilinear",
+    crop: Literal["center"] | None = None,
+    keep_aspect: bool = False,
+    channels: Literal["RGB", "BGR"] = "RGB",
+    dtype: npt.DTypeLike | None = None,
+    pad: int = 0,
+    draft: bool = True,
+    out: npt.NDArray[np.float32] | None = None,
+) -> npt.NDArray[np.float32]:
+    """Decode, resize, crop and normalize ``images`` into one contiguous float32 batch.
+
+    Images are processed in parallel in Rust with the GIL released, and each is written once
+    into its slot of the returned array (no copy back to NumPy).
+
+    Args:
+        images: a list of images: uint8 arrays (H×W grey, H×W×3 RGB, H×W×4 RGBA whose alpha
+            is dropped), paths (``str`` or ``os.PathLike``) or encoded bytes; or one N×H×W×C
+            uint8 array.
+        size: output side (square) or ``(height, width)``.
+        mean, std: per-channel (or one for all) in 0–1 units:
+            ``out = (pixel / 255 - mean) / std``.
+        layout: ``"NCHW"`` → ``(N, 3, H, W)``; ``"NHWC"`` → ``(N, H, W, 3)``.
+        resize: ``"bilinear"`` (antialiased on downscale, as Pillow's ``BILINEAR`` and
+            torchvision), ``"bilinear_cv2"`` (as ``cv2.resize(INTER_LINEAR)``, no antialias),
+            ``"area"`` (box average, as Pillow's ``BOX``) or ``"nearest"``.
+        crop: ``"center"`` scales the image to cover ``size`` and cuts the overflow evenly.
+        keep_aspect: without ``crop``, fit the image inside ``size`` (aspect kept) and fill
+            the centred margins with ``pad``.
+        channels: ``"RGB"`` or ``"BGR"`` output order (inputs are RGB).
+        dtype: ``numpy.float32`` (the only output type today).
+        pad: pixel value (0–255, before normalization) of letterbox margins.
+        draft: decode JPEGs at 1/2, 1/4 or 1/8 scale when that still leaves twice the output
+            size (much faster; ``False`` decodes at full size, as Pillow does).
+        out: a C-contiguous float32 array of the batch's shape to write into and return
+            (reusing one saves allocating and first-touching a new batch on every call).
+
+    Returns:
+        A C-contiguous float32 array of ``N`` images (``N`` may be 0), or ``out``.
+
+    Raises:
+        ImageError: an image cannot be read, decoded or used (wrong dtype or shape); the
+            message names its index and file.
+        InputError: ``images`` is not a list of images, or ``out`` does not fit the batch.
+        ConfigError: an option is invalid.
+    """
 
 def cli_main(argv: list[str]) -> int:
     """Run the ``jarvis-perf`` command line with ``argv`` (program name first)."""

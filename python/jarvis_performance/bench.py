@@ -3,6 +3,7 @@
     python -m jarvis_performance.bench                       # shipped digits models
     python -m jarvis_performance.bench --models resnet18 mobilenet_v2 efficientnet_lite0 \\
         --batch 1 8 --threads 1 2 --int8 --torch
+    python -m jarvis_performance.bench --vision              # image preprocessing (vision_bench)
 
 Model names are shipped models (``digits_cnn``, ``digits_mlp``), ``.onnx`` paths, or names that
 :func:`jarvis_performance.export.load_module` understands (exported once into the model cache;
@@ -189,12 +190,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--int8", action="store_true", help="also time jarvis int8 and onnxruntime int8")
     parser.add_argument("--learning", action="store_true",
                         help="time update/learn instead (see jarvis_performance.learning_bench)")
+    parser.add_argument("--vision", action="store_true",
+                        help="time image preprocessing (jp.preprocess) against Pillow + NumPy instead")
     args = parser.parse_args(argv)
     if args.learning:
         from . import learning_bench
 
         models = args.models if args.models != parser.get_default("models") else ["digits_cnn"]
         return learning_bench.main(models, rounds=max(args.rounds, 3))
+    if args.vision:
+        from .vision_bench import run as run_vision
+
+        return run_vision(rounds=args.rounds)
     systems = ["jarvis", "onnxruntime"] + (["jarvis int8", "ort int8"] if args.int8 else [])
     systems += ["pytorch"] if args.torch else []
     sys.stdout.write(format_header(systems) + "\n")

@@ -5,6 +5,7 @@
 mod bench;
 mod int8;
 mod npy;
+mod vision;
 
 use std::path::PathBuf;
 
@@ -31,10 +32,12 @@ enum Command {
         #[arg(long)]
         graph: bool,
     },
-    /// Run a model once on inputs read from .npy files and print (or save) the outputs.
+    /// Run a model once on inputs read from .npy or image files and print (or save) the outputs.
     Run {
         model: PathBuf,
         /// `NAME=FILE.npy`, once per input; a bare `FILE.npy` is enough for a one-input model.
+        /// Image files (`NAME=photo.jpg`, several comma-separated for a batch) are decoded,
+        /// resized and normalized with the image options below.
         #[arg(long = "input", short = 'i', required = true)]
         inputs: Vec<String>,
         /// Write the first output to this .npy file.
@@ -45,6 +48,8 @@ enum Command {
         threads: Option<usize>,
         #[command(flatten)]
         precision: int8::Precision,
+        #[command(flatten)]
+        images: vision::ImageArgs,
     },
     /// Calibrate and quantize a model to INT8 and save it as QDQ ONNX (onnxruntime runs it;
     /// `run`/`bench` and the Python API reload it without calibration data).
@@ -119,10 +124,10 @@ pub fn main<I: IntoIterator<Item = String>>(args: I) -> u8 {
 fn execute(command: Command) -> Result<()> {
     match command {
         Command::Inspect { model, graph } => inspect(&model, graph),
-        Command::Run { model, inputs, output, threads, precision } => {
+        Command::Run { model, inputs, output, threads, precision, images } => {
             let runtime = int8::load(&model, threads, &precision)?;
             int8::print_report(&runtime);
-            run(&runtime, &inputs, output)
+            run(&runtime, &inputs, output, &images)
         }
         Command::Quantize { model, calib, output, method, exclude } => {
             let precision = int8::Precision { int8: true, calib: Some(calib), method, exclude };
@@ -184,7 +189,12 @@ fn inspect(path: &std::path::Path, graph: bool) -> Result<()> {
     Ok(())
 }
 
-fn run(runtime: &Runtime, inputs: &[String], output: Option<PathBuf>) -> Result<()> {
+fn run(
+    runtime: &Runtime,
+    inputs: &[String],
+    output: Option<PathBuf>,
+    images: &vision::ImageArgs,
+) -> Result<()> {
     let mut feed = Vec::new();
     for arg in inputs {
         let (name, file) = match arg.split_once('=') {
@@ -198,7 +208,11 @@ fn run(runtime: &Runtime, inputs: &[String], output: Option<PathBuf>) -> Result<
             let names: Vec<&str> = runtime.inputs().iter().map(|s| s.name.as_str()).collect();
             bail!("--input {arg}: the model has no input {name:?} (inputs: {})", names.join(", "));
         };
-        let tensor = npy::read(&file, spec).with_context(|| format!("input {name:?}"))?;
+        let tensor = match file.to_str() {
+            Some(files) if vision::is_image(files) => vision::read(files, spec, images),
+            _ => npy::read(&file, spec),
+        }
+        .with_context(|| format!("input {name:?}"))?;
         feed.push((name, tensor));
     }
     let outputs = runtime.run_named(feed, None)?;

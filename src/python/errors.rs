@@ -67,6 +67,7 @@ impl From<Error> for PyErr {
             Error::Config { .. } => ConfigError::new_err(message),
             Error::Calibration(_) => CalibrationError::new_err(message),
             Error::Update(_) => UpdateError::new_err(message),
+            Error::Image { .. } => ImageError::new_err(message),
             Error::Save(_) | Error::Inference(_) | Error::Internal(_) => {
                 JarvisError::new_err(message)
             }

@@ -6,6 +6,7 @@ mod convert;
 mod errors;
 mod learning;
 mod runtime;
+mod vision;
 
 use pyo3::prelude::*;
 
@@ -45,6 +46,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<convert::TensorOwner>()?;
     m.add_function(wrap_pyfunction!(cli_main, m)?)?;
     m.add_function(wrap_pyfunction!(_panic_for_tests, m)?)?;
+    m.add_function(wrap_pyfunction!(vision::preprocess, m)?)?;
     m.add("JarvisError", py.get_type::<errors::JarvisError>())?;
     m.add("ModelLoadError", py.get_type::<errors::ModelLoadError>())?;
     m.add("UnsupportedOpError", py.get_type::<errors::UnsupportedOpError>())?;

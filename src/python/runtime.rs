@@ -9,6 +9,7 @@ use pyo3::types::{PyDict, PyList, PyTuple};
 use super::calibration::PySource;
 use super::convert::{tensor_from_py, tensor_to_py};
 use super::learning::{deltas_from_py, inputs_from_py, labels_from_py, step_to_py};
+use super::vision::{with_images, VisionArgs};
 use super::without_gil;
 use crate::calibrate::Method;
 use crate::error::Error;
@@ -328,6 +329,49 @@ impl PyRuntime {
     #[getter]
     fn threads(&self) -> usize {
         self.inner.threads()
+    }
+
+    /// Preprocesses `images` as `preprocess` does, straight into the model's only input, and
+    /// runs the model; returns the first output. `size` and `layout` default to the model's
+    /// input shape.
+    #[pyo3(
+        signature = (images, *, mean, std, size = None, layout = None, resize = "bilinear", crop = None, keep_aspect = false, channels = "RGB", dtype = None, pad = 0, draft = true),
+        text_signature = "(self, images, *, mean, std, size=None, layout=None, resize='bilinear', crop=None, keep_aspect=False, channels='RGB', dtype=None, pad=0, draft=True)"
+    )]
+    #[allow(clippy::too_many_arguments)]
+    fn infer_images<'py>(
+        &self,
+        py: Python<'py>,
+        images: &Bound<'py, PyAny>,
+        mean: &Bound<'py, PyAny>,
+        std: &Bound<'py, PyAny>,
+        size: Option<&Bound<'py, PyAny>>,
+        layout: Option<&str>,
+        resize: &str,
+        crop: Option<&str>,
+        keep_aspect: bool,
+        channels: &str,
+        dtype: Option<&Bound<'py, PyAny>>,
+        pad: u8,
+        draft: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let args = VisionArgs {
+            size,
+            mean,
+            std,
+            layout,
+            resize,
+            crop,
+            keep_aspect,
+            channels,
+            dtype,
+            pad,
+            draft,
+        };
+        let options = args.options(py, self.inner.image_geometry())?;
+        let runtime = Arc::clone(&self.inner);
+        let mut outputs = with_images(py, images, |sources| runtime.run_images(sources, &options))?;
+        tensor_to_py(py, &self.inner.outputs()[0].name, outputs.swap_remove(0))
     }
 
     fn __repr__(&self) -> String {

@@ -3,6 +3,7 @@
 //! model's interface, and runs the plans. Updates and learning live in `update.rs`.
 
 mod files;
+mod images;
 mod inputs;
 mod update;
 
@@ -13,6 +14,7 @@ use std::sync::Arc;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::tract_linalg::multithread::Executor;
 
+pub use images::{image_geometry, image_tensor};
 pub use inputs::{bind_inputs, check_input};
 pub use update::{LearnStep, UpdateOutcome};
 
@@ -371,7 +373,7 @@ impl Runtime {
             .collect()
     }
 
-    fn input_names(&self) -> String {
+    pub(crate) fn input_names(&self) -> String {
         self.model.inputs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
     }
 }

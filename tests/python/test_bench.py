@@ -29,3 +29,13 @@ def test_learning_bench_times_update_and_learn(capsys: pytest.CaptureFixture[str
     rows = [line.split() for line in lines[1:]]
     assert [r[1] for r in rows] == ["int8", "float"]
     assert all(float(cell) > 0 for r in rows for cell in r[2:])
+
+
+def test_vision_bench_reports_every_workload(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--vision", "--rounds", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "PIL/this" in out.splitlines()[0]
+    for workload in ("frames 64 photos", "frames 8 1080p", "files 64 PNG", "files 64 JPEG",
+                     "files 16 JPEG 1080p"):
+        rows = [line for line in out.splitlines() if line.startswith(workload)]
+        assert {"jarvis", "PIL+NumPy"} <= {r[24:38].strip() for r in rows}, workload

@@ -30,3 +30,11 @@ def test_continual_learning_demo_tracks_pytorch() -> None:
         assert int8_after >= int8_before + 0.3, how
         assert abs(int8_after - pytorch_after) <= 0.01, how
         assert abs(float_after - pytorch_after) <= 0.01, how
+
+
+def test_vision_example_runs() -> None:
+    result = subprocess.run([sys.executable, str(REPO / "examples" / "vision.py")],
+                            capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    assert "same top-1 as with Pillow preprocessing: 100%" in result.stdout
+    assert "within 1 LSB: 100.00%" in result.stdout
