@@ -90,6 +90,19 @@ pub(crate) fn chain(err: &tract_onnx::prelude::TractError) -> String {
 /// The library's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Like [`catch_panics`] for work on a model being loaded: tract panics on some malformed graphs
+/// (found by fuzzing: a Conv whose kernel rank differs from its input's), so a panic there is
+/// reported as the file's fault, `ModelLoad`, naming the file.
+pub(crate) fn catch_load_panics<T>(path: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    catch_panics("analysing the model", f).map_err(|e| match e {
+        Error::Internal(reason) => Error::ModelLoad {
+            path: path.to_string(),
+            reason: format!("{reason} (the graph is probably malformed)"),
+        },
+        other => other,
+    })
+}
+
 /// Runs `f`, turning a panic inside it (a bug in tract or here) into [`Error::Internal`] so that
 /// no caller, and no Python process, is ever taken down by one.
 pub(crate) fn catch_panics<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {

@@ -12,7 +12,7 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::RunOptions;
 use tract_onnx::tract_core::tract_linalg::multithread::Executor;
 
-use crate::error::{catch_panics, chain, Error, Result};
+use crate::error::{catch_load_panics, catch_panics, chain, Error, Result};
 
 /// Most concrete plans kept per runtime (each holds its own packed weights).
 const MAX_CONCRETE_PLANS: usize = 8;
@@ -36,7 +36,7 @@ impl Plans {
         let options = RunOptions { executor: Some(executor), ..Default::default() };
         let load_error =
             |e: TractError| Error::ModelLoad { path: source.into(), reason: chain(&e) };
-        catch_panics("optimising the model", || {
+        catch_load_panics(source, || {
             let decluttered = typed.clone().into_decluttered().map_err(load_error)?;
             let symbolic = decluttered
                 .clone()

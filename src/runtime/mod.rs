@@ -18,7 +18,7 @@ pub use images::{image_geometry, image_tensor};
 pub use inputs::{bind_inputs, check_input};
 pub use update::{LearnStep, UpdateOutcome};
 
-use crate::error::{catch_panics, chain, Error, Result};
+use crate::error::{catch_load_panics, catch_panics, chain, Error, Result};
 use crate::learn::{Slots, Version, Versions};
 use crate::model::weights::{self, OnnxLayer, Weights};
 use crate::model::{OnnxModel, TensorSpec};
@@ -70,10 +70,8 @@ pub struct Runtime {
 impl Runtime {
     /// Loads an ONNX file and prepares its float plan.
     pub fn load(path: &Path, options: &LoadOptions) -> Result<Self> {
-        catch_panics("loading the model", || {
-            let model = OnnxModel::load(path)?;
-            Self::from_model(model, options)
-        })
+        let model = catch_load_panics(&path.display().to_string(), || OnnxModel::load(path))?;
+        Self::from_model(model, options)
     }
 
     /// Prepares the plan of an already analysed model: float, or int8 for a file `save` wrote
@@ -121,7 +119,7 @@ impl Runtime {
         quantize: &QuantizeOptions,
         batches: &mut BatchSource<'_>,
     ) -> Result<Self> {
-        let model = catch_panics("loading the model", || OnnxModel::load(path))?;
+        let model = catch_load_panics(&path.display().to_string(), || OnnxModel::load(path))?;
         Self::from_model_quantized(model, options, quantize, batches)
     }
 

@@ -173,3 +173,10 @@ def test_kill_9_while_saving_leaves_a_loadable_file(model_path, tmp_path: Path) 
         rt = jp.Runtime.load(target)
         assert 1 <= rt.version <= reached + 2
     assert target.exists()
+
+
+def test_fuzzer_finding_conv_kernel_rank_is_a_load_error() -> None:
+    """Found by ``cargo fuzz run load_model``: a Conv whose kernel rank differs from its input's
+    makes tract panic (index out of bounds in padding); loading reports it as the file's fault."""
+    with pytest.raises(jp.ModelLoadError, match="panicked.*malformed"):
+        jp.Runtime.load(MODELS.parent / "tests" / "data" / "fuzz-load-conv-kernel-rank.onnx")
