@@ -29,7 +29,7 @@ fn kernels(c: &mut Criterion) {
 
 fn digits_cnn(c: &mut Criterion) {
     let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
-    let options = LoadOptions { threads: Some(1) };
+    let options = LoadOptions { threads: Some(1), ..Default::default() };
     let calib: ndarray::ArrayD<f32> =
         ndarray_npy::read_npy(models.join("digits_calib.npy")).expect("calibration data");
     let calib = Tensor::from(calib);

@@ -21,7 +21,7 @@ fn quantized(method: Method) -> Result<Runtime, Error> {
     let options = QuantizeOptions { method, ..Default::default() };
     Runtime::load_quantized(
         &model("digits_cnn.onnx"),
-        &LoadOptions { threads: Some(1) },
+        &LoadOptions { threads: Some(1), ..Default::default() },
         &options,
         &mut || Ok(batches.next()),
     )
@@ -36,7 +36,10 @@ fn cosine(a: &[f32], b: &[f32]) -> f32 {
 
 #[test]
 fn int8_cnn_agrees_with_float_for_every_method() -> Result<(), Box<dyn std::error::Error>> {
-    let float = Runtime::load(&model("digits_cnn.onnx"), &LoadOptions { threads: Some(1) })?;
+    let float = Runtime::load(
+        &model("digits_cnn.onnx"),
+        &LoadOptions { threads: Some(1), ..Default::default() },
+    )?;
     let want = float.run(vec![sample()])?.remove(0);
     for method in [Method::MinMax, Method::DEFAULT, Method::Entropy, Method::Mse] {
         let rt = quantized(method)?;

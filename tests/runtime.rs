@@ -10,7 +10,7 @@ fn model(name: &str) -> PathBuf {
 }
 
 fn load(name: &str) -> Runtime {
-    match Runtime::load(&model(name), &LoadOptions { threads: Some(1) }) {
+    match Runtime::load(&model(name), &LoadOptions { threads: Some(1), ..Default::default() }) {
         Ok(rt) => rt,
         Err(e) => panic!("loading {name}: {e}"),
     }
@@ -88,7 +88,10 @@ fn bad_files_are_typed_errors() {
 
 #[test]
 fn zero_threads_is_a_config_error() {
-    let err =
-        Runtime::load(&model("digits_mlp.onnx"), &LoadOptions { threads: Some(0) }).unwrap_err();
+    let err = Runtime::load(
+        &model("digits_mlp.onnx"),
+        &LoadOptions { threads: Some(0), ..Default::default() },
+    )
+    .unwrap_err();
     assert!(matches!(err, Error::Config { .. }), "{err}");
 }

@@ -35,7 +35,7 @@ pub struct Precision {
 
 /// Loads `path` as `precision` asks.
 pub fn load(path: &Path, threads: Option<usize>, precision: &Precision) -> Result<Runtime> {
-    let options = LoadOptions { threads };
+    let options = LoadOptions { threads, ..Default::default() };
     if !precision.int8 {
         if precision.calib.is_some() {
             bail!("--calib is only used with --int8");

@@ -143,7 +143,7 @@ fn execute(command: Command) -> Result<()> {
 }
 
 fn inspect(path: &std::path::Path, graph: bool) -> Result<()> {
-    let runtime = Runtime::load(path, &LoadOptions { threads: Some(1) })?;
+    let runtime = Runtime::load(path, &LoadOptions { threads: Some(1), ..Default::default() })?;
     let model = runtime.model();
     let summary = &model.summary;
     println!("model      {}", path.display());

@@ -177,9 +177,8 @@ impl Runtime {
                 slot.template.activation
             )));
         }
-        let features =
-            current.features(&name, || current.plans.features_of(&name, self.executor.clone()))?;
-        let values = run_plans(&features, &self.model.inputs, inputs)?;
+        let features = current.features(&name, || current.plans.features_of(&name))?;
+        let values = run_plans(&features, &self.model.inputs, inputs, self.executor_now()?)?;
         let features =
             values.into_iter().next().ok_or_else(|| Error::Internal("no features".into()))?;
         let shape = features.shape().to_vec();
@@ -239,7 +238,7 @@ impl Runtime {
         let changed = self.changed_since_load(masters);
         let bytes = weights::with_weights(&self.model.onnx, &changed, &[])?;
         let model = OnnxModel::from_bytes(&bytes, &self.model.source, None)?;
-        let float = Plans::new(&model.typed, self.executor.clone(), &model.source)?;
+        let float = Plans::new(&model.typed, None, &model.source)?;
         let Some(q) = &self.quantization else {
             let slots =
                 Slots::new(float.decluttered(), &self.onnx_layers, masters, &HashMap::new(), true)?;
@@ -257,7 +256,7 @@ impl Runtime {
             &int8,
             options.per_channel,
         )?;
-        let plans = Plans::new(&quantized.typed, self.executor.clone(), &model.source)?;
+        let plans = Plans::new(&quantized.typed, None, &model.source)?;
         Ok((plans, slots))
     }
 }
