@@ -14,6 +14,10 @@ Quantize it to INT8 with the project's own calibration pass::
     rt8 = jp.Runtime.load("models/digits_cnn.onnx", quantize="int8", calibration=calib)
     print(rt8.quantization_report())
 
+Operations: ``rt.get_status()`` (CPU, memory, latency, throttle), ``max_cpu_percent=`` /
+``rt.set_cpu_limit()`` (CPU cap), logs on the ``jarvis_performance`` logger, an HTTP service
+(``python -m jarvis_performance.serve``), and pickling for distributed engines such as Ray.
+
 Errors are raised as :class:`JarvisError` subclasses (and ``FileNotFoundError`` for missing files).
 """
 
@@ -34,6 +38,7 @@ from ._native import (
     UpdateError,
     __version__,
 )
+from ._status import Status
 from .dataset import Dataset
 
 __all__ = [
@@ -45,6 +50,7 @@ __all__ = [
     "JarvisError",
     "ModelLoadError",
     "Runtime",
+    "Status",
     "TensorInfo",
     "UnsupportedOpError",
     "UpdateError",
