@@ -4,7 +4,7 @@
 //! The layers, from the bottom: [`kernels`] (u8×i8 SIMD loops, no tract); [`model`] loads ONNX
 //! through tract; [`plan`] holds the runnable plans; [`calibrate`] observes activation ranges;
 //! [`ops`] are the int8 tract ops; [`quantize`] rewrites graphs with them, reports and saves;
-//! [`runtime`] is what users hold; `python` (cargo feature `python`) is the PyO3 facade; [`cli`]
+//! [`monitor`] measures CPU, memory and latency and throttles CPU; [`runtime`] is what users hold; `python` (cargo feature `python`) is the PyO3 facade; [`cli`]
 //! is the `jarvis-perf` command.
 
 pub mod calibrate;
@@ -13,6 +13,7 @@ pub mod error;
 pub mod kernels;
 pub mod learn;
 pub mod model;
+pub mod monitor;
 pub mod ops;
 pub mod plan;
 pub mod quantize;

@@ -5,11 +5,13 @@
 //! batch). So the first call at each batch size builds a plan for that size, and later calls
 //! reuse it; the symbolic plan serves when the cache is full.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::RunOptions;
+use tract_onnx::tract_core::ops::konst::Const;
+use tract_onnx::tract_core::tract_linalg::mmm::{EagerPackedInput, PackedMatrixStorage};
 use tract_onnx::tract_core::tract_linalg::multithread::Executor;
 
 use crate::error::{catch_load_panics, catch_panics, chain, Error, Result};
@@ -31,9 +33,11 @@ pub struct Plans {
 }
 
 impl Plans {
-    /// Declutters `typed` and builds its symbolic plan.
-    pub fn new(typed: &TypedModel, executor: Executor, source: &str) -> Result<Self> {
-        let options = RunOptions { executor: Some(executor), ..Default::default() };
+    /// Declutters `typed` and builds its symbolic plan. With `executor`, the plans always run
+    /// on it; with `None`, on the executor of the caller's scope (`multithread_tract_scope`),
+    /// which is how the runtime changes thread counts between calls.
+    pub fn new(typed: &TypedModel, executor: Option<Executor>, source: &str) -> Result<Self> {
+        let options = RunOptions { executor, ..Default::default() };
         let load_error =
             |e: TractError| Error::ModelLoad { path: source.into(), reason: chain(&e) };
         catch_load_panics(source, || {
@@ -111,7 +115,7 @@ impl Plans {
 
     /// Plans computing the input of the layer called `layer` (the features a head learner
     /// trains on) instead of the model's outputs.
-    pub fn features_of(&self, layer: &str, executor: Executor) -> Result<Plans> {
+    pub fn features_of(&self, layer: &str) -> Result<Plans> {
         let fail = |reason: String| Error::Update(format!("features of {layer}: {reason}"));
         let node = self
             .decluttered
@@ -125,7 +129,19 @@ impl Plans {
         let input = *node.inputs.first().ok_or_else(|| fail("the layer has no input".into()))?;
         let mut model = self.decluttered.clone();
         model.select_output_outlets(&[input]).map_err(|e| fail(chain(&e)))?;
-        Plans::new(&model, executor, &self.source)
+        Plans::new(&model, self.options.executor.clone(), &self.source)
+    }
+
+    /// Bytes of weights held by these plans (constants, plain or packed, and int8 layer
+    /// weights, in the decluttered graph and every runnable plan), counting only those whose
+    /// address is not yet in `seen` — shared with another version or plan — and adding them.
+    pub fn held_bytes(&self, seen: &mut HashSet<usize>) -> usize {
+        let mut bytes = graph_bytes(&self.decluttered, seen);
+        bytes += graph_bytes(self.symbolic.model(), seen);
+        for plan in self.read_cache().values() {
+            bytes += graph_bytes(plan.model(), seen);
+        }
+        bytes
     }
 
     /// An upper bound on the bytes of all tensors one run computes with these symbol values
@@ -174,4 +190,37 @@ impl Plans {
             Ok(plan)
         })
     }
+}
+
+/// Bytes of the constants and int8 weights of `model` not already in `seen` (by address).
+pub fn graph_bytes(model: &TypedModel, seen: &mut HashSet<usize>) -> usize {
+    let mut bytes = 0;
+    for node in model.nodes() {
+        if let Some(konst) = node.op_as::<Const>() {
+            if seen.insert(Arc::as_ptr(konst.val()) as usize) {
+                bytes += tensor_bytes(konst.val());
+            }
+        } else if let Some(layer) = crate::ops::int8_layer(node.op.as_ref()) {
+            if seen.insert(Arc::as_ptr(&layer.weights) as usize) {
+                bytes += layer.weights.bytes();
+            }
+        }
+    }
+    bytes
+}
+
+/// Bytes a tensor holds: its plain buffer, or the panels of weights tract packed for its
+/// matrix-multiplication kernels.
+pub fn tensor_bytes(tensor: &Tensor) -> usize {
+    if let Some(plain) = tensor.as_plain_ram_storage() {
+        return plain.as_bytes().len();
+    }
+    tensor.storage_as::<PackedMatrixStorage>().map_or(0, |packed| {
+        packed
+            .values()
+            .iter()
+            .filter_map(|v| v.downcast_ref::<EagerPackedInput>())
+            .map(|eager| eager.packed.len())
+            .sum()
+    })
 }

@@ -18,6 +18,9 @@ Turn photos, files or camera frames into a model's input batch (in Rust, in para
 
     batch = jp.preprocess(["cat.jpg", frame], size=224, mean=(0.485, 0.456, 0.406),
                           std=(0.229, 0.224, 0.225))
+Operations: ``rt.get_status()`` (CPU, memory, latency, throttle), ``max_cpu_percent=`` /
+``rt.set_cpu_limit()`` (CPU cap), logs on the ``jarvis_performance`` logger, an HTTP service
+(``python -m jarvis_performance.serve``), and pickling for distributed engines such as Ray.
 
 Errors are raised as :class:`JarvisError` subclasses (and ``FileNotFoundError`` for missing files).
 """
@@ -40,6 +43,7 @@ from ._native import (
     __version__,
     preprocess,
 )
+from ._status import Status
 from .dataset import Dataset
 
 __all__ = [
@@ -51,6 +55,7 @@ __all__ = [
     "JarvisError",
     "ModelLoadError",
     "Runtime",
+    "Status",
     "TensorInfo",
     "UnsupportedOpError",
     "UpdateError",

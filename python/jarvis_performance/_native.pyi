@@ -7,6 +7,7 @@ from typing import Any, Literal, TypeAlias, final, overload
 import numpy as np
 import numpy.typing as npt
 
+from jarvis_performance._status import Status
 #: One image: a uint8 array (H×W grey, H×W×3 RGB, H×W×4 RGBA), an image file path, or the
 #: encoded bytes of one (PNG, JPEG, BMP, GIF, WebP, TIFF, PNM).
 _Image: TypeAlias = npt.NDArray[np.uint8] | str | PathLike[str] | bytes | bytearray
@@ -25,6 +26,7 @@ __all__ = [
     "cli_main",
     "_panic_for_tests",
     "preprocess",
+    "_restore_runtime",
     "JarvisError",
     "ModelLoadError",
     "UnsupportedOpError",
@@ -93,6 +95,7 @@ class Runtime:
         exclude: Sequence[str] = (),
         max_memory_mb: float | None = None,
         allow_non_finite: bool = False,
+        max_cpu_percent: float | None = None,
     ) -> Runtime:
         """Load an ONNX file, optionally quantized to INT8.
 
@@ -113,14 +116,55 @@ class Runtime:
                 estimated from the graph's shapes before anything is allocated.
             allow_non_finite: let NaN/Inf into float inputs (by default they raise
                 ``InputError``: tract's ReLU would turn NaN into 0 silently).
+            max_cpu_percent: keep this process's CPU at or under this percent of one core
+                while inference runs (100 = one core): fewer threads first, then pauses
+                before calls; less when other processes keep the machine busy.
 
         Raises:
             FileNotFoundError: the file does not exist.
             ModelLoadError: the file is not a valid ONNX model tract can analyse.
             UnsupportedOpError: the model uses an operator the runtime lacks.
             CalibrationError: calibration data missing, empty or malformed.
-            ConfigError: ``threads``, ``quantize`` or ``method`` is invalid.
+            ConfigError: ``threads``, ``quantize``, ``method`` or ``max_cpu_percent`` is
+                invalid.
         """
+    @staticmethod
+    def from_bytes(
+        data: bytes,
+        *,
+        source: str | None = None,
+        threads: int | None = None,
+        max_cpu_percent: float | None = None,
+    ) -> Runtime:
+        """Make a runtime from bytes ``to_bytes`` (or a file ``save``) produced; an int8
+        runtime's bytes rebuild the same int8 plan without calibration data. ``source`` names
+        the model in messages and logs."""
+    def to_bytes(self) -> bytes:
+        """The model as ONNX bytes: what ``save`` writes."""
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle by the saved bytes, the thread option and the CPU cap."""
+    def get_status(self) -> Status:
+        """Measured figures of this runtime and process.
+
+        ``cpu_usage``: this process's CPU over the last ~2 s, percent of one core (as ``top``
+        shows it); ``memory_allocated_mb``: weights and model data the runtime holds;
+        ``rss_mb``: resident memory of the process; ``inferences``: successful calls;
+        ``latency_ms_p50``/``latency_ms_p99``: model run time over the last 1,024 calls
+        (``None`` before the first); ``threads`` (now) and ``max_threads``; ``throttled``:
+        the CPU cap held work back in the last 2 s; ``cpu_limit``, ``cpu_budget`` (after
+        backing off for other processes), ``other_cpu_usage``, ``load_average``; ``isa``:
+        the int8 kernels' instruction set.
+        """
+    def set_cpu_limit(self, percent: float | None) -> None:
+        """Cap this process's CPU at ``percent`` of one core while inference runs; ``None``
+        removes the cap.
+
+        Raises:
+            ConfigError: ``percent`` is not positive and finite.
+        """
+    @property
+    def cpu_limit(self) -> float | None:
+        """The CPU cap in percent of one core, or ``None``."""
     def save(self, path: str | PathLike[str]) -> None:
         """Write the model to ``path`` atomically: for an int8 runtime, standard ONNX in QDQ form
         (int8 weights, scales, zero points) that onnxruntime runs, carrying the float master
@@ -286,6 +330,11 @@ def preprocess(
         InputError: ``images`` is not a list of images, or ``out`` does not fit the batch.
         ConfigError: an option is invalid.
     """
+
+def _restore_runtime(
+    data: bytes, source: str, threads: int | None = None, max_cpu_percent: float | None = None
+) -> Runtime:
+    """Rebuild a pickled ``Runtime`` (the target of ``Runtime.__reduce__``)."""
 
 def cli_main(argv: list[str]) -> int:
     """Run the ``jarvis-perf`` command line with ``argv`` (program name first)."""

@@ -42,7 +42,7 @@ impl Calibrator {
         let skip = outputs.len();
         outputs.extend_from_slice(observed);
         model.select_output_outlets(&outputs).map_err(|e| Error::Calibration(chain(&e)))?;
-        let plans = Plans::new(&model, executor, "calibration")?;
+        let plans = Plans::new(&model, Some(executor), "calibration")?;
         Ok(Calibrator {
             plans,
             inputs: inputs.to_vec(),

@@ -166,6 +166,11 @@ impl Versions {
         Ok(target.number)
     }
 
+    /// Every version held, oldest first (the current one last).
+    pub fn all(&self) -> Vec<Arc<Version>> {
+        self.writer().versions.iter().cloned().collect()
+    }
+
     /// Version numbers in the history, oldest first.
     pub fn numbers(&self) -> Vec<u64> {
         self.writer().versions.iter().map(|v| v.number).collect()

@@ -6,6 +6,7 @@ mod convert;
 mod errors;
 mod learning;
 mod runtime;
+mod status;
 mod vision;
 
 use pyo3::prelude::*;
@@ -37,9 +38,23 @@ fn cli_main(py: Python<'_>, argv: Vec<String>) -> u8 {
     py.detach(|| crate::cli::main(argv))
 }
 
+/// Sends the library's `log` records to Python's `logging` (logger `jarvis_performance` and
+/// its children, named after the Rust modules); other crates' records from warnings up.
+fn route_logs(py: Python<'_>) -> PyResult<()> {
+    use log::LevelFilter;
+    let logger = pyo3_log::Logger::new(py, pyo3_log::Caching::Loggers)?
+        .filter(LevelFilter::Warn)
+        .filter_target("jarvis_performance".to_owned(), LevelFilter::Debug);
+    // Fails only when a logger is already installed in this process (the module imported
+    // twice, e.g. in a sub-interpreter): records go there, which is as good.
+    let _ = logger.install();
+    Ok(())
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
+    route_logs(py)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<runtime::PyRuntime>()?;
     m.add_class::<runtime::PyTensorInfo>()?;
@@ -47,6 +62,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(cli_main, m)?)?;
     m.add_function(wrap_pyfunction!(_panic_for_tests, m)?)?;
     m.add_function(wrap_pyfunction!(vision::preprocess, m)?)?;
+    m.add_function(wrap_pyfunction!(status::_restore_runtime, m)?)?;
     m.add("JarvisError", py.get_type::<errors::JarvisError>())?;
     m.add("ModelLoadError", py.get_type::<errors::ModelLoadError>())?;
     m.add("UnsupportedOpError", py.get_type::<errors::UnsupportedOpError>())?;

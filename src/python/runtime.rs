@@ -4,11 +4,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
 use super::calibration::PySource;
 use super::convert::{tensor_from_py, tensor_to_py};
 use super::learning::{deltas_from_py, inputs_from_py, labels_from_py, step_to_py};
+use super::status::{reduce, status_to_py};
 use super::vision::{with_images, VisionArgs};
 use super::without_gil;
 use crate::calibrate::Method;
@@ -68,11 +69,12 @@ impl PyRuntime {
     /// Loads an ONNX file; `threads` defaults to `JARVIS_PERF_THREADS`, else every core. With
     /// `quantize="int8"`, calibrates on `calibration` and runs Conv/Gemm/MatMul layers in int8.
     /// `max_memory_mb` refuses calls whose tensors would need more memory, before allocating;
-    /// NaN/Inf in float inputs raise `InputError` unless `allow_non_finite`.
+    /// NaN/Inf in float inputs raise `InputError` unless `allow_non_finite`. `max_cpu_percent`
+    /// caps this process's CPU while inference runs (100 = one core).
     #[staticmethod]
     #[pyo3(
-        signature = (path, *, threads = None, quantize = None, calibration = None, method = None, per_channel = true, exclude = Vec::new(), max_memory_mb = None, allow_non_finite = false),
-        text_signature = "(path, *, threads=None, quantize=None, calibration=None, method=None, per_channel=True, exclude=(), max_memory_mb=None, allow_non_finite=False)"
+        signature = (path, *, threads = None, quantize = None, calibration = None, method = None, per_channel = true, exclude = Vec::new(), max_memory_mb = None, allow_non_finite = false, max_cpu_percent = None),
+        text_signature = "(path, *, threads=None, quantize=None, calibration=None, method=None, per_channel=True, exclude=(), max_memory_mb=None, allow_non_finite=False, max_cpu_percent=None)"
     )]
     #[allow(clippy::too_many_arguments)]
     fn load(
@@ -86,12 +88,13 @@ impl PyRuntime {
         exclude: Vec<String>,
         max_memory_mb: Option<f64>,
         allow_non_finite: bool,
+        max_cpu_percent: Option<f64>,
     ) -> PyResult<Self> {
         let max_memory_bytes = max_memory_mb.map(|mb| (mb * 1e6) as u64);
         if max_memory_mb.is_some_and(|mb| !(mb.is_finite() && mb > 0.0)) {
             return Err(Error::config("max_memory_mb", "must be a positive number").into());
         }
-        let options = LoadOptions { threads, max_memory_bytes, allow_non_finite };
+        let options = LoadOptions { threads, max_memory_bytes, allow_non_finite, max_cpu_percent };
         let runtime = match quantize.as_deref() {
             None => {
                 if calibration.is_some() || method.is_some() {
@@ -127,7 +130,61 @@ impl PyRuntime {
                 );
             }
         };
-        Ok(PyRuntime { inner: Arc::new(runtime) })
+        Ok(PyRuntime::new(runtime))
+    }
+
+    /// Makes a runtime from the bytes `to_bytes` (or a file `save`) produced; an int8
+    /// runtime's bytes rebuild the same int8 plan without calibration data. `source` names the
+    /// model in messages and logs.
+    #[staticmethod]
+    #[pyo3(signature = (data, *, source = None, threads = None, max_cpu_percent = None))]
+    fn from_bytes(
+        py: Python<'_>,
+        data: &[u8],
+        source: Option<String>,
+        threads: Option<usize>,
+        max_cpu_percent: Option<f64>,
+    ) -> PyResult<Self> {
+        let options = LoadOptions { threads, max_cpu_percent, ..Default::default() };
+        let source = source.unwrap_or_else(|| "<bytes>".to_string());
+        let runtime = without_gil(py, move || Runtime::from_bytes(data, &source, &options))?;
+        Ok(PyRuntime::new(runtime))
+    }
+
+    /// The model as ONNX bytes: what `save` writes.
+    fn to_bytes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        let runtime = Arc::clone(&self.inner);
+        let bytes = without_gil(py, move || runtime.to_bytes())?;
+        Ok(PyBytes::new(py, &bytes))
+    }
+
+    /// Pickles by the saved bytes (current weights and version, int8 parameters), the thread
+    /// option and the CPU cap: the copy runs like the original, in another process.
+    fn __reduce__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        reduce(py, &self.inner)
+    }
+
+    /// Measured figures: `cpu_usage` (this process, percent of one core, last ~2 s),
+    /// `memory_allocated_mb`, `rss_mb`, `inferences`, `latency_ms_p50`/`p99` (last 1,024
+    /// calls), `quantized`, `version`, `threads`, `max_threads`, `throttled`, `cpu_limit`,
+    /// `cpu_budget`, `other_cpu_usage`, `load_average`, `isa`.
+    fn get_status<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let runtime = Arc::clone(&self.inner);
+        let status = py.detach(move || runtime.status());
+        status_to_py(py, &status)
+    }
+
+    /// Caps this process's CPU at `percent` of one core while inference runs (fewer threads,
+    /// then pauses before calls; less when other processes keep the machine busy); `None`
+    /// removes the cap.
+    fn set_cpu_limit(&self, percent: Option<f64>) -> PyResult<()> {
+        Ok(self.inner.set_cpu_limit(percent)?)
+    }
+
+    /// The CPU cap in percent of one core, or `None`.
+    #[getter]
+    fn cpu_limit(&self) -> Option<f64> {
+        self.inner.cpu_limit()
     }
 
     /// Writes the model to `path` atomically. An int8 runtime is written as standard ONNX in
@@ -385,6 +442,10 @@ impl PyRuntime {
 }
 
 impl PyRuntime {
+    pub(super) fn new(runtime: Runtime) -> Self {
+        PyRuntime { inner: Arc::new(runtime) }
+    }
+
     fn run_feed(
         &self,
         py: Python<'_>,

@@ -99,7 +99,7 @@ fn run_with_outputs(
 ) -> Result<Vec<Vec<f32>>> {
     let mut model = model.clone();
     model.select_output_outlets(outputs).map_err(|e| Error::Calibration(chain(&e)))?;
-    let plans = Plans::new(&model, executor, "quantization report")?;
+    let plans = Plans::new(&model, Some(executor), "quantization report")?;
     let plan = plans.get(bind_inputs(inputs, &batch)?)?;
     let values = catch_panics("quantization report", || {
         plan.run(batch.into_iter().map(TValue::from).collect())

@@ -5,26 +5,32 @@
 mod files;
 mod images;
 mod inputs;
+mod pools;
+mod status;
 mod update;
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Instant;
 
 use tract_onnx::prelude::*;
-use tract_onnx::tract_core::tract_linalg::multithread::Executor;
+use tract_onnx::tract_core::tract_linalg::multithread::{multithread_tract_scope, Executor};
 
 pub use images::{image_geometry, image_tensor};
 pub use inputs::{bind_inputs, check_input};
+pub use status::Status;
 pub use update::{LearnStep, UpdateOutcome};
 
 use crate::error::{catch_load_panics, catch_panics, chain, Error, Result};
 use crate::learn::{Slots, Version, Versions};
 use crate::model::weights::{self, OnnxLayer, Weights};
 use crate::model::{OnnxModel, TensorSpec};
+use crate::monitor::Monitor;
 use crate::plan::Plans;
 use crate::quantize::qparams::ActivationQuant;
 use crate::quantize::{BatchSource, QuantizationSummary, QuantizeOptions, Quantized};
+use pools::Pools;
 
 /// Environment variable that sets the default thread count.
 pub const THREADS_ENV: &str = "JARVIS_PERF_THREADS";
@@ -46,6 +52,9 @@ pub struct LoadOptions {
     /// Let NaN and ±Inf into float inputs. Off by default: tract's ReLU and max-pooling turn NaN
     /// into plausible numbers and int8 layers saturate it, so a NaN could pass silently.
     pub allow_non_finite: bool,
+    /// Keep this process's CPU at or under this percent of one core while inference runs
+    /// (fewer threads, then pauses; see [`crate::monitor::Throttle`]). `None`: no cap.
+    pub max_cpu_percent: Option<f64>,
 }
 
 /// A loaded model ready to run. `Runtime` is `Send + Sync`: any number of threads may call
@@ -63,8 +72,12 @@ pub struct Runtime {
     allow_non_finite: bool,
     /// The version the file carried (0 unless `save` wrote it after updates).
     loaded_version: u64,
+    /// Threads configured: the most any run uses.
     threads: usize,
-    executor: Executor,
+    /// The options as given, for copies of this runtime made from its bytes.
+    options: LoadOptions,
+    pools: Pools,
+    monitor: Monitor,
 }
 
 impl Runtime {
@@ -79,8 +92,8 @@ impl Runtime {
     pub fn from_model(model: OnnxModel, options: &LoadOptions) -> Result<Self> {
         catch_panics("preparing the model", || {
             let threads = resolve_threads(options.threads)?;
-            let executor = executor(threads)?;
-            let float = Plans::new(&model.typed, executor.clone(), &model.source)?;
+            check_cpu_limit(options.max_cpu_percent)?;
+            let float = Plans::new(&model.typed, None, &model.source)?;
             let quantized = match model.saved_int8.clone() {
                 None => None,
                 Some(saved) => {
@@ -107,7 +120,7 @@ impl Runtime {
                 }
             };
             log::debug!("prepared {} with {threads} thread(s)", model.source);
-            Self::assemble(model, options, threads, executor, float, quantized)
+            Self::assemble(model, options, Pools::new(threads), float, quantized)
         })
     }
 
@@ -132,15 +145,17 @@ impl Runtime {
     ) -> Result<Self> {
         catch_panics("quantizing the model", || {
             let threads = resolve_threads(options.threads)?;
-            let executor = executor(threads)?;
-            let float = Plans::new(&model.typed, executor.clone(), &model.source)?;
-            let start = std::time::Instant::now();
+            check_cpu_limit(options.max_cpu_percent)?;
+            let float = Plans::new(&model.typed, None, &model.source)?;
+            let start = Instant::now();
+            let pools = Pools::new(threads);
+            let executor = pools.get(threads)?;
             let q = crate::quantize::quantize(
                 float.decluttered(),
                 &model.inputs,
                 batches,
                 quantize,
-                executor.clone(),
+                executor,
             )?;
             let report = &q.summary.report;
             log::info!(
@@ -151,7 +166,7 @@ impl Runtime {
                 start.elapsed(),
                 q.summary.samples
             );
-            Self::assemble(model, options, threads, executor, float, Some(q))
+            Self::assemble(model, options, pools, float, Some(q))
         })
     }
 
@@ -159,8 +174,7 @@ impl Runtime {
     fn assemble(
         model: OnnxModel,
         options: &LoadOptions,
-        threads: usize,
-        executor: Executor,
+        pools: Pools,
         float: Plans,
         quantized: Option<Quantized>,
     ) -> Result<Self> {
@@ -191,7 +205,7 @@ impl Runtime {
                 let slots =
                     Slots::new(float.decluttered(), &onnx_layers, &masters, &int8, per_channel)?;
                 drop(float);
-                let plans = Plans::new(&q.typed, executor.clone(), &model.source)?;
+                let plans = Plans::new(&q.typed, None, &model.source)?;
                 (plans, slots, Some(q.summary))
             }
         };
@@ -201,7 +215,7 @@ impl Runtime {
         let quantization = quantization.map(Arc::new);
         let first =
             Version::new(number, masters.clone(), Arc::new(plans), Arc::new(slots), quantization);
-        Ok(Runtime {
+        let runtime = Runtime {
             model,
             versions: Versions::new(first),
             original: masters,
@@ -209,8 +223,22 @@ impl Runtime {
             loaded_version: number,
             max_memory_bytes: options.max_memory_bytes,
             allow_non_finite: options.allow_non_finite,
-            threads,
-            executor,
+            threads: pools.max_threads(),
+            options: options.clone(),
+            monitor: Monitor::new(pools.max_threads(), options.max_cpu_percent),
+            pools,
+        };
+        runtime.announce();
+        Ok(runtime)
+    }
+
+    /// Makes a runtime from bytes [`Runtime::to_bytes`] (or `save`) produced — how a runtime
+    /// travels to other processes. `source` names the model in messages. An int8 runtime's
+    /// bytes rebuild the same int8 plan without calibration data.
+    pub fn from_bytes(bytes: &[u8], source: &str, options: &LoadOptions) -> Result<Self> {
+        catch_panics("loading the model", || {
+            let model = OnnxModel::from_bytes(bytes, source, None)?;
+            Self::from_model(model, options)
         })
     }
 
@@ -220,6 +248,11 @@ impl Runtime {
     /// weights and the calibrated parameters so `Runtime::load` rebuilds the same int8 plan.
     /// The current version's weights and number are what is written.
     pub fn save(&self, path: &Path) -> Result<()> {
+        files::write_atomically(path, &self.to_bytes()?)
+    }
+
+    /// The bytes [`Runtime::save`] writes.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
         let version = self.versions.current();
         let changed = self.changed_since_load(&version.masters);
         let unchanged = changed.is_empty() && version.number == self.loaded_version;
@@ -232,14 +265,31 @@ impl Runtime {
             ];
             weights::with_weights(&self.model.onnx, &changed, &metadata)?
         };
-        let bytes = match &version.quantization {
-            None => float,
+        match &version.quantization {
+            None => Ok(float),
             Some(q) => {
                 let options = format!("{}\t{}", q.options.method, q.options.per_channel);
-                crate::quantize::save::to_qdq(&float, &q.activations, &options)?
+                crate::quantize::save::to_qdq(&float, &q.activations, &options)
             }
-        };
-        files::write_atomically(path, &bytes)
+        }
+    }
+
+    /// The options this runtime was loaded with, the CPU cap as it is now.
+    pub fn options(&self) -> LoadOptions {
+        LoadOptions { max_cpu_percent: self.cpu_limit(), ..self.options.clone() }
+    }
+
+    /// The CPU cap in percent of one core, if any.
+    pub fn cpu_limit(&self) -> Option<f64> {
+        self.monitor.throttle.limit()
+    }
+
+    /// Sets (or, with `None`, removes) the CPU cap; see [`LoadOptions::max_cpu_percent`].
+    pub fn set_cpu_limit(&self, percent: Option<f64>) -> Result<()> {
+        check_cpu_limit(percent)?;
+        self.monitor.throttle.set_limit(percent);
+        log::info!("{}: CPU cap {}", self.model.source, describe_limit(percent));
+        Ok(())
     }
 
     /// The weights in `masters` that differ from the ones loaded.
@@ -286,8 +336,10 @@ impl Runtime {
     }
 
     /// Runs the model on inputs given in the model's input order; returns every output, in order.
-    /// The whole call runs on one version of the weights.
+    /// The whole call runs on one version of the weights. Under a CPU cap the call may first
+    /// pause, and runs with the threads the throttle allows.
     pub fn run(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>> {
+        let executor = self.pools.get(self.monitor.admit())?;
         let version = self.versions.current();
         if !self.allow_non_finite {
             for (spec, tensor) in self.model.inputs.iter().zip(&inputs) {
@@ -309,7 +361,16 @@ impl Runtime {
                 ));
             }
         }
-        run_plans(&version.plans, &self.model.inputs, inputs)
+        let start = Instant::now();
+        let outputs = run_plans(&version.plans, &self.model.inputs, inputs, executor)?;
+        self.monitor.record(start.elapsed());
+        Ok(outputs)
+    }
+
+    /// The executor for work other than inference (learning): the threads the throttle allows
+    /// now, without pausing.
+    fn executor_now(&self) -> Result<Executor> {
+        self.pools.get(self.monitor.throttle.status().threads)
     }
 
     /// Runs the model on inputs given by name; returns the requested outputs (all if `None`) in
@@ -376,8 +437,13 @@ impl Runtime {
     }
 }
 
-/// Runs `plans` on inputs in the order of `specs`, after checking them.
-fn run_plans(plans: &Plans, specs: &[TensorSpec], inputs: Vec<Tensor>) -> Result<Vec<Tensor>> {
+/// Runs `plans` on inputs in the order of `specs`, after checking them, on `executor`.
+fn run_plans(
+    plans: &Plans,
+    specs: &[TensorSpec],
+    inputs: Vec<Tensor>,
+    executor: Executor,
+) -> Result<Vec<Tensor>> {
     if inputs.len() != specs.len() {
         let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
         return Err(Error::input(
@@ -388,8 +454,10 @@ fn run_plans(plans: &Plans, specs: &[TensorSpec], inputs: Vec<Tensor>) -> Result
     let bindings = bind_inputs(specs, &inputs)?;
     let plan = plans.get(bindings)?;
     let values: TVec<TValue> = inputs.into_iter().map(TValue::from).collect();
-    let outputs =
-        catch_panics("inference", || plan.run(values).map_err(|e| Error::Inference(chain(&e))))?;
+    let outputs = catch_panics("inference", || {
+        multithread_tract_scope(executor, || plan.run(values))
+            .map_err(|e| Error::Inference(chain(&e)))
+    })?;
     outputs.into_iter().map(files::exchangeable).collect()
 }
 
@@ -410,14 +478,17 @@ pub fn resolve_threads(requested: Option<usize>) -> Result<usize> {
     Ok(threads)
 }
 
-fn executor(threads: usize) -> Result<Executor> {
-    if threads == 1 {
-        return Ok(Executor::SingleThread);
+/// Refuses a CPU cap that is not a positive, finite percentage.
+fn check_cpu_limit(percent: Option<f64>) -> Result<()> {
+    match percent {
+        Some(p) if !(p.is_finite() && p > 0.0) => Err(Error::config(
+            "max_cpu_percent",
+            format!("{p} is not a positive percentage (100 = one core)"),
+        )),
+        _ => Ok(()),
     }
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .thread_name(|i| format!("jarvis-perf-{i}"))
-        .build()
-        .map_err(|e| Error::config("threads", format!("cannot start {threads} threads: {e}")))?;
-    Ok(Executor::MultiThread(Arc::new(pool)))
+}
+
+fn describe_limit(percent: Option<f64>) -> String {
+    percent.map_or_else(|| "removed".to_string(), |p| format!("{p}% of one core"))
 }

@@ -184,9 +184,8 @@ impl Runtime {
                 slot.template.activation
             )));
         }
-        let features =
-            current.features(&name, || current.plans.features_of(&name, self.executor.clone()))?;
-        let values = run_plans(&features, &self.model.inputs, inputs)?;
+        let features = current.features(&name, || current.plans.features_of(&name))?;
+        let values = run_plans(&features, &self.model.inputs, inputs, self.executor_now()?)?;
         let features =
             values.into_iter().next().ok_or_else(|| Error::Internal("no features".into()))?;
         let shape = features.shape().to_vec();
@@ -270,7 +269,7 @@ impl Runtime {
                 &self.model.inputs,
                 batches,
                 &options,
-                self.executor.clone(),
+                self.executor_now()?,
             )?;
             let (plans, slots) = self.int8_plans(&float, &current.masters, &quantized)?;
             let number = history.next_number();
@@ -291,7 +290,7 @@ impl Runtime {
         let changed = self.changed_since_load(masters);
         let bytes = weights::with_weights(&self.model.onnx, &changed, &[])?;
         let model = OnnxModel::from_bytes(&bytes, &self.model.source, None)?;
-        Plans::new(&model.typed, self.executor.clone(), &model.source)
+        Plans::new(&model.typed, None, &model.source)
     }
 
     /// Plans and slots for `masters`, rebuilt from the ONNX weights as a fresh load would,
@@ -325,7 +324,7 @@ impl Runtime {
         let per_channel = quantized.summary.options.per_channel;
         let slots =
             Slots::new(float.decluttered(), &self.onnx_layers, masters, &int8, per_channel)?;
-        let plans = Plans::new(&quantized.typed, self.executor.clone(), &self.model.source)?;
+        let plans = Plans::new(&quantized.typed, None, &self.model.source)?;
         Ok((plans, slots))
     }
 }

@@ -38,3 +38,19 @@ def test_vision_example_runs() -> None:
     assert result.returncode == 0, result.stderr
     assert "same top-1 as with Pillow preprocessing: 100%" in result.stdout
     assert "within 1 LSB: 100.00%" in result.stdout
+
+
+def test_ray_batch_inference_over_a_folder_of_images() -> None:
+    """Ray Data on a local Ray (2 CPUs): map_batches with a callable class holding one pickled
+    int8 Runtime per worker classifies the 360 held-out digits, written as PNG files, like the
+    runtime in this process does."""
+    result = subprocess.run([sys.executable, str(REPO / "examples" / "ray_batch_images.py")],
+                            capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert result.returncode == 0, result.stdout + result.stderr
+    print(result.stdout)
+    line = result.stdout.strip().splitlines()[-1]
+    assert line.startswith("360 images, 2 workers"), line
+    accuracy = float(line.split("accuracy ")[1].split(",")[0])
+    agreement = float(line.split("local runtime ")[1].split(",")[0])
+    assert agreement == 1.0
+    assert accuracy >= 0.98
