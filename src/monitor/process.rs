@@ -8,15 +8,9 @@ use std::time::Duration;
 pub fn cpu_time() -> Option<Duration> {
     #[cfg(unix)]
     {
-        let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-        // SAFETY: getrusage fills the whole struct behind the pointer, or fails and we return.
-        let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) };
-        if rc != 0 {
-            return None;
-        }
-        // SAFETY: rc == 0, so the kernel initialised it (and zeroed() already had).
-        let usage = unsafe { usage.assume_init() };
-        Some(timeval(usage.ru_utime) + timeval(usage.ru_stime))
+        use nix::sys::resource::{getrusage, UsageWho};
+        let usage = getrusage(UsageWho::RUSAGE_SELF).ok()?;
+        Some(timeval(usage.user_time()) + timeval(usage.system_time()))
     }
     #[cfg(not(unix))]
     {
@@ -25,9 +19,9 @@ pub fn cpu_time() -> Option<Duration> {
 }
 
 #[cfg(unix)]
-fn timeval(t: libc::timeval) -> Duration {
-    let secs = u64::try_from(t.tv_sec).unwrap_or(0);
-    let micros = u64::try_from(t.tv_usec).unwrap_or(0);
+pub(crate) fn timeval(t: nix::sys::time::TimeVal) -> Duration {
+    let secs = u64::try_from(t.tv_sec()).unwrap_or(0);
+    let micros = u64::try_from(t.tv_usec()).unwrap_or(0);
     Duration::from_secs(secs) + Duration::from_micros(micros)
 }
 

@@ -211,16 +211,10 @@ mod tests {
 
     /// CPU time of the calling thread only: other tests share the process.
     fn thread_cpu() -> Duration {
-        let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-        // SAFETY: getrusage fills the struct; RUSAGE_THREAD is Linux's per-thread figure.
-        let usage = unsafe {
-            assert_eq!(libc::getrusage(libc::RUSAGE_THREAD, usage.as_mut_ptr()), 0);
-            usage.assume_init()
-        };
-        let tv = |t: libc::timeval| {
-            Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
-        };
-        tv(usage.ru_utime) + tv(usage.ru_stime)
+        use nix::sys::resource::{getrusage, UsageWho};
+        let usage = getrusage(UsageWho::RUSAGE_THREAD).expect("getrusage(RUSAGE_THREAD)");
+        super::super::process::timeval(usage.user_time())
+            + super::super::process::timeval(usage.system_time())
     }
 
     #[test]
