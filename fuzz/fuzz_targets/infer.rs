@@ -18,6 +18,7 @@ fn runtimes() -> &'static (Runtime, Runtime) {
             threads: Some(1),
             max_memory_bytes: Some(256 << 20),
             allow_non_finite: true,
+            ..Default::default()
         };
         let float = Runtime::load(&path, &options).expect("the shipped model loads");
         let mut batches = 0;

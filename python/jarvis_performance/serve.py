@@ -10,8 +10,9 @@ Endpoints:
   → ``{"outputs": {name: nested lists}}``; or a raw ``.npy`` body (``application/x-npy`` or
   ``application/octet-stream``) feeding the only input (``?input=NAME`` otherwise) → the first
   output (``?output=NAME``) as ``.npy``.
-- ``POST /v1/infer/image``: a multipart upload ``file`` (PNG, JPEG, …) resized to the model's
-  input and scaled to [0, 1], then ``(x - mean) / std`` (``--mean``/``--std``) →
+- ``POST /v1/infer/image``: a multipart upload ``file`` (PNG, JPEG, …) through the Rust vision
+  pipeline (``Runtime.infer_images``; grey one-channel models through Pillow) resized to the
+  model's input and scaled to [0, 1], then ``(x - mean) / std`` (``--mean``/``--std``) →
   ``{"outputs": …, "top": [[class, score], …]}``.
 - ``POST /v1/update``: ``{"deltas": {weight name: nested lists}, "scale": 1.0}`` →
   ``{"version": n}``.
@@ -117,9 +118,16 @@ class Service:
         return out.getvalue()
 
     def infer_image(self, data: bytes) -> dict[str, Any]:
-        x = self.decode_image(data)
-        (spec,) = self.runtime.inputs[:1]
-        (y,) = self.runtime.run([self.runtime.outputs[0].name], {spec.name: x})
+        inputs = self.runtime.inputs
+        if len(inputs) == 1 and len(inputs[0].shape) == 4 and inputs[0].shape[1] == 3:
+            # RGB models: the Rust vision pipeline decodes, resizes and normalises in one pass.
+            _, _, height, width = inputs[0].shape
+            size = (height or self.image_size, width or self.image_size)
+            y = self.runtime.infer_images([data], mean=self.mean, std=self.std, size=size,
+                                          layout="NCHW")
+        else:
+            x = self.decode_image(data)
+            (y,) = self.runtime.run([self.runtime.outputs[0].name], {inputs[0].name: x})
         result: dict[str, Any] = {"outputs": {self.runtime.outputs[0].name: y.tolist()}}
         if y.ndim == 2 and y.shape[0] == 1:
             order = np.argsort(-y[0])[:5]
@@ -127,8 +135,9 @@ class Service:
         return result
 
     def decode_image(self, data: bytes) -> npt.NDArray[np.float32]:
-        """PIL decode, resize to the model's input (or ``image_size`` for dynamic axes), scale
-        to [0, 1], normalise, NCHW batch of one."""
+        """For models that are not RGB (grey, one channel), which the vision pipeline does not
+        produce: PIL decode, resize to the model's input (or ``image_size`` for dynamic axes),
+        scale to [0, 1], normalise, NCHW batch of one."""
         from PIL import Image, UnidentifiedImageError
 
         if len(self.runtime.inputs) != 1 or len(self.runtime.inputs[0].shape) != 4:

@@ -218,3 +218,20 @@ def test_eight_concurrent_clients(server: str, local: jp.Runtime, digits: np.nda
           f"req/s, p50 {p50:.1f} ms, p99 {p99:.1f} ms, errors {len(errors)}")
     assert not errors, errors[:5]
     assert len(latencies) > 8
+
+
+def test_rgb_images_go_through_the_rust_vision_pipeline(model_path) -> None:  # type: ignore[no-untyped-def]
+    """For an RGB model, /v1/infer/image's handler preprocesses with ``Runtime.infer_images``:
+    the same logits as ``jp.preprocess`` + ``infer`` on the same JPEG bytes."""
+    from jarvis_performance.photos import photos
+    from jarvis_performance.serve import Service
+
+    rt = jp.Runtime.load(model_path("efficientnet_lite0"))
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    buffer = io.BytesIO()
+    Image.fromarray(photos()[0]).save(buffer, format="JPEG", quality=90)
+    result = Service(rt, mean=mean, std=std).infer_image(buffer.getvalue())
+    expected = rt.infer(jp.preprocess([buffer.getvalue()], size=224, mean=mean, std=std))
+    got = np.asarray(result["outputs"][rt.outputs[0].name], np.float32)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    assert result["top"][0][0] == int(expected[0].argmax())
