@@ -42,7 +42,10 @@ pub fn tensor_from_py(obj: &Bound<'_, PyAny>, spec: &TensorSpec) -> PyResult<Ten
     with_element_type!(element, T => copy_in::<T>(&array))
 }
 
-fn copy_in<T: Element + Datum + Copy>(array: &Bound<'_, PyUntypedArray>) -> PyResult<Tensor> {
+/// Copies a NumPy array of element type `T` into a tract tensor (one `memcpy` when contiguous).
+pub(crate) fn copy_in<T: Element + Datum + Copy>(
+    array: &Bound<'_, PyUntypedArray>,
+) -> PyResult<Tensor> {
     let typed = array.cast::<PyArrayDyn<T>>()?;
     let readonly = typed.try_readonly()?;
     let shape = readonly.shape().to_vec();

@@ -5,7 +5,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use tract_onnx::prelude::*;
 
-use super::convert::tensor_from_py;
+use super::convert::{copy_in, tensor_from_py};
 use crate::error::Error;
 use crate::runtime::{LearnStep, Runtime};
 
@@ -33,13 +33,7 @@ pub fn deltas_from_py(deltas: &Bound<'_, PyDict>) -> PyResult<Vec<(String, Tenso
             ))
             .into());
         };
-        let readonly = typed.try_readonly()?;
-        let shape = readonly.shape().to_vec();
-        let tensor = match readonly.as_slice() {
-            Ok(slice) => Tensor::from_shape(&shape, slice),
-            Err(_) => Ok(Tensor::from(readonly.as_array().to_owned())),
-        }
-        .map_err(|e| Error::Internal(format!("copying a delta: {e:#}")))?;
+        let tensor = copy_in::<f32>(typed.as_untyped())?;
         out.push((name, tensor));
     }
     Ok(out)
