@@ -23,6 +23,10 @@ pub mod vision;
 #[cfg(feature = "python")]
 mod python;
 
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 pub use error::{Error, Result};
 pub use model::{ElementType, ModelSummary, OnnxModel, TensorSpec};
 pub use runtime::{LoadOptions, Runtime};

@@ -28,8 +28,15 @@ Errors are raised as :class:`JarvisError` subclasses (and ``FileNotFoundError`` 
 from __future__ import annotations
 
 import logging
+import os
 
-from ._native import (
+# The native module allocates through mimalloc, which reads its options when the module is
+# loaded. By default it hands freed pages back to the kernel after 10 ms, and a model's large
+# tensors, freed and allocated again within one inference, would fault back in zeroed on every
+# call; keep them for a second instead (memory stays bounded by one inference's peak).
+os.environ.setdefault("MIMALLOC_PURGE_DELAY", "1000")
+
+from ._native import (  # noqa: E402 (the environment must be set first)
     CalibrationError,
     ConfigError,
     ImageError,

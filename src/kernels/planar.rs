@@ -273,69 +273,6 @@ fn valid_columns(
     (first, last.max(first), start)
 }
 
-/// Depthwise convolution of one channel plane of centred codes (`height × width`, each
-/// `q - zero_point`) with `kernel` taps: `acc[oy][ox] = Σ x · w` over taps inside the image.
-/// Strided columns are first split by phase (column mod stride), so every tap reads a
-/// contiguous run and the inner loop vectorises.
-pub fn depthwise_plane(isa: Isa, g: &ConvGeometry, x: &[i16], taps: &[i8], acc: &mut [i32]) {
-    let ConvGeometry { height, width, kernel, stride, dilation, pad, out, .. } = *g;
-    assert!(
-        x.len() >= height * width
-            && taps.len() >= kernel[0] * kernel[1]
-            && acc.len() >= out[0] * out[1]
-    );
-    let s = stride[1];
-    // phase p holds columns p, p + s, p + 2s, … of every row, `phase_width` wide.
-    let phase_width = width.div_ceil(s);
-    let split;
-    let phases: &[i16] = if s == 1 {
-        x
-    } else {
-        let mut buffer = vec![0i16; s * height * phase_width];
-        for phase in 0..s.min(width) {
-            for y in 0..height {
-                let row = &x[y * width + phase..(y + 1) * width];
-                let dst = &mut buffer[(phase * height + y) * phase_width..][..phase_width];
-                for (d, &v) in dst.iter_mut().zip(row.iter().step_by(s)) {
-                    *d = v;
-                }
-            }
-        }
-        split = buffer;
-        &split
-    };
-    // Per kernel column: the output columns whose input lies inside the row, and where the
-    // first of them reads in the phase planes (both independent of the row).
-    let columns: Vec<(usize, usize, usize, usize)> = (0..kernel[1])
-        .map(|kx| {
-            let (first, last, ix) = valid_columns(width, out[1], kx * dilation[1], s, pad[1]);
-            (first, last, ix % s, ix / s)
-        })
-        .collect();
-    super::quant::multiversion!(isa, {
-        acc[..out[0] * out[1]].fill(0);
-        for oy in 0..out[0] {
-            let line = &mut acc[oy * out[1]..(oy + 1) * out[1]];
-            for ky in 0..kernel[0] {
-                let iy = (oy * stride[0] + ky * dilation[0])
-                    .checked_sub(pad[0])
-                    .filter(|&iy| iy < height);
-                let Some(iy) = iy else { continue };
-                for (kx, &(first, last, phase, start)) in columns.iter().enumerate() {
-                    if first >= last {
-                        continue;
-                    }
-                    let w = i32::from(taps[ky * kernel[1] + kx]);
-                    let row = &phases[(phase * height + iy) * phase_width..][..phase_width];
-                    for (o, &v) in line[first..last].iter_mut().zip(&row[start..]) {
-                        *o += i32::from(v) * w;
-                    }
-                }
-            }
-        }
-    })
-}
-
 /// `out[p] = act((acc[p] - offset) · scale + bias)` for one output plane.
 pub fn dequantize_plane(
     isa: Isa,
@@ -382,33 +319,6 @@ mod tests {
             prop_assert_eq!(scalar[o * pixels + p], want);
         }
 
-        #[test]
-        fn depthwise_plane_matches_a_naive_loop(h in 1usize..12, w in 1usize..12, k in 1usize..4, s in 1usize..3, d in 1usize..3, pad in 0usize..3, seed in any::<u64>()) {
-            let span = (k - 1) * d + 1;
-            prop_assume!(h + 2 * pad >= span && w + 2 * pad >= span);
-            let out = [(h + 2 * pad - span) / s + 1, (w + 2 * pad - span) / s + 1];
-            let mut state = seed;
-            let mut next = || { state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407); (state >> 33) as u32 };
-            let x: Vec<i16> = (0..h * w).map(|_| i16::from(next() as u8) - 9).collect();
-            let taps: Vec<i8> = (0..k * k).map(|_| next() as i8).collect();
-            let mut acc = vec![0; out[0] * out[1]];
-            let g = ConvGeometry { channels: 1, height: h, width: w, kernel: [k, k], stride: [s, s], dilation: [d, d], pad: [pad, pad], out };
-            depthwise_plane(Isa::detect(), &g, &x, &taps, &mut acc);
-            for oy in 0..out[0] {
-                for ox in 0..out[1] {
-                    let mut want = 0;
-                    for ky in 0..k {
-                        for kx in 0..k {
-                            let (iy, ix) = ((oy * s + ky * d) as i64 - pad as i64, (ox * s + kx * d) as i64 - pad as i64);
-                            if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
-                                want += i32::from(x[iy as usize * w + ix as usize]) * i32::from(taps[ky * k + kx]);
-                            }
-                        }
-                    }
-                    prop_assert_eq!(acc[oy * out[1] + ox], want, "at {},{}", oy, ox);
-                }
-            }
-        }
     }
 
     proptest! {

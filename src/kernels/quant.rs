@@ -67,16 +67,6 @@ macro_rules! multiversion {
 
 pub(crate) use multiversion;
 
-/// `dst[i] = quantize_value(src[i], scale, zero_point) - zero_point`: codes centred on the zero
-/// point, as the depthwise kernel multiplies them.
-pub fn quantize_centred(isa: Isa, src: &[f32], scale: f32, zero_point: u8, dst: &mut [i16]) {
-    multiversion!(isa, {
-        for (d, &s) in dst.iter_mut().zip(src) {
-            *d = i16::from(quantize_value(s, scale, zero_point)) - i16::from(zero_point);
-        }
-    })
-}
-
 /// `dst[i] = quantize_value(src[i], scale, zero_point)`.
 pub fn quantize_u8(isa: Isa, src: &[f32], scale: f32, zero_point: u8, dst: &mut [u8]) {
     multiversion!(isa, {
@@ -190,10 +180,6 @@ mod tests {
         let (mut simd, mut scalar) = (vec![0u8; 1000], vec![0u8; 1000]);
         quantize_u8(Isa::detect(), &values, 0.9, 60, &mut simd);
         quantize_u8(Isa::Scalar, &values, 0.9, 60, &mut scalar);
-        assert_eq!(simd, scalar);
-        let (mut simd, mut scalar) = (vec![0i16; 1000], vec![0i16; 1000]);
-        quantize_centred(Isa::detect(), &values, 0.9, 60, &mut simd);
-        quantize_centred(Isa::Scalar, &values, 0.9, 60, &mut scalar);
         assert_eq!(simd, scalar);
     }
 

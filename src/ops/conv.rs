@@ -6,10 +6,10 @@ use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::cnn::PoolSpec;
 
 use super::parallel::for_each_chunk;
-use super::{Int8Layer, Packed};
+use super::{scratch, Int8Layer, Packed};
 use crate::kernels::{
-    depthwise_plane, dequantize_plane, gemm_planar, im2col_c4, quantize_c4, quantize_centred,
-    ConvGeometry, Isa,
+    dequantize_plane, gemm_planar, im2col_c4, quantize_c4, ConvGeometry, Isa, PhasedPlane,
+    PlanarWeights,
 };
 
 /// Output channels per parallel task.
@@ -46,79 +46,102 @@ impl Int8Conv {
     }
 
     fn run_image(&self, g: &ConvGeometry, image: &[f32], out: &mut [f32]) -> TractResult<()> {
+        let w = &*self.layer.weights;
+        match &w.packed {
+            Packed::Depthwise(taps) => self.run_depthwise(g, taps, image, out),
+            Packed::Planar(groups) => {
+                let words = g.channels.div_ceil(4) * g.height * g.width;
+                scratch::input_words(words, |x| self.run_planar(g, groups, image, x, out));
+                Ok(())
+            }
+            Packed::Rows(_) => bail!("Int8Conv holds linear weights"),
+        }
+    }
+
+    /// One task per channel: quantize its plane into the phased layout, accumulate, store.
+    fn run_depthwise(
+        &self,
+        g: &ConvGeometry,
+        taps: &[f32],
+        image: &[f32],
+        out: &mut [f32],
+    ) -> TractResult<()> {
+        let layer = &self.layer;
+        let w = &*layer.weights;
+        let isa = Isa::detect();
+        let layout = PhasedPlane::new(g)
+            .with_context(|| format!("{}: no depthwise layout for {g:?}", layer.name))?;
+        let (pixels_in, pixels) = (g.height * g.width, g.out[0] * g.out[1]);
+        let per_channel = g.kernel[0] * g.kernel[1];
+        let (scale, zp) = (layer.input.scale, layer.input.zero_point);
+        for_each_chunk(out, pixels, |c, plane| {
+            scratch::plane(layout.buffer_len(), |x| {
+                layout.fill(isa, &image[c * pixels_in..(c + 1) * pixels_in], scale, zp, x);
+                scratch::flat_sums(layout.flat_len, |acc| {
+                    let taps = &taps[c * per_channel..(c + 1) * per_channel];
+                    layout.accumulate(isa, x, taps, acc);
+                    layout.store(isa, acc, w.output_scales[c], w.bias[c], layer.activation, plane);
+                })
+            })
+        });
+        Ok(())
+    }
+
+    /// Quantize the whole input into C4 words, then per group (im2col unless 1×1) one GEMM
+    /// task per 16 output channels, whose NCHW planes are contiguous.
+    fn run_planar(
+        &self,
+        g: &ConvGeometry,
+        groups: &[PlanarWeights],
+        image: &[f32],
+        x: &mut [u32],
+        out: &mut [f32],
+    ) {
         let layer = &self.layer;
         let w = &*layer.weights;
         let isa = Isa::detect();
         let (pixels_in, pixels) = (g.height * g.width, g.out[0] * g.out[1]);
-        let (scale, zp) = (layer.input.scale, layer.input.zero_point);
-        if let Packed::Depthwise(codes) = &w.packed {
-            let mut x = vec![0i16; g.channels * pixels_in];
-            quantize_centred(isa, image, scale, zp, &mut x);
-            let taps = g.kernel[0] * g.kernel[1];
-            for_each_chunk(out, pixels, |c, plane| {
-                let mut acc = vec![0i32; pixels];
-                depthwise_plane(
-                    isa,
-                    g,
-                    &x[c * pixels_in..(c + 1) * pixels_in],
-                    &codes[c * taps..(c + 1) * taps],
-                    &mut acc,
-                );
-                dequantize_plane(
-                    isa,
-                    &acc,
-                    0,
-                    w.output_scales[c],
-                    w.bias[c],
-                    layer.activation,
-                    plane,
-                );
-            });
-            return Ok(());
-        }
-        let Packed::Planar(groups) = &w.packed else { bail!("Int8Conv holds linear weights") };
-        let channel_groups = g.channels.div_ceil(4);
-        let mut x = vec![0u32; channel_groups * pixels_in];
-        quantize_c4(isa, image, g.channels, pixels_in, scale, zp, &mut x);
+        let zp = layer.input.zero_point;
+        quantize_c4(isa, image, g.channels, pixels_in, layer.input.scale, zp, x);
         let unit = g.kernel == [1, 1] && g.stride == [1, 1] && g.pad == [0, 0];
         let per_group_out = w.n / self.group;
-        let groups_per_conv_group = channel_groups / self.group;
+        let groups_per_conv_group = g.channels.div_ceil(4) / self.group;
         for (group, packed) in groups.iter().enumerate() {
             let first_group = group * groups_per_conv_group;
-            let patches;
-            let operand: &[u32] = if unit {
-                &x[first_group * pixels_in..]
-            } else {
-                let mut buffer = vec![0u32; packed.k4 * pixels];
-                im2col_c4(g, &x, first_group..first_group + groups_per_conv_group, zp, &mut buffer);
-                patches = buffer;
-                &patches
-            };
             let group_out =
                 &mut out[group * per_group_out * pixels..(group + 1) * per_group_out * pixels];
-            // One task per 16 output channels: their NCHW planes are contiguous.
-            for_each_chunk(group_out, CHANNELS_PER_TASK * pixels, |task, chunk| {
-                let first = task * CHANNELS_PER_TASK;
-                let count = chunk.len() / pixels;
-                let mut acc = vec![0i32; count * pixels];
-                gemm_planar(isa, operand, pixels, packed, first..first + count, &mut acc);
-                for (i, plane) in chunk.chunks_mut(pixels).enumerate() {
-                    let (local, o) = (first + i, group * per_group_out + first + i);
-                    let offset = i32::from(zp) * packed.column_sums[local];
-                    let acc = &acc[i * pixels..(i + 1) * pixels];
-                    dequantize_plane(
-                        isa,
-                        acc,
-                        offset,
-                        w.output_scales[o],
-                        w.bias[o],
-                        layer.activation,
-                        plane,
-                    );
-                }
-            });
+            let mut gemm = |operand: &[u32]| {
+                for_each_chunk(group_out, CHANNELS_PER_TASK * pixels, |task, chunk| {
+                    let first = task * CHANNELS_PER_TASK;
+                    let count = chunk.len() / pixels;
+                    scratch::accumulators(count * pixels, |acc| {
+                        gemm_planar(isa, operand, pixels, packed, first..first + count, acc);
+                        for (i, plane) in chunk.chunks_mut(pixels).enumerate() {
+                            let (local, o) = (first + i, group * per_group_out + first + i);
+                            let offset = i32::from(zp) * packed.column_sums[local];
+                            dequantize_plane(
+                                isa,
+                                &acc[i * pixels..(i + 1) * pixels],
+                                offset,
+                                w.output_scales[o],
+                                w.bias[o],
+                                layer.activation,
+                                plane,
+                            );
+                        }
+                    })
+                });
+            };
+            if unit {
+                gemm(&x[first_group * pixels_in..]);
+            } else {
+                scratch::patch_words(packed.k4 * pixels, |patches| {
+                    let channel_groups = first_group..first_group + groups_per_conv_group;
+                    im2col_c4(g, x, channel_groups, zp, patches);
+                    gemm(patches);
+                });
+            }
         }
-        Ok(())
     }
 }
 
@@ -152,11 +175,15 @@ impl EvalOp for Int8Conv {
         let (batch, n) = (shape[0], self.layer.weights.n);
         let image_len = g.channels * g.height * g.width;
         let out_len = n * g.out[0] * g.out[1];
-        let mut output = vec![0f32; batch * out_len];
-        for (image, out) in data.chunks(image_len.max(1)).zip(output.chunks_mut(out_len.max(1))) {
-            self.run_image(&g, image, out)?;
+        let mut tensor = Tensor::zero::<f32>(&[batch, n, g.out[0], g.out[1]])?;
+        {
+            let mut plain = tensor.try_as_plain_ram_mut()?;
+            let output = plain.as_slice_mut::<f32>()?;
+            for (image, out) in data.chunks(image_len.max(1)).zip(output.chunks_mut(out_len.max(1)))
+            {
+                self.run_image(&g, image, out)?;
+            }
         }
-        let tensor = Tensor::from_shape(&[batch, n, g.out[0], g.out[1]], &output)?;
         Ok(tvec!(tensor.into_tvalue()))
     }
 }

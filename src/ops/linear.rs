@@ -5,7 +5,7 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
 use super::parallel::for_each_chunk;
-use super::{Int8Layer, Packed};
+use super::{scratch, Int8Layer, Packed};
 use crate::kernels::{dequantize_rows, gemm_u8i8, quantize_u8, Isa};
 
 /// Rows per parallel task.
@@ -50,47 +50,48 @@ impl EvalOp for Int8Linear {
             w.k,
             self.kept_axes
         );
-        let rows: usize = shape[..self.kept_axes].iter().product();
         let view = input.to_plain_array_view::<f32>()?;
         let contiguous = view.as_standard_layout();
         let data = contiguous.as_slice().context("Int8Linear input is not contiguous")?;
         let Packed::Rows(packed) = &w.packed else { bail!("Int8Linear holds convolution weights") };
         let (k, k_padded, n, n_padded) = (w.k, packed.k_padded, w.n, packed.n_padded());
         let zp = self.layer.input.zero_point;
-        let mut output = vec![0f32; rows * n];
-        let isa = Isa::detect();
-        for_each_chunk(&mut output, ROWS_PER_TASK * n.max(1), |task, out| {
-            let first = task * ROWS_PER_TASK;
-            let count = out.len() / n.max(1);
-            let mut x = vec![zp; count * k_padded];
-            for r in 0..count {
-                let src = &data[(first + r) * k..(first + r + 1) * k];
-                quantize_u8(
-                    isa,
-                    src,
-                    self.layer.input.scale,
-                    zp,
-                    &mut x[r * k_padded..r * k_padded + k],
-                );
-            }
-            let mut acc = vec![0i32; count * n_padded];
-            gemm_u8i8(isa, &x, k_padded, count, packed, &mut acc);
-            dequantize_rows(
-                &acc,
-                n_padded,
-                count,
-                n,
-                i32::from(zp),
-                &packed.column_sums,
-                &w.output_scales,
-                &w.bias,
-                self.layer.activation,
-                |r, o, v| out[r * n + o] = v,
-            );
-        });
         let mut out_shape = shape[..self.kept_axes].to_vec();
         out_shape.push(n);
-        Ok(tvec!(Tensor::from_shape(&out_shape, &output)?.into_tvalue()))
+        let mut tensor = Tensor::zero::<f32>(&out_shape)?;
+        let isa = Isa::detect();
+        {
+            let mut plain = tensor.try_as_plain_ram_mut()?;
+            let output = plain.as_slice_mut::<f32>()?;
+            for_each_chunk(output, ROWS_PER_TASK * n.max(1), |task, out| {
+                let first = task * ROWS_PER_TASK;
+                let count = out.len() / n.max(1);
+                scratch::input_bytes(count * k_padded, |x| {
+                    for r in 0..count {
+                        let src = &data[(first + r) * k..(first + r + 1) * k];
+                        let row = &mut x[r * k_padded..(r + 1) * k_padded];
+                        quantize_u8(isa, src, self.layer.input.scale, zp, &mut row[..k]);
+                        row[k..].fill(zp);
+                    }
+                    scratch::accumulators(count * n_padded, |acc| {
+                        gemm_u8i8(isa, x, k_padded, count, packed, acc);
+                        dequantize_rows(
+                            acc,
+                            n_padded,
+                            count,
+                            n,
+                            i32::from(zp),
+                            &packed.column_sums,
+                            &w.output_scales,
+                            &w.bias,
+                            self.layer.activation,
+                            |r, o, v| out[r * n + o] = v,
+                        );
+                    })
+                })
+            });
+        }
+        Ok(tvec!(tensor.into_tvalue()))
     }
 }
 

@@ -5,6 +5,7 @@
 mod conv;
 mod linear;
 mod parallel;
+mod scratch;
 
 use std::sync::Arc;
 
@@ -23,8 +24,8 @@ pub enum Packed {
     Rows(PackedWeights),
     /// Planar GEMM weights, one per convolution group; k order (tap, channel padded to 4).
     Planar(Vec<PlanarWeights>),
-    /// Depthwise: the direct kernel reads the codes as they are (`n` rows of `taps`).
-    Depthwise(Vec<i8>),
+    /// Depthwise: `n` rows of `taps` codes as f32 (exact), which the direct kernel multiplies.
+    Depthwise(Vec<f32>),
 }
 
 /// The int8 weights of one layer and everything derived from them, immutable once built: an
@@ -65,7 +66,7 @@ impl LayerWeights {
     ) -> Self {
         let packed = match layout {
             Layout::Linear => Packed::Rows(PackedWeights::pack(&codes, n, k)),
-            Layout::Depthwise => Packed::Depthwise(codes),
+            Layout::Depthwise => Packed::Depthwise(codes.iter().map(|&c| f32::from(c)).collect()),
             Layout::Conv { groups, taps } => {
                 let per_group = n / groups.max(1);
                 let channels = k / taps.max(1);
@@ -96,7 +97,7 @@ impl LayerWeights {
         let packed = match &self.packed {
             Packed::Rows(p) => p.bytes(),
             Packed::Planar(planes) => planes.iter().map(PlanarWeights::bytes).sum(),
-            Packed::Depthwise(codes) => codes.len(),
+            Packed::Depthwise(taps) => taps.len() * 4,
         };
         packed + 12 * self.n
     }

@@ -240,7 +240,13 @@ fn conv_layer(
     let Some(weights) = order.to_kernel(&kernel) else {
         return Ok(Err(format!("kernel has {} values, expected {}", kernel.len(), n * k)));
     };
-    let depthwise = group > 1 && per_group_in == 1 && n == group;
+    // The depthwise kernel's limits (exact f32 sums, its stride buffer); beyond them (unheard of
+    // in real models) a depthwise conv stays float below.
+    let depthwise = group > 1
+        && per_group_in == 1
+        && n == group
+        && taps <= crate::kernels::MAX_DEPTHWISE_TAPS
+        && spec.strides().iter().all(|&s| s <= crate::kernels::MAX_DEPTHWISE_STRIDE);
     if group > 1 && !depthwise && !per_group_in.is_multiple_of(4) {
         return Ok(Err(format!(
             "grouped convolution with {per_group_in} channels per group (not a multiple of 4)"

@@ -1,0 +1,271 @@
+//! Depthwise convolution of one channel plane, exact in f32.
+//!
+//! The plane is quantized to centred codes (`q - zero_point`, integers in [-255, 255]) and laid
+//! out padded and split into stride phases, so that every tap of the kernel reads one
+//! contiguous run of the same length: the output rows, `PhasedPlane::pitch` wide, flattened. The
+//! kernel then is a handful of vector multiply-adds per tap with no bounds logic at all.
+//!
+//! Why f32: products of codes and i8 weights are integers below 2^15 and a sum of at most
+//! [`MAX_DEPTHWISE_TAPS`] of them stays below 2^24, where f32 is exact — so the result equals
+//! the integer reference bit for bit, while f32 FMAs are the fastest multiply-add on every ISA.
+
+use super::quant::{multiversion, quantize_value};
+use super::{Activation, ConvGeometry, Isa};
+
+/// Most kernel taps the f32 accumulation stays exact for (`taps · 255 · 128 < 2^24`).
+pub const MAX_DEPTHWISE_TAPS: usize = 512;
+
+/// Outputs accumulated together in registers (four 16-lane vectors).
+const CHUNK: usize = 64;
+
+/// Largest column stride [`PhasedPlane::fill`] quantizes through its stack buffer.
+pub const MAX_DEPTHWISE_STRIDE: usize = 4;
+
+/// Where each tap reads in a [`PhasedPlane`] buffer, and the buffer's shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PhasedPlane {
+    geometry: ConvGeometry,
+    /// Row and column strides (the number of phases along each axis).
+    phases: [usize; 2],
+    /// Rows of one phase plane.
+    rows: usize,
+    /// Columns of one phase plane, also the row pitch of the flat accumulators.
+    pub pitch: usize,
+    /// Start of each tap's contiguous run in the buffer, kernel row-major.
+    tap_offsets: Vec<usize>,
+    /// Accumulators computed per plane: `out_height · pitch`, rounded up to whole chunks.
+    pub flat_len: usize,
+}
+
+impl PhasedPlane {
+    /// The layout for convolutions of `geometry` (one channel); `None` for more taps than
+    /// [`MAX_DEPTHWISE_TAPS`], a column stride above 4, or an empty output.
+    pub fn new(geometry: &ConvGeometry) -> Option<Self> {
+        let g = *geometry;
+        let taps = g.kernel[0] * g.kernel[1];
+        if taps == 0
+            || taps > MAX_DEPTHWISE_TAPS
+            || g.stride[1] > MAX_DEPTHWISE_STRIDE
+            || g.out[0] == 0
+            || g.out[1] == 0
+        {
+            return None;
+        }
+        let [sy, sx] = [g.stride[0].max(1), g.stride[1].max(1)];
+        // Offsets (in phase rows / columns) the last kernel row / column reads at.
+        let reach = |axis: usize, s: usize| ((g.kernel[axis] - 1) * g.dilation[axis]) / s;
+        let pitch = g.out[1] + reach(1, sx);
+        let rows = g.out[0] + reach(0, sy);
+        let flat_len = (g.out[0] * pitch).div_ceil(CHUNK) * CHUNK;
+        let plane_len = rows * pitch;
+        let mut tap_offsets = Vec::with_capacity(taps);
+        for ky in 0..g.kernel[0] {
+            let (py, dy) = ((ky * g.dilation[0]) % sy, (ky * g.dilation[0]) / sy);
+            for kx in 0..g.kernel[1] {
+                let (px, dx) = ((kx * g.dilation[1]) % sx, (kx * g.dilation[1]) / sx);
+                tap_offsets.push((py * sx + px) * plane_len + dy * pitch + dx);
+            }
+        }
+        Some(PhasedPlane { geometry: g, phases: [sy, sx], rows, pitch, tap_offsets, flat_len })
+    }
+
+    /// Length of the buffer [`Self::fill`] writes: every phase plane, plus the slack the last
+    /// chunk of the last tap reads past the output rows.
+    pub fn buffer_len(&self) -> usize {
+        let plane_len = self.rows * self.pitch;
+        let last = self.tap_offsets.iter().max().copied().unwrap_or(0);
+        (self.phases[0] * self.phases[1] * plane_len).max(last + self.flat_len)
+    }
+
+    /// Quantizes one `height × width` float plane into `dst` (`buffer_len` values): centred
+    /// codes at their phase positions, 0 (the zero point) in the padding.
+    pub fn fill(&self, isa: Isa, plane: &[f32], scale: f32, zero_point: u8, dst: &mut [f32]) {
+        let g = &self.geometry;
+        let [sy, sx] = self.phases;
+        let (plane_len, pitch) = (self.rows * self.pitch, self.pitch);
+        assert!(plane.len() >= g.height * g.width && dst.len() >= self.buffer_len());
+        let zp = f32::from(zero_point);
+        // One padded input row: codes at `pad + x`, the zero point (0) around them.
+        let mut padded = vec![0f32; pitch * sx];
+        let inside = g.width.min((pitch * sx).saturating_sub(g.pad[1]));
+        multiversion!(isa, {
+            dst.fill(0.0);
+            for y in 0..g.height {
+                // Padded row y + pad lands in row phase (y + pad) % sy, phase row (y + pad) / sy.
+                let (py, qy) = ((y + g.pad[0]) % sy, (y + g.pad[0]) / sy);
+                if qy >= self.rows {
+                    continue; // a row no output reads (the padding cut it off)
+                }
+                let src = &plane[y * g.width..][..inside];
+                let first = py * sx * plane_len + qy * pitch;
+                if sx == 1 {
+                    let row = &mut dst[first + g.pad[1]..][..inside];
+                    for (d, &v) in row.iter_mut().zip(src) {
+                        *d = f32::from(quantize_value(v, scale, zero_point)) - zp;
+                    }
+                    continue;
+                }
+                for (d, &v) in padded[g.pad[1]..].iter_mut().zip(src) {
+                    *d = f32::from(quantize_value(v, scale, zero_point)) - zp;
+                }
+                // Column phase px, phase column j ← padded column j·sx + px.
+                let rows = (0..sx).map(|px| first + px * plane_len);
+                match sx {
+                    2 => split_phases::<2>(&padded, dst, rows, pitch),
+                    3 => split_phases::<3>(&padded, dst, rows, pitch),
+                    _ => split_phases::<MAX_DEPTHWISE_STRIDE>(&padded, dst, rows, pitch),
+                }
+            }
+        })
+    }
+
+    /// `acc[oy · pitch + ox] = Σ_taps x · w` over the filled buffer (`flat_len` accumulators;
+    /// columns `ox ≥ out_width` hold values no output uses).
+    pub fn accumulate(&self, isa: Isa, x: &[f32], taps: &[f32], acc: &mut [f32]) {
+        assert!(
+            x.len() >= self.buffer_len()
+                && taps.len() == self.tap_offsets.len()
+                && acc.len() >= self.flat_len
+        );
+        let offsets = &self.tap_offsets;
+        multiversion!(isa, {
+            for (c, chunk) in acc[..self.flat_len].chunks_exact_mut(CHUNK).enumerate() {
+                let mut sum = [0f32; CHUNK];
+                for (&offset, &w) in offsets.iter().zip(taps) {
+                    let run = &x[offset + c * CHUNK..][..CHUNK];
+                    for (s, &v) in sum.iter_mut().zip(run) {
+                        *s += v * w;
+                    }
+                }
+                chunk.copy_from_slice(&sum);
+            }
+        })
+    }
+
+    /// `out[oy][ox] = act(acc · scale + bias)` for the valid columns of each accumulator row.
+    pub fn store(
+        &self,
+        isa: Isa,
+        acc: &[f32],
+        scale: f32,
+        bias: f32,
+        activation: Activation,
+        out: &mut [f32],
+    ) {
+        let [height, width] = self.geometry.out;
+        assert!(acc.len() >= self.flat_len && out.len() >= height * width);
+        let (low, high) = activation.bounds();
+        multiversion!(isa, {
+            for (row, line) in out[..height * width].chunks_exact_mut(width).enumerate() {
+                for (o, &a) in line.iter_mut().zip(&acc[row * self.pitch..]) {
+                    let v = a * scale + bias;
+                    let v = if v < low { low } else { v };
+                    *o = if v > high { high } else { v };
+                }
+            }
+        })
+    }
+}
+
+/// `dst[start_px + j] = padded[j·S + px]` for `j < pitch`: one padded row split into its `S`
+/// column phases (constant `S`, so the strided reads vectorise as shuffles).
+#[inline(always)]
+fn split_phases<const S: usize>(
+    padded: &[f32],
+    dst: &mut [f32],
+    starts: impl Iterator<Item = usize>,
+    pitch: usize,
+) {
+    for (px, start) in starts.enumerate().take(S) {
+        for (j, d) in dst[start..start + pitch].iter_mut().enumerate() {
+            *d = padded[j * S + px];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn naive(g: &ConvGeometry, x: &[i32], taps: &[i32]) -> Vec<i32> {
+        let mut acc = vec![0; g.out[0] * g.out[1]];
+        for oy in 0..g.out[0] {
+            for ox in 0..g.out[1] {
+                for ky in 0..g.kernel[0] {
+                    for kx in 0..g.kernel[1] {
+                        let iy = (oy * g.stride[0] + ky * g.dilation[0]) as i64 - g.pad[0] as i64;
+                        let ix = (ox * g.stride[1] + kx * g.dilation[1]) as i64 - g.pad[1] as i64;
+                        if iy >= 0 && ix >= 0 && (iy as usize) < g.height && (ix as usize) < g.width
+                        {
+                            acc[oy * g.out[1] + ox] += x[iy as usize * g.width + ix as usize]
+                                * taps[ky * g.kernel[1] + kx];
+                        }
+                    }
+                }
+            }
+        }
+        acc
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Both ISAs give the integer reference's sums exactly, for every stride, dilation and
+        /// padding (including asymmetric padding that cuts rows and columns off).
+        #[test]
+        fn accumulators_equal_the_integer_reference(
+            h in 1usize..14, w in 1usize..14, kh in 1usize..4, kw in 1usize..6,
+            sy in 1usize..3, sx in 1usize..5, d in 1usize..3,
+            pad_top in 0usize..3, pad_left in 0usize..3, cut in 0usize..2,
+            zp in any::<u8>(), seed in any::<u64>(),
+        ) {
+            let span = [(kh - 1) * d + 1, (kw - 1) * d + 1];
+            let padded = [h + pad_top + pad_top, w + pad_left + pad_left];
+            prop_assume!(padded[0] >= span[0] && padded[1] >= span[1]);
+            // `cut` drops the last output row/column, as SAME_UPPER-style padding can.
+            let out = [
+                ((padded[0] - span[0]) / sy + 1).saturating_sub(cut).max(1),
+                ((padded[1] - span[1]) / sx + 1).saturating_sub(cut).max(1),
+            ];
+            let g = ConvGeometry {
+                channels: 1, height: h, width: w, kernel: [kh, kw], stride: [sy, sx],
+                dilation: [d, d], pad: [pad_top, pad_left], out,
+            };
+            let mut state = seed;
+            let mut next = || { state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407); (state >> 33) as u32 };
+            let codes: Vec<u8> = (0..h * w).map(|_| next() as u8).collect();
+            let weights: Vec<i8> = (0..kh * kw).map(|_| next() as i8).collect();
+            let plane: Vec<f32> = codes.iter().map(|&q| f32::from(q) - f32::from(zp)).collect();
+            let centred: Vec<i32> = codes.iter().map(|&q| i32::from(q) - i32::from(zp)).collect();
+            let want = naive(&g, &centred, &weights.iter().map(|&v| i32::from(v)).collect::<Vec<_>>());
+            let layout = PhasedPlane::new(&g).expect("a valid geometry");
+            let taps: Vec<f32> = weights.iter().map(|&v| f32::from(v)).collect();
+            for isa in [Isa::Scalar, Isa::detect()] {
+                let mut buffer = vec![f32::NAN; layout.buffer_len()];
+                // Scale 1 and the zero point given: quantizing `plane` gives back `codes`.
+                layout.fill(isa, &plane, 1.0, zp, &mut buffer);
+                let mut acc = vec![f32::NAN; layout.flat_len];
+                layout.accumulate(isa, &buffer, &taps, &mut acc);
+                let mut out = vec![f32::NAN; out[0] * out[1]];
+                layout.store(isa, &acc, 1.0, 0.0, Activation::Identity, &mut out);
+                let got: Vec<i32> = out.iter().map(|&v| v as i32).collect();
+                prop_assert_eq!(&got, &want, "{:?}", isa);
+            }
+        }
+    }
+
+    #[test]
+    fn too_many_taps_are_refused() {
+        let g = ConvGeometry {
+            channels: 1,
+            height: 40,
+            width: 40,
+            kernel: [23, 23],
+            stride: [1, 1],
+            dilation: [1, 1],
+            pad: [0, 0],
+            out: [18, 18],
+        };
+        assert!(PhasedPlane::new(&g).is_none());
+    }
+}
