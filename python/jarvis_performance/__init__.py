@@ -41,7 +41,9 @@ from ._native import (
     UnsupportedOpError,
     UpdateError,
     __version__,
+    get_preprocessing,
     preprocess,
+    set_preprocessing,
 )
 from ._status import Status
 from .dataset import Dataset
@@ -60,7 +62,9 @@ __all__ = [
     "UnsupportedOpError",
     "UpdateError",
     "__version__",
+    "get_preprocessing",
     "preprocess",
+    "set_preprocessing",
 ]
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
