@@ -361,7 +361,7 @@ def preprocess(
             nearest, in the same pass) or ``numpy.uint8`` (the resized pixels, unnormalized,
             for models that take uint8 input). Default: ``out``'s dtype if given.
         pad: pixel value (0–255, before normalization) of letterbox margins.
-        draft: decode JPEGs at 1/2, 1/4 or 1/8 scale when that still leaves twice the output
+        draft: decode JPEGs at 1/4 or 1/8 scale when that still leaves twice the output
             size (much faster; ``False`` decodes at full size, as Pillow does).
         out: a C-contiguous array of the batch's shape and dtype to write into and return.
             Without it, the batch's memory comes from a small pool of buffers that earlier

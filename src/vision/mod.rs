@@ -76,7 +76,7 @@ pub struct PreprocessOptions {
     pub channels: ChannelOrder,
     /// Pixel value (0–255, before normalization) of letterbox margins.
     pub pad: u8,
-    /// Decode JPEG files and bytes at 1/2, 1/4 or 1/8 scale (reduced IDCT) when the decoded
+    /// Decode JPEG files and bytes at 1/4 or 1/8 scale (reduced IDCT) when the decoded
     /// image still covers at least twice the output size; much faster, slightly different
     /// from a full decode.
     pub draft: bool,

@@ -299,4 +299,49 @@ mod tests {
         let rounded: Vec<f32> = slot.iter().map(|v| v.round()).collect();
         assert_eq!(rounded, [3.0, 2.0, 1.0]);
     }
+
+    #[test]
+    fn uint8_copies_pixels_and_float16_rounds_the_float32_values() {
+        let data: Vec<u8> = (0..2 * 3 * 3).map(|i| (i * 13) as u8).collect();
+        let pixels = Pixels {
+            data: Cow::Owned(data.clone()),
+            width: 3,
+            height: 2,
+            channels: 3,
+            full_width: 3,
+            full_height: 2,
+        };
+        // Letterboxed into 4x3 (one padded row) so both kinds of rows are covered.
+        let mut options =
+            PreprocessOptions::new((3, 3), [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]);
+        options.pad = 114;
+        let placement = Placement { src: (0.0, 0.0, 3.0, 2.0), dst: (0, 1, 3, 2) };
+        for layout in [Layout::Nchw, Layout::Nhwc] {
+            options.layout = layout;
+            let mut bytes = vec![0u8; 27];
+            write(&pixels, &placement, &options, &mut bytes);
+            let mut floats = vec![0f32; 27];
+            write(&pixels, &placement, &options, &mut floats);
+            let mut halves = vec![f16::ZERO; 27];
+            write(&pixels, &placement, &options, &mut halves);
+            for (i, ((&b, &f), &h)) in bytes.iter().zip(&floats).zip(&halves).enumerate() {
+                let c = match layout {
+                    Layout::Nchw => i / 9,
+                    Layout::Nhwc => i % 3,
+                };
+                let back = (f * options.std[c] + options.mean[c]) * 255.0;
+                assert!((back - f32::from(b)).abs() < 1e-3, "{layout:?} {i}: {b} vs {back}");
+                assert_eq!(h, f16::from_f32(f), "{layout:?} {i}");
+            }
+            let first_row = match layout {
+                Layout::Nchw => [bytes[0], bytes[9], bytes[18]],
+                Layout::Nhwc => [bytes[0], bytes[1], bytes[2]],
+            };
+            assert_eq!(first_row, [114; 3]);
+            if layout == Layout::Nhwc {
+                // Rows 1 and 2 are the source pixels as they are.
+                assert_eq!(&bytes[9..], data.as_slice());
+            }
+        }
+    }
 }
