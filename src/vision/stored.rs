@@ -74,7 +74,11 @@ fn stored_error(reason: impl std::fmt::Display) -> Error {
 impl Stored {
     /// Parses and checks the JSON text of [`KEY`].
     pub fn parse(json: &str) -> Result<Stored> {
-        let stored: Stored = serde_json::from_str(json).map_err(stored_error)?;
+        let value: serde_json::Value = serde_json::from_str(json).map_err(stored_error)?;
+        if !value.is_object() {
+            return Err(stored_error(format!("{json:?} is not a JSON object")));
+        }
+        let stored: Stored = serde_json::from_value(value).map_err(stored_error)?;
         // Check every field now, whatever size the model input has.
         stored.options(Some((Layout::Nchw, (1, 1))))?;
         Ok(stored)
