@@ -146,7 +146,11 @@ def _systems(case: Workload, with_torch: bool) -> dict[str, Callable[[], object]
 
 def _timed(fns: dict[str, Callable[[], object]], *, rounds: int,
            per_round: int) -> tuple[dict[str, float], dict[str, float]]:
-    """Median wall and CPU milliseconds per call, systems interleaved round by round."""
+    """Median wall and CPU milliseconds per call, systems interleaved round by round. An
+    untimed 50 ms pause after each system's calls lets helper threads go idle: PyTorch's
+    intra-op threads keep spinning after torchvision returns, which otherwise slowed (and
+    added CPU time to) whichever system ran next — measured 12 → 24 ms for jarvis on 8
+    1080p frames."""
     wall: dict[str, list[float]] = {name: [] for name in fns}
     cpu: dict[str, list[float]] = {name: [] for name in fns}
     for fn in fns.values():  # warm-up
@@ -159,6 +163,7 @@ def _timed(fns: dict[str, Callable[[], object]], *, rounds: int,
                 fn()
                 cpu[name].append((time.process_time() - start_cpu) * 1e3)
                 wall[name].append((time.perf_counter() - start) * 1e3)
+            time.sleep(0.05)
     return ({n: statistics.median(v) for n, v in wall.items()},
             {n: statistics.median(v) for n, v in cpu.items()})
 
