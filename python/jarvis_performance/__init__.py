@@ -48,7 +48,9 @@ from ._native import (  # noqa: E402 (the environment must be set first)
     UnsupportedOpError,
     UpdateError,
     __version__,
+    get_preprocessing,
     preprocess,
+    set_preprocessing,
 )
 from ._status import Status
 from .dataset import Dataset
@@ -67,7 +69,9 @@ __all__ = [
     "UnsupportedOpError",
     "UpdateError",
     "__version__",
+    "get_preprocessing",
     "preprocess",
+    "set_preprocessing",
 ]
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())

@@ -23,9 +23,13 @@ __all__ = [
     "Runtime",
     "TensorInfo",
     "TensorOwner",
+    "BatchBuffer",
     "cli_main",
     "_panic_for_tests",
     "preprocess",
+    "set_preprocessing",
+    "get_preprocessing",
+    "_vision_pool_idle_bytes",
     "_restore_runtime",
     "JarvisError",
     "ModelLoadError",
@@ -78,6 +82,11 @@ class TensorInfo:
 @final
 class TensorOwner:
     """Keeps an output tensor alive while NumPy arrays view it (internal)."""
+
+@final
+class BatchBuffer:
+    """Owns a :func:`preprocess` batch's memory while NumPy arrays view it, then returns it
+    to the buffer pool (internal)."""
 
 @final
 class Runtime:
@@ -245,28 +254,42 @@ class Runtime:
         self,
         images: _Images,
         *,
-        mean: _PerChannel,
-        std: _PerChannel,
+        mean: _PerChannel | None = None,
+        std: _PerChannel | None = None,
         size: int | tuple[int, int] | None = None,
         layout: Literal["NCHW", "NHWC"] | None = None,
-        resize: _ResizeMode = "bilinear",
-        crop: Literal["center"] | None = None,
-        keep_aspect: bool = False,
-        channels: Literal["RGB", "BGR"] = "RGB",
+        resize: _ResizeMode | None = None,
+        crop: Literal["center", "none"] | None = None,
+        keep_aspect: bool | None = None,
+        channels: Literal["RGB", "BGR"] | None = None,
         dtype: npt.DTypeLike | None = None,
-        pad: int = 0,
-        draft: bool = True,
+        pad: int | None = None,
+        draft: bool | None = None,
     ) -> npt.NDArray[Any]:
         """Preprocess ``images`` as :func:`preprocess` does, straight into the model's only
         input, and run the model; returns the first output.
 
-        ``size`` and ``layout`` default to the model's input shape (``(N, 3, H, W)`` is NCHW,
-        ``(N, H, W, 3)`` NHWC).
+        Each option left ``None`` comes from the preprocessing stored with the model
+        (:func:`set_preprocessing`, :attr:`preprocessing`), else from the model's input shape
+        (``size`` and ``layout``: ``(N, 3, H, W)`` is NCHW, ``(N, H, W, 3)`` NHWC), else the
+        defaults of :func:`preprocess`. The batch has the input's element type (float32,
+        float16 or uint8; ``dtype``, if given, must agree). Float inputs need ``mean`` and
+        ``std`` given or stored; ``crop="none"`` overrides a stored ``"center"``.
 
         Raises:
             ImageError: an image cannot be read or decoded (the message names its index).
-            InputError: no images, or the model does not take one float32 image batch.
-            ConfigError: an option is invalid.
+            InputError: no images, or the model does not take one float32/float16/uint8
+                image batch.
+            ConfigError: an option is invalid, missing, or the stored record is malformed.
+        """
+    @property
+    def preprocessing(self) -> dict[str, Any] | None:
+        """The preprocessing stored with the model (``jarvis_performance.preprocess``
+        metadata, see :func:`set_preprocessing`) as a dict of the options it sets, or
+        ``None``.
+
+        Raises:
+            ConfigError: the stored record is malformed.
         """
     @property
     def inputs(self) -> list[TensorInfo]:
@@ -278,23 +301,41 @@ class Runtime:
     def threads(self) -> int:
         """Threads used inside operators."""
 
+@overload
 def preprocess(
     images: _Images,
     *,
     size: int | tuple[int, int],
-    mean: _PerChannel,
-    std: _PerChannel,
+    mean: _PerChannel | None = None,
+    std: _PerChannel | None = None,
     layout: Literal["NCHW", "NHWC"] = "NCHW",
     resize: _ResizeMode = "bilinear",
-    crop: Literal["center"] | None = None,
+    crop: Literal["center", "none"] | None = None,
+    keep_aspect: bool = False,
+    channels: Literal["RGB", "BGR"] = "RGB",
+    dtype: None = None,
+    pad: int = 0,
+    draft: bool = True,
+    out: None = None,
+) -> npt.NDArray[np.float32]: ...
+@overload
+def preprocess(
+    images: _Images,
+    *,
+    size: int | tuple[int, int],
+    mean: _PerChannel | None = None,
+    std: _PerChannel | None = None,
+    layout: Literal["NCHW", "NHWC"] = "NCHW",
+    resize: _ResizeMode = "bilinear",
+    crop: Literal["center", "none"] | None = None,
     keep_aspect: bool = False,
     channels: Literal["RGB", "BGR"] = "RGB",
     dtype: npt.DTypeLike | None = None,
     pad: int = 0,
     draft: bool = True,
-    out: npt.NDArray[np.float32] | None = None,
-) -> npt.NDArray[np.float32]:
-    """Decode, resize, crop and normalize ``images`` into one contiguous float32 batch.
+    out: npt.NDArray[Any] | None = None,
+) -> npt.NDArray[Any]:
+    """Decode, resize, crop and normalize ``images`` into one contiguous batch.
 
     Images are processed in parallel in Rust with the GIL released, and each is written once
     into its slot of the returned array (no copy back to NumPy).
@@ -305,24 +346,30 @@ def preprocess(
             uint8 array.
         size: output side (square) or ``(height, width)``.
         mean, std: per-channel (or one for all) in 0–1 units:
-            ``out = (pixel / 255 - mean) / std``.
+            ``out = (pixel / 255 - mean) / std``. Required for float output (``mean=0,
+            std=1`` for plain 0–1 scaling); not accepted for uint8 output.
         layout: ``"NCHW"`` → ``(N, 3, H, W)``; ``"NHWC"`` → ``(N, H, W, 3)``.
         resize: ``"bilinear"`` (antialiased on downscale, as Pillow's ``BILINEAR`` and
             torchvision), ``"bilinear_cv2"`` (as ``cv2.resize(INTER_LINEAR)``, no antialias),
             ``"area"`` (box average, as Pillow's ``BOX``) or ``"nearest"``.
-        crop: ``"center"`` scales the image to cover ``size`` and cuts the overflow evenly.
+        crop: ``"center"`` scales the image to cover ``size`` and cuts the overflow evenly
+            (``None``/``"none"``: no crop).
         keep_aspect: without ``crop``, fit the image inside ``size`` (aspect kept) and fill
             the centred margins with ``pad``.
         channels: ``"RGB"`` or ``"BGR"`` output order (inputs are RGB).
-        dtype: ``numpy.float32`` (the only output type today).
+        dtype: ``numpy.float32`` (default), ``numpy.float16`` (the float32 values rounded to
+            nearest, in the same pass) or ``numpy.uint8`` (the resized pixels, unnormalized,
+            for models that take uint8 input). Default: ``out``'s dtype if given.
         pad: pixel value (0–255, before normalization) of letterbox margins.
-        draft: decode JPEGs at 1/2, 1/4 or 1/8 scale when that still leaves twice the output
+        draft: decode JPEGs at 1/4 or 1/8 scale when that still leaves twice the output
             size (much faster; ``False`` decodes at full size, as Pillow does).
-        out: a C-contiguous float32 array of the batch's shape to write into and return
-            (reusing one saves allocating and first-touching a new batch on every call).
+        out: a C-contiguous array of the batch's shape and dtype to write into and return.
+            Without it, the batch's memory comes from a small pool of buffers that earlier
+            batches freed (up to 4 buffers, 256 MB, kept idle), so a steady stream of calls
+            does not pay for paging in a fresh batch each time.
 
     Returns:
-        A C-contiguous float32 array of ``N`` images (``N`` may be 0), or ``out``.
+        A C-contiguous array of ``N`` images (``N`` may be 0), or ``out``.
 
     Raises:
         ImageError: an image cannot be read, decoded or used (wrong dtype or shape); the
@@ -330,6 +377,46 @@ def preprocess(
         InputError: ``images`` is not a list of images, or ``out`` does not fit the batch.
         ConfigError: an option is invalid.
     """
+
+def set_preprocessing(
+    path: str | PathLike[str],
+    *,
+    size: int | tuple[int, int] | None = None,
+    mean: _PerChannel | None = None,
+    std: _PerChannel | None = None,
+    layout: Literal["NCHW", "NHWC"] | None = None,
+    resize: _ResizeMode | None = None,
+    crop: Literal["center", "none"] | None = None,
+    keep_aspect: bool | None = None,
+    channels: Literal["RGB", "BGR"] | None = None,
+    pad: int | None = None,
+    draft: bool | None = None,
+) -> None:
+    """Store image preprocessing in the ONNX file at ``path`` (JSON in its ``metadata_props``
+    under ``"jarvis_performance.preprocess"``), so that ``Runtime.infer_images(images)`` and
+    ``jarvis-perf run model.onnx --input input=photo.jpg`` need no options.
+
+    Options left ``None`` are not stored (size and layout then come from the model input).
+    The file is rewritten atomically (temporary file + rename); other metadata, the graph and
+    the weights are kept as they are. With every option ``None`` the record is removed.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ModelLoadError: the file is not an ONNX model.
+        ConfigError: an option is invalid (nothing is written).
+    """
+
+def get_preprocessing(path: str | PathLike[str]) -> dict[str, Any] | None:
+    """The preprocessing stored in the ONNX file at ``path`` (see :func:`set_preprocessing`)
+    as a dict of the options it sets, or ``None``.
+
+    Raises:
+        FileNotFoundError, ModelLoadError: as for :func:`set_preprocessing`.
+        ConfigError: the stored record is malformed.
+    """
+
+def _vision_pool_idle_bytes() -> int:
+    """Bytes held by idle pooled output buffers of :func:`preprocess` (for the tests)."""
 
 def _restore_runtime(
     data: bytes, source: str, threads: int | None = None, max_cpu_percent: float | None = None

@@ -9,8 +9,10 @@ Workloads, each to one normalized 224×224 NCHW float32 batch (ImageNet mean/std
 - ``files``: 64 PNG and 64 JPEG (quality 90) files of the shipped photos, and 16 JPEG files
   at 1920×1080, where a reduced-scale JPEG decode applies.
 
-Systems are timed in interleaved rounds (median ms). ``jarvis out=`` reuses one output array
-(no fresh 38 MB batch to allocate and first-touch per call). The decode share is the part of
+Systems are timed in interleaved rounds: median wall ms, and median CPU ms of the process
+(``time.process_time``: every thread's CPU time, so the work done whatever else loads the
+machine; jarvis spreads it over the rayon threads, Pillow runs on one). ``jarvis out=`` reuses
+one output array; plain ``jarvis`` reuses pooled buffers of freed batches. The decode share is the part of
 a files run spent decoding: for Pillow the time of ``Image.open(...).convert("RGB")``, for
 jarvis the files run minus a frames run on the already decoded pixels.
 """
@@ -18,8 +20,10 @@ jarvis the files run minus a frames run on the already decoded pixels.
 from __future__ import annotations
 
 import importlib.util
+import statistics
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +31,6 @@ from pathlib import Path
 import numpy as np
 
 from . import preprocess
-from .bench import _median_ms
 from .photos import MEAN, STD, photos
 
 SIZE = 224
@@ -141,18 +144,42 @@ def _systems(case: Workload, with_torch: bool) -> dict[str, Callable[[], object]
     return fns
 
 
+def _timed(fns: dict[str, Callable[[], object]], *, rounds: int,
+           per_round: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Median wall and CPU milliseconds per call, systems interleaved round by round. An
+    untimed 50 ms pause after each system's calls lets helper threads go idle: PyTorch's
+    intra-op threads keep spinning after torchvision returns, which otherwise slowed (and
+    added CPU time to) whichever system ran next — measured 12 → 24 ms for jarvis on 8
+    1080p frames."""
+    wall: dict[str, list[float]] = {name: [] for name in fns}
+    cpu: dict[str, list[float]] = {name: [] for name in fns}
+    for fn in fns.values():  # warm-up
+        fn()
+        fn()
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            for _ in range(per_round):
+                start, start_cpu = time.perf_counter(), time.process_time()
+                fn()
+                cpu[name].append((time.process_time() - start_cpu) * 1e3)
+                wall[name].append((time.perf_counter() - start) * 1e3)
+            time.sleep(0.05)
+    return ({n: statistics.median(v) for n, v in wall.items()},
+            {n: statistics.median(v) for n, v in cpu.items()})
+
+
 def run(rounds: int = 5) -> int:
     """Prints the table; returns the exit status."""
     with_torch = importlib.util.find_spec("torchvision") is not None
     with tempfile.TemporaryDirectory() as tmp:
         cases = workloads(Path(tmp))
         header = (f"{'workload':<24}{'system':<14}{'median ms':>11}{'images/s':>10}"
-                  f"{'PIL/this':>10}{'decode %':>10}")
+                  f"{'PIL/this':>10}{'decode %':>10}{'cpu ms':>9}{'PIL/this cpu':>14}")
         sys.stdout.write(header + "\n" + "-" * len(header) + "\n")
         for case in cases:
             fns = _systems(case, with_torch)
             files = isinstance(case.images[0], Path)
-            ms = _median_ms(fns, rounds=rounds, per_round=2)
+            ms, cpu = _timed(fns, rounds=rounds, per_round=2)
             share = {"PIL+NumPy": ms.get("PIL decode", 0.0) / ms["PIL+NumPy"],
                      "jarvis": max(0.0, 1 - ms.get("jarvis decoded", 0.0) / ms["jarvis"])}
             for system in ["jarvis", "jarvis out=", "PIL+NumPy", "torchvision"]:
@@ -162,6 +189,7 @@ def run(rounds: int = 5) -> int:
                 sys.stdout.write(
                     f"{case.name:<24}{system:<14}{ms[system]:>11.1f}"
                     f"{len(case.images) / ms[system] * 1e3:>10.0f}"
-                    f"{ms['PIL+NumPy'] / ms[system]:>10.2f}{decode}\n")
+                    f"{ms['PIL+NumPy'] / ms[system]:>10.2f}{decode}{cpu[system]:>9.1f}"
+                    f"{cpu['PIL+NumPy'] / max(cpu[system], 1e-3):>14.2f}\n")
             sys.stdout.flush()
     return 0

@@ -51,6 +51,17 @@ enum Command {
         #[command(flatten)]
         images: vision::ImageArgs,
     },
+    /// Store image preprocessing in a model file (`jarvis_performance.preprocess` metadata), so
+    /// that `run --input NAME=photo.jpg` and `Runtime.infer_images` need no options; rewrites
+    /// the file atomically. `--clear` removes it.
+    SetPreprocessing {
+        model: PathBuf,
+        #[command(flatten)]
+        images: vision::ImageArgs,
+        /// Remove the stored preprocessing instead.
+        #[arg(long)]
+        clear: bool,
+    },
     /// Calibrate and quantize a model to INT8 and save it as QDQ ONNX (onnxruntime runs it;
     /// `run`/`bench` and the Python API reload it without calibration data).
     Quantize {
@@ -129,6 +140,9 @@ fn execute(command: Command) -> Result<()> {
             int8::print_report(&runtime);
             run(&runtime, &inputs, output, &images)
         }
+        Command::SetPreprocessing { model, images, clear } => {
+            set_preprocessing(&model, &images, clear)
+        }
         Command::Quantize { model, calib, output, method, exclude } => {
             let precision = int8::Precision { int8: true, calib: Some(calib), method, exclude };
             let runtime = int8::load(&model, None, &precision)?;
@@ -145,6 +159,29 @@ fn execute(command: Command) -> Result<()> {
             bench::run(&runtime, batch, iterations, &shapes)
         }
     }
+}
+
+fn set_preprocessing(
+    path: &std::path::Path,
+    images: &vision::ImageArgs,
+    clear: bool,
+) -> Result<()> {
+    if clear {
+        crate::vision::stored::write_file(path, None)?;
+        println!("removed the stored preprocessing of {}", path.display());
+        return Ok(());
+    }
+    let stored = images.to_stored()?;
+    // Check the record against the model's input before writing it.
+    let runtime = Runtime::load(path, &LoadOptions { threads: Some(1), ..Default::default() })?;
+    let geometry = runtime.image_geometry();
+    if stored.size.is_none() && geometry.is_none() {
+        bail!("the model has no fixed 3-channel image input: pass --size");
+    }
+    stored.options(geometry)?;
+    crate::vision::stored::write_file(path, Some(&stored))?;
+    println!("stored preprocessing in {}: {}", path.display(), stored.to_json());
+    Ok(())
 }
 
 fn inspect(path: &std::path::Path, graph: bool) -> Result<()> {
@@ -167,6 +204,11 @@ fn inspect(path: &std::path::Path, graph: bool) -> Result<()> {
     counts.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
     for (op, count) in counts {
         println!("  {count:>5}  {op}");
+    }
+    match runtime.stored_preprocessing() {
+        Ok(Some(stored)) => println!("preprocessing (stored) {}", stored.to_json()),
+        Ok(None) => {}
+        Err(err) => println!("preprocessing (stored) unusable: {err}"),
     }
     if graph {
         println!("tract graph (decluttered)");
@@ -196,6 +238,7 @@ fn run(
     images: &vision::ImageArgs,
 ) -> Result<()> {
     let mut feed = Vec::new();
+    let stored = runtime.stored_preprocessing()?;
     for arg in inputs {
         let (name, file) = match arg.split_once('=') {
             Some((name, file)) => (name.to_string(), PathBuf::from(file)),
@@ -209,7 +252,9 @@ fn run(
             bail!("--input {arg}: the model has no input {name:?} (inputs: {})", names.join(", "));
         };
         let tensor = match file.to_str() {
-            Some(files) if vision::is_image(files) => vision::read(files, spec, images),
+            Some(files) if vision::is_image(files) => {
+                vision::read(files, spec, images, stored.as_ref())
+            }
             _ => npy::read(&file, spec),
         }
         .with_context(|| format!("input {name:?}"))?;

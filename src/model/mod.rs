@@ -32,6 +32,9 @@ pub struct OnnxModel {
     pub onnx: std::sync::Arc<Vec<u8>>,
     /// The quantization carried by a file `Runtime::save` wrote.
     pub saved_int8: Option<saved::SavedInt8>,
+    /// The preprocessing stored with the model (JSON, `crate::vision::stored`), unparsed:
+    /// a bad record fails the image calls that need it, not the model's loading.
+    pub preprocessing: Option<String>,
 }
 
 impl OnnxModel {
@@ -70,6 +73,7 @@ impl OnnxModel {
             return Err(load_error("the protobuf holds no graph (is this an ONNX model?)".into()));
         };
         let summary = ModelSummary::from_proto(&proto, graph);
+        let preprocessing = crate::vision::stored::read(&proto).map(str::to_owned);
         let parsed = onnx.parse(&proto, dir).map_err(|e| load_error(chain(&e)))?;
         if !parsed.unresolved_inputs.is_empty() {
             return Err(load_error(format!(
@@ -102,6 +106,7 @@ impl OnnxModel {
             summary,
             onnx: std::sync::Arc::new(float_bytes),
             saved_int8,
+            preprocessing,
         })
     }
 

@@ -5,9 +5,11 @@ mod calibration;
 mod convert;
 mod errors;
 mod learning;
+mod preprocessing;
 mod runtime;
 mod status;
 mod vision;
+mod vision_pool;
 
 use pyo3::prelude::*;
 
@@ -62,6 +64,10 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(cli_main, m)?)?;
     m.add_function(wrap_pyfunction!(_panic_for_tests, m)?)?;
     m.add_function(wrap_pyfunction!(vision::preprocess, m)?)?;
+    m.add_function(wrap_pyfunction!(vision_pool::_vision_pool_idle_bytes, m)?)?;
+    m.add_function(wrap_pyfunction!(preprocessing::set_preprocessing, m)?)?;
+    m.add_function(wrap_pyfunction!(preprocessing::get_preprocessing, m)?)?;
+    m.add_class::<vision_pool::BatchBuffer>()?;
     m.add_function(wrap_pyfunction!(status::_restore_runtime, m)?)?;
     m.add("JarvisError", py.get_type::<errors::JarvisError>())?;
     m.add("ModelLoadError", py.get_type::<errors::ModelLoadError>())?;

@@ -10,7 +10,7 @@ use super::calibration::PySource;
 use super::convert::{tensor_from_py, tensor_to_py};
 use super::learning::{deltas_from_py, inputs_from_py, labels_from_py, step_to_py};
 use super::status::{reduce, status_to_py};
-use super::vision::{with_images, VisionArgs};
+use super::vision::{with_images, OutDtype, VisionArgs};
 use super::without_gil;
 use crate::calibrate::Method;
 use crate::error::Error;
@@ -392,43 +392,59 @@ impl PyRuntime {
     /// runs the model; returns the first output. `size` and `layout` default to the model's
     /// input shape.
     #[pyo3(
-        signature = (images, *, mean, std, size = None, layout = None, resize = "bilinear", crop = None, keep_aspect = false, channels = "RGB", dtype = None, pad = 0, draft = true),
-        text_signature = "(self, images, *, mean, std, size=None, layout=None, resize='bilinear', crop=None, keep_aspect=False, channels='RGB', dtype=None, pad=0, draft=True)"
+        signature = (images, *, mean = None, std = None, size = None, layout = None, resize = None, crop = None, keep_aspect = None, channels = None, dtype = None, pad = None, draft = None),
+        text_signature = "(self, images, *, mean=None, std=None, size=None, layout=None, resize=None, crop=None, keep_aspect=None, channels=None, dtype=None, pad=None, draft=None)"
     )]
     #[allow(clippy::too_many_arguments)]
     fn infer_images<'py>(
         &self,
         py: Python<'py>,
         images: &Bound<'py, PyAny>,
-        mean: &Bound<'py, PyAny>,
-        std: &Bound<'py, PyAny>,
+        mean: Option<&Bound<'py, PyAny>>,
+        std: Option<&Bound<'py, PyAny>>,
         size: Option<&Bound<'py, PyAny>>,
         layout: Option<&str>,
-        resize: &str,
+        resize: Option<&str>,
         crop: Option<&str>,
-        keep_aspect: bool,
-        channels: &str,
+        keep_aspect: Option<bool>,
+        channels: Option<&str>,
         dtype: Option<&Bound<'py, PyAny>>,
-        pad: u8,
-        draft: bool,
+        pad: Option<u8>,
+        draft: Option<bool>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let args = VisionArgs {
-            size,
-            mean,
-            std,
-            layout,
-            resize,
-            crop,
-            keep_aspect,
-            channels,
-            dtype,
-            pad,
-            draft,
+        let args =
+            VisionArgs { size, mean, std, layout, resize, crop, keep_aspect, channels, pad, draft };
+        let inputs = self.inner.inputs();
+        // The model input's type decides the batch's; `dtype`, if given, must agree.
+        let model_dtype = match inputs {
+            [spec] => OutDtype::of_element(spec.element_type),
+            _ => None,
         };
-        let options = args.options(py, self.inner.image_geometry())?;
+        let out_dtype = match dtype {
+            Some(dtype) => {
+                let wanted = OutDtype::parse(py, dtype)?;
+                if let (Some(model), [spec]) = (model_dtype, inputs) {
+                    if model != wanted {
+                        let reason = format!("takes {}, not {}", model.name(), wanted.name());
+                        return Err(Error::input(&spec.name, reason).into());
+                    }
+                }
+                wanted
+            }
+            None => model_dtype.unwrap_or(OutDtype::F32),
+        };
+        let stored = self.inner.stored_preprocessing()?;
+        let options = args.options(self.inner.image_geometry(), stored.as_ref(), out_dtype)?;
         let runtime = Arc::clone(&self.inner);
         let mut outputs = with_images(py, images, |sources| runtime.run_images(sources, &options))?;
         tensor_to_py(py, &self.inner.outputs()[0].name, outputs.swap_remove(0))
+    }
+
+    /// The preprocessing stored with the model (`set_preprocessing`), as a dict, or `None`.
+    #[getter]
+    fn preprocessing<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let stored = self.inner.stored_preprocessing()?;
+        stored.map(|s| super::preprocessing::to_dict(py, &s)).transpose()
     }
 
     fn __repr__(&self) -> String {

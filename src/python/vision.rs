@@ -3,15 +3,18 @@
 
 use std::path::PathBuf;
 
+use half::f16;
 use numpy::{
-    IntoPyArray, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArray,
-    PyUntypedArrayMethods,
+    PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArray, PyUntypedArrayMethods,
 };
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyString};
 
+use super::vision_pool::{self, Pooled};
 use super::without_gil;
 use crate::error::Error;
+use crate::model::ElementType;
+use crate::vision::stored::{Channels, Size, Stored};
 use crate::vision::{self, Frame, ImageSource, Layout, PreprocessOptions};
 
 /// Python images held (borrowed or, for non-contiguous arrays, copied) while the GIL is
@@ -139,99 +142,136 @@ fn hold_all<'py>(images: &Bound<'py, PyAny>) -> PyResult<Vec<Held<'py>>> {
 }
 
 /// Parses `size`: an int (square) or `(height, width)`.
-fn parse_size(size: &Bound<'_, PyAny>) -> PyResult<(usize, usize)> {
+fn parse_size(size: &Bound<'_, PyAny>) -> PyResult<Size> {
     if let Ok(side) = size.extract::<usize>() {
-        return Ok((side, side));
+        return Ok(Size::Square(side));
     }
-    size.extract::<(usize, usize)>().map_err(|_| {
-        Error::config("size", format!("{size}: give an int or (height, width)")).into()
-    })
+    let (h, w) = size.extract::<(usize, usize)>().map_err(|_| {
+        PyErr::from(Error::config("size", format!("{size}: give an int or (height, width)")))
+    })?;
+    Ok(Size::Rect([h, w]))
 }
 
 /// Parses `mean` / `std`: a number or a sequence of 1 or 3 numbers.
-fn parse_channels(option: &str, value: &Bound<'_, PyAny>) -> PyResult<[f32; 3]> {
+fn parse_channels(option: &str, value: &Bound<'_, PyAny>) -> PyResult<Channels> {
     let values = match value.extract::<f32>() {
         Ok(v) => vec![v],
         Err(_) => value.extract::<Vec<f32>>().map_err(|_| {
             Error::config(option, format!("{value}: give a number or 1 or 3 numbers"))
         })?,
     };
-    Ok(vision::per_channel(option, &values)?)
+    vision::per_channel(option, &values)?;
+    Ok(Channels::Many(values))
 }
 
-/// Only float32 output is produced today; `dtype` is checked so that asking for another type
-/// fails loudly rather than silently returning float32.
-fn check_dtype(py: Python<'_>, dtype: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
-    let Some(dtype) = dtype else { return Ok(()) };
-    let numpy = py.import("numpy")?;
-    let wanted = numpy
-        .call_method1("dtype", (dtype,))
-        .map_err(|_| Error::config("dtype", format!("{dtype}: not a NumPy dtype")))?;
-    if wanted.eq(numpy.getattr("float32")?)? {
-        Ok(())
-    } else {
-        Err(Error::config("dtype", format!("{wanted}: only float32 output is supported")).into())
+/// The element type of the output batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutDtype {
+    F32,
+    F16,
+    U8,
+}
+
+impl OutDtype {
+    /// Parses `dtype`: anything `numpy.dtype` accepts that names float32, float16 or uint8.
+    pub fn parse(py: Python<'_>, dtype: &Bound<'_, PyAny>) -> PyResult<OutDtype> {
+        let numpy = py.import("numpy")?;
+        let wanted = numpy
+            .call_method1("dtype", (dtype,))
+            .map_err(|_| Error::config("dtype", format!("{dtype}: not a NumPy dtype")))?;
+        for (name, out) in
+            [("float32", OutDtype::F32), ("float16", OutDtype::F16), ("uint8", OutDtype::U8)]
+        {
+            if wanted.eq(numpy.getattr(name)?)? {
+                return Ok(out);
+            }
+        }
+        Err(Error::config("dtype", format!("{wanted}: use float32, float16 or uint8")).into())
+    }
+
+    pub fn of_element(element: Option<ElementType>) -> Option<OutDtype> {
+        match element? {
+            ElementType::F32 => Some(OutDtype::F32),
+            ElementType::F16 => Some(OutDtype::F16),
+            ElementType::U8 => Some(OutDtype::U8),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            OutDtype::F32 => "float32",
+            OutDtype::F16 => "float16",
+            OutDtype::U8 => "uint8",
+        }
     }
 }
 
-/// The keyword options of `preprocess` and `Runtime.infer_images`, as Python passed them.
+/// The keyword options of `preprocess`, `Runtime.infer_images` and `set_preprocessing`, as
+/// Python passed them (`None`: not given).
+#[derive(Default)]
 pub struct VisionArgs<'a, 'py> {
     pub size: Option<&'a Bound<'py, PyAny>>,
-    pub mean: &'a Bound<'py, PyAny>,
-    pub std: &'a Bound<'py, PyAny>,
+    pub mean: Option<&'a Bound<'py, PyAny>>,
+    pub std: Option<&'a Bound<'py, PyAny>>,
     pub layout: Option<&'a str>,
-    pub resize: &'a str,
+    pub resize: Option<&'a str>,
     pub crop: Option<&'a str>,
-    pub keep_aspect: bool,
-    pub channels: &'a str,
-    pub dtype: Option<&'a Bound<'py, PyAny>>,
-    pub pad: u8,
-    pub draft: bool,
+    pub keep_aspect: Option<bool>,
+    pub channels: Option<&'a str>,
+    pub pad: Option<u8>,
+    pub draft: Option<bool>,
 }
 
 impl VisionArgs<'_, '_> {
-    /// The library options; `default_geometry` supplies size and layout when not given (a
-    /// runtime reads them off its model's input).
+    /// The options given, in the stored-preprocessing form (absent fields stay `None`).
+    pub fn to_stored(&self) -> PyResult<Stored> {
+        Ok(Stored {
+            size: self.size.map(parse_size).transpose()?,
+            mean: self.mean.map(|m| parse_channels("mean", m)).transpose()?,
+            std: self.std.map(|s| parse_channels("std", s)).transpose()?,
+            layout: self.layout.map(str::to_owned),
+            resize: self.resize.map(str::to_owned),
+            crop: self.crop.map(str::to_owned),
+            keep_aspect: self.keep_aspect,
+            channels: self.channels.map(str::to_owned),
+            pad: self.pad,
+            draft: self.draft,
+        })
+    }
+
+    /// The library options: the given ones over `stored` (a model's stored preprocessing);
+    /// `geometry` supplies size and layout when neither gives them (a runtime reads them off
+    /// its model's input). Float output needs `mean` and `std` from one or the other; uint8
+    /// output takes neither.
     pub fn options(
         &self,
-        py: Python<'_>,
-        default_geometry: Option<(Layout, (usize, usize))>,
+        geometry: Option<(Layout, (usize, usize))>,
+        stored: Option<&Stored>,
+        dtype: OutDtype,
     ) -> PyResult<PreprocessOptions> {
-        check_dtype(py, self.dtype)?;
-        let layout = match self.layout {
-            Some(text) => text.parse()?,
-            None => default_geometry.map_or(Layout::Nchw, |(layout, _)| layout),
+        let given = self.to_stored()?;
+        if dtype == OutDtype::U8 && (given.mean.is_some() || given.std.is_some()) {
+            return Err(Error::config(
+                "mean",
+                "uint8 output holds the resized pixels unnormalized: leave out mean and std",
+            )
+            .into());
+        }
+        let merged = match stored {
+            Some(stored) => given.overlay(stored),
+            None => given,
         };
-        let size = match (self.size, default_geometry) {
-            (Some(size), _) => parse_size(size)?,
-            (None, Some((_, size))) => size,
-            (None, None) => {
-                return Err(Error::config("size", "required (an int or (height, width))").into())
-            }
-        };
-        let center_crop = match self.crop {
-            None => false,
-            Some("center") => true,
-            Some(other) => {
-                return Err(
-                    Error::config("crop", format!("{other:?}: use None or \"center\"")).into()
-                )
-            }
-        };
-        let mut options = PreprocessOptions::new(
-            size,
-            parse_channels("mean", self.mean)?,
-            parse_channels("std", self.std)?,
-        );
-        options.layout = layout;
-        options.resize = self.resize.parse()?;
-        options.center_crop = center_crop;
-        options.keep_aspect = self.keep_aspect;
-        options.channels = self.channels.parse()?;
-        options.pad = self.pad;
-        options.draft = self.draft;
-        options.validate()?;
-        Ok(options)
+        if dtype != OutDtype::U8 && (merged.mean.is_none() || merged.std.is_none()) {
+            let reason = "required for float output (mean=0, std=1 for plain 0–1 scaling), \
+                          unless the model stores its preprocessing (set_preprocessing)";
+            let option = if merged.mean.is_none() { "mean" } else { "std" };
+            return Err(Error::config(option, reason).into());
+        }
+        if merged.size.is_none() && geometry.is_none() {
+            return Err(Error::config("size", "required (an int or (height, width))").into());
+        }
+        Ok(merged.options(geometry)?)
     }
 }
 
@@ -250,16 +290,16 @@ where
 /// `_native.pyi` for the options).
 #[pyfunction]
 #[pyo3(
-    signature = (images, *, size, mean, std, layout = "NCHW", resize = "bilinear", crop = None, keep_aspect = false, channels = "RGB", dtype = None, pad = 0, draft = true, out = None),
-    text_signature = "(images, *, size, mean, std, layout='NCHW', resize='bilinear', crop=None, keep_aspect=False, channels='RGB', dtype=None, pad=0, draft=True, out=None)"
+    signature = (images, *, size, mean = None, std = None, layout = "NCHW", resize = "bilinear", crop = None, keep_aspect = false, channels = "RGB", dtype = None, pad = 0, draft = true, out = None),
+    text_signature = "(images, *, size, mean=None, std=None, layout='NCHW', resize='bilinear', crop=None, keep_aspect=False, channels='RGB', dtype=None, pad=0, draft=True, out=None)"
 )]
 #[allow(clippy::too_many_arguments)]
 pub fn preprocess<'py>(
     py: Python<'py>,
     images: &Bound<'py, PyAny>,
     size: &Bound<'py, PyAny>,
-    mean: &Bound<'py, PyAny>,
-    std: &Bound<'py, PyAny>,
+    mean: Option<&Bound<'py, PyAny>>,
+    std: Option<&Bound<'py, PyAny>>,
     layout: &str,
     resize: &str,
     crop: Option<&str>,
@@ -268,39 +308,67 @@ pub fn preprocess<'py>(
     dtype: Option<&Bound<'py, PyAny>>,
     pad: u8,
     draft: bool,
-    out: Option<Bound<'py, PyArrayDyn<f32>>>,
-) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+    out: Option<&Bound<'py, PyUntypedArray>>,
+) -> PyResult<Bound<'py, PyAny>> {
     let args = VisionArgs {
         size: Some(size),
         mean,
         std,
         layout: Some(layout),
-        resize,
-        crop,
-        keep_aspect,
-        channels,
-        dtype,
-        pad,
-        draft,
+        resize: Some(resize),
+        crop: Some(crop.unwrap_or("none")),
+        keep_aspect: Some(keep_aspect),
+        channels: Some(channels),
+        pad: Some(pad),
+        draft: Some(draft),
     };
-    let options = args.options(py, None)?;
+    let dtype = match (dtype, out) {
+        (Some(dtype), _) => OutDtype::parse(py, dtype)?,
+        // Without `dtype`, an `out=` array's type decides.
+        (None, Some(out)) => OutDtype::parse(py, out.dtype().as_any())?,
+        (None, None) => OutDtype::F32,
+    };
+    let options = args.options(None, None, dtype)?;
+    match dtype {
+        OutDtype::F32 => preprocess_as::<f32>(py, images, &options, out),
+        OutDtype::F16 => preprocess_as::<f16>(py, images, &options, out),
+        OutDtype::U8 => preprocess_as::<u8>(py, images, &options, out),
+    }
+}
+
+fn preprocess_as<'py, T: Pooled>(
+    py: Python<'py>,
+    images: &Bound<'py, PyAny>,
+    options: &PreprocessOptions,
+    out: Option<&Bound<'py, PyUntypedArray>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let want = options.batch_shape(images.len().unwrap_or(0));
     if let Some(out) = out {
         // Writing into the caller's array skips allocating (and first-touching) a new batch.
-        let want = options.batch_shape(images.len().unwrap_or(0));
+        let typed = out.cast::<PyArrayDyn<T>>().map_err(|_| {
+            let dtype = out.dtype().str().map(|s| s.to_string()).unwrap_or_default();
+            Error::input("out", format!("has dtype {dtype}, the batch is {}", T::NAME))
+        })?;
         if out.shape() != want.as_slice() {
             let reason = format!("has shape {:?}, the batch is {want:?}", out.shape());
             return Err(Error::input("out", reason).into());
         }
         {
             let mut writable =
-                out.try_readwrite().map_err(|e| Error::input("out", e.to_string()))?;
+                typed.try_readwrite().map_err(|e| Error::input("out", e.to_string()))?;
             let slice =
                 writable.as_slice_mut().map_err(|_| Error::input("out", "must be C-contiguous"))?;
-            with_images(py, images, |sources| vision::preprocess_into(sources, &options, slice))?;
+            with_images(py, images, |sources| vision::preprocess_into(sources, options, slice))?;
         }
-        return Ok(out);
+        return Ok(out.clone().into_any());
     }
-    // The batch's buffer becomes the NumPy array's memory: no copy.
-    let batch = with_images(py, images, |sources| vision::preprocess(sources, &options))?;
-    Ok(batch.into_pyarray(py))
+    // A pooled buffer (already paged in) when a batch of a similar size was freed; it becomes
+    // the NumPy array's memory: no copy.
+    let (values, shape) = with_images(py, images, |sources| {
+        let shape = options.batch_shape(sources.len());
+        let mut values = vision_pool::take::<T>(shape.iter().product());
+        vision::preprocess_into(sources, options, &mut values)?;
+        Ok((values, shape))
+    })?;
+    Ok(vision_pool::into_array(py, values, &shape)?.into_any())
 }

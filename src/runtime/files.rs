@@ -20,7 +20,7 @@ pub(super) fn exchangeable(value: TValue) -> Result<Tensor> {
 
 /// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so a
 /// crash leaves either the old file or the new one, never half of one.
-pub(super) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let io = |context: String| move |source| Error::Io { context, source };
     let folder = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));

@@ -17,6 +17,7 @@ use std::time::Instant;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::tract_linalg::multithread::{multithread_tract_scope, Executor};
 
+pub(crate) use files::write_atomically;
 pub use images::{image_geometry, image_tensor};
 pub use inputs::{bind_inputs, check_input};
 pub use status::Status;

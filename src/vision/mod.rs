@@ -9,6 +9,7 @@
 mod decode;
 mod normalize;
 mod resize;
+pub mod stored;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -19,6 +20,7 @@ use rayon::prelude::*;
 use crate::error::{Error, Result};
 
 pub use decode::Pixels;
+pub use normalize::Element;
 pub use resize::Placement;
 
 /// Where the channel axis goes in the output.
@@ -74,7 +76,7 @@ pub struct PreprocessOptions {
     pub channels: ChannelOrder,
     /// Pixel value (0–255, before normalization) of letterbox margins.
     pub pad: u8,
-    /// Decode JPEG files and bytes at 1/2, 1/4 or 1/8 scale (reduced IDCT) when the decoded
+    /// Decode JPEG files and bytes at 1/4 or 1/8 scale (reduced IDCT) when the decoded
     /// image still covers at least twice the output size; much faster, slightly different
     /// from a full decode.
     pub draft: bool,
@@ -166,11 +168,15 @@ impl ImageSource<'_> {
     }
 }
 
-/// Preprocesses `images` into a new batch of [`PreprocessOptions::batch_shape`].
-pub fn preprocess(images: &[ImageSource<'_>], options: &PreprocessOptions) -> Result<ArrayD<f32>> {
+/// Preprocesses `images` into a new batch of [`PreprocessOptions::batch_shape`]: float32 or
+/// float16 normalized values, or uint8 resized pixels (see [`Element`]).
+pub fn preprocess<T: Element>(
+    images: &[ImageSource<'_>],
+    options: &PreprocessOptions,
+) -> Result<ArrayD<T>> {
     options.validate()?;
     let shape = options.batch_shape(images.len());
-    let mut batch = ArrayD::<f32>::zeros(IxDyn(&shape));
+    let mut batch = ArrayD::<T>::from_elem(IxDyn(&shape), T::default());
     let out = batch
         .as_slice_mut()
         .ok_or_else(|| Error::Internal("a fresh batch array is not contiguous".into()))?;
@@ -180,10 +186,10 @@ pub fn preprocess(images: &[ImageSource<'_>], options: &PreprocessOptions) -> Re
 
 /// Preprocesses `images` into `out`, which holds exactly one batch of
 /// [`PreprocessOptions::batch_shape`] in standard (row-major) order. Every value is written.
-pub fn preprocess_into(
+pub fn preprocess_into<T: Element>(
     images: &[ImageSource<'_>],
     options: &PreprocessOptions,
-    out: &mut [f32],
+    out: &mut [T],
 ) -> Result<()> {
     options.validate()?;
     let per_image = options.values_per_image();
@@ -247,10 +253,10 @@ fn first_failure(mut failures: Vec<Error>) -> Result<()> {
 
 /// Decode (if needed), resize, normalize: one image into its slot. Errors are plain reasons;
 /// the caller adds the index and origin.
-fn process_one(
+fn process_one<T: Element>(
     image: &ImageSource<'_>,
     options: &PreprocessOptions,
-    slot: &mut [f32],
+    slot: &mut [T],
 ) -> std::result::Result<(), String> {
     let pixels = match image {
         ImageSource::Frame(frame) => Pixels::borrowed(frame)?,
@@ -328,7 +334,7 @@ mod tests {
         let data = gradient(4, 5);
         let frame = Frame { data: &data, height: 4, width: 5, channels: 3 };
         let options = PreprocessOptions::new((4, 5), [0.5, 0.25, 0.0], [0.5, 0.25, 2.0]);
-        let batch = preprocess(&[ImageSource::Frame(frame)], &options).unwrap();
+        let batch = preprocess::<f32>(&[ImageSource::Frame(frame)], &options).unwrap();
         assert_eq!(batch.shape(), &[1, 3, 4, 5]);
         for y in 0..4 {
             for x in 0..5 {
@@ -346,10 +352,10 @@ mod tests {
         let data = gradient(6, 7);
         let frame = Frame { data: &data, height: 6, width: 7, channels: 3 };
         let mut options = PreprocessOptions::new((3, 4), [0.0; 3], [1.0; 3]);
-        let nchw = preprocess(&[ImageSource::Frame(frame)], &options).unwrap();
+        let nchw = preprocess::<f32>(&[ImageSource::Frame(frame)], &options).unwrap();
         options.layout = Layout::Nhwc;
         options.channels = ChannelOrder::Bgr;
-        let nhwc = preprocess(&[ImageSource::Frame(frame)], &options).unwrap();
+        let nhwc = preprocess::<f32>(&[ImageSource::Frame(frame)], &options).unwrap();
         assert_eq!(nhwc.shape(), &[1, 3, 4, 3]);
         for y in 0..3 {
             for x in 0..4 {
@@ -366,7 +372,7 @@ mod tests {
         let good = ImageSource::Frame(Frame { data: &data, height: 2, width: 2, channels: 3 });
         let junk = ImageSource::Encoded(b"not an image at all");
         let images = [good.clone(), junk.clone(), good, junk];
-        let err = preprocess(&images, &PreprocessOptions::new((2, 2), [0.0; 3], [1.0; 3]))
+        let err = preprocess::<f32>(&images, &PreprocessOptions::new((2, 2), [0.0; 3], [1.0; 3]))
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("image 1 (19 bytes):"), "{err}");
@@ -389,6 +395,6 @@ mod tests {
     #[test]
     fn empty_batch_is_empty() {
         let options = PreprocessOptions::new((8, 8), [0.0; 3], [1.0; 3]);
-        assert_eq!(preprocess(&[], &options).unwrap().shape(), &[0, 3, 8, 8]);
+        assert_eq!(preprocess::<f32>(&[], &options).unwrap().shape(), &[0, 3, 8, 8]);
     }
 }

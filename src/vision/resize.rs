@@ -1,11 +1,18 @@
 //! Output geometry (stretch, center crop, letterbox) and resampling with `fast_image_resize`.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 
 use fast_image_resize::images::{Image, ImageRef};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 
 use super::{Pixels, PreprocessOptions, ResizeMode};
+
+thread_local! {
+    /// One resizer per thread: it keeps its scratch buffers (and CPU feature checks) across
+    /// the images this thread resizes.
+    static RESIZER: RefCell<Resizer> = RefCell::new(Resizer::new());
+}
 
 /// Where an image goes in its output slot.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -100,7 +107,13 @@ pub fn resize<'p>(
     if !whole {
         options = options.crop(left, top, box_w, box_h);
     }
-    Resizer::new().resize(&src, &mut dst, &options).map_err(|e| format!("resize: {e}"))?;
+    RESIZER
+        .with(|resizer| match resizer.try_borrow_mut() {
+            Ok(mut resizer) => resizer.resize(&src, &mut dst, &options),
+            // Not reentrant, but never called reentrantly; a fresh one keeps it correct anyway.
+            Err(_) => Resizer::new().resize(&src, &mut dst, &options),
+        })
+        .map_err(|e| format!("resize: {e}"))?;
     Ok(Pixels {
         data: Cow::Owned(dst.into_vec()),
         width: out_w,

@@ -233,7 +233,8 @@ def test_bad_frames_raise_image_error(image: object, message: str) -> None:
     ({"resize": "bicubic"}, jp.ConfigError),
     ({"crop": "top"}, jp.ConfigError),
     ({"channels": "RGBA"}, jp.ConfigError),
-    ({"dtype": np.float16}, jp.ConfigError),
+    ({"dtype": np.float64}, jp.ConfigError),
+    ({"dtype": "not a dtype"}, jp.ConfigError),
 ])
 def test_bad_options_raise(options: dict[str, object], error: type[Exception]) -> None:
     kwargs: dict[str, object] = {"size": 16, "mean": 0.0, "std": 1.0, **options}
