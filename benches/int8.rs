@@ -1,15 +1,336 @@
-//! `cargo bench`: the int8 kernels against their scalar references, and the shipped digits CNN in
-//! INT8 against tract's float plan (ratios: compare the medians criterion prints per group).
-//! onnxruntime comparisons live in `python -m jarvis_performance.bench --int8`.
+//! `cargo bench` (criterion): the int8 kernels in GOPS next to the machine's measured VNNI peak,
+//! on every distinct layer shape of ResNet18, MobileNetV2 and EfficientNet-Lite0 (batch 1,
+//! 224×224), plus the shipped digits CNN in INT8 against tract's float plan.
+//!
+//! Criterion's `thrpt` line is in elements per second where one element is one integer
+//! operation (a multiply-add counts 2), so `Gelem/s` reads as GOPS. The peak and the layers are
+//! timed in **CPU time of the benchmark thread** (`CLOCK_THREAD_CPUTIME_ID`), not wall time: on
+//! a shared machine another process taking the core half the time would otherwise halve every
+//! figure; this gives the rate while the thread runs (one core).
+//!
+//! - `vnni peak/vpdpbusd zmm, 1 thread`: 16 independent chains of `vpdpbusd` on 512-bit
+//!   registers (16 lanes × 4 u8·i8 products each), nothing loaded or stored: the ceiling of one
+//!   core that the kernels are measured against.
+//! - `layers/…`: one thread, the int8 part of each layer as `Int8Conv` / `Int8Linear` run it
+//!   through the public kernel API — patches (`im2col_c4`, skipped for unit 1×1 convolutions)
+//!   and `gemm_planar` for convolutions, `depthwise_plane` per channel for depthwise ones,
+//!   `gemm_u8i8` for the classifiers; quantizing the input and dequantizing the output are not
+//!   included. Names: kind, channels in→out, input side, kernel, stride, then which models use
+//!   the shape and how many times. `cargo bench -- layers/depthwise` runs a subset.
+//!
+//! The shape table is printed by `python scripts/layer_shapes.py`. onnxruntime comparisons live
+//! in `python -m jarvis_performance.bench --int8`.
 
 use std::hint::black_box;
 use std::path::Path;
+use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, Criterion};
-use jarvis_performance::kernels::{gemm_planar, Isa, PlanarWeights};
+use criterion::measurement::{Measurement, ValueFormatter, WallTime};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use jarvis_performance::kernels::{
+    depthwise_plane, gemm_planar, gemm_u8i8, im2col_c4, ConvGeometry, Isa, PackedWeights,
+    PlanarWeights,
+};
 use jarvis_performance::quantize::QuantizeOptions;
 use jarvis_performance::{LoadOptions, Runtime};
 use tract_onnx::prelude::*;
+
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Conv,
+    Depthwise,
+    Linear,
+}
+
+/// One distinct layer geometry at batch 1 (square inputs and kernels).
+#[derive(Debug, Clone, Copy)]
+struct Layer {
+    /// Models using it, with how many layers each.
+    used: &'static str,
+    kind: Kind,
+    cin: usize,
+    cout: usize,
+    /// Input height and width.
+    hw: usize,
+    k: usize,
+    stride: usize,
+    /// Padding before and after.
+    pad: [usize; 2],
+}
+
+#[rustfmt::skip]
+const SHAPES: &[Layer] = &[
+    Layer { used: "resnet18×1", kind: Kind::Conv, cin: 3, cout: 64, hw: 224, k: 7, stride: 2, pad: [3, 3] },
+    Layer { used: "resnet18×4", kind: Kind::Conv, cin: 64, cout: 64, hw: 56, k: 3, stride: 1, pad: [1, 1] },
+    Layer { used: "resnet18×1", kind: Kind::Conv, cin: 64, cout: 128, hw: 56, k: 1, stride: 2, pad: [0, 0] },
+    Layer { used: "resnet18×1", kind: Kind::Conv, cin: 64, cout: 128, hw: 56, k: 3, stride: 2, pad: [1, 1] },
+    Layer { used: "resnet18×3", kind: Kind::Conv, cin: 128, cout: 128, hw: 28, k: 3, stride: 1, pad: [1, 1] },
+    Layer { used: "resnet18×1", kind: Kind::Conv, cin: 128, cout: 256, hw: 28, k: 1, stride: 2, pad: [0, 0] },
+    Layer { used: "resnet18×1", kind: Kind::Conv, cin: 128, cout: 256, hw: 28, k: 3, stride: 2, pad: [1, 1] },
+    Layer { used: "resnet18×3", kind: Kind::Conv, cin: 256, cout: 256, hw: 14, k: 3, stride: 1, pad: [1, 1] },
+    Layer { used: "resnet18×1", kind: Kind::Conv, cin: 256, cout: 512, hw: 14, k: 1, stride: 2, pad: [0, 0] },
+    Layer { used: "resnet18×1", kind: Kind::Conv, cin: 256, cout: 512, hw: 14, k: 3, stride: 2, pad: [1, 1] },
+    Layer { used: "resnet18×3", kind: Kind::Conv, cin: 512, cout: 512, hw: 7, k: 3, stride: 1, pad: [1, 1] },
+    Layer { used: "resnet18×1", kind: Kind::Linear, cin: 512, cout: 1000, hw: 1, k: 1, stride: 1, pad: [0, 0] },
+    Layer { used: "mobilenet_v2×1", kind: Kind::Conv, cin: 3, cout: 32, hw: 224, k: 3, stride: 2, pad: [1, 1] },
+    Layer { used: "mobilenet_v2×1 efficientnet_lite0×1", kind: Kind::Depthwise, cin: 32, cout: 32, hw: 112, k: 3, stride: 1, pad: [1, 1] },
+    Layer { used: "mobilenet_v2×1 efficientnet_lite0×1", kind: Kind::Conv, cin: 32, cout: 16, hw: 112, k: 1, stride: 1, pad: [0, 0] },
+    Layer { used: "mobilenet_v2×1 efficientnet_lite0×1", kind: Kind::Conv, cin: 16, cout: 96, hw: 112, k: 1, stride: 1, pad: [0, 0] },
+    Layer { used: "mobilenet_v2×1", kind: Kind::Depthwise, cin: 96, cout: 96, hw: 112, k: 3, stride: 2, pad: [1, 1] },
+    Layer { used: "mobilenet_v2×1 efficientnet_lite0×1", kind: Kind::Conv, cin: 96, cout: 24, hw: 56, k: 1, stride: 1, pad: [0, 0] },
+    Layer { used: "mobilenet_v2×2 efficientnet_lite0×2", kind: Kind::Conv, cin: 24, cout: 144, hw: 56, k: 1, stride: 1, pad: [0, 0] },
+    Layer { used: "mobilenet_v2×1 efficientnet_lite0×1", kind: Kind::Depthwise, cin: 144, cout: 144, hw: 56, k: 3, stride: 1, pad: [1, 1] },
+    Layer { used: "mobilenet_v2×1 efficientnet_lite0×1", kind: Kind::Conv, cin: 144, cout: 24, hw: 56, k: 1, stride: 1, pad: [0, 0] },
+    Layer { used: "mobilenet_v2×1", kind: Kind::Depthwise, cin: 144, cout: 144, hw: 56, k: 3, stride: 2, pad: [1, 1] },
+    Layer { used: "mobilenet_v2×1", kind: Kind::Conv, cin: 144, cout: 32, hw: 28, k: 1, stride: 1, pad: [0, 0] },
+    Layer { used: "mobilenet_v2×3", kind: Kind::Conv, cin: 32, cout: 192, hw: 28, k: 1, stride: 1, pad: [0, 0] },
+    Layer { used: "mobilenet_v2×2", kind: Kind::Depthwise, cin: 192, cout: 192, hw: 28, k: 3, stride: 1, pad: [1, 1] },
+    Layer { used: "mobilenet_v2×2", kind: Kind::Conv, cin: 192, cout: 32, hw: 28, k: 1, stride: 1, pad: [0, 0] },
+    Layer { used: "mobilenet_v2×1", kind: Kind::Depthwise, cin: 192, cout: 192, hw: 28, k: 3, stride: 2, pad: [1, 1] },
+    Layer { used: "mobilenet_v2×1", kind: Kind::Conv, cin: 192, cout: 64, hw: 14, k: 1, stride: 1, pad: [0, 0] },
+    Layer { used: "mobilenet_v2×4", kind: Kind::Conv, cin: 64, cout: 384, hw: 14, k: 1, stride: 1, pad: [0, 0] },
+    Layer { used: "mobilenet_v2×4", kind: Kind::Depthwise, cin: 384, cout: 384, hw: 14, k: 3, stride: 1, pad: [1, 1] },
+    Layer { used: "mobilenet_v2×3", kind: Kind::Conv, cin: 384, cout: 64, hw: 14, k: 1, stride: 1, pad: [0, 0] },
+    Layer { used: "mobilenet_v2×1", kind: Kind::Conv, cin: 384, cout: 96, hw: 14, k: 1, stride: 1, pad: [0, 0] },
+    Layer { used: "mobilenet_v2×3", kind: Kind::Conv, cin: 96, cout: 576, hw: 14, k: 1, stride: 1, pad: [0, 0] },
+    Layer { used: "mobilenet_v2×2", kind: Kind::Depthwise, cin: 576, cout: 576, hw: 14, k: 3, stride: 1, pad: [1, 1] },
+    Layer { used: "mobilenet_v2×2", kind: Kind::Conv, cin: 576, cout: 96, hw: 14, k: 1, stride: 1, pad: [0, 0] },
+    Layer { used: "mobilenet_v2×1", kind: Kind::Depthwise, cin: 576, cout: 576, hw: 14, k: 3, stride: 2, pad: [1, 1] },
+    Layer { used: "mobilenet_v2×1", kind: Kind::Conv, cin: 576, cout: 160, hw: 7, k: 1, stride: 1, pad: [0, 0] },
+    Layer { used: "mobilenet_v2×3", kind: Kind::Conv, cin: 160, cout: 960, hw: 7, k: 1, stride: 1, pad: [0, 0] },
+    Layer { used: "mobilenet_v2×3", kind: Kind::Depthwise, cin: 960, cout: 960, hw: 7, k: 3, stride: 1, pad: [1, 1] },
+    Layer { used: "mobilenet_v2×2", kind: Kind::Conv, cin: 960, cout: 160, hw: 7, k: 1, stride: 1, pad: [0, 0] },
+    Layer { used: "mobilenet_v2×1", kind: Kind::Conv, cin: 960, cout: 320, hw: 7, k: 1, stride: 1, pad: [0, 0] },
+    Layer { used: "mobilenet_v2×1 efficientnet_lite0×1", kind: Kind::Conv, cin: 320, cout: 1280, hw: 7, k: 1, stride: 1, pad: [0, 0] },
+    Layer { used: "mobilenet_v2×1 efficientnet_lite0×1", kind: Kind::Linear, cin: 1280, cout: 1000, hw: 1, k: 1, stride: 1, pad: [0, 0] },
+    Layer { used: "efficientnet_lite0×1", kind: Kind::Conv, cin: 3, cout: 32, hw: 224, k: 3, stride: 2, pad: [0, 1] },
+    Layer { used: "efficientnet_lite0×1", kind: Kind::Depthwise, cin: 96, cout: 96, hw: 112, k: 3, stride: 2, pad: [0, 1] },
+    Layer { used: "efficientnet_lite0×1", kind: Kind::Depthwise, cin: 144, cout: 144, hw: 56, k: 5, stride: 2, pad: [1, 2] },
+    Layer { used: "efficientnet_lite0×1", kind: Kind::Conv, cin: 144, cout: 40, hw: 28, k: 1, stride: 1, pad: [0, 0] },
+    Layer { used: "efficientnet_lite0×2", kind: Kind::Conv, cin: 40, cout: 240, hw: 28, k: 1, stride: 1, pad: [0, 0] },
+    Layer { used: "efficientnet_lite0×1", kind: Kind::Depthwise, cin: 240, cout: 240, hw: 28, k: 5, stride: 1, pad: [2, 2] },
+    Layer { used: "efficientnet_lite0×1", kind: Kind::Conv, cin: 240, cout: 40, hw: 28, k: 1, stride: 1, pad: [0, 0] },
+    Layer { used: "efficientnet_lite0×1", kind: Kind::Depthwise, cin: 240, cout: 240, hw: 28, k: 3, stride: 2, pad: [0, 1] },
+    Layer { used: "efficientnet_lite0×1", kind: Kind::Conv, cin: 240, cout: 80, hw: 14, k: 1, stride: 1, pad: [0, 0] },
+    Layer { used: "efficientnet_lite0×3", kind: Kind::Conv, cin: 80, cout: 480, hw: 14, k: 1, stride: 1, pad: [0, 0] },
+    Layer { used: "efficientnet_lite0×2", kind: Kind::Depthwise, cin: 480, cout: 480, hw: 14, k: 3, stride: 1, pad: [1, 1] },
+    Layer { used: "efficientnet_lite0×2", kind: Kind::Conv, cin: 480, cout: 80, hw: 14, k: 1, stride: 1, pad: [0, 0] },
+    Layer { used: "efficientnet_lite0×1", kind: Kind::Depthwise, cin: 480, cout: 480, hw: 14, k: 5, stride: 1, pad: [2, 2] },
+    Layer { used: "efficientnet_lite0×1", kind: Kind::Conv, cin: 480, cout: 112, hw: 14, k: 1, stride: 1, pad: [0, 0] },
+    Layer { used: "efficientnet_lite0×3", kind: Kind::Conv, cin: 112, cout: 672, hw: 14, k: 1, stride: 1, pad: [0, 0] },
+    Layer { used: "efficientnet_lite0×2", kind: Kind::Depthwise, cin: 672, cout: 672, hw: 14, k: 5, stride: 1, pad: [2, 2] },
+    Layer { used: "efficientnet_lite0×2", kind: Kind::Conv, cin: 672, cout: 112, hw: 14, k: 1, stride: 1, pad: [0, 0] },
+    Layer { used: "efficientnet_lite0×1", kind: Kind::Depthwise, cin: 672, cout: 672, hw: 14, k: 5, stride: 2, pad: [1, 2] },
+    Layer { used: "efficientnet_lite0×1", kind: Kind::Conv, cin: 672, cout: 192, hw: 7, k: 1, stride: 1, pad: [0, 0] },
+    Layer { used: "efficientnet_lite0×4", kind: Kind::Conv, cin: 192, cout: 1152, hw: 7, k: 1, stride: 1, pad: [0, 0] },
+    Layer { used: "efficientnet_lite0×3", kind: Kind::Depthwise, cin: 1152, cout: 1152, hw: 7, k: 5, stride: 1, pad: [2, 2] },
+    Layer { used: "efficientnet_lite0×3", kind: Kind::Conv, cin: 1152, cout: 192, hw: 7, k: 1, stride: 1, pad: [0, 0] },
+    Layer { used: "efficientnet_lite0×1", kind: Kind::Depthwise, cin: 1152, cout: 1152, hw: 7, k: 3, stride: 1, pad: [1, 1] },
+    Layer { used: "efficientnet_lite0×1", kind: Kind::Conv, cin: 1152, cout: 320, hw: 7, k: 1, stride: 1, pad: [0, 0] },
+];
+
+impl Layer {
+    fn out_side(&self) -> usize {
+        (self.hw + self.pad[0] + self.pad[1] - self.k) / self.stride + 1
+    }
+
+    /// Integer operations (2 per multiply-add).
+    fn ops(&self) -> u64 {
+        let taps = (self.k * self.k) as u64;
+        let pixels = (self.out_side() * self.out_side()) as u64;
+        let macs = match self.kind {
+            Kind::Conv => self.cout as u64 * self.cin as u64 * taps * pixels,
+            Kind::Depthwise => self.cin as u64 * taps * pixels,
+            Kind::Linear => self.cout as u64 * self.cin as u64,
+        };
+        2 * macs
+    }
+
+    fn name(&self) -> String {
+        let kind = match self.kind {
+            Kind::Conv => "conv",
+            Kind::Depthwise => "depthwise",
+            Kind::Linear => "linear",
+        };
+        format!(
+            "{kind} {}->{} {}x{} k{} s{} [{}]",
+            self.cin, self.cout, self.hw, self.hw, self.k, self.stride, self.used
+        )
+    }
+
+    fn geometry(&self) -> ConvGeometry {
+        ConvGeometry {
+            channels: self.cin,
+            height: self.hw,
+            width: self.hw,
+            kernel: [self.k; 2],
+            stride: [self.stride; 2],
+            dilation: [1; 2],
+            pad: [self.pad[0]; 2],
+            out: [self.out_side(); 2],
+        }
+    }
+}
+
+/// Deterministic pseudo-random bytes.
+fn bytes(len: usize, seed: u32) -> impl Iterator<Item = u8> {
+    (0..len as u32).map(move |i| (i.wrapping_add(seed).wrapping_mul(2654435761) >> 13) as u8)
+}
+
+/// Runs `layer`'s int8 work once per `iter()` call of `bench`.
+fn bench_layer(b: &mut criterion::Bencher<'_, ThreadCpu>, isa: Isa, layer: &Layer) {
+    let g = layer.geometry();
+    let (pixels_in, pixels) = (layer.hw * layer.hw, layer.out_side() * layer.out_side());
+    match layer.kind {
+        Kind::Conv => {
+            let groups = layer.cin.div_ceil(4);
+            let k4 = layer.k * layer.k * groups;
+            let x: Vec<u32> = bytes(groups * pixels_in * 4, 1)
+                .collect::<Vec<_>>()
+                .chunks_exact(4)
+                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            let w: Vec<i8> = bytes(layer.cout * k4 * 4, 2).map(|v| v as i8).collect();
+            let packed = PlanarWeights::pack(&w, layer.cout, k4);
+            let unit = layer.k == 1 && layer.stride == 1 && layer.pad == [0, 0];
+            let mut patches = vec![0u32; if unit { 0 } else { k4 * pixels }];
+            let mut acc = vec![0i32; layer.cout * pixels];
+            b.iter(|| {
+                let operand: &[u32] = if unit {
+                    &x
+                } else {
+                    im2col_c4(&g, black_box(&x), 0..groups, 3, &mut patches);
+                    &patches
+                };
+                gemm_planar(isa, operand, pixels, &packed, 0..layer.cout, &mut acc);
+                black_box(&acc);
+            });
+        }
+        Kind::Depthwise => {
+            let taps = layer.k * layer.k;
+            let x: Vec<i16> = bytes(layer.cin * pixels_in, 3).map(|v| i16::from(v) - 128).collect();
+            let w: Vec<i8> = bytes(layer.cin * taps, 4).map(|v| v as i8).collect();
+            let mut acc = vec![0i32; pixels];
+            b.iter(|| {
+                for c in 0..layer.cin {
+                    let plane = &x[c * pixels_in..(c + 1) * pixels_in];
+                    depthwise_plane(isa, &g, black_box(plane), &w[c * taps..][..taps], &mut acc);
+                    black_box(&acc);
+                }
+            });
+        }
+        Kind::Linear => {
+            let packed = PackedWeights::pack(
+                &bytes(layer.cout * layer.cin, 5).map(|v| v as i8).collect::<Vec<_>>(),
+                layer.cout,
+                layer.cin,
+            );
+            let x: Vec<u8> = bytes(packed.k_padded, 6).collect();
+            let mut out = vec![0i32; packed.n_padded()];
+            b.iter(|| {
+                gemm_u8i8(isa, black_box(&x), packed.k_padded, 1, &packed, &mut out);
+                black_box(&out);
+            });
+        }
+    }
+}
+
+fn layers(c: &mut Criterion<ThreadCpu>) {
+    let isa = Isa::detect();
+    let mut group = c.benchmark_group("layers");
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(200))
+        .measurement_time(Duration::from_millis(600));
+    for layer in SHAPES {
+        group.throughput(Throughput::Elements(layer.ops()));
+        group.bench_function(layer.name(), |b| bench_layer(b, isa, layer));
+    }
+    group.finish();
+}
+
+/// The peak micro-benchmark: `vpdpbusd` with nothing else in the loop.
+#[cfg(target_arch = "x86_64")]
+mod peak {
+    use std::arch::x86_64::*;
+
+    /// Independent accumulator chains: enough to hide the instruction's latency.
+    pub const CHAINS: usize = 16;
+    /// Integer operations per instruction: 16 lanes × 4 products, 2 operations each.
+    pub const OPS: u64 = 16 * 4 * 2;
+
+    /// `iterations` rounds of `CHAINS` independent `vpdpbusd zmm`.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F and AVX-512-VNNI.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub unsafe fn run(iterations: usize, a: i32, b: i32) -> i32 {
+        let (av, bv) = (_mm512_set1_epi32(a), _mm512_set1_epi32(b));
+        let mut acc = [_mm512_setzero_si512(); CHAINS];
+        for _ in 0..iterations {
+            for r in acc.iter_mut() {
+                *r = _mm512_dpbusd_epi32(*r, av, bv);
+            }
+        }
+        let sum = acc.iter().fold(_mm512_setzero_si512(), |s, &r| _mm512_add_epi32(s, r));
+        _mm512_reduce_add_epi32(sum)
+    }
+}
+
+fn vnni_peak(c: &mut Criterion<ThreadCpu>) {
+    #[cfg(target_arch = "x86_64")]
+    if Isa::detect() == Isa::Avx512Vnni {
+        let mut group = c.benchmark_group("vnni peak");
+        group.sample_size(20).measurement_time(Duration::from_secs(1));
+        let iterations = 1 << 12;
+        group.throughput(Throughput::Elements((iterations * peak::CHAINS) as u64 * peak::OPS));
+        group.bench_function("vpdpbusd zmm, 1 thread", |b| {
+            // SAFETY: Isa::Avx512Vnni is detected only on CPUs with AVX-512F/BW/VNNI.
+            b.iter(|| unsafe { peak::run(iterations, black_box(0x0102_0304), black_box(-3)) })
+        });
+        group.finish();
+        return;
+    }
+    eprintln!("vnni peak: this CPU has no AVX-512-VNNI; nothing to measure");
+    let _ = c;
+}
+
+/// Criterion measurement: CPU time of the calling thread.
+struct ThreadCpu;
+
+static WALL: WallTime = WallTime;
+
+fn thread_cpu_time() -> Duration {
+    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `t` is a valid timespec to write into; the clock id is a constant Linux supports.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+impl Measurement for ThreadCpu {
+    type Intermediate = Duration;
+    type Value = Duration;
+
+    fn start(&self) -> Duration {
+        thread_cpu_time()
+    }
+    fn end(&self, start: Duration) -> Duration {
+        thread_cpu_time() - start
+    }
+    fn add(&self, a: &Duration, b: &Duration) -> Duration {
+        *a + *b
+    }
+    fn zero(&self) -> Duration {
+        Duration::ZERO
+    }
+    fn to_f64(&self, value: &Duration) -> f64 {
+        value.as_nanos() as f64
+    }
+    fn formatter(&self) -> &dyn ValueFormatter {
+        WALL.formatter()
+    }
+}
 
 fn kernels(c: &mut Criterion) {
     // A MobileNetV2-sized pointwise convolution: 96 → 24 channels over 56×56 pixels.
@@ -54,5 +375,10 @@ fn digits_cnn(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, kernels, digits_cnn);
-criterion_main!(benches);
+criterion_group! {
+    name = cpu_time;
+    config = Criterion::default().with_measurement(ThreadCpu);
+    targets = vnni_peak, layers
+}
+criterion_group!(wall_time, kernels, digits_cnn);
+criterion_main!(cpu_time, wall_time);
