@@ -13,7 +13,8 @@
 //!   core that the kernels are measured against.
 //! - `layers/…`: one thread, the int8 part of each layer as `Int8Conv` / `Int8Linear` run it
 //!   through the public kernel API — patches (`im2col_c4`, skipped for unit 1×1 convolutions)
-//!   and `gemm_planar` for convolutions, `depthwise_plane` per channel for depthwise ones,
+//!   and `gemm_planar` for convolutions, `PhasedPlane::fill` (which quantizes the plane) and
+//!   `accumulate` per channel for depthwise ones,
 //!   `gemm_u8i8` for the classifiers; quantizing the input and dequantizing the output are not
 //!   included. Names: kind, channels in→out, input side, kernel, stride, then which models use
 //!   the shape and how many times. `cargo bench -- layers/depthwise` runs a subset.
@@ -28,8 +29,7 @@ use std::time::Duration;
 use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use jarvis_performance::kernels::{
-    depthwise_plane, gemm_planar, gemm_u8i8, im2col_c4, ConvGeometry, Isa, PackedWeights,
-    PlanarWeights,
+    gemm_planar, gemm_u8i8, im2col_c4, ConvGeometry, Isa, PackedWeights, PhasedPlane, PlanarWeights,
 };
 use jarvis_performance::quantize::QuantizeOptions;
 use jarvis_performance::{LoadOptions, Runtime};
@@ -208,13 +208,19 @@ fn bench_layer(b: &mut criterion::Bencher<'_, ThreadCpu>, isa: Isa, layer: &Laye
         }
         Kind::Depthwise => {
             let taps = layer.k * layer.k;
-            let x: Vec<i16> = bytes(layer.cin * pixels_in, 3).map(|v| i16::from(v) - 128).collect();
-            let w: Vec<i8> = bytes(layer.cin * taps, 4).map(|v| v as i8).collect();
-            let mut acc = vec![0i32; pixels];
+            let x: Vec<f32> =
+                bytes(layer.cin * pixels_in, 3).map(|v| f32::from(v) - 128.0).collect();
+            let w: Vec<f32> = bytes(layer.cin * taps, 4).map(|v| f32::from(v as i8)).collect();
+            let Some(phased) = PhasedPlane::new(&g) else {
+                panic!("no depthwise layout for {g:?}")
+            };
+            let mut plane = vec![0f32; phased.buffer_len()];
+            let mut acc = vec![0f32; phased.flat_len];
             b.iter(|| {
                 for c in 0..layer.cin {
-                    let plane = &x[c * pixels_in..(c + 1) * pixels_in];
-                    depthwise_plane(isa, &g, black_box(plane), &w[c * taps..][..taps], &mut acc);
+                    let input = &x[c * pixels_in..(c + 1) * pixels_in];
+                    phased.fill(isa, black_box(input), 1.0, 128, &mut plane);
+                    phased.accumulate(isa, &plane, &w[c * taps..][..taps], &mut acc);
                     black_box(&acc);
                 }
             });

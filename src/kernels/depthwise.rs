@@ -109,11 +109,22 @@ impl PhasedPlane {
                     *d = f32::from(quantize_value(v, scale, zero_point)) - zp;
                 }
                 // Column phase px, phase column j ← padded column j·sx + px.
-                let rows = (0..sx).map(|px| first + px * plane_len);
-                match sx {
-                    2 => split_phases::<2>(&padded, dst, rows, pitch),
-                    3 => split_phases::<3>(&padded, dst, rows, pitch),
-                    _ => split_phases::<MAX_DEPTHWISE_STRIDE>(&padded, dst, rows, pitch),
+                if sx == 2 {
+                    // Both phases in one pass: an interleaved pair of loads, which vectorises.
+                    let (even, odd) = dst[first..].split_at_mut(plane_len);
+                    let pairs = padded.chunks_exact(2);
+                    for ((e, o), pair) in even[..pitch].iter_mut().zip(&mut odd[..pitch]).zip(pairs)
+                    {
+                        *e = pair[0];
+                        *o = pair[1];
+                    }
+                } else {
+                    for px in 0..sx {
+                        let row = &mut dst[first + px * plane_len..][..pitch];
+                        for (d, &v) in row.iter_mut().zip(padded[px..].iter().step_by(sx)) {
+                            *d = v;
+                        }
+                    }
                 }
             }
         })
@@ -164,22 +175,6 @@ impl PhasedPlane {
                 }
             }
         })
-    }
-}
-
-/// `dst[start_px + j] = padded[j·S + px]` for `j < pitch`: one padded row split into its `S`
-/// column phases (constant `S`, so the strided reads vectorise as shuffles).
-#[inline(always)]
-fn split_phases<const S: usize>(
-    padded: &[f32],
-    dst: &mut [f32],
-    starts: impl Iterator<Item = usize>,
-    pitch: usize,
-) {
-    for (px, start) in starts.enumerate().take(S) {
-        for (j, d) in dst[start..start + pitch].iter_mut().enumerate() {
-            *d = padded[j * S + px];
-        }
     }
 }
 

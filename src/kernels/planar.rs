@@ -116,15 +116,10 @@ pub fn gemm_planar(
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512Vnni => {
-            let mut o = range.start;
-            while o < range.end {
-                let count = BLOCK_O.min(range.end - o);
-                let out = &mut acc[(o - range.start) * pixels..];
-                // SAFETY: Isa::Avx512Vnni is only chosen on CPUs with these features; the assert
-                // above bounds the rows, words and planes the kernel touches.
-                unsafe { avx512::channels(x, pixels, &w.words[o * w.k4..], w.k4, count, out) };
-                o += count;
-            }
+            let (words, count) = (&w.words[range.start * w.k4..], range.len());
+            // SAFETY: Isa::Avx512Vnni is only chosen on CPUs with these features; the assert
+            // above bounds the rows, words and planes the kernel touches.
+            unsafe { avx512::channels(x, pixels, words, w.k4, count, acc) };
         }
         _ => {
             for o in range.clone() {
@@ -148,7 +143,9 @@ pub fn gemm_planar(
 mod avx512 {
     use std::arch::x86_64::*;
 
-    /// `count` (≤ 8) output channels over all pixels.
+    /// `count` output channels over all pixels: tiles of 32 pixels (two vectors) outside, all
+    /// channel blocks of 8 inside, so a tile's activations stay in L1 while every channel
+    /// multiplies them (each weight broadcast feeds two `vpdpbusd`).
     ///
     /// # Safety
     /// AVX-512F/BW/VNNI must be available; `x` holds `k4` planes of `pixels` words, `w` holds
@@ -162,47 +159,75 @@ mod avx512 {
         count: usize,
         out: &mut [i32],
     ) {
-        match count {
-            8 => unsafe { block::<8>(x, pixels, w, k4, out) },
-            7 => unsafe { block::<7>(x, pixels, w, k4, out) },
-            6 => unsafe { block::<6>(x, pixels, w, k4, out) },
-            5 => unsafe { block::<5>(x, pixels, w, k4, out) },
-            4 => unsafe { block::<4>(x, pixels, w, k4, out) },
-            3 => unsafe { block::<3>(x, pixels, w, k4, out) },
-            2 => unsafe { block::<2>(x, pixels, w, k4, out) },
-            _ => unsafe { block::<1>(x, pixels, w, k4, out) },
+        let mask = |lanes: usize| -> __mmask16 {
+            if lanes >= 16 {
+                0xffff
+            } else {
+                (1u16 << lanes) - 1
+            }
+        };
+        let mut p = 0;
+        while p < pixels {
+            let lanes = (pixels - p).min(32);
+            let masks = [mask(lanes), mask(lanes.saturating_sub(16))];
+            let mut o = 0;
+            while o < count {
+                let rows = (count - o).min(super::BLOCK_O);
+                let (w, out) = (&w[o * k4..], &mut out[o * pixels..]);
+                // SAFETY: as for this function; rows `o..o + rows` exist in `w` and `out`.
+                unsafe {
+                    match rows {
+                        8 => tile::<8>(x, pixels, w, k4, out, p, masks),
+                        7 => tile::<7>(x, pixels, w, k4, out, p, masks),
+                        6 => tile::<6>(x, pixels, w, k4, out, p, masks),
+                        5 => tile::<5>(x, pixels, w, k4, out, p, masks),
+                        4 => tile::<4>(x, pixels, w, k4, out, p, masks),
+                        3 => tile::<3>(x, pixels, w, k4, out, p, masks),
+                        2 => tile::<2>(x, pixels, w, k4, out, p, masks),
+                        _ => tile::<1>(x, pixels, w, k4, out, p, masks),
+                    }
+                }
+                o += rows;
+            }
+            p += lanes;
         }
     }
 
+    /// `O` channels × the (up to) 32 pixels from `p` the two masks select.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    unsafe fn block<const O: usize>(
+    unsafe fn tile<const O: usize>(
         x: &[u32],
         pixels: usize,
         w: &[i32],
         k4: usize,
         out: &mut [i32],
+        p: usize,
+        masks: [__mmask16; 2],
     ) {
         let (xp, wp, op) = (x.as_ptr(), w.as_ptr(), out.as_mut_ptr());
-        let mut p = 0;
-        while p < pixels {
-            let lanes = (pixels - p).min(16);
-            let mask: __mmask16 = if lanes == 16 { 0xffff } else { (1u16 << lanes) - 1 };
-            let mut acc = [_mm512_setzero_si512(); O];
-            for kk in 0..k4 {
-                // SAFETY: plane `kk` has `pixels` words; the mask keeps the load inside it.
-                unsafe {
-                    let xv = _mm512_maskz_loadu_epi32(mask, xp.add(kk * pixels + p).cast());
-                    for (o, a) in acc.iter_mut().enumerate() {
-                        let wv = _mm512_set1_epi32(*wp.add(o * k4 + kk));
-                        *a = _mm512_dpbusd_epi32(*a, xv, wv);
-                    }
+        let mut low = [_mm512_setzero_si512(); O];
+        let mut high = [_mm512_setzero_si512(); O];
+        for kk in 0..k4 {
+            // SAFETY: plane `kk` has `pixels` words; the masks keep the loads inside it (a
+            // masked-off lane is never read).
+            unsafe {
+                let plane = xp.add(kk * pixels + p);
+                let x0 = _mm512_maskz_loadu_epi32(masks[0], plane.cast());
+                let x1 = _mm512_maskz_loadu_epi32(masks[1], plane.wrapping_add(16).cast());
+                for o in 0..O {
+                    let wv = _mm512_set1_epi32(*wp.add(o * k4 + kk));
+                    low[o] = _mm512_dpbusd_epi32(low[o], x0, wv);
+                    high[o] = _mm512_dpbusd_epi32(high[o], x1, wv);
                 }
             }
-            for (o, a) in acc.iter().enumerate() {
-                // SAFETY: plane `o` of `out` has `pixels` i32; the mask keeps the store inside.
-                unsafe { _mm512_mask_storeu_epi32(op.add(o * pixels + p).cast(), mask, *a) };
+        }
+        for o in 0..O {
+            // SAFETY: plane `o` of `out` has `pixels` i32; the masks keep the stores inside.
+            unsafe {
+                let plane = op.add(o * pixels + p);
+                _mm512_mask_storeu_epi32(plane.cast(), masks[0], low[o]);
+                _mm512_mask_storeu_epi32(plane.wrapping_add(16).cast(), masks[1], high[o]);
             }
-            p += lanes;
         }
     }
 }

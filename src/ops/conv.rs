@@ -5,15 +5,15 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::cnn::PoolSpec;
 
-use super::parallel::for_each_chunk;
+use super::parallel::{for_each_chunk, threads};
 use super::{scratch, Int8Layer, Packed};
 use crate::kernels::{
     dequantize_plane, gemm_planar, im2col_c4, quantize_c4, ConvGeometry, Isa, PhasedPlane,
     PlanarWeights,
 };
 
-/// Output channels per parallel task.
-const CHANNELS_PER_TASK: usize = 16;
+/// Fewest output channels per parallel task (two kernel blocks).
+const MIN_CHANNELS_PER_TASK: usize = 16;
 
 /// An int8 convolution replacing tract's `Conv` (+ a fused ReLU/Clip).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,7 +88,7 @@ impl Int8Conv {
     }
 
     /// Quantize the whole input into C4 words, then per group (im2col unless 1×1) one GEMM
-    /// task per 16 output channels, whose NCHW planes are contiguous.
+    /// task per block of output channels, whose NCHW planes are contiguous.
     fn run_planar(
         &self,
         g: &ConvGeometry,
@@ -110,9 +110,13 @@ impl Int8Conv {
             let first_group = group * groups_per_conv_group;
             let group_out =
                 &mut out[group * per_group_out * pixels..(group + 1) * per_group_out * pixels];
+            // As few tasks as keep every thread busy: each task streams its patches once, so
+            // more channels per task means fewer passes over them.
+            let per_task = per_group_out.div_ceil(threads()).next_multiple_of(8);
+            let per_task = per_task.max(MIN_CHANNELS_PER_TASK);
             let mut gemm = |operand: &[u32]| {
-                for_each_chunk(group_out, CHANNELS_PER_TASK * pixels, |task, chunk| {
-                    let first = task * CHANNELS_PER_TASK;
+                for_each_chunk(group_out, per_task * pixels, |task, chunk| {
+                    let first = task * per_task;
                     let count = chunk.len() / pixels;
                     scratch::accumulators(count * pixels, |acc| {
                         gemm_planar(isa, operand, pixels, packed, first..first + count, acc);

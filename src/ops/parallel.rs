@@ -18,3 +18,11 @@ pub fn for_each_chunk<T: Send>(
         _ => data.chunks_mut(chunk_len).enumerate().for_each(|(i, c)| work(i, c)),
     }
 }
+
+/// Threads the running plan's executor has (1 outside a multi-threaded plan).
+pub fn threads() -> usize {
+    match current_tract_executor() {
+        Executor::MultiThread(pool) => pool.current_num_threads().max(1),
+        _ => 1,
+    }
+}
