@@ -135,14 +135,17 @@ class Runtime:
         source: str | None = None,
         threads: int | None = None,
         max_cpu_percent: float | None = None,
+        max_memory_mb: float | None = None,
+        allow_non_finite: bool = False,
     ) -> Runtime:
         """Make a runtime from bytes ``to_bytes`` (or a file ``save``) produced; an int8
         runtime's bytes rebuild the same int8 plan without calibration data. ``source`` names
-        the model in messages and logs."""
+        the model in messages and logs; the other options are those of ``load``."""
     def to_bytes(self) -> bytes:
         """The model as ONNX bytes: what ``save`` writes."""
     def __reduce__(self) -> tuple[Any, ...]:
-        """Pickle by the saved bytes, the thread option and the CPU cap."""
+        """Pickle by the saved bytes and every load option (threads, CPU cap, memory limit,
+        ``allow_non_finite``)."""
     def get_status(self) -> Status:
         """Measured figures of this runtime and process.
 
@@ -274,6 +277,12 @@ class Runtime:
     @property
     def outputs(self) -> list[TensorInfo]:
         """The model's outputs."""
+    @property
+    def max_memory_mb(self) -> float | None:
+        """The memory limit per call in MB (10^6 bytes) given at load, or ``None``."""
+    @property
+    def allow_non_finite(self) -> bool:
+        """Whether NaN and ±Inf are let into float inputs (``allow_non_finite`` at load)."""
     @property
     def threads(self) -> int:
         """Threads used inside operators."""
