@@ -203,5 +203,12 @@ def test_kill_9_while_saving_leaves_a_loadable_file(model_path, tmp_path: Path) 
 def test_fuzzer_finding_conv_kernel_rank_is_a_load_error() -> None:
     """Found by ``cargo fuzz run load_model``: a Conv whose kernel rank differs from its input's
     makes tract panic (index out of bounds in padding); loading reports it as the file's fault."""
+    path = MODELS.parent / "tests" / "data" / "fuzz-load-conv-kernel-rank.onnx"
     with pytest.raises(jp.ModelLoadError, match="panicked.*malformed"):
-        jp.Runtime.load(MODELS.parent / "tests" / "data" / "fuzz-load-conv-kernel-rank.onnx")
+        jp.Runtime.load(path)
+    # The second fuzzing run found the same bytes through the other ways in, which reported an
+    # internal error (JarvisError) instead: in memory, and on the int8 path.
+    with pytest.raises(jp.ModelLoadError, match="panicked.*malformed"):
+        jp.Runtime.from_bytes(path.read_bytes())
+    with pytest.raises(jp.ModelLoadError, match="panicked.*malformed"):
+        jp.Runtime.load(path, quantize="int8", calibration=np.load(MODELS / "digits_calib.npy"))
