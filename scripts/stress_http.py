@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -188,10 +189,12 @@ def run(url: str, work: Workload, seconds: float, readers: int = 4,
                         figures.states[state] += 1
 
     def writer() -> None:
-        steps = [("update d1", lambda c: _post_delta(c, work.d1)),
-                 ("update d2", lambda c: _post_delta(c, work.d2)),
-                 ("rollback", lambda c: c.post("/v1/rollback")),
-                 ("rollback 0", lambda c: c.post("/v1/rollback", json={"version": 0}))]
+        steps: list[tuple[str, Callable[[httpx.Client], httpx.Response]]] = [
+            ("update d1", lambda c: _post_delta(c, work.d1)),
+            ("update d2", lambda c: _post_delta(c, work.d2)),
+            ("rollback", lambda c: c.post("/v1/rollback")),
+            ("rollback 0", lambda c: c.post("/v1/rollback", json={"version": 0})),
+        ]
         with httpx.Client(base_url=url, timeout=timeout) as client:
             while time.monotonic() < deadline:
                 for name, step in steps:

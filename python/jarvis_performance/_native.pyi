@@ -341,9 +341,15 @@ def preprocess(
     """
 
 def _restore_runtime(
-    data: bytes, source: str, threads: int | None = None, max_cpu_percent: float | None = None
+    data: bytes,
+    source: str,
+    threads: int | None = None,
+    max_cpu_percent: float | None = None,
+    max_memory_bytes: int | None = None,
+    allow_non_finite: bool = False,
 ) -> Runtime:
-    """Rebuild a pickled ``Runtime`` (the target of ``Runtime.__reduce__``)."""
+    """Rebuild a pickled ``Runtime`` (the target of ``Runtime.__reduce__``) with every load
+    option; the last two default so that older four-argument pickles still load."""
 
 def cli_main(argv: list[str]) -> int:
     """Run the ``jarvis-perf`` command line with ``argv`` (program name first)."""
