@@ -104,17 +104,120 @@ pub(crate) fn catch_load_panics<T>(path: &str, f: impl FnOnce() -> Result<T>) ->
 }
 
 /// Runs `f`, turning a panic inside it (a bug in tract or here) into [`Error::Internal`] so that
-/// no caller, and no Python process, is ever taken down by one.
+/// no caller, and no Python process, is ever taken down by one. With [`install_panic_hook`]
+/// installed, the panic prints nothing: its location goes to a `log` record instead.
 pub(crate) fn catch_panics<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+    GUARDS.with(|depth| depth.set(depth.get() + 1));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    GUARDS.with(|depth| depth.set(depth.get() - 1));
+    match result {
         Ok(result) => result,
         Err(payload) => {
-            let message = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".to_string());
+            let message = panic_message(&*payload);
+            if let Some(seen) = CAUGHT.with(|caught| caught.take()) {
+                log::debug!(target: PANIC_TARGET, "{what} panicked{}", seen.describe(" (raised as an error)"));
+            }
             Err(Error::Internal(format!("{what} panicked: {message}")))
         }
+    }
+}
+
+/// The text a panic was raised with (`panic!("...")` payloads are `&str` or `String`).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_string())
+}
+
+/// The `log` target of panic records (Python logger `jarvis_performance.panic`).
+const PANIC_TARGET: &str = "jarvis_performance::panic";
+
+thread_local! {
+    /// How many [`catch_panics`] guards this thread is inside.
+    static GUARDS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    /// The last panic the hook saw under a guard, for the guard to log once it has caught it.
+    static CAUGHT: std::cell::RefCell<Option<Seen>> = const { std::cell::RefCell::new(None) };
+}
+
+/// What the panic hook records of a panic: where, what, and a backtrace when `RUST_BACKTRACE`
+/// asks for one (resolved to symbols only if the record is written).
+struct Seen {
+    location: String,
+    message: String,
+    backtrace: std::backtrace::Backtrace,
+}
+
+impl Seen {
+    fn new(info: &std::panic::PanicHookInfo<'_>) -> Self {
+        let message = panic_message(info.payload());
+        let location = info
+            .location()
+            .map_or_else(String::new, |l| format!(" at {}:{}:{}", l.file(), l.line(), l.column()));
+        Seen { location, message, backtrace: std::backtrace::Backtrace::capture() }
+    }
+
+    /// `" at FILE:LINE:COLUMN: MESSAGE{note}"`, then the backtrace on the next lines if captured.
+    fn describe(&self, note: &str) -> String {
+        let Seen { location, message, backtrace } = self;
+        match backtrace.status() {
+            std::backtrace::BacktraceStatus::Captured => {
+                format!("{location}: {message}{note}\n{backtrace}")
+            }
+            _ => format!("{location}: {message}{note}"),
+        }
+    }
+}
+
+/// Replaces the default panic hook, which prints every panic to stderr even when a guard turns
+/// it into an error, by one that prints nothing:
+///
+/// - a panic under [`catch_panics`] becomes a `debug` record on `jarvis_performance::panic`
+///   (location, message, and a backtrace when `RUST_BACKTRACE` asks for one); the message
+///   itself travels in the returned [`Error::Internal`];
+/// - a panic on a thread with no guard (a rayon or tract worker, whose panic the caller's guard
+///   catches when the pool re-raises it; an image decoder, whose panic becomes an `Image` error)
+///   becomes an `error` record on the same target, so it is never lost.
+///
+/// Installed once by the Python module, whose `log` records reach Python's `logging`; further
+/// calls do nothing. (The standalone CLI keeps Rust's default hook: it has no logger, and an
+/// unguarded panic there must still be seen.) The hook belongs to this library's copy of the
+/// Rust standard library, so other Rust extensions in the same Python process keep theirs.
+pub fn install_panic_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        std::panic::set_hook(Box::new(|info| {
+            let seen = Seen::new(info);
+            if GUARDS.with(|depth| depth.get()) > 0 {
+                CAUGHT.with(|caught| caught.replace(Some(seen)));
+            } else {
+                let thread = std::thread::current();
+                let name = thread.name().unwrap_or("unnamed");
+                log::error!(target: PANIC_TARGET, "thread {name:?} panicked{}", seen.describe(""));
+            }
+        }));
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_caught_panic_becomes_internal_and_leaves_the_guard_state_clean() {
+        install_panic_hook();
+        let outer = catch_panics("outer", || -> Result<()> {
+            let inner = catch_panics("inner", || -> Result<()> { panic!("deliberate {}", 42) });
+            assert!(
+                matches!(&inner, Err(Error::Internal(m)) if m == "inner panicked: deliberate 42")
+            );
+            assert_eq!(GUARDS.with(|depth| depth.get()), 1);
+            panic!("second")
+        });
+        assert!(matches!(&outer, Err(Error::Internal(m)) if m == "outer panicked: second"));
+        assert_eq!(GUARDS.with(|depth| depth.get()), 0);
+        assert!(CAUGHT.with(|caught| caught.borrow().is_none()), "the guard took the record");
+        assert!(matches!(catch_panics("fine", || Ok(7)), Ok(7)));
     }
 }

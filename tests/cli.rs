@@ -46,3 +46,22 @@ fn errors_print_one_line_and_exit_1() {
     let out = jarvis_perf(&["frobnicate"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// A model that makes tract panic while it is analysed (the fuzzer's Conv) is an error on
+/// the int8 path too, which loaded it unguarded and crashed with exit code 101.
+#[test]
+fn a_model_tract_panics_on_is_an_error_not_a_crash() {
+    let data = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/fuzz-load-conv-kernel-rank.onnx");
+    let calib = concat!(env!("CARGO_MANIFEST_DIR"), "/models/digits_calib.npy");
+    let x = concat!(env!("CARGO_MANIFEST_DIR"), "/models/digits_sample.npy");
+    for args in [
+        &["run", data, "--input", x][..],
+        &["run", data, "--int8", "--calib", calib, "--input", x][..],
+    ] {
+        let out = jarvis_perf(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        let last = err.trim().lines().last().unwrap_or_default();
+        assert!(last.starts_with("jarvis-perf: error: cannot load model"), "{err}");
+    }
+}

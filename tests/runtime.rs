@@ -95,3 +95,33 @@ fn zero_threads_is_a_config_error() {
     .unwrap_err();
     assert!(matches!(err, Error::Config { .. }), "{err}");
 }
+
+/// The fuzzer's Conv-kernel-rank input makes tract panic while analysing the graph. Found first
+/// through `Runtime::load`; the second `load_model` run found the same bytes through
+/// `OnnxModel::from_bytes` (what the fuzz target calls), which was unguarded, so the fuzz
+/// process aborted, `Runtime::from_bytes` reported an internal error and the CLI's int8 path
+/// crashed. Every way in must give `ModelLoad`.
+#[test]
+fn fuzzer_conv_kernel_rank_is_a_load_error_on_every_path() {
+    use jarvis_performance::model::OnnxModel;
+    use jarvis_performance::quantize::QuantizeOptions;
+
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/fuzz-load-conv-kernel-rank.onnx");
+    let bytes = std::fs::read(&path).unwrap();
+    let options = LoadOptions { threads: Some(1), ..Default::default() };
+    let is_load_error =
+        |err: &Error| matches!(err, Error::ModelLoad { reason, .. } if reason.contains("panicked"));
+    let err = OnnxModel::from_bytes(&bytes, "fuzz", None).unwrap_err();
+    assert!(is_load_error(&err), "{err}");
+    let err = OnnxModel::load(&path).unwrap_err();
+    assert!(is_load_error(&err), "{err}");
+    let err = Runtime::from_bytes(&bytes, "fuzz", &options).unwrap_err();
+    assert!(is_load_error(&err), "{err}");
+    let err = Runtime::load(&path, &options).unwrap_err();
+    assert!(is_load_error(&err), "{err}");
+    let err =
+        Runtime::load_quantized(&path, &options, &QuantizeOptions::default(), &mut || Ok(None))
+            .unwrap_err();
+    assert!(is_load_error(&err), "{err}");
+}

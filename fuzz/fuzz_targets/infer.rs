@@ -44,11 +44,19 @@ fuzz_target!(|data: &[u8]| {
     if data.len() < 4 {
         return;
     }
-    // First bytes: rank and dims (small), then f32 values (bytes reinterpreted, NaN/Inf included).
-    let rank = usize::from(data[0] % 6);
-    let shape: Vec<usize> = data[1..].iter().take(rank).map(|&d| usize::from(d % 17)).collect();
+    // First byte: with its top bit set, a batch of the model's shape (N, 1, 8, 8) with N from
+    // the next byte (0..=16), so that values reach the layers; otherwise a rank (0..=5) and
+    // small dims from the next bytes, mostly refused by validation. Then f32 values (bytes
+    // reinterpreted, NaN/Inf included), repeated to fill the tensor.
+    let (shape, header): (Vec<usize>, usize) = if data[0] & 0x80 != 0 {
+        (vec![usize::from(data[1] % 17), 1, 8, 8], 2)
+    } else {
+        let rank = usize::from(data[0] % 6);
+        let dims = data[1..].iter().take(rank).map(|&d| usize::from(d % 17)).collect();
+        (dims, 1 + rank.min(data.len() - 1))
+    };
     let elements: usize = shape.iter().product();
-    let values: Vec<f32> = data[1 + rank.min(data.len() - 1)..]
+    let values: Vec<f32> = data[header..]
         .chunks_exact(4)
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
         .cycle()

@@ -144,14 +144,17 @@ class Runtime:
         source: str | None = None,
         threads: int | None = None,
         max_cpu_percent: float | None = None,
+        max_memory_mb: float | None = None,
+        allow_non_finite: bool = False,
     ) -> Runtime:
         """Make a runtime from bytes ``to_bytes`` (or a file ``save``) produced; an int8
         runtime's bytes rebuild the same int8 plan without calibration data. ``source`` names
-        the model in messages and logs."""
+        the model in messages and logs; the other options are those of ``load``."""
     def to_bytes(self) -> bytes:
         """The model as ONNX bytes: what ``save`` writes."""
     def __reduce__(self) -> tuple[Any, ...]:
-        """Pickle by the saved bytes, the thread option and the CPU cap."""
+        """Pickle by the saved bytes and every load option (threads, CPU cap, memory limit,
+        ``allow_non_finite``)."""
     def get_status(self) -> Status:
         """Measured figures of this runtime and process.
 
@@ -298,6 +301,12 @@ class Runtime:
     def outputs(self) -> list[TensorInfo]:
         """The model's outputs."""
     @property
+    def max_memory_mb(self) -> float | None:
+        """The memory limit per call in MB (10^6 bytes) given at load, or ``None``."""
+    @property
+    def allow_non_finite(self) -> bool:
+        """Whether NaN and ±Inf are let into float inputs (``allow_non_finite`` at load)."""
+    @property
     def threads(self) -> int:
         """Threads used inside operators."""
 
@@ -419,9 +428,15 @@ def _vision_pool_idle_bytes() -> int:
     """Bytes held by idle pooled output buffers of :func:`preprocess` (for the tests)."""
 
 def _restore_runtime(
-    data: bytes, source: str, threads: int | None = None, max_cpu_percent: float | None = None
+    data: bytes,
+    source: str,
+    threads: int | None = None,
+    max_cpu_percent: float | None = None,
+    max_memory_bytes: int | None = None,
+    allow_non_finite: bool = False,
 ) -> Runtime:
-    """Rebuild a pickled ``Runtime`` (the target of ``Runtime.__reduce__``)."""
+    """Rebuild a pickled ``Runtime`` (the target of ``Runtime.__reduce__``) with every load
+    option; the last two default so that older four-argument pickles still load."""
 
 def cli_main(argv: list[str]) -> int:
     """Run the ``jarvis-perf`` command line with ``argv`` (program name first)."""

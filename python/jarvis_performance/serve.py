@@ -16,6 +16,8 @@ Endpoints:
   ``{"outputs": …, "top": [[class, score], …]}``.
 - ``POST /v1/update``: ``{"deltas": {weight name: nested lists}, "scale": 1.0}`` →
   ``{"version": n}``.
+- ``POST /v1/rollback``: ``{"version": n}`` (or an empty body: the previous version) →
+  ``{"version": n}``, the version now current; its outputs come back bit for bit.
 - ``GET /v1/status`` (``Runtime.get_status()`` and the model), ``GET /healthz``,
   ``GET /metrics`` (Prometheus text format).
 
@@ -46,7 +48,8 @@ from ._native import ConfigError, ImageError, InputError, JarvisError, Runtime, 
 log = logging.getLogger(__name__)
 
 NPY_TYPES = ("application/x-npy", "application/npy", "application/octet-stream")
-PATHS = ("/v1/infer", "/v1/infer/image", "/v1/update", "/v1/status", "/healthz", "/metrics")
+PATHS = ("/v1/infer", "/v1/infer/image", "/v1/update", "/v1/rollback", "/v1/status", "/healthz",
+         "/metrics")
 
 
 class BadRequest(Exception):
@@ -168,6 +171,22 @@ class Service:
             raise BadRequest('"scale" must be a number')
         return {"version": self.runtime.update(deltas, scale=float(scale))}
 
+    def rollback(self, body: bytes) -> dict[str, Any]:
+        """Back to ``{"version": n}``, or to the previous version for an empty body or ``{}``."""
+        payload: Any = {}
+        if body.strip():
+            try:
+                payload = json.loads(body)
+            except ValueError as e:
+                raise BadRequest(f"the body is not JSON: {e}") from e
+        if not isinstance(payload, dict) or set(payload) - {"version"}:
+            raise BadRequest('expected {"version": n} or an empty body (the previous version)')
+        version = payload.get("version")
+        if version is not None and (not isinstance(version, int) or isinstance(version, bool)
+                                    or version < 0):
+            raise BadRequest('"version" must be a non-negative integer')
+        return {"version": self.runtime.rollback(version)}
+
     def count(self, path: str, status: int) -> None:
         with self.lock:
             self.requests[(path if path in PATHS else "other", status)] += 1
@@ -255,6 +274,11 @@ def create_app(runtime: Runtime, *, mean: Sequence[float] = (0.0,), std: Sequenc
     async def update(request: Request) -> JSONResponse:
         body = await request.body()
         return JSONResponse(await run_in_threadpool(service.update, body))
+
+    @app.post("/v1/rollback")
+    async def rollback(request: Request) -> JSONResponse:
+        body = await request.body()
+        return JSONResponse(await run_in_threadpool(service.rollback, body))
 
     @app.get("/v1/status")
     async def status() -> JSONResponse:

@@ -14,7 +14,7 @@ use tract_onnx::tract_core::ops::unimpl::UnimplementedOp;
 pub use spec::{ElementType, TensorSpec};
 pub use summary::ModelSummary;
 
-use crate::error::{chain, Error, Result};
+use crate::error::{catch_load_panics, chain, Error, Result};
 
 /// An ONNX model analysed by tract: the typed (float, un-optimised) graph with one node per ONNX
 /// operator (or per piece of an expanded operator), and its interface.
@@ -49,8 +49,15 @@ impl OnnxModel {
     }
 
     /// Analyses an ONNX model held in memory. `source` names it in messages; `dir` is where
-    /// external-data files live, if any.
+    /// external-data files live, if any. tract panics on some malformed graphs (found by
+    /// fuzzing: a Conv whose kernel rank differs from its input's); such a panic is caught here,
+    /// so that every way in (`Runtime::load`, `Runtime::from_bytes`, the int8 paths, the CLI)
+    /// reports it as the file's fault, `ModelLoad`.
     pub fn from_bytes(bytes: &[u8], source: &str, dir: Option<&str>) -> Result<Self> {
+        catch_load_panics(source, || Self::analyse(bytes, source, dir))
+    }
+
+    fn analyse(bytes: &[u8], source: &str, dir: Option<&str>) -> Result<Self> {
         let load_error = |reason: String| Error::ModelLoad { path: source.to_string(), reason };
         if bytes.is_empty() {
             return Err(load_error("the file is empty".into()));

@@ -57,6 +57,8 @@ fn route_logs(py: Python<'_>) -> PyResult<()> {
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     route_logs(py)?;
+    // Panics turned into `JarvisError` print nothing to stderr; their location is logged.
+    crate::error::install_panic_hook();
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<runtime::PyRuntime>()?;
     m.add_class::<runtime::PyTensorInfo>()?;

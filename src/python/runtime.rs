@@ -90,10 +90,7 @@ impl PyRuntime {
         allow_non_finite: bool,
         max_cpu_percent: Option<f64>,
     ) -> PyResult<Self> {
-        let max_memory_bytes = max_memory_mb.map(|mb| (mb * 1e6) as u64);
-        if max_memory_mb.is_some_and(|mb| !(mb.is_finite() && mb > 0.0)) {
-            return Err(Error::config("max_memory_mb", "must be a positive number").into());
-        }
+        let max_memory_bytes = memory_limit(max_memory_mb)?;
         let options = LoadOptions { threads, max_memory_bytes, allow_non_finite, max_cpu_percent };
         let runtime = match quantize.as_deref() {
             None => {
@@ -135,17 +132,20 @@ impl PyRuntime {
 
     /// Makes a runtime from the bytes `to_bytes` (or a file `save`) produced; an int8
     /// runtime's bytes rebuild the same int8 plan without calibration data. `source` names the
-    /// model in messages and logs.
+    /// model in messages and logs; the other options are those of `load`.
     #[staticmethod]
-    #[pyo3(signature = (data, *, source = None, threads = None, max_cpu_percent = None))]
+    #[pyo3(signature = (data, *, source = None, threads = None, max_cpu_percent = None, max_memory_mb = None, allow_non_finite = false))]
     fn from_bytes(
         py: Python<'_>,
         data: &[u8],
         source: Option<String>,
         threads: Option<usize>,
         max_cpu_percent: Option<f64>,
+        max_memory_mb: Option<f64>,
+        allow_non_finite: bool,
     ) -> PyResult<Self> {
-        let options = LoadOptions { threads, max_cpu_percent, ..Default::default() };
+        let max_memory_bytes = memory_limit(max_memory_mb)?;
+        let options = LoadOptions { threads, max_cpu_percent, max_memory_bytes, allow_non_finite };
         let source = source.unwrap_or_else(|| "<bytes>".to_string());
         let runtime = without_gil(py, move || Runtime::from_bytes(data, &source, &options))?;
         Ok(PyRuntime::new(runtime))
@@ -158,8 +158,9 @@ impl PyRuntime {
         Ok(PyBytes::new(py, &bytes))
     }
 
-    /// Pickles by the saved bytes (current weights and version, int8 parameters), the thread
-    /// option and the CPU cap: the copy runs like the original, in another process.
+    /// Pickles by the saved bytes (current weights and version, int8 parameters) and every load
+    /// option (threads, CPU cap, memory limit, `allow_non_finite`): the copy runs, refuses and
+    /// accepts like the original, in another process.
     fn __reduce__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
         reduce(py, &self.inner)
     }
@@ -382,6 +383,18 @@ impl PyRuntime {
         self.inner.outputs().iter().cloned().map(PyTensorInfo).collect()
     }
 
+    /// The memory limit per call in MB (10^6 bytes) given at load, or `None`.
+    #[getter]
+    fn max_memory_mb(&self) -> Option<f64> {
+        self.inner.options().max_memory_bytes.map(|bytes| bytes as f64 / 1e6)
+    }
+
+    /// Whether NaN and ±Inf are let into float inputs (`allow_non_finite` at load).
+    #[getter]
+    fn allow_non_finite(&self) -> bool {
+        self.inner.options().allow_non_finite
+    }
+
     /// Threads used inside operators.
     #[getter]
     fn threads(&self) -> usize {
@@ -486,5 +499,14 @@ impl PyRuntime {
         }
         let runtime = Arc::clone(&self.inner);
         without_gil(py, move || runtime.run_named(tensors, output_names.as_deref()))
+    }
+}
+
+/// `max_memory_mb` as bytes, refused with `ConfigError` unless a positive finite number.
+fn memory_limit(max_memory_mb: Option<f64>) -> PyResult<Option<u64>> {
+    match max_memory_mb {
+        None => Ok(None),
+        Some(mb) if mb.is_finite() && mb > 0.0 => Ok(Some((mb * 1e6) as u64)),
+        Some(_) => Err(Error::config("max_memory_mb", "must be a positive number").into()),
     }
 }

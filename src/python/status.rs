@@ -35,26 +35,32 @@ pub fn reduce<'py>(py: Python<'py>, runtime: &Runtime) -> PyResult<Bound<'py, Py
     let bytes = without_gil(py, || runtime.to_bytes())?;
     let options = runtime.options();
     let restore = py.import("jarvis_performance._native")?.getattr("_restore_runtime")?;
+    // Every load option travels, so the copy refuses and accepts exactly what the original does.
     let args = (
         PyBytes::new(py, &bytes),
         runtime.model().source.clone(),
         options.threads,
         options.max_cpu_percent,
+        options.max_memory_bytes,
+        options.allow_non_finite,
     );
     PyTuple::new(py, [restore, args.into_pyobject(py)?.into_any()])
 }
 
-/// Rebuilds a pickled `Runtime` (the target of `Runtime.__reduce__`).
+/// Rebuilds a pickled `Runtime` (the target of `Runtime.__reduce__`). The last two arguments
+/// have defaults so that pickles written before they existed still load.
 #[pyfunction]
-#[pyo3(signature = (data, source, threads = None, max_cpu_percent = None))]
+#[pyo3(signature = (data, source, threads = None, max_cpu_percent = None, max_memory_bytes = None, allow_non_finite = false))]
 pub fn _restore_runtime(
     py: Python<'_>,
     data: &[u8],
     source: String,
     threads: Option<usize>,
     max_cpu_percent: Option<f64>,
+    max_memory_bytes: Option<u64>,
+    allow_non_finite: bool,
 ) -> PyResult<PyRuntime> {
-    let options = LoadOptions { threads, max_cpu_percent, ..Default::default() };
+    let options = LoadOptions { threads, max_cpu_percent, max_memory_bytes, allow_non_finite };
     let runtime = without_gil(py, move || Runtime::from_bytes(data, &source, &options))?;
     Ok(PyRuntime::new(runtime))
 }

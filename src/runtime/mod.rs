@@ -23,7 +23,7 @@ pub use inputs::{bind_inputs, check_input};
 pub use status::Status;
 pub use update::{LearnStep, UpdateOutcome};
 
-use crate::error::{catch_load_panics, catch_panics, chain, Error, Result};
+use crate::error::{catch_panics, chain, Error, Result};
 use crate::learn::{Slots, Version, Versions};
 use crate::model::weights::{self, OnnxLayer, Weights};
 use crate::model::{OnnxModel, TensorSpec};
@@ -84,7 +84,7 @@ pub struct Runtime {
 impl Runtime {
     /// Loads an ONNX file and prepares its float plan.
     pub fn load(path: &Path, options: &LoadOptions) -> Result<Self> {
-        let model = catch_load_panics(&path.display().to_string(), || OnnxModel::load(path))?;
+        let model = OnnxModel::load(path)?;
         Self::from_model(model, options)
     }
 
@@ -133,7 +133,7 @@ impl Runtime {
         quantize: &QuantizeOptions,
         batches: &mut BatchSource<'_>,
     ) -> Result<Self> {
-        let model = catch_load_panics(&path.display().to_string(), || OnnxModel::load(path))?;
+        let model = OnnxModel::load(path)?;
         Self::from_model_quantized(model, options, quantize, batches)
     }
 

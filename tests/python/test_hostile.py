@@ -3,6 +3,7 @@ memory limits, tampered and half-written saved files, and kill -9 in the middle 
 
 from __future__ import annotations
 
+import logging
 import os
 import resource
 import signal
@@ -81,6 +82,30 @@ def test_a_panic_at_the_boundary_becomes_jarvis_error() -> None:
     # The process and the library are fine afterwards.
     rt = jp.Runtime.load(MODELS / "digits_cnn.onnx")
     assert rt.infer(np.load(MODELS / "digits_sample.npy")).shape == (8, 10)
+
+
+def test_caught_panics_print_nothing_and_are_logged(capfd: pytest.CaptureFixture[str],
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """Rust's default panic hook writes every panic to stderr, even one the boundary turns into
+    an exception; the module's hook keeps stderr clean and logs where it happened instead. Both
+    a deliberate panic and a real one inside tract (the fuzzer's Conv) are checked."""
+    from jarvis_performance import _native
+
+    capfd.readouterr()
+    with caplog.at_level(logging.DEBUG, logger="jarvis_performance"):
+        with pytest.raises(jp.JarvisError, match="a native call panicked: deliberate quiet panic"):
+            _native._panic_for_tests("deliberate quiet panic")
+        with pytest.raises(jp.ModelLoadError, match="panicked.*malformed"):
+            jp.Runtime.load(MODELS.parent / "tests" / "data" / "fuzz-load-conv-kernel-rank.onnx")
+    out, err = capfd.readouterr()
+    assert "panicked" not in out + err and "deliberate" not in out + err, err
+    records = [r for r in caplog.records if r.name == "jarvis_performance.panic"]
+    assert [r.levelno for r in records] == [logging.DEBUG, logging.DEBUG], records
+    # First lines: a backtrace follows when RUST_BACKTRACE=1.
+    first, second = (r.getMessage().splitlines()[0] for r in records)
+    assert "a native call panicked at src/python/mod.rs:" in first, first
+    assert first.endswith("deliberate quiet panic (raised as an error)"), first
+    assert "panicked at " in second and "tract" in second, second
 
 
 def test_nan_and_inf_inputs() -> None:
@@ -178,5 +203,12 @@ def test_kill_9_while_saving_leaves_a_loadable_file(model_path, tmp_path: Path) 
 def test_fuzzer_finding_conv_kernel_rank_is_a_load_error() -> None:
     """Found by ``cargo fuzz run load_model``: a Conv whose kernel rank differs from its input's
     makes tract panic (index out of bounds in padding); loading reports it as the file's fault."""
+    path = MODELS.parent / "tests" / "data" / "fuzz-load-conv-kernel-rank.onnx"
     with pytest.raises(jp.ModelLoadError, match="panicked.*malformed"):
-        jp.Runtime.load(MODELS.parent / "tests" / "data" / "fuzz-load-conv-kernel-rank.onnx")
+        jp.Runtime.load(path)
+    # The second fuzzing run found the same bytes through the other ways in, which reported an
+    # internal error (JarvisError) instead: in memory, and on the int8 path.
+    with pytest.raises(jp.ModelLoadError, match="panicked.*malformed"):
+        jp.Runtime.from_bytes(path.read_bytes())
+    with pytest.raises(jp.ModelLoadError, match="panicked.*malformed"):
+        jp.Runtime.load(path, quantize="int8", calibration=np.load(MODELS / "digits_calib.npy"))

@@ -1,17 +1,18 @@
 """The HTTP service against a real uvicorn server on 127.0.0.1 (a subprocess on a free port),
 through httpx: outputs equal the runtime's, bad requests get 4xx with a message, metrics parse,
-and 8 concurrent clients for several seconds see no error."""
+8 concurrent clients for several seconds see no error, and readers racing a writer that updates
+and rolls back always get exactly one version's output."""
 
 from __future__ import annotations
 
+import importlib.util
 import io
-import os
-import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from types import ModuleType
 
 import httpx
 import numpy as np
@@ -25,38 +26,22 @@ from conftest import MODELS, REPO
 DIGITS = MODELS / "digits_cnn.onnx"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _load_stress_script() -> ModuleType:
+    """``scripts/stress_http.py``, whose server helpers and stress run these tests share."""
+    spec = importlib.util.spec_from_file_location("stress_http", REPO / "scripts" / "stress_http.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve their module's annotations through it
+    spec.loader.exec_module(module)
+    return module
+
+
+stress_http = _load_stress_script()
+stop = stress_http.stop
 
 
 def start_server(*extra: str) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    cmd = [sys.executable, "-m", "jarvis_performance.serve", str(DIGITS), "--port", str(port),
-           "--threads", "1", "--log-level", "warning", *extra]
-    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {proc.stdout.read().decode() if proc.stdout else ''}")
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("server did not come up within 60 s")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    return stress_http.start_server(DIGITS, *extra)  # type: ignore[no-any-return]
 
 
 @pytest.fixture(scope="module")
@@ -176,6 +161,55 @@ def test_updates_over_http() -> None:
         assert httpx.get(f"{url}/v1/status").json()["version"] == 1
     finally:
         stop(proc)
+
+
+def test_rollback_over_http() -> None:
+    proc, url = start_server()
+    try:
+        local = jp.Runtime.load(DIGITS, threads=1)
+        x = np.load(MODELS / "digits_sample.npy")
+        original = local.infer(x).copy()
+        for k in (1, 2):
+            delta = np.full(10, 0.1 * k, np.float32)
+            r = httpx.post(f"{url}/v1/update", json={"deltas": {"classifier.bias": delta.tolist()}})
+            assert r.json() == {"version": k}
+            local.update({"classifier.bias": delta})
+        one = local.rollback()
+        r = httpx.post(f"{url}/v1/rollback")  # empty body: the previous version
+        assert r.status_code == 200 and r.json() == {"version": one} == {"version": 1}
+        got = httpx.post(f"{url}/v1/infer", json={"inputs": {"input": x.tolist()}})
+        np.testing.assert_array_equal(np.asarray(got.json()["outputs"]["output"], np.float32),
+                                      local.infer(x))
+        bad = httpx.post(f"{url}/v1/rollback", json={"version": 7})
+        assert bad.status_code == 422 and "7" in bad.json()["detail"]
+        for body in ({"version": "0"}, {"version": -1}, {"version": True}, {"to": 0}, [0]):
+            bad = httpx.post(f"{url}/v1/rollback", json=body)
+            assert bad.status_code == 400, (body, bad.text)
+        bad = httpx.post(f"{url}/v1/rollback", content=b"{nope",
+                         headers={"content-type": "application/json"})
+        assert bad.status_code == 400 and "not JSON" in bad.json()["detail"]
+        assert httpx.post(f"{url}/v1/rollback", json={"version": 0}).json() == {"version": 0}
+        got = httpx.post(f"{url}/v1/infer", json={"inputs": {"input": x.tolist()}})
+        np.testing.assert_array_equal(np.asarray(got.json()["outputs"]["output"], np.float32),
+                                      original)
+        assert httpx.get(f"{url}/v1/status").json()["version"] == 0
+    finally:
+        stop(proc)
+
+
+def test_readers_racing_updates_and_rollbacks_see_one_version() -> None:
+    """The short form of ``scripts/stress_http.py``: 4 reader threads (JSON and .npy) and one
+    writer cycling the weights A → B → C → B → A over HTTP for 5 s; every answer must equal one
+    state's output bit for bit, with no error and no hung thread."""
+    work = stress_http.Workload.build(int8=False)
+    proc, url = start_server()
+    try:
+        figures = stress_http.run(url, work, seconds=5.0)
+    finally:
+        stop(proc)
+    print("\n" + figures.summary())
+    assert figures.ok, (figures.summary(), figures.problems)
+    assert figures.cycles >= 2
 
 
 def test_eight_concurrent_clients(server: str, local: jp.Runtime, digits: np.ndarray) -> None:
