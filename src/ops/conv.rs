@@ -45,16 +45,24 @@ impl Int8Conv {
         })
     }
 
-    fn run_image(&self, g: &ConvGeometry, image: &[f32], out: &mut [f32]) -> TractResult<()> {
-        let w = &*self.layer.weights;
-        match &w.packed {
-            Packed::Depthwise(taps) => self.run_depthwise(g, taps, image, out),
-            Packed::Planar(groups) => {
+    /// One image; `depthwise` is the layout when the layer is depthwise (checked in `eval`).
+    fn run_image(
+        &self,
+        g: &ConvGeometry,
+        depthwise: Option<&PhasedPlane>,
+        image: &[f32],
+        out: &mut [f32],
+    ) {
+        match (&self.layer.weights.packed, depthwise) {
+            (Packed::Depthwise(taps), Some(layout)) => {
+                self.run_depthwise(g, layout, taps, image, out)
+            }
+            (Packed::Planar(groups), _) => {
                 let words = g.channels.div_ceil(4) * g.height * g.width;
                 scratch::input_words(words, |x| self.run_planar(g, groups, image, x, out));
-                Ok(())
             }
-            Packed::Rows(_) => bail!("Int8Conv holds linear weights"),
+            // `eval` refuses these combinations before any image runs.
+            _ => {}
         }
     }
 
@@ -62,15 +70,14 @@ impl Int8Conv {
     fn run_depthwise(
         &self,
         g: &ConvGeometry,
+        layout: &PhasedPlane,
         taps: &[f32],
         image: &[f32],
         out: &mut [f32],
-    ) -> TractResult<()> {
+    ) {
         let layer = &self.layer;
         let w = &*layer.weights;
         let isa = Isa::detect();
-        let layout = PhasedPlane::new(g)
-            .with_context(|| format!("{}: no depthwise layout for {g:?}", layer.name))?;
         let (pixels_in, pixels) = (g.height * g.width, g.out[0] * g.out[1]);
         let per_channel = g.kernel[0] * g.kernel[1];
         let (scale, zp) = (layer.input.scale, layer.input.zero_point);
@@ -84,7 +91,6 @@ impl Int8Conv {
                 })
             })
         });
-        Ok(())
     }
 
     /// Quantize the whole input into C4 words, then per group (im2col unless 1×1) one GEMM
@@ -179,14 +185,24 @@ impl EvalOp for Int8Conv {
         let (batch, n) = (shape[0], self.layer.weights.n);
         let image_len = g.channels * g.height * g.width;
         let out_len = n * g.out[0] * g.out[1];
+        let depthwise =
+            match &self.layer.weights.packed {
+                Packed::Depthwise(_) => Some(PhasedPlane::new(&g).with_context(|| {
+                    format!("{}: no depthwise layout for {g:?}", self.layer.name)
+                })?),
+                Packed::Rows(_) => bail!("Int8Conv holds linear weights"),
+                Packed::Planar(_) => None,
+            };
         let mut tensor = Tensor::zero::<f32>(&[batch, n, g.out[0], g.out[1]])?;
         {
             let mut plain = tensor.try_as_plain_ram_mut()?;
             let output = plain.as_slice_mut::<f32>()?;
-            for (image, out) in data.chunks(image_len.max(1)).zip(output.chunks_mut(out_len.max(1)))
-            {
-                self.run_image(&g, image, out)?;
-            }
+            // Images in parallel too (each one's channels still split across threads): one
+            // image's layer is often too small to keep every thread busy.
+            for_each_chunk(output, out_len.max(1), |i, out| {
+                let image = &data[i * image_len..(i + 1) * image_len];
+                self.run_image(&g, depthwise.as_ref(), image, out);
+            });
         }
         Ok(tvec!(tensor.into_tvalue()))
     }
