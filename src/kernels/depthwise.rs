@@ -85,8 +85,9 @@ impl PhasedPlane {
         let (plane_len, pitch) = (self.rows * self.pitch, self.pitch);
         assert!(plane.len() >= g.height * g.width && dst.len() >= self.buffer_len());
         let zp = f32::from(zero_point);
-        // One padded input row: codes at `pad + x`, the zero point (0) around them.
-        let mut padded = vec![0f32; pitch * sx];
+        // Strided layers only: one padded input row, codes at `pad + x`, the zero point (0)
+        // around them, split into phases from there.
+        let mut padded = if sx > 1 { vec![0f32; pitch * sx] } else { Vec::new() };
         let inside = g.width.min((pitch * sx).saturating_sub(g.pad[1]));
         multiversion!(isa, {
             dst.fill(0.0);
