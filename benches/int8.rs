@@ -13,10 +13,9 @@
 //!   core that the kernels are measured against.
 //! - `layers/…`: one thread, the int8 part of each layer as `Int8Conv` / `Int8Linear` run it
 //!   through the public kernel API — patches (`im2col_c4`, skipped for unit 1×1 convolutions)
-//!   and `gemm_planar` for convolutions, `PhasedPlane::fill` (which quantizes the plane) and
-//!   `accumulate` per channel for depthwise ones,
-//!   `gemm_u8i8` for the classifiers; quantizing the input and dequantizing the output are not
-//!   included. Names: kind, channels in→out, input side, kernel, stride, then which models use
+//!   and `conv_planar` for convolutions, `PhasedPlane::fill`, `accumulate` and `store` per
+//!   channel for depthwise ones, reading and storing u8 codes as linked int8 layers do;
+//!   `gemm_u8i8` for the classifiers (float input quantization and output not included). Names: kind, channels in→out, input side, kernel, stride, then which models use
 //!   the shape and how many times. `cargo bench -- layers/depthwise` runs a subset.
 //!
 //! The shape table is printed by `python scripts/layer_shapes.py`. onnxruntime comparisons live
@@ -29,7 +28,8 @@ use std::time::Duration;
 use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use jarvis_performance::kernels::{
-    gemm_planar, gemm_u8i8, im2col_c4, ConvGeometry, Isa, PackedWeights, PhasedPlane, PlanarWeights,
+    conv_planar, gemm_u8i8, im2col_c4, Activation, ActivationQuant, ConvGeometry, Epilogue, Isa,
+    PackedWeights, PhasedPlane, PlanarWeights,
 };
 use jarvis_performance::quantize::QuantizeOptions;
 use jarvis_performance::{LoadOptions, Runtime};
@@ -57,6 +57,12 @@ struct Layer {
     /// Padding before and after.
     pad: [usize; 2],
 }
+
+/// Input/output quantization of the benchmarked layers (stored as codes, as linked layers do).
+const CODES: ActivationQuant = ActivationQuant { scale: 0.05, zero_point: 128 };
+/// A ReLU6 epilogue with the zero-point correction of a typical layer.
+const EPILOGUE: Epilogue =
+    Epilogue { offset: 3000, scale: 1e-4, bias: 0.1, activation: Activation::Clip(0.0, 6.0) };
 
 #[rustfmt::skip]
 const SHAPES: &[Layer] = &[
@@ -194,7 +200,9 @@ fn bench_layer(b: &mut criterion::Bencher<'_, ThreadCpu>, isa: Isa, layer: &Laye
             let packed = PlanarWeights::pack(&w, layer.cout, k4);
             let unit = layer.k == 1 && layer.stride == 1 && layer.pad == [0, 0];
             let mut patches = vec![0u32; if unit { 0 } else { k4 * pixels }];
-            let mut acc = vec![0i32; layer.cout * pixels];
+            // Stored as codes for the next layer, as linked layers do.
+            let mut out = vec![0u8; layer.cout * pixels];
+            let epilogues = vec![EPILOGUE; layer.cout];
             b.iter(|| {
                 let operand: &[u32] = if unit {
                     &x
@@ -202,26 +210,37 @@ fn bench_layer(b: &mut criterion::Bencher<'_, ThreadCpu>, isa: Isa, layer: &Laye
                     im2col_c4(&g, black_box(&x), 0..groups, 3, &mut patches);
                     &patches
                 };
-                gemm_planar(isa, operand, pixels, &packed, 0..layer.cout, &mut acc);
-                black_box(&acc);
+                let range = 0..layer.cout;
+                conv_planar(
+                    isa,
+                    operand,
+                    pixels,
+                    &packed,
+                    range,
+                    &epilogues,
+                    CODES.into(),
+                    &mut out,
+                );
+                black_box(&out);
             });
         }
         Kind::Depthwise => {
             let taps = layer.k * layer.k;
-            let x: Vec<f32> =
-                bytes(layer.cin * pixels_in, 3).map(|v| f32::from(v) - 128.0).collect();
+            let x: Vec<u8> = bytes(layer.cin * pixels_in, 3).collect();
             let w: Vec<f32> = bytes(layer.cin * taps, 4).map(|v| f32::from(v as i8)).collect();
             let Some(phased) = PhasedPlane::new(&g) else {
                 panic!("no depthwise layout for {g:?}")
             };
             let mut plane = vec![0f32; phased.buffer_len()];
             let mut acc = vec![0f32; phased.flat_len];
+            let mut out = vec![0u8; pixels];
             b.iter(|| {
                 for c in 0..layer.cin {
                     let input = &x[c * pixels_in..(c + 1) * pixels_in];
-                    phased.fill(isa, black_box(input), 1.0, 128, &mut plane);
+                    phased.fill(isa, black_box(input), CODES, &mut plane);
                     phased.accumulate(isa, &plane, &w[c * taps..][..taps], &mut acc);
-                    black_box(&acc);
+                    phased.store(isa, &acc, &mut plane, EPILOGUE, CODES.into(), &mut out);
+                    black_box(&out);
                 }
             });
         }
@@ -344,11 +363,15 @@ fn kernels(c: &mut Criterion) {
     let x: Vec<u32> = (0..k4 * pixels).map(|i| (i as u32).wrapping_mul(2654435761)).collect();
     let w: Vec<i8> = (0..n * k4 * 4).map(|i| (i as i32 * 37 % 255 - 127) as i8).collect();
     let packed = PlanarWeights::pack(&w, n, k4);
-    let mut acc = vec![0i32; n * pixels];
-    let mut group = c.benchmark_group("gemm_planar 96x24x3136");
+    let mut out = vec![0u8; n * pixels];
+    let epilogues = vec![EPILOGUE; n];
+    let mut group = c.benchmark_group("conv_planar 96x24x3136");
     for isa in [Isa::Scalar, Isa::detect()] {
         group.bench_function(isa.name(), |b| {
-            b.iter(|| gemm_planar(isa, black_box(&x), pixels, &packed, 0..n, &mut acc))
+            b.iter(|| {
+                let x = black_box(&x);
+                conv_planar(isa, x, pixels, &packed, 0..n, &epilogues, CODES.into(), &mut out)
+            })
         });
     }
     group.finish();

@@ -88,8 +88,13 @@ impl Plans {
             let mut model = model.clone();
             for node in model.nodes_mut() {
                 let name = crate::ops::int8_layer(node.op.as_ref()).map(|l| l.name.as_str());
-                if let Some(op) = name.and_then(|name| ops.get(name)) {
-                    node.op = op.clone();
+                let new = name.and_then(|name| ops.get(name));
+                if let Some(layer) = new.and_then(|op| crate::ops::int8_layer(op.as_ref())) {
+                    // The new weights, with the old op's links to its neighbours (u8 codes in
+                    // or out), which an update does not change.
+                    if let Some(op) = crate::ops::with_layer(node.op.as_ref(), layer) {
+                        node.op = op;
+                    }
                 }
             }
             model

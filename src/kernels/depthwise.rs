@@ -9,8 +9,9 @@
 //! [`MAX_DEPTHWISE_TAPS`] of them stays below 2^24, where f32 is exact — so the result equals
 //! the integer reference bit for bit, while f32 FMAs are the fastest multiply-add on every ISA.
 
-use super::quant::{multiversion, quantize_value};
-use super::{Activation, ConvGeometry, Isa};
+use super::codes::{Element, Epilogue, SimdElement};
+use super::quant::{multiversion, ActivationQuant};
+use super::{ConvGeometry, Isa};
 
 /// Most kernel taps the f32 accumulation stays exact for (`taps · 255 · 128 < 2^24`).
 pub const MAX_DEPTHWISE_TAPS: usize = 512;
@@ -18,7 +19,7 @@ pub const MAX_DEPTHWISE_TAPS: usize = 512;
 /// Outputs accumulated together in registers (four 16-lane vectors).
 const CHUNK: usize = 64;
 
-/// Largest column stride [`PhasedPlane::fill`] quantizes through its stack buffer.
+/// Largest column stride the phased layout is built for (real models use 1 and 2).
 pub const MAX_DEPTHWISE_STRIDE: usize = 4;
 
 /// Where each tap reads in a [`PhasedPlane`] buffer, and the buffer's shape.
@@ -69,28 +70,67 @@ impl PhasedPlane {
         Some(PhasedPlane { geometry: g, phases: [sy, sx], rows, pitch, tap_offsets, flat_len })
     }
 
-    /// Length of the buffer [`Self::fill`] writes: every phase plane, plus the slack the last
-    /// chunk of the last tap reads past the output rows.
-    pub fn buffer_len(&self) -> usize {
+    /// Length of the planes [`Self::accumulate`] reads: every phase plane, plus the slack the
+    /// last chunk of the last tap reads past the output rows.
+    fn planes_len(&self) -> usize {
         let plane_len = self.rows * self.pitch;
         let last = self.tap_offsets.iter().max().copied().unwrap_or(0);
         (self.phases[0] * self.phases[1] * plane_len).max(last + self.flat_len)
     }
 
-    /// Quantizes one `height × width` float plane into `dst` (`buffer_len` values): centred
-    /// codes at their phase positions, 0 (the zero point) in the padding.
-    pub fn fill(&self, isa: Isa, plane: &[f32], scale: f32, zero_point: u8, dst: &mut [f32]) {
+    /// Length of the buffer [`Self::fill`] writes: the planes, then (strided layers only) one
+    /// padded input row it splits into phases from.
+    pub fn buffer_len(&self) -> usize {
+        let row = if self.phases[1] > 1 { self.pitch * self.phases[1] } else { 0 };
+        self.planes_len() + row
+    }
+
+    /// Quantizes one `height × width` plane (floats, or codes of `input` already) into `dst`
+    /// (`buffer_len` values): centred codes at their phase positions, 0 (the zero point) in the
+    /// padding.
+    pub fn fill<E: Element>(&self, isa: Isa, plane: &[E], input: ActivationQuant, dst: &mut [f32]) {
         let g = &self.geometry;
         let [sy, sx] = self.phases;
         let (plane_len, pitch) = (self.rows * self.pitch, self.pitch);
         assert!(plane.len() >= g.height * g.width && dst.len() >= self.buffer_len());
-        let zp = f32::from(zero_point);
+        let zp = f32::from(input.zero_point);
         // Strided layers only: one padded input row, codes at `pad + x`, the zero point (0)
         // around them, split into phases from there.
-        let mut padded = if sx > 1 { vec![0f32; pitch * sx] } else { Vec::new() };
+        let (dst, padded) = dst.split_at_mut(self.planes_len());
+        let padded = &mut padded[..if sx > 1 { pitch * sx } else { 0 }];
         let inside = g.width.min((pitch * sx).saturating_sub(g.pad[1]));
         multiversion!(isa, {
-            dst.fill(0.0);
+            if sx == 1 && sy == 1 {
+                // Rows land in order: zero only the padding between them, not the whole buffer.
+                let mut written = 0;
+                for y in 0..g.height.min(self.rows.saturating_sub(g.pad[0])) {
+                    let start = (y + g.pad[0]) * pitch + g.pad[1];
+                    dst[written..start].fill(0.0);
+                    let row = &mut dst[start..][..inside];
+                    for (d, &v) in row.iter_mut().zip(&plane[y * g.width..][..inside]) {
+                        *d = f32::from(v.to_code(input)) - zp;
+                    }
+                    written = start + inside;
+                }
+                dst[written..].fill(0.0);
+                return;
+            }
+            if sx > 1 {
+                // Each phase row an input row lands in is written whole (the padded row carries
+                // the padding columns): zero only the rows none lands in, and the slack.
+                for (py, qy) in (0..sy).flat_map(|py| (0..self.rows).map(move |qy| (py, qy))) {
+                    let row = qy * sy + py;
+                    if row < g.pad[0] || row >= g.pad[0] + g.height {
+                        for px in 0..sx {
+                            dst[(py * sx + px) * plane_len + qy * pitch..][..pitch].fill(0.0);
+                        }
+                    }
+                }
+                dst[sy * sx * plane_len..].fill(0.0);
+            } else {
+                dst.fill(0.0);
+            }
+            padded.fill(0.0);
             for y in 0..g.height {
                 // Padded row y + pad lands in row phase (y + pad) % sy, phase row (y + pad) / sy.
                 let (py, qy) = ((y + g.pad[0]) % sy, (y + g.pad[0]) / sy);
@@ -102,12 +142,12 @@ impl PhasedPlane {
                 if sx == 1 {
                     let row = &mut dst[first + g.pad[1]..][..inside];
                     for (d, &v) in row.iter_mut().zip(src) {
-                        *d = f32::from(quantize_value(v, scale, zero_point)) - zp;
+                        *d = f32::from(v.to_code(input)) - zp;
                     }
                     continue;
                 }
                 for (d, &v) in padded[g.pad[1]..].iter_mut().zip(src) {
-                    *d = f32::from(quantize_value(v, scale, zero_point)) - zp;
+                    *d = f32::from(v.to_code(input)) - zp;
                 }
                 // Column phase px, phase column j ← padded column j·sx + px.
                 if sx == 2 {
@@ -135,7 +175,7 @@ impl PhasedPlane {
     /// columns `ox ≥ out_width` hold values no output uses).
     pub fn accumulate(&self, isa: Isa, x: &[f32], taps: &[f32], acc: &mut [f32]) {
         assert!(
-            x.len() >= self.buffer_len()
+            x.len() >= self.planes_len()
                 && taps.len() == self.tap_offsets.len()
                 && acc.len() >= self.flat_len
         );
@@ -154,34 +194,36 @@ impl PhasedPlane {
         })
     }
 
-    /// `out[oy][ox] = act(acc · scale + bias)` for the valid columns of each accumulator row.
-    pub fn store(
+    /// `out[oy][ox] = act(acc · scale + bias)` for the valid columns of each accumulator row,
+    /// stored as floats or as the u8 codes the next int8 layer reads (`store`). `scratch` (the
+    /// filled buffer, no longer needed) takes the whole rows at once, so the store runs over
+    /// full vectors whatever the width; the valid columns are then copied out.
+    pub fn store<E: SimdElement>(
         &self,
         isa: Isa,
         acc: &[f32],
-        scale: f32,
-        bias: f32,
-        activation: Activation,
-        out: &mut [f32],
+        scratch: &mut [f32],
+        epilogue: Epilogue,
+        store: E::Store,
+        out: &mut [E],
     ) {
         let [height, width] = self.geometry.out;
-        assert!(acc.len() >= self.flat_len && out.len() >= height * width);
-        let (low, high) = activation.bounds();
-        multiversion!(isa, {
-            for (row, line) in out[..height * width].chunks_exact_mut(width).enumerate() {
-                for (o, &a) in line.iter_mut().zip(&acc[row * self.pitch..]) {
-                    let v = a * scale + bias;
-                    let v = if v < low { low } else { v };
-                    *o = if v > high { high } else { v };
-                }
-            }
-        })
+        let rows_len = height * self.pitch;
+        let flat: &mut [E] = bytemuck::cast_slice_mut(scratch);
+        assert!(acc.len() >= rows_len && flat.len() >= rows_len && out.len() >= height * width);
+        E::store_row(isa, &acc[..rows_len], epilogue, store, &mut flat[..rows_len]);
+        for (line, row) in
+            out[..height * width].chunks_exact_mut(width).zip(flat.chunks(self.pitch))
+        {
+            line.copy_from_slice(&row[..width]);
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::Activation;
     use proptest::prelude::*;
 
     fn naive(g: &ConvGeometry, x: &[i32], taps: &[i32]) -> Vec<i32> {
@@ -236,16 +278,32 @@ mod tests {
             let want = naive(&g, &centred, &weights.iter().map(|&v| i32::from(v)).collect::<Vec<_>>());
             let layout = PhasedPlane::new(&g).expect("a valid geometry");
             let taps: Vec<f32> = weights.iter().map(|&v| f32::from(v)).collect();
+            let mut scalar_codes = Vec::new();
             for isa in [Isa::Scalar, Isa::detect()] {
                 let mut buffer = vec![f32::NAN; layout.buffer_len()];
                 // Scale 1 and the zero point given: quantizing `plane` gives back `codes`.
-                layout.fill(isa, &plane, 1.0, zp, &mut buffer);
+                layout.fill(isa, &plane, ActivationQuant { scale: 1.0, zero_point: zp }, &mut buffer);
                 let mut acc = vec![f32::NAN; layout.flat_len];
                 layout.accumulate(isa, &buffer, &taps, &mut acc);
                 let mut out = vec![f32::NAN; out[0] * out[1]];
-                layout.store(isa, &acc, 1.0, 0.0, Activation::Identity, &mut out);
+                let e = Epilogue { offset: 0, scale: 1.0, bias: 0.0, activation: Activation::Identity };
+                let mut scratch = vec![f32::NAN; layout.buffer_len()];
+                layout.store(isa, &acc, &mut scratch, e, (), &mut out);
                 let got: Vec<i32> = out.iter().map(|&v| v as i32).collect();
                 prop_assert_eq!(&got, &want, "{:?}", isa);
+                // Stored as codes: the same bytes on every ISA, each the quantized sum.
+                let codes = ActivationQuant { scale: 97.0, zero_point: zp };
+                let mut stored = vec![0u8; out.len()];
+                layout.store(isa, &acc, &mut scratch, e, codes.into(), &mut stored);
+                let expected: Vec<u8> = want.iter().map(|&v| crate::kernels::quantize_value(v as f32, 97.0, zp)).collect();
+                for (&q, &e) in stored.iter().zip(&expected) {
+                    prop_assert!(q.abs_diff(e) <= 1, "{:?}: {} vs {}", isa, q, e);
+                }
+                if isa == Isa::Scalar {
+                    scalar_codes = stored;
+                } else {
+                    prop_assert_eq!(&stored, &scalar_codes);
+                }
             }
         }
     }

@@ -4,6 +4,7 @@
 //! multiplies u8 by i8 natively) are chosen at run time and checked against the scalar reference
 //! by property tests. Nothing here knows about tract or graphs.
 
+mod codes;
 mod depthwise;
 mod gemm;
 mod planar;
@@ -11,14 +12,13 @@ mod quant;
 
 use std::sync::OnceLock;
 
+pub use codes::{Element, Epilogue, OutputCodes, SimdElement, SimdSum, Sum};
 pub use depthwise::{PhasedPlane, MAX_DEPTHWISE_STRIDE, MAX_DEPTHWISE_TAPS};
 pub use gemm::{gemm_u8i8, gemm_u8i8_block, gemm_u8i8_reference, PackedWeights, BLOCK_N};
-pub use planar::{
-    dequantize_plane, gemm_planar, im2col_c4, quantize_c4, ConvGeometry, PlanarWeights,
-};
+pub use planar::{conv_planar, im2col_c4, quantize_c4, ConvGeometry, PlanarWeights};
 pub use quant::{
     dequantize_rows, quantize_u8, quantize_value, round_half_even, saturate_i8, saturate_u8,
-    Activation,
+    Activation, ActivationQuant,
 };
 
 /// The instruction set the int8 kernels use.

@@ -8,7 +8,9 @@
 
 use std::ops::Range;
 
-use super::quant::quantize_value;
+use super::codes::{Element, SimdElement};
+use super::quant::ActivationQuant;
+use super::Epilogue;
 use super::Isa;
 
 /// The spatial shape of a 2-D convolution over one image.
@@ -62,18 +64,19 @@ impl PlanarWeights {
     }
 }
 
-/// Quantizes `channels` planes of `pixels` floats into C4 layout (`ceil(channels/4)` planes of
-/// `pixels` words); missing channels of the last group hold the zero point.
-pub fn quantize_c4(
+/// Quantizes `channels` planes of `pixels` values (floats, or codes of `input` already) into C4
+/// layout (`ceil(channels/4)` planes of `pixels` words); missing channels of the last group hold
+/// the zero point.
+pub fn quantize_c4<E: Element>(
     isa: Isa,
-    image: &[f32],
+    image: &[E],
     channels: usize,
     pixels: usize,
-    scale: f32,
-    zero_point: u8,
+    input: ActivationQuant,
     dst: &mut [u32],
 ) {
     let groups = channels.div_ceil(4);
+    let zero_point = input.zero_point;
     assert!(image.len() >= channels * pixels && dst.len() >= groups * pixels);
     super::quant::multiversion!(isa, {
         for g in 0..groups {
@@ -87,7 +90,7 @@ pub fn quantize_c4(
                 match plane {
                     Some(values) => {
                         for (word, &v) in out.iter_mut().zip(values.iter()) {
-                            let byte = u32::from(quantize_value(v, scale, zero_point)) << (8 * j);
+                            let byte = u32::from(v.to_code(input)) << (8 * j);
                             *word = if j == 0 { byte } else { *word | byte };
                         }
                     }
@@ -102,37 +105,51 @@ pub fn quantize_c4(
     })
 }
 
-/// `acc[o - range.start][p] = Σ_k4 Σ_j x[k4][p].byte(j) · W[o][4·k4 + j]` for `o` in `range`:
-/// one plane of `pixels` i32 per output channel.
-pub fn gemm_planar(
+/// `out[o − range.start][p] = finish_o(Σ_k4 Σ_j x[k4][p].byte(j) · W[o][4·k4 + j])` for `o` in
+/// `range`: one output plane of `pixels` per channel, finished by `epilogues[o − range.start]`
+/// and stored as floats or codes. The SIMD path finishes each tile in registers, so no plane of
+/// i32 sums is written and read back.
+#[allow(clippy::too_many_arguments)]
+pub fn conv_planar<E: SimdElement>(
     isa: Isa,
     x: &[u32],
     pixels: usize,
     w: &PlanarWeights,
     range: Range<usize>,
-    acc: &mut [i32],
+    epilogues: &[Epilogue],
+    store: E::Store,
+    out: &mut [E],
 ) {
-    assert!(x.len() >= w.k4 * pixels && range.end <= w.n && acc.len() >= range.len() * pixels);
+    assert!(
+        x.len() >= w.k4 * pixels
+            && range.end <= w.n
+            && epilogues.len() == range.len()
+            && out.len() >= range.len() * pixels
+    );
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512Vnni => {
-            let (words, count) = (&w.words[range.start * w.k4..], range.len());
+            let words = &w.words[range.start * w.k4..];
             // SAFETY: Isa::Avx512Vnni is only chosen on CPUs with these features; the assert
             // above bounds the rows, words and planes the kernel touches.
-            unsafe { avx512::channels(x, pixels, words, w.k4, count, acc) };
+            unsafe { avx512::channels(x, pixels, words, w.k4, epilogues, store, out) };
         }
         _ => {
-            for o in range.clone() {
+            for (o, (plane, e)) in range.zip(out.chunks_mut(pixels).zip(epilogues)) {
                 let row = &w.words[o * w.k4..(o + 1) * w.k4];
-                let out = &mut acc[(o - range.start) * pixels..(o - range.start + 1) * pixels];
-                out.fill(0);
-                for (k4, &word) in row.iter().enumerate() {
-                    let wb = word.to_le_bytes();
-                    for (a, &xw) in out.iter_mut().zip(&x[k4 * pixels..(k4 + 1) * pixels]) {
-                        let xb = xw.to_le_bytes();
-                        *a +=
-                            (0..4).map(|j| i32::from(xb[j]) * i32::from(wb[j] as i8)).sum::<i32>();
+                for (start, chunk) in (0..pixels).step_by(64).zip(plane.chunks_mut(64)) {
+                    let mut sums = [0i32; 64];
+                    for (k4, &word) in row.iter().enumerate() {
+                        let wb = word.to_le_bytes();
+                        let xs = &x[k4 * pixels + start..][..chunk.len()];
+                        for (sum, &xw) in sums.iter_mut().zip(xs) {
+                            let xb = xw.to_le_bytes();
+                            *sum += (0..4)
+                                .map(|j| i32::from(xb[j]) * i32::from(wb[j] as i8))
+                                .sum::<i32>();
+                        }
                     }
+                    E::store_row(Isa::Scalar, &sums[..chunk.len()], *e, store, chunk);
                 }
             }
         }
@@ -143,21 +160,25 @@ pub fn gemm_planar(
 mod avx512 {
     use std::arch::x86_64::*;
 
-    /// `count` output channels over all pixels: tiles of 32 pixels (two vectors) outside, all
-    /// channel blocks of 8 inside, so a tile's activations stay in L1 while every channel
-    /// multiplies them (each weight broadcast feeds two `vpdpbusd`).
+    use super::super::codes::SimdElement;
+    use super::super::Epilogue;
+
+    /// `epilogues.len()` output channels over all pixels: tiles of 32 pixels (two vectors)
+    /// outside, all channel blocks of 8 inside, so a tile's activations stay in L1 while every
+    /// channel multiplies them (each weight broadcast feeds two `vpdpbusd`).
     ///
     /// # Safety
     /// AVX-512F/BW/VNNI must be available; `x` holds `k4` planes of `pixels` words, `w` holds
-    /// `count` rows of `k4` words, `out` holds `count` planes of `pixels` i32.
+    /// one row of `k4` words per epilogue, `out` one plane of `pixels` per epilogue.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    pub unsafe fn channels(
+    pub unsafe fn channels<E: SimdElement>(
         x: &[u32],
         pixels: usize,
         w: &[i32],
         k4: usize,
-        count: usize,
-        out: &mut [i32],
+        epilogues: &[Epilogue],
+        store: E::Store,
+        out: &mut [E],
     ) {
         let mask = |lanes: usize| -> __mmask16 {
             if lanes >= 16 {
@@ -166,6 +187,7 @@ mod avx512 {
                 (1u16 << lanes) - 1
             }
         };
+        let count = epilogues.len();
         let mut p = 0;
         while p < pixels {
             let lanes = (pixels - p).min(32);
@@ -174,17 +196,19 @@ mod avx512 {
             while o < count {
                 let rows = (count - o).min(super::BLOCK_O);
                 let (w, out) = (&w[o * k4..], &mut out[o * pixels..]);
-                // SAFETY: as for this function; rows `o..o + rows` exist in `w` and `out`.
+                let tile = Tile { x, pixels, w, k4, p, masks, epilogues: &epilogues[o..] };
+                // SAFETY: as for this function; rows `o..o + rows` exist in `w`, `out` and
+                // `epilogues`.
                 unsafe {
                     match rows {
-                        8 => tile::<8>(x, pixels, w, k4, out, p, masks),
-                        7 => tile::<7>(x, pixels, w, k4, out, p, masks),
-                        6 => tile::<6>(x, pixels, w, k4, out, p, masks),
-                        5 => tile::<5>(x, pixels, w, k4, out, p, masks),
-                        4 => tile::<4>(x, pixels, w, k4, out, p, masks),
-                        3 => tile::<3>(x, pixels, w, k4, out, p, masks),
-                        2 => tile::<2>(x, pixels, w, k4, out, p, masks),
-                        _ => tile::<1>(x, pixels, w, k4, out, p, masks),
+                        8 => tile.run::<8, E>(store, out),
+                        7 => tile.run::<7, E>(store, out),
+                        6 => tile.run::<6, E>(store, out),
+                        5 => tile.run::<5, E>(store, out),
+                        4 => tile.run::<4, E>(store, out),
+                        3 => tile.run::<3, E>(store, out),
+                        2 => tile.run::<2, E>(store, out),
+                        _ => tile.run::<1, E>(store, out),
                     }
                 }
                 o += rows;
@@ -193,40 +217,56 @@ mod avx512 {
         }
     }
 
-    /// `O` channels × the (up to) 32 pixels from `p` the two masks select.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    unsafe fn tile<const O: usize>(
-        x: &[u32],
+    /// The (up to) 32 pixels from `p` the two masks select, for channels from the first row
+    /// of `w`, `out` and `epilogues`.
+    struct Tile<'a> {
+        x: &'a [u32],
         pixels: usize,
-        w: &[i32],
+        w: &'a [i32],
         k4: usize,
-        out: &mut [i32],
         p: usize,
         masks: [__mmask16; 2],
-    ) {
-        let (xp, wp, op) = (x.as_ptr(), w.as_ptr(), out.as_mut_ptr());
-        let mut low = [_mm512_setzero_si512(); O];
-        let mut high = [_mm512_setzero_si512(); O];
-        for kk in 0..k4 {
-            // SAFETY: plane `kk` has `pixels` words; the masks keep the loads inside it (a
-            // masked-off lane is never read).
-            unsafe {
-                let plane = xp.add(kk * pixels + p);
-                let x0 = _mm512_maskz_loadu_epi32(masks[0], plane.cast());
-                let x1 = _mm512_maskz_loadu_epi32(masks[1], plane.wrapping_add(16).cast());
-                for o in 0..O {
-                    let wv = _mm512_set1_epi32(*wp.add(o * k4 + kk));
-                    low[o] = _mm512_dpbusd_epi32(low[o], x0, wv);
-                    high[o] = _mm512_dpbusd_epi32(high[o], x1, wv);
+        epilogues: &'a [Epilogue],
+    }
+
+    impl Tile<'_> {
+        /// `O` channels: sums in registers, then finished and stored.
+        #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+        unsafe fn run<const O: usize, E: SimdElement>(&self, store: E::Store, out: &mut [E]) {
+            let (xp, wp, op) = (self.x.as_ptr(), self.w.as_ptr(), out.as_mut_ptr());
+            let (pixels, k4, masks) = (self.pixels, self.k4, self.masks);
+            let mut low = [_mm512_setzero_si512(); O];
+            let mut high = [_mm512_setzero_si512(); O];
+            for kk in 0..k4 {
+                // SAFETY: plane `kk` has `pixels` words; the masks keep the loads inside it (a
+                // masked-off lane is never read).
+                unsafe {
+                    let plane = xp.add(kk * pixels + self.p);
+                    let x0 = _mm512_maskz_loadu_epi32(masks[0], plane.cast());
+                    let x1 = _mm512_maskz_loadu_epi32(masks[1], plane.wrapping_add(16).cast());
+                    for o in 0..O {
+                        let wv = _mm512_set1_epi32(*wp.add(o * k4 + kk));
+                        low[o] = _mm512_dpbusd_epi32(low[o], x0, wv);
+                        high[o] = _mm512_dpbusd_epi32(high[o], x1, wv);
+                    }
                 }
             }
-        }
-        for o in 0..O {
-            // SAFETY: plane `o` of `out` has `pixels` i32; the masks keep the stores inside.
-            unsafe {
-                let plane = op.add(o * pixels + p);
-                _mm512_mask_storeu_epi32(plane.cast(), masks[0], low[o]);
-                _mm512_mask_storeu_epi32(plane.wrapping_add(16).cast(), masks[1], high[o]);
+            for o in 0..O {
+                let e = &self.epilogues[o];
+                let (bottom, top) = e.activation.bounds();
+                let finish = |sums: __m512i| {
+                    let centred = _mm512_sub_epi32(sums, _mm512_set1_epi32(e.offset));
+                    // Separate multiply and add, as the scalar reference rounds them.
+                    let v = _mm512_mul_ps(_mm512_cvtepi32_ps(centred), _mm512_set1_ps(e.scale));
+                    let v = _mm512_add_ps(v, _mm512_set1_ps(e.bias));
+                    _mm512_min_ps(_mm512_max_ps(v, _mm512_set1_ps(bottom)), _mm512_set1_ps(top))
+                };
+                // SAFETY: plane `o` of `out` has `pixels` elements; the masks keep the stores
+                // inside.
+                unsafe {
+                    let plane = op.add(o * pixels + self.p);
+                    E::store32([finish(low[o]), finish(high[o])], masks, store, plane);
+                }
             }
         }
     }
@@ -298,50 +338,51 @@ fn valid_columns(
     (first, last.max(first), start)
 }
 
-/// `out[p] = act((acc[p] - offset) · scale + bias)` for one output plane.
-pub fn dequantize_plane(
-    isa: Isa,
-    acc: &[i32],
-    offset: i32,
-    scale: f32,
-    bias: f32,
-    activation: super::Activation,
-    out: &mut [f32],
-) {
-    let (low, high) = activation.bounds();
-    super::quant::multiversion!(isa, {
-        for (o, &a) in out.iter_mut().zip(acc) {
-            // `clamp`-like without NaN handling (inputs are finite): plain vmaxps/vminps.
-            let v = (a - offset) as f32 * scale + bias;
-            let v = if v < low { low } else { v };
-            *o = if v > high { high } else { v };
-        }
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::{Activation, OutputCodes};
     use proptest::prelude::*;
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(48))]
         #[test]
-        fn planar_gemm_matches_the_scalar_reference(n in 1usize..20, k4 in 1usize..12, pixels in 1usize..50, seed in any::<u64>()) {
+        fn planar_conv_matches_the_scalar_reference(n in 1usize..20, k4 in 1usize..12, pixels in 1usize..80, zp in any::<u8>(), seed in any::<u64>()) {
             let mut state = seed;
             let mut next = || { state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407); (state >> 33) as u32 };
             let x: Vec<u32> = (0..k4 * pixels).map(|_| next()).collect();
             let w: Vec<i8> = (0..n * k4 * 4).map(|_| next() as i8).collect();
             let packed = PlanarWeights::pack(&w, n, k4);
-            let mut simd = vec![0; n * pixels];
-            gemm_planar(Isa::detect(), &x, pixels, &packed, 0..n, &mut simd);
-            let mut scalar = vec![0; n * pixels];
-            gemm_planar(Isa::Scalar, &x, pixels, &packed, 0..n, &mut scalar);
+            // Exact sums first (scale 1, no offset, bias or clamp: integers below 2^24 as f32).
+            let exact = Epilogue { offset: 0, scale: 1.0, bias: 0.0, activation: Activation::Identity };
+            let mut simd = vec![0f32; n * pixels];
+            conv_planar(Isa::detect(), &x, pixels, &packed, 0..n, &vec![exact; n], (), &mut simd);
+            let mut scalar = vec![0f32; n * pixels];
+            conv_planar(Isa::Scalar, &x, pixels, &packed, 0..n, &vec![exact; n], (), &mut scalar);
             prop_assert_eq!(&simd, &scalar);
-            // And against the definition, for one entry.
             let (o, p) = (n - 1, pixels - 1);
             let want: i32 = (0..k4 * 4).map(|k| i32::from(x[(k / 4) * pixels + p].to_le_bytes()[k % 4]) * i32::from(w[o * k4 * 4 + k])).sum();
-            prop_assert_eq!(scalar[o * pixels + p], want);
+            prop_assert_eq!(scalar[o * pixels + p], want as f32);
+            // Then real epilogues (per-channel offset, scale, bias, ReLU6), floats and codes,
+            // on a channel range that does not start at 0.
+            let first = n / 3;
+            let epilogues: Vec<Epilogue> = (first..n).map(|o| Epilogue {
+                offset: i32::from(zp) * packed.column_sums[o],
+                scale: 1e-4 * (o + 1) as f32,
+                bias: 0.1 * o as f32 - 0.5,
+                activation: Activation::Clip(0.0, 6.0),
+            }).collect();
+            let codes = OutputCodes::from(ActivationQuant { scale: 0.03, zero_point: zp / 2 });
+            let count = n - first;
+            let (mut simd, mut scalar) = (vec![0f32; count * pixels], vec![0f32; count * pixels]);
+            conv_planar(Isa::detect(), &x, pixels, &packed, first..n, &epilogues, (), &mut simd);
+            conv_planar(Isa::Scalar, &x, pixels, &packed, first..n, &epilogues, (), &mut scalar);
+            prop_assert_eq!(&simd, &scalar);
+            let (mut simd, mut scalar) = (vec![0u8; count * pixels + 1], vec![0u8; count * pixels + 1]);
+            conv_planar(Isa::detect(), &x, pixels, &packed, first..n, &epilogues, codes, &mut simd);
+            conv_planar(Isa::Scalar, &x, pixels, &packed, first..n, &epilogues, codes, &mut scalar);
+            prop_assert_eq!(&simd, &scalar);
+            prop_assert_eq!(simd[count * pixels], 0, "wrote past the planes");
         }
 
     }
@@ -381,11 +422,30 @@ mod tests {
         }
     }
 
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Codes read as they are give the same C4 words as the floats they stand for.
+        #[test]
+        fn c4_from_codes_equals_c4_from_floats(channels in 1usize..10, pixels in 1usize..40, zp in any::<u8>(), seed in any::<u64>()) {
+            let mut state = seed;
+            let mut next = || { state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407); (state >> 33) as u8 };
+            let codes: Vec<u8> = (0..channels * pixels).map(|_| next()).collect();
+            let input = ActivationQuant { scale: 0.05, zero_point: zp };
+            let floats: Vec<f32> = codes.iter().map(|&q| (f32::from(q) - f32::from(zp)) * 0.05).collect();
+            let groups = channels.div_ceil(4) * pixels;
+            let (mut from_codes, mut from_floats) = (vec![0u32; groups], vec![0u32; groups]);
+            quantize_c4(Isa::detect(), &codes, channels, pixels, input, &mut from_codes);
+            quantize_c4(Isa::detect(), &floats, channels, pixels, input, &mut from_floats);
+            prop_assert_eq!(from_codes, from_floats);
+        }
+    }
+
     #[test]
     fn c4_quantization_interleaves_and_pads() {
         let image: Vec<f32> = (0..5 * 3).map(|i| i as f32).collect(); // 5 channels × 3 pixels
         let mut dst = vec![0u32; 2 * 3];
-        quantize_c4(Isa::detect(), &image, 5, 3, 1.0, 7, &mut dst);
+        let input = ActivationQuant { scale: 1.0, zero_point: 7 };
+        quantize_c4(Isa::detect(), &image, 5, 3, input, &mut dst);
         assert_eq!(dst[1].to_le_bytes(), [8, 11, 14, 17]); // channels 0..4 at pixel 1, + zp 7
         assert_eq!(dst[3 + 2].to_le_bytes(), [21, 7, 7, 7]); // channel 4, then padding
     }

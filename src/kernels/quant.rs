@@ -45,6 +45,14 @@ pub fn quantize_value(x: f32, scale: f32, zero_point: u8) -> u8 {
     unsafe { q.to_int_unchecked::<i32>() as u8 }
 }
 
+/// Per-tensor u8 quantization of an activation: `q = saturate(round(x / scale) + zero_point)`.
+/// (Chosen from calibrated ranges in `quantize::qparams`.)
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ActivationQuant {
+    pub scale: f32,
+    pub zero_point: u8,
+}
+
 /// Runs `$body` compiled for AVX-512 when `$isa` allows it (the same source, vectorised 16
 /// lanes wide instead of the baseline's SSE2), else as portable code.
 macro_rules! multiversion {

@@ -1,5 +1,5 @@
 //! `Int8Conv`: a 2-D NCHW convolution (strided, padded, dilated, grouped, depthwise) on u8
-//! activations and i8 weights.
+//! activations and i8 weights, reading floats or u8 codes and writing either (see `Links`).
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
@@ -8,8 +8,8 @@ use tract_onnx::tract_core::ops::cnn::PoolSpec;
 use super::parallel::{for_each_chunk, threads};
 use super::{scratch, Int8Layer, Packed};
 use crate::kernels::{
-    dequantize_plane, gemm_planar, im2col_c4, quantize_c4, ConvGeometry, Isa, PhasedPlane,
-    PlanarWeights,
+    conv_planar, im2col_c4, quantize_c4, ConvGeometry, Element, Isa, PhasedPlane, PlanarWeights,
+    SimdElement,
 };
 
 /// Fewest output channels per parallel task (two kernel blocks).
@@ -46,20 +46,21 @@ impl Int8Conv {
     }
 
     /// One image; `depthwise` is the layout when the layer is depthwise (checked in `eval`).
-    fn run_image(
+    fn run_image<I: Element, O: SimdElement>(
         &self,
         g: &ConvGeometry,
         depthwise: Option<&PhasedPlane>,
-        image: &[f32],
-        out: &mut [f32],
+        image: &[I],
+        store: O::Store,
+        out: &mut [O],
     ) {
         match (&self.layer.weights.packed, depthwise) {
             (Packed::Depthwise(taps), Some(layout)) => {
-                self.run_depthwise(g, layout, taps, image, out)
+                self.run_depthwise(g, layout, taps, image, store, out)
             }
             (Packed::Planar(groups), _) => {
                 let words = g.channels.div_ceil(4) * g.height * g.width;
-                scratch::input_words(words, |x| self.run_planar(g, groups, image, x, out));
+                scratch::input_words(words, |x| self.run_planar(g, groups, image, x, store, out));
             }
             // `eval` refuses these combinations before any image runs.
             _ => {}
@@ -67,27 +68,27 @@ impl Int8Conv {
     }
 
     /// One task per channel: quantize its plane into the phased layout, accumulate, store.
-    fn run_depthwise(
+    fn run_depthwise<I: Element, O: SimdElement>(
         &self,
         g: &ConvGeometry,
         layout: &PhasedPlane,
         taps: &[f32],
-        image: &[f32],
-        out: &mut [f32],
+        image: &[I],
+        store: O::Store,
+        out: &mut [O],
     ) {
         let layer = &self.layer;
         let w = &*layer.weights;
         let isa = Isa::detect();
         let (pixels_in, pixels) = (g.height * g.width, g.out[0] * g.out[1]);
         let per_channel = g.kernel[0] * g.kernel[1];
-        let (scale, zp) = (layer.input.scale, layer.input.zero_point);
         for_each_chunk(out, pixels, |c, plane| {
             scratch::plane(layout.buffer_len(), |x| {
-                layout.fill(isa, &image[c * pixels_in..(c + 1) * pixels_in], scale, zp, x);
+                layout.fill(isa, &image[c * pixels_in..(c + 1) * pixels_in], layer.input, x);
                 scratch::flat_sums(layout.flat_len, |acc| {
                     let taps = &taps[c * per_channel..(c + 1) * per_channel];
                     layout.accumulate(isa, x, taps, acc);
-                    layout.store(isa, acc, w.output_scales[c], w.bias[c], layer.activation, plane);
+                    layout.store(isa, acc, x, w.epilogues[c], store, plane);
                 })
             })
         });
@@ -95,20 +96,21 @@ impl Int8Conv {
 
     /// Quantize the whole input into C4 words, then per group (im2col unless 1×1) one GEMM
     /// task per block of output channels, whose NCHW planes are contiguous.
-    fn run_planar(
+    fn run_planar<I: Element, O: SimdElement>(
         &self,
         g: &ConvGeometry,
         groups: &[PlanarWeights],
-        image: &[f32],
+        image: &[I],
         x: &mut [u32],
-        out: &mut [f32],
+        store: O::Store,
+        out: &mut [O],
     ) {
         let layer = &self.layer;
         let w = &*layer.weights;
         let isa = Isa::detect();
         let (pixels_in, pixels) = (g.height * g.width, g.out[0] * g.out[1]);
         let zp = layer.input.zero_point;
-        quantize_c4(isa, image, g.channels, pixels_in, layer.input.scale, zp, x);
+        quantize_c4(isa, image, g.channels, pixels_in, layer.input, x);
         let unit = g.kernel == [1, 1] && g.stride == [1, 1] && g.pad == [0, 0];
         let per_group_out = w.n / self.group;
         let groups_per_conv_group = g.channels.div_ceil(4) / self.group;
@@ -124,22 +126,10 @@ impl Int8Conv {
                 for_each_chunk(group_out, per_task * pixels, |task, chunk| {
                     let first = task * per_task;
                     let count = chunk.len() / pixels;
-                    scratch::accumulators(count * pixels, |acc| {
-                        gemm_planar(isa, operand, pixels, packed, first..first + count, acc);
-                        for (i, plane) in chunk.chunks_mut(pixels).enumerate() {
-                            let (local, o) = (first + i, group * per_group_out + first + i);
-                            let offset = i32::from(zp) * packed.column_sums[local];
-                            dequantize_plane(
-                                isa,
-                                &acc[i * pixels..(i + 1) * pixels],
-                                offset,
-                                w.output_scales[o],
-                                w.bias[o],
-                                layer.activation,
-                                plane,
-                            );
-                        }
-                    })
+                    let channels = group * per_group_out + first;
+                    let epilogues = &w.epilogues[channels..channels + count];
+                    let range = first..first + count;
+                    conv_planar(isa, operand, pixels, packed, range, epilogues, store, chunk);
                 });
             };
             if unit {
@@ -152,6 +142,42 @@ impl Int8Conv {
                 });
             }
         }
+    }
+
+    /// The whole batch, read as `I` and stored as `O`.
+    fn run_batch<I: Element + Datum, O: SimdElement + Datum>(
+        &self,
+        input: &Tensor,
+        store: O::Store,
+    ) -> TractResult<Tensor> {
+        let shape = input.shape();
+        let g = self.geometry(shape)?;
+        let view = input.to_plain_array_view::<I>()?;
+        let contiguous = view.as_standard_layout();
+        let data = contiguous.as_slice().context("Int8Conv input is not contiguous")?;
+        let (batch, n) = (shape[0], self.layer.weights.n);
+        let image_len = g.channels * g.height * g.width;
+        let out_len = n * g.out[0] * g.out[1];
+        let depthwise =
+            match &self.layer.weights.packed {
+                Packed::Depthwise(_) => Some(PhasedPlane::new(&g).with_context(|| {
+                    format!("{}: no depthwise layout for {g:?}", self.layer.name)
+                })?),
+                Packed::Rows(_) => bail!("Int8Conv holds linear weights"),
+                Packed::Planar(_) => None,
+            };
+        let mut tensor = Tensor::zero_dt(O::datum_type(), &[batch, n, g.out[0], g.out[1]])?;
+        {
+            let mut plain = tensor.try_as_plain_ram_mut()?;
+            let output = plain.as_slice_mut::<O>()?;
+            // Images in parallel too (each one's channels still split across threads): one
+            // image's layer is often too small to keep every thread busy.
+            for_each_chunk(output, out_len.max(1), |i, out| {
+                let image = &data[i * image_len..(i + 1) * image_len];
+                self.run_image(&g, depthwise.as_ref(), image, store, out);
+            });
+        }
+        Ok(tensor)
     }
 }
 
@@ -177,34 +203,21 @@ impl EvalOp for Int8Conv {
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let input = args_1!(inputs);
-        let shape = input.shape().to_vec();
-        let g = self.geometry(&shape)?;
-        let view = input.to_plain_array_view::<f32>()?;
-        let contiguous = view.as_standard_layout();
-        let data = contiguous.as_slice().context("Int8Conv input is not contiguous")?;
-        let (batch, n) = (shape[0], self.layer.weights.n);
-        let image_len = g.channels * g.height * g.width;
-        let out_len = n * g.out[0] * g.out[1];
-        let depthwise =
-            match &self.layer.weights.packed {
-                Packed::Depthwise(_) => Some(PhasedPlane::new(&g).with_context(|| {
-                    format!("{}: no depthwise layout for {g:?}", self.layer.name)
-                })?),
-                Packed::Rows(_) => bail!("Int8Conv holds linear weights"),
-                Packed::Planar(_) => None,
-            };
-        let mut tensor = Tensor::zero::<f32>(&[batch, n, g.out[0], g.out[1]])?;
-        {
-            let mut plain = tensor.try_as_plain_ram_mut()?;
-            let output = plain.as_slice_mut::<f32>()?;
-            // Images in parallel too (each one's channels still split across threads): one
-            // image's layer is often too small to keep every thread busy.
-            for_each_chunk(output, out_len.max(1), |i, out| {
-                let image = &data[i * image_len..(i + 1) * image_len];
-                self.run_image(&g, depthwise.as_ref(), image, out);
-            });
-        }
-        Ok(tvec!(tensor.into_tvalue()))
+        let links = self.layer.links;
+        let expected = if links.input_codes { u8::datum_type() } else { f32::datum_type() };
+        ensure!(
+            input.datum_type() == expected,
+            "{}: input is {:?}, expected {expected:?}",
+            self.layer.name,
+            input.datum_type()
+        );
+        let output = match (links.input_codes, links.output_codes) {
+            (false, None) => self.run_batch::<f32, f32>(&input, ())?,
+            (false, Some(codes)) => self.run_batch::<f32, u8>(&input, codes.into())?,
+            (true, None) => self.run_batch::<u8, f32>(&input, ())?,
+            (true, Some(codes)) => self.run_batch::<u8, u8>(&input, codes.into())?,
+        };
+        Ok(tvec!(output.into_tvalue()))
     }
 }
 
@@ -221,7 +234,12 @@ impl TypedOp for Int8Conv {
             &self.pool_spec.dilations(),
             &self.pool_spec.strides(),
         );
-        Ok(tvec!(f32::fact([
+        let dt = if self.layer.links.output_codes.is_some() {
+            u8::datum_type()
+        } else {
+            f32::datum_type()
+        };
+        Ok(tvec!(dt.fact([
             shape[0].clone(),
             self.layer.weights.n.to_dim(),
             padded[0].convoluted.to_dim(),

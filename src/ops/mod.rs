@@ -1,6 +1,8 @@
 //! The project's int8 tract ops: `Int8Conv` and `Int8Linear`. They take float activations,
 //! quantize them to u8 with calibrated parameters, multiply with i8 weights in the kernels, and
-//! store float results with bias and activation applied.
+//! store float results with bias and activation applied. Consecutive int8 convolutions are
+//! linked (`Links`): the first stores u8 codes with the second's input parameters, which the
+//! second reads as they are.
 
 mod conv;
 mod linear;
@@ -14,7 +16,7 @@ use tract_onnx::prelude::TypedOp;
 pub use conv::Int8Conv;
 pub use linear::Int8Linear;
 
-use crate::kernels::{Activation, PackedWeights, PlanarWeights};
+use crate::kernels::{Activation, Epilogue, PackedWeights, PlanarWeights};
 use crate::quantize::qparams::ActivationQuant;
 
 /// How a layer's weights are laid out for its kernels.
@@ -41,6 +43,9 @@ pub struct LayerWeights {
     pub bias: Vec<f32>,
     /// `activation scale × weight scale` per output channel: the epilogue's multiplier.
     pub output_scales: Vec<f32>,
+    /// Per output channel, what finishes its sums: zero-point correction (for the input's zero
+    /// point), scale, bias and the layer's activation.
+    pub epilogues: Vec<Epilogue>,
     pub packed: Packed,
 }
 
@@ -62,6 +67,7 @@ impl LayerWeights {
         n: usize,
         k: usize,
         input: ActivationQuant,
+        activation: Activation,
         layout: Layout,
     ) -> Self {
         let packed = match layout {
@@ -88,19 +94,47 @@ impl LayerWeights {
                 Packed::Planar(planes)
             }
         };
-        let output_scales = scales.iter().map(|s| s * input.scale).collect();
-        LayerWeights { n, k, scales, bias, output_scales, packed }
+        let output_scales: Vec<f32> = scales.iter().map(|s| s * input.scale).collect();
+        // Σ_k W[o][k] per output channel: the input's zero point times it is the part of the
+        // sums the centred codes would not have (depthwise sums are of centred codes already).
+        let column_sums: Vec<i32> = match &packed {
+            Packed::Rows(rows) => rows.column_sums.clone(),
+            Packed::Planar(groups) => groups.iter().flat_map(|g| g.column_sums.clone()).collect(),
+            Packed::Depthwise(_) => vec![0; n],
+        };
+        let zero_point = i32::from(input.zero_point);
+        let epilogues = (0..n)
+            .map(|o| Epilogue {
+                offset: zero_point * column_sums.get(o).copied().unwrap_or(0),
+                scale: output_scales[o],
+                bias: bias[o],
+                activation,
+            })
+            .collect();
+        LayerWeights { n, k, scales, bias, output_scales, epilogues, packed }
     }
 
-    /// Bytes of int8 weights held (packed codes, sums, scales, bias), for memory reports.
+    /// Bytes of int8 weights held (packed codes, sums, scales, bias, epilogues), for memory
+    /// reports.
     pub fn bytes(&self) -> usize {
         let packed = match &self.packed {
             Packed::Rows(p) => p.bytes(),
             Packed::Planar(planes) => planes.iter().map(PlanarWeights::bytes).sum(),
             Packed::Depthwise(taps) => taps.len() * 4,
         };
-        packed + 12 * self.n
+        packed + self.n * (12 + std::mem::size_of::<Epilogue>())
     }
+}
+
+/// How an int8 layer exchanges activations with its neighbours in the graph.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Links {
+    /// The input is a u8 tensor of codes already quantized with the layer's `input` parameters
+    /// (the previous int8 layer wrote them), not floats.
+    pub input_codes: bool,
+    /// Store u8 codes with these parameters (the input parameters of every int8 layer reading
+    /// the output) instead of floats.
+    pub output_codes: Option<ActivationQuant>,
 }
 
 /// What every int8 layer shares: its name, input quantization, fused activation, weights.
@@ -111,11 +145,14 @@ pub struct Int8Layer {
     pub input: ActivationQuant,
     pub activation: Activation,
     pub weights: Arc<LayerWeights>,
+    pub links: Links,
 }
 
 impl PartialEq for Int8Layer {
     fn eq(&self, other: &Self) -> bool {
-        self.name == other.name && Arc::ptr_eq(&self.weights, &other.weights)
+        self.name == other.name
+            && self.links == other.links
+            && Arc::ptr_eq(&self.weights, &other.weights)
     }
 }
 impl Eq for Int8Layer {}
@@ -126,4 +163,17 @@ pub fn int8_layer(op: &dyn TypedOp) -> Option<&Int8Layer> {
         return Some(&conv.layer);
     }
     op.downcast_ref::<Int8Linear>().map(|linear| &linear.layer)
+}
+
+/// A copy of the int8 op `op` running `layer` (new weights after an update) with `op`'s links
+/// to its neighbours kept; `None` if `op` is not an int8 op.
+pub fn with_layer(op: &dyn TypedOp, layer: &Int8Layer) -> Option<Box<dyn TypedOp>> {
+    let relinked = |old: &Int8Layer| Int8Layer { links: old.links, ..layer.clone() };
+    if let Some(conv) = op.downcast_ref::<Int8Conv>() {
+        return Some(Box::new(Int8Conv { layer: relinked(&conv.layer), ..conv.clone() }));
+    }
+    op.downcast_ref::<Int8Linear>().map(|linear| {
+        Box::new(Int8Linear { layer: relinked(&linear.layer), ..linear.clone() })
+            as Box<dyn TypedOp>
+    })
 }

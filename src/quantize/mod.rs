@@ -1,6 +1,7 @@
 //! Post-training INT8 quantization: calibrate, choose parameters, rewrite the graph with the
 //! project's int8 ops, and measure each layer against float.
 
+mod link;
 pub mod qparams;
 mod report;
 mod rewrite;
@@ -56,6 +57,8 @@ pub struct QuantizationSummary {
     pub int8_weight_bytes: usize,
     /// Each int8 layer (tract node name) and its input's quantization: what `save` records.
     pub activations: Vec<(String, ActivationQuant)>,
+    /// Int8 layer outputs passed to the next int8 layers as u8 codes (no float round trip).
+    pub linked_outputs: usize,
 }
 
 /// The outcome of [`quantize`]: the graph with int8 ops in place of the quantized layers.
@@ -120,9 +123,10 @@ pub fn quantize(
         float_weight_bytes: rewritten.float_bytes,
         int8_weight_bytes: rewritten.int8_bytes,
         activations: candidates.iter().map(|c| c.name.clone()).zip(activations.clone()).collect(),
+        linked_outputs: 0,
     };
     let layers = candidates.into_iter().zip(activations).collect();
-    Ok(Quantized { typed: rewritten.typed, summary, layers })
+    linked(Quantized { typed: rewritten.typed, summary, layers })
 }
 
 /// Rebuilds the int8 graph from saved activation parameters (by layer name): no calibration,
@@ -165,9 +169,20 @@ pub fn quantize_with_saved(
         float_weight_bytes: rewritten.float_bytes,
         int8_weight_bytes: rewritten.int8_bytes,
         activations: candidates.iter().map(|c| c.name.clone()).zip(activations.clone()).collect(),
+        linked_outputs: 0,
     };
     let layers = candidates.into_iter().zip(activations).collect();
-    Ok(Quantized { typed: rewritten.typed, summary, layers })
+    linked(Quantized { typed: rewritten.typed, summary, layers })
+}
+
+/// `quantized` with its consecutive int8 layers linked (after the per-layer report, which
+/// reads every layer's float output).
+fn linked(mut quantized: Quantized) -> Result<Quantized> {
+    let count = link::link_int8_layers(&mut quantized.typed)
+        .map_err(|e| Error::Calibration(format!("linking int8 layers: {}", chain(&e))))?;
+    log::debug!("{count} int8 layer outputs pass u8 codes to the next int8 layers");
+    quantized.summary.linked_outputs = count;
+    Ok(quantized)
 }
 
 /// The int8 graph and its weight sizes.
@@ -217,13 +232,22 @@ pub fn build_op(
         }
         LayerKind::Linear { .. } => Layout::Linear,
     };
-    let weights =
-        LayerWeights::new(codes, scales, layer.bias.clone(), layer.n, layer.k, input, layout);
+    let weights = LayerWeights::new(
+        codes,
+        scales,
+        layer.bias.clone(),
+        layer.n,
+        layer.k,
+        input,
+        layer.activation,
+        layout,
+    );
     let int8 = Int8Layer {
         name: layer.name.clone(),
         input,
         activation: layer.activation,
         weights: Arc::new(weights),
+        links: Default::default(),
     };
     match &layer.kind {
         LayerKind::Conv { pool_spec, group, depthwise } => Box::new(Int8Conv {

@@ -1,14 +1,8 @@
 //! Quantization parameters: asymmetric u8 for activations (the seed's formula), symmetric i8
 //! per output channel for weights. Rounding and saturation come from `kernels`, in one place.
 
+pub use crate::kernels::ActivationQuant;
 use crate::kernels::{round_half_even, saturate_i8, saturate_u8};
-
-/// Per-tensor u8 quantization of an activation: `q = saturate(round(x / scale) + zero_point)`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ActivationQuant {
-    pub scale: f32,
-    pub zero_point: u8,
-}
 
 impl ActivationQuant {
     /// `scale = (max − min) / 255`, `zero_point = round(−min / scale)`, with the range widened

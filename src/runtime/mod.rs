@@ -453,13 +453,25 @@ fn run_plans(
         ));
     }
     let bindings = bind_inputs(specs, &inputs)?;
+    let pool = match &executor {
+        Executor::MultiThread(pool) => Some(pool.clone()),
+        _ => None,
+    };
     let plan = plans.get(bindings)?;
-    let values: TVec<TValue> = inputs.into_iter().map(TValue::from).collect();
-    let outputs = catch_panics("inference", || {
-        multithread_tract_scope(executor, || plan.run(values))
-            .map_err(|e| Error::Inference(chain(&e)))
-    })?;
-    outputs.into_iter().map(files::exchangeable).collect()
+    let run = move || {
+        catch_panics("inference", || {
+            let values: TVec<TValue> = inputs.into_iter().map(TValue::from).collect();
+            let outputs = multithread_tract_scope(executor, || plan.run(values))
+                .map_err(|e| Error::Inference(chain(&e)))?;
+            outputs.into_iter().map(files::exchangeable).collect()
+        })
+    };
+    match pool {
+        // The whole run on a pool thread: each op's parallel section then starts where it
+        // is, instead of being handed over from this thread and waited for, op after op.
+        Some(pool) => pool.install(run),
+        None => run(),
+    }
 }
 
 /// The thread count to use: the explicit option, else `JARVIS_PERF_THREADS`, else every core.

@@ -1,0 +1,185 @@
+//! Linking consecutive int8 convolutions so that int8 data flows between them.
+//!
+//! Unlinked, an int8 layer stores floats and the next one quantizes them again: a float
+//! tensor written and read (4 bytes a value) and a quantize pass per layer, which measured 45 %
+//! of MobileNetV2's time. Linked, the producer stores `q = quantize(act(acc · s + b))` with the
+//! consumer's input parameters — the very codes the consumer computed from the floats before,
+//! so results are bit-identical — and the consumer reads them as they are.
+
+use tract_onnx::prelude::*;
+
+use crate::kernels::ActivationQuant;
+use crate::ops::Int8Conv;
+
+/// Links every int8 convolution whose output feeds only int8 convolutions that quantize it the
+/// same way (and is not a model output); returns how many outputs now carry u8 codes.
+pub fn link_int8_layers(model: &mut TypedModel) -> TractResult<usize> {
+    let outputs = model.output_outlets()?.to_vec();
+    let mut linked = 0;
+    for id in 0..model.nodes().len() {
+        if model.node(id).op_as::<Int8Conv>().is_none() {
+            continue;
+        }
+        let outlet = OutletId::new(id, 0);
+        let Some(codes) = shared_input_quant(model, outlet)? else { continue };
+        if outputs.contains(&outlet) {
+            continue;
+        }
+        let consumers: Vec<usize> =
+            model.outlet_successors(outlet).iter().map(|inlet| inlet.node).collect();
+        update_conv(model, id, |conv| conv.layer.links.output_codes = Some(codes));
+        for consumer in consumers {
+            update_conv(model, consumer, |conv| conv.layer.links.input_codes = true);
+        }
+        let fact = &mut model.node_mut(id).outputs[0].fact;
+        *fact = u8::fact(fact.shape.clone());
+        linked += 1;
+    }
+    Ok(linked)
+}
+
+/// The input quantization all readers of `outlet` share, when every reader is an int8
+/// convolution reading it as its data input.
+fn shared_input_quant(
+    model: &TypedModel,
+    outlet: OutletId,
+) -> TractResult<Option<ActivationQuant>> {
+    let mut shared: Option<ActivationQuant> = None;
+    for inlet in model.outlet_successors(outlet) {
+        let Some(conv) = model.node(inlet.node).op_as::<Int8Conv>() else { return Ok(None) };
+        if inlet.slot != 0 || shared.is_some_and(|q| q != conv.layer.input) {
+            return Ok(None);
+        }
+        shared = Some(conv.layer.input);
+    }
+    Ok(shared)
+}
+
+fn update_conv(model: &mut TypedModel, id: usize, change: impl FnOnce(&mut Int8Conv)) {
+    let node = model.node_mut(id);
+    if let Some(conv) = node.op_as::<Int8Conv>() {
+        let mut conv = conv.clone();
+        change(&mut conv);
+        node.op = Box::new(conv);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tract_onnx::tract_core::ops::cnn::{PaddingSpec, PoolSpec};
+    use tract_onnx::tract_core::ops::nn::DataFormat;
+
+    use super::*;
+    use crate::kernels::Activation;
+    use crate::quantize::{build_op, Candidate, LayerKind, WeightOrder};
+
+    fn values(len: usize, seed: u64, amplitude: f32) -> Vec<f32> {
+        let mut state = seed;
+        (0..len)
+            .map(|_| {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0 * amplitude
+            })
+            .collect()
+    }
+
+    /// A conv layer of `channels → n`, `kernel`×`kernel`, stride `stride`, padded by `kernel/2`;
+    /// depthwise when `depthwise`.
+    fn conv(
+        name: &str,
+        channels: usize,
+        n: usize,
+        kernel: usize,
+        stride: usize,
+        depthwise: bool,
+        activation: Activation,
+    ) -> Candidate {
+        let pad = kernel / 2;
+        let pool_spec = PoolSpec {
+            data_format: DataFormat::NCHW,
+            kernel_shape: tvec!(kernel, kernel),
+            padding: PaddingSpec::Explicit(tvec!(pad, pad), tvec!(pad, pad)),
+            dilations: None,
+            strides: Some(tvec!(stride, stride)),
+            input_channels: channels,
+            output_channels: n,
+        };
+        let group = if depthwise { n } else { 1 };
+        let per_group = channels / group;
+        let k = kernel * kernel * per_group;
+        Candidate {
+            name: name.into(),
+            kind: LayerKind::Conv { pool_spec: Box::new(pool_spec), group, depthwise },
+            input: OutletId::new(0, 0),
+            output: OutletId::new(0, 0),
+            weights: values(n * k, name.len() as u64, 0.5),
+            order: WeightOrder::Conv { n, channels: per_group, taps: kernel * kernel },
+            n,
+            k,
+            bias: values(n, 7, 0.2),
+            activation,
+        }
+    }
+
+    fn run(model: &TypedModel, input: &Tensor) -> TractResult<Vec<f32>> {
+        let plan = model.clone().into_runnable()?;
+        let out = plan.run(tvec!(input.clone().into_tvalue()))?;
+        Ok(out[0].to_plain_array_view::<f32>()?.iter().copied().collect())
+    }
+
+    /// pointwise (ReLU6) → depthwise 3×3 stride 2 (ReLU6) → {pointwise, 3×3 conv} → add:
+    /// both edges into the depthwise and out of it carry codes, and results equal the float
+    /// hand-over's (the stored codes multiply by 1/scale where quantizing floats divides, so a
+    /// rare near-tie lands one code apart: almost every output is bit-identical).
+    #[test]
+    fn linked_layers_give_the_float_hand_overs_results() -> TractResult<()> {
+        let relu6 = Activation::Clip(0.0, 6.0);
+        let q =
+            |low: f32, high: f32| crate::quantize::qparams::ActivationQuant::from_range(low, high);
+        let (q_in, q_mid, q_dw) = (q(-3.0, 3.0), q(0.0, 6.0), q(0.0, 5.0));
+        let mut model = TypedModel::default();
+        let x = model.add_source("x", f32::fact([2, 8, 9, 9]))?;
+        let expand = conv("expand", 8, 16, 1, 1, false, relu6);
+        let a = model.wire_node("expand", build_op(&expand, &expand.weights, q_in, true), &[x])?;
+        let dw = conv("dw", 16, 16, 3, 2, true, relu6);
+        let b = model.wire_node("dw", build_op(&dw, &dw.weights, q_mid, true), &a)?;
+        let project = conv("project", 16, 8, 1, 1, false, Activation::Identity);
+        let c = model.wire_node("project", build_op(&project, &project.weights, q_dw, true), &b)?;
+        let full = conv("full", 16, 8, 3, 1, false, Activation::Relu);
+        let d = model.wire_node("full", build_op(&full, &full.weights, q_dw, false), &b)?;
+        let sum =
+            model.wire_node("sum", tract_onnx::tract_core::ops::math::add(), &[c[0], d[0]])?;
+        model.select_output_outlets(&sum)?;
+        let mut linked = model.clone();
+        assert_eq!(link_int8_layers(&mut linked)?, 2);
+        assert_eq!(linked.outlet_fact(b[0])?.datum_type, u8::datum_type());
+        assert_eq!(linked.outlet_fact(c[0])?.datum_type, f32::datum_type());
+        let input = Tensor::from_shape(&[2, 8, 9, 9], &values(2 * 8 * 81, 3, 3.5))?;
+        let (want, got) = (run(&model, &input)?, run(&linked, &input)?);
+        let identical = want.iter().zip(&got).filter(|(w, g)| w.to_bits() == g.to_bits()).count();
+        assert!(identical * 100 >= want.len() * 99, "{identical} of {} identical", want.len());
+        let peak = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert!(want.iter().zip(&got).all(|(w, g)| (w - g).abs() <= 0.02 * peak));
+        Ok(())
+    }
+
+    /// Readers that quantize differently, or a non-int8 reader, keep the float hand-over.
+    #[test]
+    fn disagreeing_readers_stay_float() -> TractResult<()> {
+        let q =
+            |low: f32, high: f32| crate::quantize::qparams::ActivationQuant::from_range(low, high);
+        let mut model = TypedModel::default();
+        let x = model.add_source("x", f32::fact([1, 4, 5, 5]))?;
+        let first = conv("first", 4, 8, 1, 1, false, Activation::Relu);
+        let a =
+            model.wire_node("first", build_op(&first, &first.weights, q(-1.0, 1.0), true), &[x])?;
+        let left = conv("left", 8, 8, 1, 1, false, Activation::Identity);
+        let l = model.wire_node("left", build_op(&left, &left.weights, q(0.0, 4.0), true), &a)?;
+        let right = conv("right", 8, 8, 1, 1, false, Activation::Identity);
+        let r =
+            model.wire_node("right", build_op(&right, &right.weights, q(0.0, 5.0), true), &a)?;
+        model.select_output_outlets(&[l[0], r[0]])?;
+        assert_eq!(link_int8_layers(&mut model)?, 0);
+        Ok(())
+    }
+}
