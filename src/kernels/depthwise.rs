@@ -93,7 +93,6 @@ impl PhasedPlane {
         let [sy, sx] = self.phases;
         let (plane_len, pitch) = (self.rows * self.pitch, self.pitch);
         assert!(plane.len() >= g.height * g.width && dst.len() >= self.buffer_len());
-        let zp = f32::from(input.zero_point);
         // Strided layers only: one padded input row, codes at `pad + x`, the zero point (0)
         // around them, split into phases from there.
         let (dst, padded) = dst.split_at_mut(self.planes_len());
@@ -106,10 +105,8 @@ impl PhasedPlane {
                 for y in 0..g.height.min(self.rows.saturating_sub(g.pad[0])) {
                     let start = (y + g.pad[0]) * pitch + g.pad[1];
                     dst[written..start].fill(0.0);
-                    let row = &mut dst[start..][..inside];
-                    for (d, &v) in row.iter_mut().zip(&plane[y * g.width..][..inside]) {
-                        *d = f32::from(v.to_code(input)) - zp;
-                    }
+                    let src = &plane[y * g.width..][..inside];
+                    E::centred_row(isa, src, input, &mut dst[start..][..inside]);
                     written = start + inside;
                 }
                 dst[written..].fill(0.0);
@@ -140,15 +137,10 @@ impl PhasedPlane {
                 let src = &plane[y * g.width..][..inside];
                 let first = py * sx * plane_len + qy * pitch;
                 if sx == 1 {
-                    let row = &mut dst[first + g.pad[1]..][..inside];
-                    for (d, &v) in row.iter_mut().zip(src) {
-                        *d = f32::from(v.to_code(input)) - zp;
-                    }
+                    E::centred_row(isa, src, input, &mut dst[first + g.pad[1]..][..inside]);
                     continue;
                 }
-                for (d, &v) in padded[g.pad[1]..].iter_mut().zip(src) {
-                    *d = f32::from(v.to_code(input)) - zp;
-                }
+                E::centred_row(isa, src, input, &mut padded[g.pad[1]..][..inside]);
                 // Column phase px, phase column j ← padded column j·sx + px.
                 if sx == 2 {
                     // Both phases in one pass: an interleaved pair of loads, which vectorises.
