@@ -17,8 +17,8 @@ pub use planar::{
     dequantize_plane, gemm_planar, im2col_c4, quantize_c4, ConvGeometry, PlanarWeights,
 };
 pub use quant::{
-    dequantize_rows, quantize_u8, quantize_value, round_half_even, saturate_i8, saturate_u8,
-    Activation,
+    abs_max, dequantize_rows, quantize_i8_symmetric, quantize_u8, quantize_value, round_half_even,
+    saturate_i8, saturate_u8, Activation,
 };
 
 /// The instruction set the int8 kernels use.
