@@ -18,6 +18,11 @@
 //!   `gemm_u8i8` for the classifiers (float input quantization and output not included). Names: kind, channels in→out, input side, kernel, stride, then which models use
 //!   the shape and how many times. `cargo bench -- layers/depthwise` runs a subset.
 //!
+//! - `update 1000x1280/…`: what a live update of EfficientNet-Lite0's classifier costs in the
+//!   kernels, per thread: `quantize_weights` (per-channel scales and i8 codes) and
+//!   `PackedWeights::pack`; `thrpt` is in weights per second. The whole `Runtime::update`
+//!   (master copy, re-planning) is timed by `python -m jarvis_performance.bench --learning`.
+//!
 //! The shape table is printed by `python scripts/layer_shapes.py`. onnxruntime comparisons live
 //! in `python -m jarvis_performance.bench --int8`.
 
@@ -31,6 +36,7 @@ use jarvis_performance::kernels::{
     conv_planar, gemm_u8i8, im2col_c4, Activation, ActivationQuant, ConvGeometry, Epilogue, Isa,
     PackedWeights, PhasedPlane, PlanarWeights,
 };
+use jarvis_performance::quantize::qparams::quantize_weights;
 use jarvis_performance::quantize::QuantizeOptions;
 use jarvis_performance::{LoadOptions, Runtime};
 use tract_onnx::prelude::*;
@@ -274,6 +280,21 @@ fn layers(c: &mut Criterion<ThreadCpu>) {
     group.finish();
 }
 
+/// Re-quantizing and re-packing a 1,000 × 1,280 classifier, as an update of it does.
+fn update_kernels(c: &mut Criterion<ThreadCpu>) {
+    let (n, k) = (1000, 1280);
+    let weights: Vec<f32> =
+        bytes(n * k, 7).map(|b| (f32::from(b) - 127.5) * 1e-3).collect::<Vec<f32>>();
+    let mut group = c.benchmark_group("update 1000x1280");
+    group.sample_size(20).throughput(Throughput::Elements((n * k) as u64));
+    group.bench_function("quantize_weights", |b| {
+        b.iter(|| quantize_weights(black_box(&weights), n, k, true))
+    });
+    let (codes, _) = quantize_weights(&weights, n, k, true);
+    group.bench_function("pack", |b| b.iter(|| PackedWeights::pack(black_box(&codes), n, k)));
+    group.finish();
+}
+
 /// The peak micro-benchmark: `vpdpbusd` with nothing else in the loop.
 #[cfg(target_arch = "x86_64")]
 mod peak {
@@ -407,7 +428,7 @@ fn digits_cnn(c: &mut Criterion) {
 criterion_group! {
     name = cpu_time;
     config = Criterion::default().with_measurement(ThreadCpu);
-    targets = vnni_peak, layers
+    targets = vnni_peak, layers, update_kernels
 }
 criterion_group!(wall_time, kernels, digits_cnn);
 criterion_main!(cpu_time, wall_time);

@@ -118,6 +118,14 @@ impl Plans {
         })
     }
 
+    /// Whether the graph holds any of the int8 layers named in `ops` (else [`Plans::with_ops`]
+    /// would change nothing, and these plans can serve the next version as they are).
+    pub fn holds_any(&self, ops: &HashMap<String, Box<dyn TypedOp>>) -> bool {
+        self.decluttered.nodes().iter().any(|node| {
+            crate::ops::int8_layer(node.op.as_ref()).is_some_and(|l| ops.contains_key(&l.name))
+        })
+    }
+
     /// Plans computing the input of the layer called `layer` (the features a head learner
     /// trains on) instead of the model's outputs.
     pub fn features_of(&self, layer: &str) -> Result<Plans> {

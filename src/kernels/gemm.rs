@@ -28,13 +28,26 @@ impl PackedWeights {
     pub fn pack(weights: &[i8], n: usize, k: usize) -> Self {
         assert_eq!(weights.len(), n * k, "weights must be n × k");
         let k_padded = k.div_ceil(4) * 4;
-        let blocks = n.div_ceil(BLOCK_N);
-        let mut data = vec![0i8; blocks * BLOCK_N * k_padded];
-        for o in 0..n {
-            let (block, lane) = (o / BLOCK_N, o % BLOCK_N);
-            for kk in 0..k {
-                let ix = ((block * (k_padded / 4) + kk / 4) * BLOCK_N + lane) * 4 + kk % 4;
-                data[ix] = weights[o * k + kk];
+        let block_len = BLOCK_N * k_padded;
+        let mut data = vec![0i8; n.div_ceil(BLOCK_N) * block_len];
+        // Row by row into its block (which stays in L1), each group of 4 codes to its lane of
+        // a 64-byte group: few bounds checks and no index arithmetic per code (live updates
+        // re-pack whole layers).
+        if k > 0 {
+            for (o, row) in weights.chunks_exact(k).enumerate() {
+                let block = &mut data[(o / BLOCK_N) * block_len..][..block_len];
+                let lane = (o % BLOCK_N) * 4;
+                let mut groups = block.chunks_exact_mut(BLOCK_N * 4);
+                // Whole groups as fixed 4-byte copies (a variable length would call memcpy).
+                let fours = row.chunks_exact(4);
+                let rest = fours.remainder();
+                // `fours` first: `zip` stops on it without taking another group.
+                for (four, group) in fours.zip(groups.by_ref()) {
+                    group[lane..lane + 4].copy_from_slice(four);
+                }
+                if let Some(group) = groups.next().filter(|_| !rest.is_empty()) {
+                    group[lane..lane + rest.len()].copy_from_slice(rest);
+                }
             }
         }
         let column_sums = (0..n)

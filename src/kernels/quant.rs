@@ -84,6 +84,50 @@ pub fn quantize_u8(isa: Isa, src: &[f32], scale: f32, zero_point: u8, dst: &mut 
     })
 }
 
+/// The largest magnitude in `values`, NaN ignored (0 when empty): what `fold(0, max(|v|))`
+/// gives, computed on the bit patterns so the reduction vectorises (for non-negative floats the
+/// integer order of the bits is the float order; NaN patterns sort above infinity, hence masked).
+pub fn abs_max(isa: Isa, values: &[f32]) -> f32 {
+    const LANES: usize = 16;
+    // A NaN's magnitude becomes 0 by a mask rather than a select, which LLVM would fold into
+    // the maximum as a branchy chain that does not vectorise.
+    let magnitude = |v: &f32| {
+        let bits = v.to_bits() & 0x7fff_ffff;
+        bits & u32::from(bits <= 0x7f80_0000).wrapping_neg()
+    };
+    let bits = multiversion!(isa, {
+        let chunks = values.chunks_exact(LANES);
+        let tail = chunks.remainder().iter().map(magnitude).max().unwrap_or(0);
+        let mut lanes = [0u32; LANES];
+        for chunk in chunks {
+            for (lane, v) in lanes.iter_mut().zip(chunk) {
+                *lane = (*lane).max(magnitude(v));
+            }
+        }
+        lanes.into_iter().fold(tail, u32::max)
+    });
+    f32::from_bits(bits)
+}
+
+/// Symmetric i8 codes of one row of weights sharing `scale`:
+/// `saturate_i8(round_half_even(w / scale).max(-127.0))`, so codes stay in [−127, 127].
+///
+/// Clamping before rounding gives the same codes (the bounds are integers and rounding is
+/// monotonic), and in [−127, 127] adding 1.5 × 2^23 rounds half to even by itself and leaves
+/// the code in the low byte of the sum's bits: no checked float → int conversion, so the loop
+/// vectorises (live updates re-quantize whole layers).
+pub fn quantize_i8_symmetric(isa: Isa, src: &[f32], scale: f32, dst: &mut [i8]) {
+    const SHIFT: f32 = 12_582_912.0; // 1.5 × 2^23
+    multiversion!(isa, {
+        for (d, &w) in dst.iter_mut().zip(src) {
+            let x = w / scale;
+            let x = if x > -127.0 { x } else { -127.0 }; // NaN lands here, as before
+            let x = if x < 127.0 { x } else { 127.0 };
+            *d = (x + SHIFT).to_bits() as u8 as i8;
+        }
+    })
+}
+
 /// What is applied to a layer's output as it is stored.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Activation {
@@ -191,10 +235,59 @@ mod tests {
         assert_eq!(simd, scalar);
     }
 
+    /// The formula `quantize_i8_symmetric` replaces, kept as its reference.
+    fn symmetric_reference(w: f32, scale: f32) -> i8 {
+        saturate_i8(round_half_even(w / scale).max(-127.0))
+    }
+
+    #[test]
+    fn symmetric_codes_match_the_reference_on_ties_and_extremes() {
+        let mut values: Vec<f32> = (-300..=300).map(|i| i as f32 * 0.5).collect();
+        values.extend([f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -0.0, 1e30, -1e30, 126.5]);
+        for isa in [Isa::Scalar, Isa::detect()] {
+            for scale in [1.0, 0.5, 3.0, 1e-30] {
+                let mut codes = vec![0i8; values.len()];
+                quantize_i8_symmetric(isa, &values, scale, &mut codes);
+                for (&w, &c) in values.iter().zip(&codes) {
+                    assert_eq!(c, symmetric_reference(w, scale), "w {w} scale {scale} {isa:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn abs_max_ignores_nan_like_the_float_fold() {
+        let values = [0.5, f32::NAN, -3.0, 2.0, -0.0];
+        assert_eq!(abs_max(Isa::detect(), &values), 3.0);
+        assert_eq!(abs_max(Isa::Scalar, &[f32::NEG_INFINITY, 1.0]), f32::INFINITY);
+        assert_eq!(abs_max(Isa::Scalar, &[]), 0.0);
+        assert_eq!(abs_max(Isa::Scalar, &[f32::NAN]), 0.0);
+    }
+
     proptest! {
         #[test]
         fn rounding_agrees_with_std(v in -1e7f32..1e7f32) {
             prop_assert_eq!(round_half_even(v), v.round_ties_even());
+        }
+
+        #[test]
+        fn symmetric_codes_agree_with_the_reference(
+            values in proptest::collection::vec(-1e3f32..1e3f32, 0..70),
+            scale in 1e-4f32..10.0,
+        ) {
+            for isa in [Isa::Scalar, Isa::detect()] {
+                let mut codes = vec![0i8; values.len()];
+                quantize_i8_symmetric(isa, &values, scale, &mut codes);
+                let want: Vec<i8> = values.iter().map(|&w| symmetric_reference(w, scale)).collect();
+                prop_assert_eq!(&codes, &want);
+            }
+        }
+
+        #[test]
+        fn abs_max_agrees_with_the_float_fold(values in proptest::collection::vec(-1e30f32..1e30f32, 0..70)) {
+            let want = values.iter().fold(0f32, |m, v| m.max(v.abs()));
+            prop_assert_eq!(abs_max(Isa::detect(), &values), want);
+            prop_assert_eq!(abs_max(Isa::Scalar, &values), want);
         }
 
         #[test]

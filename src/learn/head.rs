@@ -77,7 +77,18 @@ pub fn head_gradient(
 }
 
 fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
+    // Sixteen independent partial sums: float addition does not reassociate, so a single
+    // running sum would run one add at a time (the logits are n × rows dot products of k).
+    const LANES: usize = 16;
+    let (a_lanes, b_lanes) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f32 = a_lanes.remainder().iter().zip(b_lanes.remainder()).map(|(x, y)| x * y).sum();
+    let mut sums = [0f32; LANES];
+    for (x, y) in a_lanes.zip(b_lanes) {
+        for ((s, x), y) in sums.iter_mut().zip(x).zip(y) {
+            *s += x * y;
+        }
+    }
+    sums.iter().sum::<f32>() + tail
 }
 
 fn argmax(values: &[f32]) -> usize {
@@ -113,6 +124,16 @@ mod tests {
             down[o] -= eps;
             let numeric = (loss(&weights, &up) - loss(&weights, &down)) / (2.0 * eps);
             assert!((numeric - g.bias[o]).abs() < 2e-3, "b[{o}]: {numeric} vs {}", g.bias[o]);
+        }
+    }
+
+    #[test]
+    fn dot_matches_a_double_precision_sum() {
+        for len in [0, 1, 15, 16, 17, 100, 1280] {
+            let a: Vec<f32> = (0..len).map(|i| ((i * 13 % 7) as f32 - 3.0) * 0.25).collect();
+            let b: Vec<f32> = (0..len).map(|i| ((i * 5 % 11) as f32 - 5.0) * 0.5).collect();
+            let want: f64 = a.iter().zip(&b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
+            assert!((f64::from(dot(&a, &b)) - want).abs() < 1e-3, "len {len}");
         }
     }
 

@@ -225,10 +225,19 @@ pub fn check_enabled() -> Result<()> {
     Ok(())
 }
 
-/// `masters` with `scale × delta` added to each named weight: the changed weights only, as
-/// new tensors. Every delta is checked first (known float weight, same shape, float32, finite,
-/// finite result), so a refused update changes nothing.
-pub fn apply_deltas(masters: &Weights, deltas: &[(String, Tensor)], scale: f32) -> Result<Weights> {
+/// What [`apply_deltas`] made.
+#[derive(Debug)]
+pub struct Applied {
+    /// The changed weights only, as new tensors.
+    pub weights: Weights,
+    /// Each changed weight's largest magnitude before and after (to warn on sudden growth).
+    pub peaks: HashMap<String, (f32, f32)>,
+}
+
+/// `masters` with `scale × delta` added to each named weight. Every delta is checked first
+/// (known float weight, same shape, float32, finite, finite result), so a refused update
+/// changes nothing.
+pub fn apply_deltas(masters: &Weights, deltas: &[(String, Tensor)], scale: f32) -> Result<Applied> {
     if !scale.is_finite() {
         return Err(Error::Update(format!("scale must be finite, got {scale}")));
     }
@@ -236,6 +245,7 @@ pub fn apply_deltas(masters: &Weights, deltas: &[(String, Tensor)], scale: f32) 
         return Err(Error::Update("no deltas given".into()));
     }
     let mut changed = Weights::new();
+    let mut peaks = HashMap::new();
     for (name, delta) in deltas {
         let refuse = |reason: String| Error::Update(format!("{name}: {reason}"));
         let master = masters.get(name).ok_or_else(|| {
@@ -262,19 +272,47 @@ pub fn apply_deltas(masters: &Weights, deltas: &[(String, Tensor)], scale: f32) 
             )));
         }
         let (values, delta) = (master_view(master, name)?, master_view(delta, name)?);
-        if let Some(bad) = delta.iter().position(|d| !d.is_finite()) {
-            return Err(refuse(format!("delta holds {} at flat index {bad}", delta[bad])));
-        }
-        let updated: Vec<f32> = values.iter().zip(delta).map(|(w, d)| w + scale * d).collect();
-        if let Some(bad) = updated.iter().position(|w| !w.is_finite()) {
-            return Err(refuse(format!("the update overflows float32 at flat index {bad}")));
-        }
-        let tensor = ndarray::ArrayD::from_shape_vec(master.shape(), updated)
-            .map(Tensor::from)
+        let mut tensor = Tensor::zero::<f32>(master.shape())
             .map_err(|e| Error::Internal(format!("{name}: {e}")))?;
+        let updated = tensor
+            .to_plain_array_view_mut::<f32>()
+            .ok()
+            .and_then(|mut view| {
+                view.as_slice_mut().map(|out| add_scaled(values, delta, scale, out))
+            })
+            .ok_or_else(|| Error::Internal(format!("{name}: new tensor is not contiguous")))?;
+        let Some(peak) = updated else {
+            // Rare: find what to report, the delta's own value first.
+            if let Some(bad) = delta.iter().position(|d| !d.is_finite()) {
+                return Err(refuse(format!("delta holds {} at flat index {bad}", delta[bad])));
+            }
+            let bad = values.iter().zip(delta).position(|(w, d)| !(w + scale * d).is_finite());
+            return Err(refuse(format!(
+                "the update overflows float32 at flat index {}",
+                bad.unwrap_or_default()
+            )));
+        };
+        peaks.insert(name.clone(), peak);
         changed.insert(name.clone(), Arc::new(tensor));
     }
-    Ok(changed)
+    Ok(Applied { weights: changed, peaks })
+}
+
+/// `out = master + scale × delta`, element by element, and the largest magnitude of `master`
+/// and of `out`; `None` when a result is not finite (a non-finite delta makes one whatever the
+/// scale, and so does a non-finite master value). One pass that vectorises: the maxima are
+/// taken on the bits, whose integer order is the order of finite magnitudes.
+fn add_scaled(master: &[f32], delta: &[f32], scale: f32, out: &mut [f32]) -> Option<(f32, f32)> {
+    const EXPONENT: u32 = 0x7f80_0000;
+    let magnitude = |v: f32| v.to_bits() & 0x7fff_ffff;
+    let (mut special, mut before, mut after) = (0u32, 0u32, 0u32);
+    for ((o, &w), &d) in out.iter_mut().zip(master).zip(delta) {
+        *o = w + scale * d;
+        special |= u32::from(o.to_bits() & EXPONENT == EXPONENT);
+        before = before.max(magnitude(w));
+        after = after.max(magnitude(*o));
+    }
+    (special == 0).then(|| (f32::from_bits(before), f32::from_bits(after)))
 }
 
 fn master_view<'t>(tensor: &'t Tensor, name: &str) -> Result<&'t [f32]> {
@@ -285,4 +323,33 @@ fn master_view<'t>(tensor: &'t Tensor, name: &str) -> Result<&'t [f32]> {
         .map_err(|e| not_plain(e.to_string()))?
         .to_slice()
         .ok_or_else(|| not_plain("not contiguous".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn add_scaled_is_the_plain_formula_with_both_peaks() {
+        let master: Vec<f32> = (0..37).map(|i| (i as f32 - 18.0) * 0.3).collect();
+        let delta: Vec<f32> = (0..37).map(|i| ((i * 7 % 5) as f32 - 2.0) * 0.11).collect();
+        let mut out = vec![0f32; 37];
+        let (before, after) = add_scaled(&master, &delta, -0.7, &mut out).unwrap();
+        let want: Vec<f32> = master.iter().zip(&delta).map(|(w, d)| w + -0.7 * d).collect();
+        assert_eq!(out, want);
+        assert_eq!(before, master.iter().fold(0f32, |m, w| m.max(w.abs())));
+        assert_eq!(after, want.iter().fold(0f32, |m, w| m.max(w.abs())));
+    }
+
+    #[test]
+    fn add_scaled_flags_any_non_finite_result() {
+        let mut out = [0f32; 3];
+        for (master, delta, scale) in [
+            ([1.0, 2.0, 3.0], [0.0, f32::NAN, 0.0], 1.0),
+            ([1.0, 2.0, 3.0], [0.0, 0.0, f32::INFINITY], 0.0),
+            ([3e38, 2.0, 3.0], [3e38, 0.0, 0.0], 1.0),
+        ] {
+            assert!(add_scaled(&master, &delta, scale, &mut out).is_none(), "{master:?} {delta:?}");
+        }
+    }
 }

@@ -2,7 +2,7 @@
 //! per output channel for weights. Rounding and saturation come from `kernels`, in one place.
 
 pub use crate::kernels::ActivationQuant;
-use crate::kernels::{round_half_even, saturate_i8, saturate_u8};
+use crate::kernels::{abs_max, quantize_i8_symmetric, round_half_even, saturate_u8, Isa};
 
 impl ActivationQuant {
     /// `scale = (max − min) / 255`, `zero_point = round(−min / scale)`, with the range widened
@@ -33,8 +33,9 @@ pub fn quantize_weights(
     k: usize,
     per_channel: bool,
 ) -> (Vec<i8>, Vec<f32>) {
+    let isa = Isa::detect();
     let scale_of = |values: &[f32]| {
-        let max = values.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let max = abs_max(isa, values);
         if max > 0.0 && max.is_finite() {
             max / 127.0
         } else {
@@ -46,14 +47,12 @@ pub fn quantize_weights(
     } else {
         vec![scale_of(weights); n]
     };
-    // Row by row, so the inner loop has one scale and vectorises (live updates re-run this).
+    // Row by row, one scale per call: live updates re-run this on whole layers.
     let mut codes = vec![0i8; weights.len()];
     for ((row, out), &scale) in
         weights.chunks(k.max(1)).zip(codes.chunks_mut(k.max(1))).zip(&scales)
     {
-        for (code, &w) in out.iter_mut().zip(row) {
-            *code = saturate_i8(round_half_even(w / scale).max(-127.0));
-        }
+        quantize_i8_symmetric(isa, row, scale, out);
     }
     (codes, scales)
 }

@@ -87,25 +87,35 @@ impl Runtime {
         catch_panics("updating the weights", || {
             let mut history = self.versions.writer();
             let current = self.versions.current();
-            let changed = apply_deltas(&current.masters, deltas, scale)?;
+            let start = std::time::Instant::now();
+            let applied = apply_deltas(&current.masters, deltas, scale)?;
             let mut masters = (*current.masters).clone();
-            let touched: Vec<String> = changed.keys().cloned().collect();
-            masters.extend(changed);
+            let touched: Vec<String> = applied.weights.keys().cloned().collect();
+            masters.extend(applied.weights);
             let masters = Arc::new(masters);
             let number = history.next_number();
-            let start = std::time::Instant::now();
             let (version, outcome) = match current.slots.int8_layers_for(&touched) {
                 Some(layers) => {
                     let ops = layers
                         .iter()
                         .map(|&ix| current.slots.build(ix, &masters))
                         .collect::<Result<HashMap<_, _>>>()?;
-                    warn_on_growth(&current, &masters, &layers);
+                    let built = start.elapsed();
+                    warn_on_growth(&current.slots, &applied.peaks, &layers);
                     let plans = current.plans.with_ops(&ops)?;
+                    log::debug!(
+                        "update to version {number}: deltas added, layers re-quantized and \
+                         re-packed by {built:?}, plans re-made by {:?}",
+                        start.elapsed()
+                    );
                     let features = current
                         .features_snapshot()
                         .into_iter()
-                        .map(|(layer, f)| Ok((layer, Arc::new(f.with_ops(&ops)?))))
+                        .map(|(layer, f)| {
+                            // A head's features do not run the head: nothing to re-plan then.
+                            let f = if f.holds_any(&ops) { Arc::new(f.with_ops(&ops)?) } else { f };
+                            Ok((layer, f))
+                        })
                         .collect::<Result<HashMap<_, _>>>()?;
                     let swapped: Vec<String> = ops.into_keys().collect();
                     let version = Version::new(
@@ -220,16 +230,16 @@ impl Runtime {
             None => slot.template.bias.clone(),
         };
         let gradient = head_gradient(&features, labels, &weights, &bias, n, k)?;
-        let step: Vec<f32> = gradient.weights.iter().map(|g| -lr * g).collect();
-        let weight_delta = slot.to_master_layout(&step, master.shape())?;
+        // The step is `−lr × gradient`, applied as the update's scale: the same floats as
+        // scaling the gradient first, without another copy of the layer.
+        let weight_delta = slot.to_master_layout(&gradient.weights, master.shape())?;
         let mut deltas = vec![(slot.weight.clone(), tensor(master.shape(), &weight_delta)?)];
         if let Some(b) = &slot.bias {
-            let step: Vec<f32> = gradient.bias.iter().map(|g| -lr * g).collect();
-            deltas.push((b.clone(), tensor(&[n], &step)?));
+            deltas.push((b.clone(), tensor(&[n], &gradient.bias)?));
         }
         let weight = slot.weight.clone();
         drop(current);
-        let outcome = self.update(&deltas, 1.0)?;
+        let outcome = self.update(&deltas, -lr)?;
         Ok(LearnStep {
             version: outcome.version,
             layer: name,
@@ -331,17 +341,10 @@ impl Runtime {
 
 /// Warns when an update grows a layer's weights far beyond what its output range was
 /// calibrated for: the next layer's input quantization may then clip.
-fn warn_on_growth(current: &Version, masters: &Weights, layers: &[usize]) {
+fn warn_on_growth(slots: &Slots, peaks: &HashMap<String, (f32, f32)>, layers: &[usize]) {
     for &ix in layers {
-        let slot = &current.slots.layers[ix];
-        let peak = |w: &Weights| {
-            w.get(&slot.weight)
-                .and_then(|t| {
-                    t.to_plain_array_view::<f32>().ok().map(|v| v.fold(0f32, |m, x| m.max(x.abs())))
-                })
-                .unwrap_or(0.0)
-        };
-        let (before, after) = (peak(&current.masters), peak(masters));
+        let slot = &slots.layers[ix];
+        let Some(&(before, after)) = peaks.get(&slot.weight) else { continue };
         if before > 0.0 && after > 4.0 * before {
             log::warn!(
                 "{}: weights grew {:.1}x in one update; activations downstream were calibrated \

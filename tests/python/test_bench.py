@@ -151,7 +151,7 @@ def test_calibration_is_shared_and_fixed() -> None:
 
 def test_learning_bench_times_update_and_learn(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--learning", "--models", "digits_cnn", "--rounds", "3"]) == 0
-    lines = capsys.readouterr().out.splitlines()
+    lines = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("#")]
     assert "update ms" in lines[0] and "learn ms" in lines[0]
     rows = [line.split() for line in lines[1:]]
     assert [r[1] for r in rows] == ["int8", "float"]

@@ -4,6 +4,7 @@ the disable switch, concurrency, and the head learner."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -332,16 +333,20 @@ def test_learn_by_layer_name(runtime: jp.Runtime, digits: tuple[np.ndarray, ...]
 
 # --- recalibration -----------------------------------------------------------------------------------
 
-def test_recalibrate_after_a_large_update(digits: tuple[np.ndarray, ...], tmp_path: Path) -> None:
-    """Scaling a conv layer 6x moves every activation range after it: int8 drifts from float
-    until ``recalibrate`` measures the ranges again (a new version; rollback restores the old)."""
+def test_recalibrate_after_a_large_update(digits: tuple[np.ndarray, ...], tmp_path: Path,
+                                          caplog: pytest.LogCaptureFixture) -> None:
+    """Scaling a conv layer 6x moves every activation range after it: the update warns, and int8
+    drifts from float until ``recalibrate`` measures the ranges again (a new version; rollback
+    restores the old)."""
     calib, x, _ = digits
     fp32 = jp.Runtime.load(DIGITS)
     rt = jp.Runtime.load(DIGITS, quantize="int8", calibration=calib)
     grow = {"features.3.weight": 5.0 * rt.weights("features.3.weight"),
             "features.3.bias": 5.0 * rt.weights("features.3.bias")}
     fp32.update(grow)
-    rt.update(grow)
+    with caplog.at_level(logging.WARNING, logger="jarvis_performance"):
+        rt.update(grow)
+    assert [r.getMessage() for r in caplog.records if "weights grew 6.0x" in r.getMessage()]
     reference = fp32.infer(x)
     stale = rt.infer(x)
     assert rt.recalibrate(calib) == 2 and rt.version == 2
