@@ -14,7 +14,8 @@ use std::sync::OnceLock;
 pub use depthwise::{PhasedPlane, MAX_DEPTHWISE_STRIDE, MAX_DEPTHWISE_TAPS};
 pub use gemm::{gemm_u8i8, gemm_u8i8_block, gemm_u8i8_reference, PackedWeights, BLOCK_N};
 pub use planar::{
-    dequantize_plane, gemm_planar, im2col_c4, quantize_c4, ConvGeometry, PlanarWeights,
+    dequantize_plane, fill_words, gemm_planar, im2col_c4, im2col_c4_fills, quantize_c4,
+    quantize_c4_channels, ConvGeometry, PlanarWeights,
 };
 pub use quant::{
     dequantize_rows, quantize_u8, quantize_value, round_half_even, saturate_i8, saturate_u8,

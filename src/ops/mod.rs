@@ -15,6 +15,7 @@ pub use conv::Int8Conv;
 pub use linear::Int8Linear;
 
 use crate::kernels::{Activation, PackedWeights, PlanarWeights};
+use crate::quantize::input::ChannelInput;
 use crate::quantize::qparams::ActivationQuant;
 
 /// How a layer's weights are laid out for its kernels.
@@ -42,6 +43,9 @@ pub struct LayerWeights {
     /// `activation scale × weight scale` per output channel: the epilogue's multiplier.
     pub output_scales: Vec<f32>,
     pub packed: Packed,
+    /// Per-input-channel quantization of an 8-bit input (`quantize::input`); `None`: the
+    /// layer's per-tensor input parameters.
+    pub channel_input: Option<ChannelInput>,
 }
 
 /// The weight layout a layer's kernel needs.
@@ -89,7 +93,7 @@ impl LayerWeights {
             }
         };
         let output_scales = scales.iter().map(|s| s * input.scale).collect();
-        LayerWeights { n, k, scales, bias, output_scales, packed }
+        LayerWeights { n, k, scales, bias, output_scales, packed, channel_input: None }
     }
 
     /// Bytes of int8 weights held (packed codes, sums, scales, bias), for memory reports.
