@@ -118,13 +118,14 @@ fn channel_lattice(values: &[f64]) -> Option<(f32, u8, f32)> {
     }
     let step32 = step as f32;
     let (first, last) = ((low / step).round(), (high / step).round());
-    // Codes first..=last need zero points in [−first, 255 − last]: take the middle, so values
-    // a little outside the calibration range still have codes.
+    // Codes first..=last need zero points in [−first, 255 − last]. As a per-tensor range
+    // widened to include 0: the calibrated minimum (or 0.0, if every value is positive) takes
+    // code 0 — for an image whose calibration saw black, the codes are the pixels.
     let (min_zp, max_zp) = (-first, 255.0 - last);
     if min_zp > max_zp {
         return None;
     }
-    let zero_point = ((min_zp + max_zp) / 2.0).floor().clamp(0.0, 255.0) as u8;
+    let zero_point = min_zp.max(0.0).min(max_zp).clamp(0.0, 255.0) as u8;
     let shift = (f64::from(step32) * (low / f64::from(step32)).round() - low) as f32;
     Some((step32, zero_point, shift))
 }
