@@ -232,8 +232,11 @@ class Runtime:
         """Whether the model runs with int8 layers."""
     def quantization_report(self) -> list[dict[str, Any]]:
         """Per Conv/Gemm/MatMul layer: ``name``, ``kind``, ``int8``, ``reason`` (why it stayed
-        float), ``sqnr_db`` and ``cosine`` against float on calibration data; int8 layers worst
-        first, then float ones. Empty for a float runtime."""
+        float), ``sqnr_db`` and ``cosine`` against float on calibration data, ``input``
+        (``"per-tensor"``, or ``"per-channel lattice"`` for 8-bit data such as a normalised
+        image, quantized losslessly on each channel's own step; ``None`` for float layers) and
+        ``bias_corrected`` (the bias absorbs the mean shift of the quantized weights); int8
+        layers worst first, then float ones. Empty for a float runtime."""
     def quantization_summary(self) -> dict[str, Any] | None:
         """Calibration and weight-memory figures of a quantized runtime (``None`` for float)."""
     @overload

@@ -4,11 +4,15 @@
 //! The observed tensors are made extra outputs of the decluttered graph (tract keeps outputs
 //! intact through optimisation), so one run per batch yields every range.
 
+mod lattice;
+mod means;
 mod observer;
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::tract_linalg::multithread::Executor;
 
+pub use lattice::{ChannelLattice, LatticeObserver};
+pub use means::{ChannelMeans, MeanLayout};
 pub use observer::{Method, Observer, BINS};
 
 use crate::error::{catch_panics, chain, Error, Result};
@@ -22,6 +26,10 @@ pub struct Calibrator {
     plans: Plans,
     inputs: Vec<TensorSpec>,
     observers: Vec<Observer>,
+    /// Per-channel means of the observed tensors (bias correction), once `track_means` ran.
+    means: Vec<ChannelMeans>,
+    /// Distinct values of the observed tensors `track_lattices` chose (8-bit inputs).
+    lattices: Vec<Option<LatticeObserver>>,
     /// Outputs of the original model, which stay first in the calibration plan's outputs.
     skip: usize,
     batches: usize,
@@ -47,6 +55,8 @@ impl Calibrator {
             plans,
             inputs: inputs.to_vec(),
             observers: vec![Observer::default(); observed.len()],
+            means: Vec::new(),
+            lattices: Vec::new(),
             skip,
             batches: 0,
             samples: 0,
@@ -63,17 +73,56 @@ impl Calibrator {
         let outputs = catch_panics("calibration", || {
             plan.run(values).map_err(|e| Error::Calibration(chain(&e)))
         })?;
-        for (observer, value) in self.observers.iter_mut().zip(outputs.iter().skip(self.skip)) {
+        for (i, (observer, value)) in
+            self.observers.iter_mut().zip(outputs.iter().skip(self.skip)).enumerate()
+        {
             let view = value
                 .to_plain_array_view::<f32>()
                 .map_err(|e| Error::Calibration(format!("observed tensor is not float: {e:#}")))?;
-            match view.as_slice() {
-                Some(slice) => observer.observe(slice),
-                None => observer.observe(&view.iter().copied().collect::<Vec<_>>()),
+            let owned;
+            let slice = match view.as_slice() {
+                Some(slice) => slice,
+                None => {
+                    owned = view.iter().copied().collect::<Vec<_>>();
+                    &owned
+                }
+            };
+            observer.observe(slice);
+            if let Some(means) = self.means.get_mut(i) {
+                means.observe(view.shape(), slice);
+            }
+            if let Some(Some(lattice)) = self.lattices.get_mut(i) {
+                lattice.observe(view.shape(), slice);
             }
         }
         self.batches += 1;
         Ok(())
+    }
+
+    /// Also records per-channel means of each observed tensor, laid out as `layouts` says (one
+    /// per observed outlet, in order).
+    pub fn track_means(&mut self, layouts: &[MeanLayout]) {
+        self.means = layouts.iter().map(|&l| ChannelMeans::new(l)).collect();
+    }
+
+    /// Also looks for per-channel 8-bit lattices in the observed tensors `which` selects (one
+    /// flag per observed outlet, in order).
+    pub fn track_lattices(&mut self, which: &[bool]) {
+        self.lattices = which.iter().map(|&w| w.then(LatticeObserver::default)).collect();
+    }
+
+    /// The lattice of each observed tensor, where one was tracked and found.
+    pub fn lattices(&self) -> Vec<Option<ChannelLattice>> {
+        (0..self.observers.len())
+            .map(|i| self.lattices.get(i).and_then(|l| l.as_ref()?.lattice()))
+            .collect()
+    }
+
+    /// The per-channel means of each observed tensor (empty vectors without `track_means`).
+    pub fn means(&self) -> Vec<Vec<f32>> {
+        (0..self.observers.len())
+            .map(|i| self.means.get(i).map(ChannelMeans::means).unwrap_or_default())
+            .collect()
     }
 
     /// Batches and samples (leading-axis items) observed so far.

@@ -15,7 +15,10 @@ use std::sync::OnceLock;
 pub use codes::{Element, Epilogue, OutputCodes, SimdElement, SimdSum, Sum};
 pub use depthwise::{PhasedPlane, MAX_DEPTHWISE_STRIDE, MAX_DEPTHWISE_TAPS};
 pub use gemm::{gemm_u8i8, gemm_u8i8_block, gemm_u8i8_reference, PackedWeights, BLOCK_N};
-pub use planar::{conv_planar, im2col_c4, quantize_c4, ConvGeometry, PlanarWeights};
+pub use planar::{
+    conv_planar, fill_words, im2col_c4, im2col_c4_fills, quantize_c4, quantize_c4_channels,
+    ConvGeometry, PlanarWeights,
+};
 pub use quant::{
     abs_max, dequantize_rows, quantize_i8_symmetric, quantize_u8, quantize_value, round_half_even,
     saturate_i8, saturate_u8, Activation, ActivationQuant,

@@ -105,6 +105,43 @@ pub fn quantize_c4<E: Element>(
     })
 }
 
+/// [`quantize_c4`] with each channel's own scale and zero point (an 8-bit input quantized on
+/// its per-channel lattice); missing channels of the last group hold 0 (their weights are 0).
+pub fn quantize_c4_channels<E: Element>(
+    isa: Isa,
+    image: &[E],
+    pixels: usize,
+    scales: &[f32],
+    zero_points: &[u8],
+    dst: &mut [u32],
+) {
+    let channels = scales.len().min(zero_points.len());
+    let groups = channels.div_ceil(4);
+    assert!(image.len() >= channels * pixels && dst.len() >= groups * pixels);
+    super::quant::multiversion!(isa, {
+        for g in 0..groups {
+            let out = &mut dst[g * pixels..(g + 1) * pixels];
+            out.fill(0);
+            for c in 4 * g..(4 * g + 4).min(channels) {
+                let (scale, zp, shift) = (scales[c], zero_points[c], 8 * (c - 4 * g));
+                let values = &image[c * pixels..(c + 1) * pixels];
+                for (word, &v) in out.iter_mut().zip(values) {
+                    *word |=
+                        u32::from(v.to_code(ActivationQuant { scale, zero_point: zp })) << shift;
+                }
+            }
+        }
+    })
+}
+
+/// The padding word of each channel group for per-channel zero points (missing channels 0).
+pub fn fill_words(zero_points: &[u8]) -> Vec<u32> {
+    zero_points
+        .chunks(4)
+        .map(|z| u32::from_le_bytes([0, 1, 2, 3].map(|j| z.get(j).copied().unwrap_or(0))))
+        .collect()
+}
+
 /// `out[o − range.start][p] = finish_o(Σ_k4 Σ_j x[k4][p].byte(j) · W[o][4·k4 + j])` for `o` in
 /// `range`: one output plane of `pixels` per channel, finished by `epilogues[o − range.start]`
 /// and stored as floats or codes. The SIMD path finishes each tile in registers, so no plane of
@@ -281,10 +318,33 @@ pub fn im2col_c4(
     zero_point: u8,
     patches: &mut [u32],
 ) {
+    let fill = u32::from_le_bytes([zero_point; 4]);
+    im2col_c4_with(g, x, groups, |_| fill, patches)
+}
+
+/// [`im2col_c4`] padding channel group `g` with `fills[g]` (per-channel zero points, see
+/// [`fill_words`]).
+pub fn im2col_c4_fills(
+    g: &ConvGeometry,
+    x: &[u32],
+    groups: Range<usize>,
+    fills: &[u32],
+    patches: &mut [u32],
+) {
+    assert!(groups.end <= fills.len(), "one fill word per channel group");
+    im2col_c4_with(g, x, groups, |group| fills[group], patches)
+}
+
+fn im2col_c4_with(
+    g: &ConvGeometry,
+    x: &[u32],
+    groups: Range<usize>,
+    fill_of: impl Fn(usize) -> u32,
+    patches: &mut [u32],
+) {
     let ConvGeometry { height, width, kernel, stride, dilation, pad, out, .. } = *g;
     let pixels_in = height * width;
     let pixels_out = out[0] * out[1];
-    let fill = u32::from_le_bytes([zero_point; 4]);
     let columns: Vec<(usize, usize, usize)> = (0..kernel[1])
         .map(|kx| valid_columns(width, out[1], kx * dilation[1], stride[1], pad[1]))
         .collect();
@@ -292,6 +352,7 @@ pub fn im2col_c4(
     for ky in 0..kernel[0] {
         for &(first, last, start) in &columns {
             for g in groups.clone() {
+                let fill = fill_of(g);
                 let plane = &x[g * pixels_in..(g + 1) * pixels_in];
                 let dst = &mut patches[row * pixels_out..(row + 1) * pixels_out];
                 for oy in 0..out[0] {
@@ -341,7 +402,7 @@ fn valid_columns(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::{Activation, OutputCodes};
+    use crate::kernels::{quantize_value, Activation, OutputCodes};
     use proptest::prelude::*;
 
     proptest! {
@@ -438,6 +499,72 @@ mod tests {
             quantize_c4(Isa::detect(), &floats, channels, pixels, input, &mut from_floats);
             prop_assert_eq!(from_codes, from_floats);
         }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        #[test]
+        fn per_channel_c4_matches_the_definition(channels in 1usize..11, pixels in 1usize..40, seed in any::<u64>()) {
+            let mut state = seed;
+            let mut next = || { state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407); (state >> 40) as f32 / 16777216.0 };
+            let image: Vec<f32> = (0..channels * pixels).map(|_| next() * 8.0 - 4.0).collect();
+            let scales: Vec<f32> = (0..channels).map(|_| 0.005 + next() * 0.05).collect();
+            let zps: Vec<u8> = (0..channels).map(|_| (next() * 255.0) as u8).collect();
+            let groups = channels.div_ceil(4);
+            let mut dst = vec![0xdead_beef_u32; groups * pixels];
+            quantize_c4_channels(Isa::detect(), &image, pixels, &scales, &zps, &mut dst);
+            let mut scalar = vec![0u32; groups * pixels];
+            quantize_c4_channels(Isa::Scalar, &image, pixels, &scales, &zps, &mut scalar);
+            prop_assert_eq!(&dst, &scalar);
+            for c in 0..4 * groups {
+                for p in 0..pixels {
+                    let want = if c < channels { quantize_value(image[c * pixels + p], scales[c], zps[c]) } else { 0 };
+                    prop_assert_eq!(dst[(c / 4) * pixels + p].to_le_bytes()[c % 4], want);
+                }
+            }
+            // With one scale and zero point everywhere it is the per-tensor quantization.
+            if channels % 4 == 0 {
+                let mut same = vec![0u32; groups * pixels];
+                quantize_c4_channels(Isa::detect(), &image, pixels, &vec![scales[0]; channels], &vec![zps[0]; channels], &mut same);
+                let mut tensor = vec![0u32; groups * pixels];
+                quantize_c4(Isa::detect(), &image, channels, pixels, ActivationQuant { scale: scales[0], zero_point: zps[0] }, &mut tensor);
+                prop_assert_eq!(same, tensor);
+            }
+        }
+    }
+
+    #[test]
+    fn per_group_fills_pad_each_group_with_its_word() {
+        let g = ConvGeometry {
+            channels: 8,
+            height: 2,
+            width: 2,
+            kernel: [3, 3],
+            stride: [1, 1],
+            dilation: [1, 1],
+            pad: [1, 1],
+            out: [2, 2],
+        };
+        let x: Vec<u32> = (0..8).map(|i| 100 + i).collect();
+        let fills = fill_words(&[1, 2, 3, 4, 5, 6, 7]);
+        assert_eq!(fills, vec![u32::from_le_bytes([1, 2, 3, 4]), u32::from_le_bytes([5, 6, 7, 0])]);
+        let mut patches = vec![0u32; 9 * 2 * 4];
+        im2col_c4_fills(&g, &x, 0..2, &fills, &mut patches);
+        let mut reference = vec![0u32; 9 * 2 * 4];
+        for (group, &fill) in fills.iter().enumerate() {
+            let mut one = [0u32; 9 * 4];
+            let gg = ConvGeometry { channels: 4, ..g };
+            let mut single = vec![0u32; 9 * 4];
+            im2col_c4(&gg, &x[group * 4..], 0..1, 0, &mut single);
+            let zero = u32::from_le_bytes([0; 4]);
+            for (o, &s) in one.iter_mut().zip(&single) {
+                *o = if s == zero { fill } else { s };
+            }
+            for tap in 0..9 {
+                reference[(tap * 2 + group) * 4..][..4].copy_from_slice(&one[tap * 4..][..4]);
+            }
+        }
+        assert_eq!(patches, reference);
     }
 
     #[test]

@@ -158,28 +158,21 @@ impl Activation {
     }
 }
 
-/// Turns i32 accumulators back into floats: for each row `r` and column `o < n`,
-/// `out(r, o) = act((acc[r][o] - zero_point * column_sums[o]) * scales[o] + bias[o])`.
-/// `acc` rows are `acc_stride` wide; `store(r, o, value)` places each result, so one loop serves
-/// row-major (linear) and channel-major (NCHW conv) outputs.
-#[allow(clippy::too_many_arguments)]
+/// Turns i32 accumulators back into floats: for each row `r` and column `o`,
+/// `out(r, o) = epilogues[o]` applied to `acc[r][o]`. `acc` rows are `acc_stride` wide;
+/// `store(r, o, value)` places each result.
 pub fn dequantize_rows(
     acc: &[i32],
     acc_stride: usize,
     rows: usize,
-    n: usize,
-    zero_point: i32,
-    column_sums: &[i32],
-    scales: &[f32],
-    bias: &[f32],
-    activation: Activation,
+    epilogues: &[super::Epilogue],
     mut store: impl FnMut(usize, usize, f32),
 ) {
+    use super::Sum;
     for r in 0..rows {
-        let row = &acc[r * acc_stride..r * acc_stride + n];
-        for o in 0..n {
-            let centred = row[o] - zero_point * column_sums[o];
-            store(r, o, activation.apply(centred as f32 * scales[o] + bias[o]));
+        let row = &acc[r * acc_stride..r * acc_stride + epilogues.len()];
+        for (o, (&sum, e)) in row.iter().zip(epilogues).enumerate() {
+            store(r, o, e.activation.apply(sum.affine(e)));
         }
     }
 }

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use tract_onnx::prelude::*;
 
 pub use head::{head_gradient, HeadGradient};
-pub use slots::{LayerSlot, Slots};
+pub use slots::{Int8Input, LayerSlot, Slots};
 
 use crate::error::{Error, Result};
 use crate::model::weights::Weights;

@@ -4,11 +4,13 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use tract_onnx::prelude::*;
 
 use crate::error::{chain, Error, Result};
 use crate::model::weights::{OnnxLayer, Weights};
+use crate::quantize::input::InputStats;
 use crate::quantize::qparams::ActivationQuant;
 use crate::quantize::save::onnx_node_name;
 use crate::quantize::{build_op, find_layers, Candidate, LayerKind};
@@ -67,6 +69,9 @@ impl LayerSlot {
     }
 }
 
+/// An int8 layer's input quantization and per-channel input means (for bias correction).
+pub type Int8Input = (ActivationQuant, Arc<InputStats>);
+
 /// Every layer an update can reach directly, by the ONNX weights that feed them.
 #[derive(Debug, Clone, Default)]
 pub struct Slots {
@@ -85,7 +90,7 @@ impl Slots {
         float_graph: &TypedModel,
         onnx_layers: &[OnnxLayer],
         masters: &Weights,
-        int8: &HashMap<String, ActivationQuant>,
+        int8: &HashMap<String, Int8Input>,
         per_channel: bool,
     ) -> Result<Self> {
         let (candidates, _) =
@@ -120,8 +125,12 @@ impl Slots {
                 None => None,
             };
             candidate.weights = Vec::new();
+            let input = int8.get(&candidate.name);
+            if let Some((_, stats)) = input {
+                candidate.input_stats = stats.clone();
+            }
             let slot = LayerSlot {
-                int8: int8.get(&candidate.name).copied(),
+                int8: input.map(|(q, _)| *q),
                 template: candidate,
                 weight: onnx.weight.clone(),
                 transposed,

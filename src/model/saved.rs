@@ -8,7 +8,10 @@ use tract_onnx::data_resolver::MmapDataResolver;
 use tract_onnx::pb;
 use tract_onnx::prelude::*;
 
+use crate::calibrate::ChannelLattice;
 use crate::error::{Error, Result};
+use crate::quantize::input::InputStats;
+use crate::quantize::save::stats_names;
 
 /// Metadata keys written into `ModelProto.metadata_props`.
 pub const LAYERS_KEY: &str = "jarvis_performance.int8_layers";
@@ -24,6 +27,9 @@ pub struct SavedLayer {
     pub name: String,
     pub scale: f32,
     pub zero_point: u8,
+    /// Its input's calibration statistics (bias correction, 8-bit lattice); empty in files
+    /// written before they existed and in other quantizers' files.
+    pub input: InputStats,
 }
 
 /// The quantization a saved file carries.
@@ -60,11 +66,16 @@ pub fn restore_float(proto: &mut pb::ModelProto) -> Result<Option<SavedInt8>> {
         if !(scale.is_finite() && scale > 0.0) {
             return Err(bad(line));
         }
-        layers.push(SavedLayer { name: name.to_string(), scale, zero_point });
+        layers.push(SavedLayer {
+            name: name.to_string(),
+            scale,
+            zero_point,
+            input: InputStats::default(),
+        });
     }
     let options = metadata(proto, OPTIONS_KEY).unwrap_or("");
     let (method, per_channel) = options.split_once('\t').unwrap_or((options, "true"));
-    let saved =
+    let mut saved =
         SavedInt8 { layers, method: method.to_string(), per_channel: per_channel == "true" };
     let added_nodes: Vec<String> =
         metadata(proto, ADDED_NODES_KEY).unwrap_or("").lines().map(str::to_owned).collect();
@@ -85,10 +96,21 @@ pub fn restore_float(proto: &mut pb::ModelProto) -> Result<Option<SavedInt8>> {
         })
         .collect::<Result<_>>()?;
     let Some(graph) = proto.graph.as_mut() else { return Err(bad("no graph")) };
+    for layer in &mut saved.layers {
+        layer.input = input_stats(graph, &layer.name).map_err(|e| bad(&e))?;
+    }
     graph.node.retain(|n| !added_nodes.contains(&n.name));
     graph.initializer.retain(|t| !added_inits.contains(&t.name));
     for (node, ix, original) in rewired {
         let node = graph.node.iter_mut().find(|n| n.name == node).ok_or_else(|| bad(&node))?;
+        if original.is_empty() {
+            // An input the save appended (a bias for a layer that had none).
+            if ix + 1 != node.input.len() {
+                return Err(bad(&node.name));
+            }
+            node.input.truncate(ix);
+            continue;
+        }
         let slot = node.input.get_mut(ix).ok_or_else(|| bad(&original))?;
         *slot = original;
     }
@@ -96,6 +118,41 @@ pub fn restore_float(proto: &mut pb::ModelProto) -> Result<Option<SavedInt8>> {
     let int8_keys = [LAYERS_KEY, OPTIONS_KEY, ADDED_NODES_KEY, ADDED_INITIALIZERS_KEY, REWIRED_KEY];
     proto.metadata_props.retain(|p| !int8_keys.contains(&p.key.as_str()));
     Ok(Some(saved))
+}
+
+/// The input statistics the save stored for `layer` as initializers (none: empty).
+fn input_stats(graph: &pb::GraphProto, layer: &str) -> std::result::Result<InputStats, String> {
+    let [means, scales, zero_points, shifts] = stats_names(layer);
+    let read = |name: &str| -> std::result::Result<Option<Tensor>, String> {
+        graph
+            .initializer
+            .iter()
+            .find(|t| t.name == name)
+            .map(|t| tract_onnx::tensor::load_tensor(&MmapDataResolver, t, None))
+            .transpose()
+            .map_err(|_| name.to_string())
+    };
+    let floats = |name: &str| -> std::result::Result<Option<Vec<f32>>, String> {
+        let Some(t) = read(name)? else { return Ok(None) };
+        let view = t.to_plain_array_view::<f32>().map_err(|_| name.to_string())?;
+        let values: Vec<f32> = view.iter().copied().collect();
+        values.iter().all(|v| v.is_finite()).then_some(Some(values)).ok_or(name.to_string())
+    };
+    let mut stats = InputStats { means: floats(&means)?.unwrap_or_default(), lattice: None };
+    if let (Some(s), Some(d)) = (floats(&scales)?, floats(&shifts)?) {
+        let z = read(&zero_points)?.ok_or(zero_points.clone())?;
+        let z: Vec<u8> = z
+            .to_plain_array_view::<u8>()
+            .map_err(|_| zero_points.clone())?
+            .iter()
+            .copied()
+            .collect();
+        if s.iter().any(|&v| v <= 0.0) || s.len() != z.len() || s.len() != d.len() {
+            return Err(scales);
+        }
+        stats.lattice = Some(ChannelLattice { scales: s, zero_points: z, shifts: d });
+    }
+    Ok(stats)
 }
 
 /// If `proto` is a QDQ model from another quantizer (onnxruntime's `quantize_static`): for every
@@ -174,6 +231,7 @@ pub fn import_qdq(proto: &mut pb::ModelProto) -> Result<Option<SavedInt8>> {
             name: node.name.clone(),
             scale: activation.0,
             zero_point: activation.1,
+            input: InputStats::default(),
         });
     }
     if layers.is_empty() {

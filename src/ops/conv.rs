@@ -8,8 +8,8 @@ use tract_onnx::tract_core::ops::cnn::PoolSpec;
 use super::parallel::{for_each_chunk, threads};
 use super::{scratch, Int8Layer, Packed};
 use crate::kernels::{
-    conv_planar, im2col_c4, quantize_c4, ConvGeometry, Element, Isa, PhasedPlane, PlanarWeights,
-    SimdElement,
+    conv_planar, fill_words, im2col_c4, im2col_c4_fills, quantize_c4, quantize_c4_channels,
+    ConvGeometry, Element, Isa, PhasedPlane, PlanarWeights, SimdElement,
 };
 
 /// Fewest output channels per parallel task (two kernel blocks).
@@ -110,7 +110,13 @@ impl Int8Conv {
         let isa = Isa::detect();
         let (pixels_in, pixels) = (g.height * g.width, g.out[0] * g.out[1]);
         let zp = layer.input.zero_point;
-        quantize_c4(isa, image, g.channels, pixels_in, layer.input, x);
+        // An 8-bit input on per-channel lattices: each channel its own scale and zero point
+        // (their accumulator offsets are in the layer's epilogues).
+        let channel_input = w.channel_input.as_ref();
+        match channel_input {
+            Some(c) => quantize_c4_channels(isa, image, pixels_in, &c.scales, &c.zero_points, x),
+            None => quantize_c4(isa, image, g.channels, pixels_in, layer.input, x),
+        }
         let unit = g.kernel == [1, 1] && g.stride == [1, 1] && g.pad == [0, 0];
         let per_group_out = w.n / self.group;
         let groups_per_conv_group = g.channels.div_ceil(4) / self.group;
@@ -137,7 +143,13 @@ impl Int8Conv {
             } else {
                 scratch::patch_words(packed.k4 * pixels, |patches| {
                     let channel_groups = first_group..first_group + groups_per_conv_group;
-                    im2col_c4(g, x, channel_groups, zp, patches);
+                    match channel_input {
+                        Some(c) => {
+                            let fills = fill_words(&c.zero_points);
+                            im2col_c4_fills(g, x, channel_groups, &fills, patches)
+                        }
+                        None => im2col_c4(g, x, channel_groups, zp, patches),
+                    }
                     gemm(patches);
                 });
             }

@@ -75,18 +75,9 @@ impl EvalOp for Int8Linear {
                     }
                     scratch::accumulators(count * n_padded, |acc| {
                         gemm_u8i8(isa, x, k_padded, count, packed, acc);
-                        dequantize_rows(
-                            acc,
-                            n_padded,
-                            count,
-                            n,
-                            i32::from(zp),
-                            &packed.column_sums,
-                            &w.output_scales,
-                            &w.bias,
-                            self.layer.activation,
-                            |r, o, v| out[r * n + o] = v,
-                        );
+                        dequantize_rows(acc, n_padded, count, &w.epilogues, |r, o, v| {
+                            out[r * n + o] = v
+                        });
                     })
                 })
             });

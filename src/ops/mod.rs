@@ -17,6 +17,7 @@ pub use conv::Int8Conv;
 pub use linear::Int8Linear;
 
 use crate::kernels::{Activation, Epilogue, PackedWeights, PlanarWeights};
+use crate::quantize::input::ChannelInput;
 use crate::quantize::qparams::ActivationQuant;
 
 /// How a layer's weights are laid out for its kernels.
@@ -38,15 +39,13 @@ pub struct LayerWeights {
     pub n: usize,
     /// Reduction length per output channel (per group for grouped convs), before padding.
     pub k: usize,
-    /// Per-output-channel weight scales.
-    pub scales: Vec<f32>,
-    pub bias: Vec<f32>,
-    /// `activation scale × weight scale` per output channel: the epilogue's multiplier.
-    pub output_scales: Vec<f32>,
     /// Per output channel, what finishes its sums: zero-point correction (for the input's zero
-    /// point), scale, bias and the layer's activation.
+    /// point), `input scale × weight scale`, bias and the layer's activation.
     pub epilogues: Vec<Epilogue>,
     pub packed: Packed,
+    /// Per-input-channel quantization of an 8-bit input (`quantize::input`); `None`: the
+    /// layer's per-tensor input parameters.
+    pub channel_input: Option<ChannelInput>,
 }
 
 /// The weight layout a layer's kernel needs.
@@ -58,15 +57,16 @@ pub enum Layout {
 }
 
 impl LayerWeights {
-    /// Builds the layer from codes (`n` rows of `k`) and packs them for `layout`.
+    /// Builds the layer from codes (`n` rows of `k`) and packs them for `layout`; the input is
+    /// quantized per tensor with `input`, or per channel with `channel_input`.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         codes: Vec<i8>,
         scales: Vec<f32>,
         bias: Vec<f32>,
-        n: usize,
-        k: usize,
+        (n, k): (usize, usize),
         input: ActivationQuant,
+        channel_input: Option<ChannelInput>,
         activation: Activation,
         layout: Layout,
     ) -> Self {
@@ -105,24 +105,27 @@ impl LayerWeights {
         let zero_point = i32::from(input.zero_point);
         let epilogues = (0..n)
             .map(|o| Epilogue {
-                offset: zero_point * column_sums.get(o).copied().unwrap_or(0),
+                // Per-channel zero points (an 8-bit input's lattice) have their own offsets.
+                offset: match &channel_input {
+                    Some(c) => c.offsets.get(o).copied().unwrap_or(0),
+                    None => zero_point * column_sums.get(o).copied().unwrap_or(0),
+                },
                 scale: output_scales[o],
                 bias: bias[o],
                 activation,
             })
             .collect();
-        LayerWeights { n, k, scales, bias, output_scales, epilogues, packed }
+        LayerWeights { n, k, epilogues, packed, channel_input }
     }
 
-    /// Bytes of int8 weights held (packed codes, sums, scales, bias, epilogues), for memory
-    /// reports.
+    /// Bytes of int8 weights held (packed codes, sums, epilogues), for memory reports.
     pub fn bytes(&self) -> usize {
         let packed = match &self.packed {
             Packed::Rows(p) => p.bytes(),
             Packed::Planar(planes) => planes.iter().map(PlanarWeights::bytes).sum(),
             Packed::Depthwise(taps) => taps.len() * 4,
         };
-        packed + self.n * (12 + std::mem::size_of::<Epilogue>())
+        packed + self.n * std::mem::size_of::<Epilogue>()
     }
 }
 

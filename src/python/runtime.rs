@@ -290,8 +290,9 @@ impl PyRuntime {
     }
 
     /// Per Conv/Gemm/MatMul layer: `name`, `kind`, `int8`, `reason` (why it stayed float),
-    /// `sqnr_db` and `cosine` of its output against the float model on calibration data;
-    /// int8 layers worst first, then float ones. Empty for a float runtime.
+    /// `sqnr_db` and `cosine` of its output against the float model on calibration data,
+    /// `input` (`per-tensor` or `per-channel lattice`) and `bias_corrected`; int8 layers worst
+    /// first, then float ones. Empty for a float runtime.
     fn quantization_report<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let quantization = self.inner.quantization();
         let rows = quantization.as_ref().map(|q| q.report.as_slice()).unwrap_or_default();
@@ -305,6 +306,8 @@ impl PyRuntime {
                 d.set_item("reason", &row.reason)?;
                 d.set_item("sqnr_db", row.sqnr_db)?;
                 d.set_item("cosine", row.cosine)?;
+                d.set_item("input", &row.input)?;
+                d.set_item("bias_corrected", row.bias_corrected)?;
                 Ok(d)
             })
             .collect::<PyResult<Vec<_>>>()?;

@@ -118,6 +118,7 @@ mod tests {
             k,
             bias: values(n, 7, 0.2),
             activation,
+            input_stats: Default::default(),
         }
     }
 

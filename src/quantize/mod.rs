@@ -1,11 +1,14 @@
 //! Post-training INT8 quantization: calibrate, choose parameters, rewrite the graph with the
 //! project's int8 ops, and measure each layer against float.
 
+pub mod bias;
+pub mod input;
 mod link;
 pub mod qparams;
 mod report;
 mod rewrite;
 pub mod save;
+mod save_input;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,6 +23,7 @@ use crate::calibrate::{Calibrator, Method};
 use crate::error::{chain, Error, Result};
 use crate::model::TensorSpec;
 use crate::ops::{int8_layer, Int8Conv, Int8Layer, Int8Linear, LayerWeights, Layout};
+use input::{InputStats, InputStatsByLayer};
 use qparams::{quantize_weights, ActivationQuant};
 
 /// How to quantize.
@@ -59,6 +63,8 @@ pub struct QuantizationSummary {
     pub activations: Vec<(String, ActivationQuant)>,
     /// Int8 layer outputs passed to the next int8 layers as u8 codes (no float round trip).
     pub linked_outputs: usize,
+    /// Each int8 layer's input statistics (bias correction, 8-bit lattice), by layer name.
+    pub input_stats: InputStatsByLayer,
 }
 
 /// The outcome of [`quantize`]: the graph with int8 ops in place of the quantized layers.
@@ -79,9 +85,14 @@ pub fn quantize(
     executor: Executor,
 ) -> Result<Quantized> {
     let calibration = |e: TractError| Error::Calibration(chain(&e));
-    let (candidates, skipped) = find_layers(decluttered, &options.exclude).map_err(calibration)?;
+    let (mut candidates, skipped) =
+        find_layers(decluttered, &options.exclude).map_err(calibration)?;
     let observed: Vec<OutletId> = candidates.iter().map(|c| c.input).collect();
     let mut calibrator = Calibrator::new(decluttered, inputs, &observed, executor.clone())?;
+    calibrator.track_means(&candidates.iter().map(bias::mean_layout).collect::<Vec<_>>());
+    calibrator.track_lattices(
+        &candidates.iter().map(|c| input::lattice_eligible(decluttered, c)).collect::<Vec<_>>(),
+    );
     let mut first_batch = None;
     while let Some(batch) = batches()? {
         if first_batch.is_none() {
@@ -103,6 +114,10 @@ pub fn quantize(
             ActivationQuant::from_range(low, high)
         })
         .collect();
+    let stats = calibrator.means().into_iter().zip(calibrator.lattices());
+    for (candidate, (means, lattice)) in candidates.iter_mut().zip(stats) {
+        candidate.input_stats = Arc::new(InputStats { means, lattice });
+    }
     let rewritten = rewrite_layers(decluttered, &candidates, &activations, options.per_channel)?;
     let report = measure_layers(
         decluttered,
@@ -124,16 +139,19 @@ pub fn quantize(
         int8_weight_bytes: rewritten.int8_bytes,
         activations: candidates.iter().map(|c| c.name.clone()).zip(activations.clone()).collect(),
         linked_outputs: 0,
+        input_stats: candidates.iter().map(|c| (c.name.clone(), c.input_stats.clone())).collect(),
     };
     let layers = candidates.into_iter().zip(activations).collect();
     linked(Quantized { typed: rewritten.typed, summary, layers })
 }
 
-/// Rebuilds the int8 graph from saved activation parameters (by layer name): no calibration,
-/// and the same weights give the same codes, so the plan is bit-identical to the one saved.
+/// Rebuilds the int8 graph from saved activation parameters and input means (by layer name):
+/// no calibration, and the same weights give the same codes, so the plan is bit-identical to
+/// the one saved.
 pub fn quantize_with_saved(
     decluttered: &TypedModel,
     saved: &[(String, ActivationQuant)],
+    stats: &InputStatsByLayer,
     options: &QuantizeOptions,
 ) -> Result<Quantized> {
     let calibration = |e: TractError| Error::Calibration(chain(&e));
@@ -143,9 +161,12 @@ pub fn quantize_with_saved(
     let by_name: HashMap<&str, ActivationQuant> =
         saved.iter().map(|(n, q)| (save::onnx_node_name(n), *q)).collect();
     let (mut candidates, mut activations) = (Vec::new(), Vec::new());
-    for layer in all {
+    for mut layer in all {
         match by_name.get(save::onnx_node_name(&layer.name)) {
             Some(q) => {
+                if let Some(s) = stats.get(&layer.name) {
+                    layer.input_stats = s.clone();
+                }
                 activations.push(*q);
                 candidates.push(layer);
             }
@@ -170,6 +191,7 @@ pub fn quantize_with_saved(
         int8_weight_bytes: rewritten.int8_bytes,
         activations: candidates.iter().map(|c| c.name.clone()).zip(activations.clone()).collect(),
         linked_outputs: 0,
+        input_stats: candidates.iter().map(|c| (c.name.clone(), c.input_stats.clone())).collect(),
     };
     let layers = candidates.into_iter().zip(activations).collect();
     linked(Quantized { typed: rewritten.typed, summary, layers })
@@ -224,7 +246,10 @@ pub fn build_op(
     input: ActivationQuant,
     per_channel: bool,
 ) -> Box<dyn TypedOp> {
-    let (codes, scales) = quantize_weights(weights, layer.n, layer.k, per_channel);
+    // An 8-bit input quantized per channel folds its channel steps into the weights.
+    let lattice = layer.input_stats.lattice.as_ref();
+    let (weights, common) = input::fold_weights(layer, weights, lattice);
+    let (codes, scales) = quantize_weights(&weights, layer.n, layer.k, per_channel);
     let layout = match &layer.kind {
         LayerKind::Conv { depthwise: true, .. } => Layout::Depthwise,
         LayerKind::Conv { pool_spec, group, .. } => {
@@ -232,13 +257,25 @@ pub fn build_op(
         }
         LayerKind::Linear { .. } => Layout::Linear,
     };
+    let (bias, channel_input, input) = match (lattice, common) {
+        (Some(lattice), Some(common)) => {
+            let (means, shifts) = input::folded_means_and_shifts(layer, lattice, common);
+            let bias = bias::corrected_bias(layer, &weights, &codes, &scales, &means, &shifts);
+            let channels = input::channel_input(layer, lattice, common, &codes);
+            (bias, Some(channels), ActivationQuant { scale: common, zero_point: 0 })
+        }
+        _ => {
+            let means = &layer.input_stats.means;
+            (bias::corrected_bias(layer, &weights, &codes, &scales, means, &[]), None, input)
+        }
+    };
     let weights = LayerWeights::new(
         codes,
         scales,
-        layer.bias.clone(),
-        layer.n,
-        layer.k,
+        bias,
+        (layer.n, layer.k),
         input,
+        channel_input,
         layer.activation,
         layout,
     );

@@ -24,6 +24,11 @@ pub struct LayerReport {
     pub sqnr_db: Option<f64>,
     /// Cosine similarity of the same outputs.
     pub cosine: Option<f64>,
+    /// How the input is quantized: `per-tensor`, or `per-channel lattice` for 8-bit data
+    /// quantized losslessly on its own per-channel steps (`None` for float layers).
+    pub input: Option<String>,
+    /// Whether the bias is corrected for the mean shift of the quantized weights.
+    pub bias_corrected: bool,
 }
 
 impl LayerReport {
@@ -36,6 +41,15 @@ impl LayerReport {
             reason: None,
             sqnr_db: measured.map(|m| m.0),
             cosine: measured.map(|m| m.1),
+            input: Some(
+                if layer.input_stats.lattice.is_some() {
+                    "per-channel lattice"
+                } else {
+                    "per-tensor"
+                }
+                .into(),
+            ),
+            bias_corrected: !layer.input_stats.means.is_empty(),
         }
     }
 
@@ -48,6 +62,8 @@ impl LayerReport {
             reason: Some(skipped.reason.clone()),
             sqnr_db: None,
             cosine: None,
+            input: None,
+            bias_corrected: false,
         }
     }
 }

@@ -6,6 +6,7 @@
 //! `Min` with constants (ReLU, ReLU6 and other clips).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
@@ -14,6 +15,7 @@ use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat, PaddingSpec, PoolSpec
 use tract_onnx::tract_core::ops::einsum::EinSum;
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
+use super::input::InputStats;
 use crate::kernels::Activation;
 
 /// The shape of a layer's computation.
@@ -41,6 +43,8 @@ pub struct Candidate {
     pub k: usize,
     pub bias: Vec<f32>,
     pub activation: Activation,
+    /// What calibration learned about the input (means, 8-bit lattice); empty when unknown.
+    pub input_stats: Arc<InputStats>,
 }
 
 /// How the values of a layer's weight constant (flat, row-major) map to the kernel's `n × k`
@@ -266,6 +270,7 @@ fn conv_layer(
         k,
         bias,
         activation: Activation::Identity,
+        input_stats: Arc::default(),
     }))
 }
 
@@ -370,6 +375,7 @@ fn einsum_layer(
         k,
         bias: vec![0.0; n],
         activation: Activation::Identity,
+        input_stats: Arc::default(),
     }))
 }
 

@@ -10,7 +10,11 @@ use prost::Message;
 use tract_onnx::data_resolver::MmapDataResolver;
 use tract_onnx::pb;
 
+use super::input::{InputStats, InputStatsByLayer};
 use super::qparams::{quantize_weights, ActivationQuant};
+pub use super::save_input::stats_names;
+use super::save_input::{corrected_bias, fold_weight, stats_tensors};
+use crate::calibrate::ChannelLattice;
 use crate::error::{Error, Result};
 use crate::model::saved::{
     ADDED_INITIALIZERS_KEY, ADDED_NODES_KEY, LAYERS_KEY, OPTIONS_KEY, REWIRED_KEY,
@@ -28,6 +32,7 @@ pub fn onnx_node_name(tract_name: &str) -> &str {
 pub fn to_qdq(
     float_onnx: &[u8],
     layers: &[(String, ActivationQuant)],
+    stats: &InputStatsByLayer,
     options: &str,
 ) -> Result<Vec<u8>> {
     let fail = |reason: String| Error::Save(reason);
@@ -48,6 +53,8 @@ pub fn to_qdq(
     };
     let by_node: HashMap<String, ActivationQuant> =
         layers.iter().map(|(name, q)| (onnx_node_name(name).to_string(), *q)).collect();
+    let stats_by_node: HashMap<&str, &InputStats> =
+        stats.iter().map(|(name, s)| (onnx_node_name(name), &**s)).collect();
     let initializers: HashMap<String, usize> =
         graph.initializer.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
     let mut added = Added::default();
@@ -57,15 +64,34 @@ pub fn to_qdq(
         let quantizable =
             matches!(node.op_type.as_str(), "Conv" | "Gemm" | "MatMul") && node.input.len() >= 2;
         if let (true, Some(q)) = (quantizable, by_node.get(&node.name)) {
+            let stats = stats_by_node.get(node.name.as_str()).map(|s| &**s);
+            let lattice = stats.and_then(|s| s.lattice.as_ref()).filter(|_| node.op_type == "Conv");
             let activation = node.input[0].clone();
-            node.input[0] = added.activation(&mut nodes, &activation, *q);
+            node.input[0] = match lattice {
+                Some(l) => added.channel_activation(&mut nodes, &node.name, &activation, l),
+                None => added.activation(&mut nodes, &activation, *q),
+            };
             added.rewired.push(format!("{}\t0\t{activation}", node.name));
             let weight = node.input[1].clone();
             if let Some(&ix) = initializers.get(&weight) {
-                let axis = weight_axis(&node, &graph.initializer[ix]);
-                let dq = added.weight(&mut nodes, &graph.initializer[ix], axis).map_err(fail)?;
+                let original = &graph.initializer[ix];
+                let folded = lattice.map(|l| fold_weight(original, l, &node.name));
+                let folded = folded.transpose().map_err(fail)?;
+                let tensor = folded.as_ref().unwrap_or(original);
+                let axis = weight_axis(&node, tensor);
+                let dq = added.weight(&mut nodes, tensor, axis).map_err(fail)?;
                 node.input[1] = dq;
                 added.rewired.push(format!("{}\t1\t{weight}", node.name));
+                if let Some(stats) = stats.filter(|s| !s.means.is_empty()) {
+                    for t in stats_tensors(&node.name, stats) {
+                        added.initializer(t);
+                    }
+                    let bias =
+                        corrected_bias(&node, tensor, &graph.initializer, &initializers, stats);
+                    if let Some(bias) = bias.map_err(fail)? {
+                        added.corrected_bias(&mut node, bias);
+                    }
+                }
             }
         }
         nodes.push(node);
@@ -87,7 +113,7 @@ pub fn to_qdq(
 }
 
 /// The axis of a weight that indexes output channels.
-fn weight_axis(node: &pb::NodeProto, weight: &pb::TensorProto) -> usize {
+pub(super) fn weight_axis(node: &pb::NodeProto, weight: &pb::TensorProto) -> usize {
     match node.op_type.as_str() {
         "Gemm" => {
             let trans_b = node.attribute.iter().find(|a| a.name == "transB").map_or(0, |a| a.i);
@@ -150,6 +176,71 @@ impl Added {
             attribute,
             ..Default::default()
         });
+    }
+
+    /// Points `node`'s bias input at a new initializer holding `bias` (appending the input when
+    /// the node had none; restoring removes it again).
+    fn corrected_bias(&mut self, node: &mut pb::NodeProto, bias: Vec<f32>) {
+        let name = format!("{}_jp_bias", node.name);
+        let n = bias.len() as i64;
+        self.initializer(float_tensor(name.clone(), vec![n], bias));
+        match node.input.get_mut(2) {
+            Some(slot) if !slot.is_empty() => {
+                self.rewired.push(format!("{}\t2\t{slot}", node.name));
+                *slot = name;
+            }
+            _ => {
+                node.input.truncate(2);
+                node.input.push(name);
+                self.rewired.push(format!("{}\t2\t", node.name));
+            }
+        }
+    }
+
+    /// Per-channel QuantizeLinear of an 8-bit input with its lattice (`axis` 1: the codes are
+    /// the pixels), then a DequantizeLinear to the common step `s̄` the layer's weights were
+    /// folded to (`W·s_c/s̄`), so the layer computes what the int8 op does; returns its output.
+    fn channel_activation(
+        &mut self,
+        nodes: &mut Vec<pb::NodeProto>,
+        layer: &str,
+        tensor: &str,
+        lattice: &ChannelLattice,
+    ) -> String {
+        let [_, scales, zero_points, _] = stats_names(layer);
+        let channels = lattice.scales.len();
+        let common = lattice.scales.iter().fold(0f32, |m, &s| m.max(s));
+        let dims = vec![channels as i64];
+        self.initializer(float_tensor(scales.clone(), dims.clone(), lattice.scales.clone()));
+        self.initializer(pb::TensorProto {
+            name: zero_points.clone(),
+            dims: dims.clone(),
+            data_type: pb::tensor_proto::DataType::Uint8 as i32,
+            raw_data: lattice.zero_points.clone(),
+            ..Default::default()
+        });
+        let common_name = format!("{layer}_jp_common_scale");
+        self.initializer(float_tensor(common_name.clone(), dims, vec![common; channels]));
+        let (quantized, dequantized) = (format!("{layer}_jp_q"), format!("{layer}_jp_dq"));
+        let inputs = vec![tensor.to_string(), scales, zero_points.clone()];
+        self.node(
+            nodes,
+            "QuantizeLinear",
+            format!("{layer}_jp_Q"),
+            inputs,
+            quantized.clone(),
+            Some(1),
+        );
+        let inputs = vec![quantized, common_name, zero_points];
+        self.node(
+            nodes,
+            "DequantizeLinear",
+            format!("{layer}_jp_DQ"),
+            inputs,
+            dequantized.clone(),
+            Some(1),
+        );
+        dequantized
     }
 
     /// QuantizeLinear→DequantizeLinear on `tensor` (once per tensor); returns the DQ output.
@@ -256,7 +347,7 @@ impl Added {
     }
 }
 
-fn float_tensor(name: String, dims: Vec<i64>, values: Vec<f32>) -> pb::TensorProto {
+pub(super) fn float_tensor(name: String, dims: Vec<i64>, values: Vec<f32>) -> pb::TensorProto {
     pb::TensorProto {
         name,
         dims,

@@ -24,7 +24,7 @@ pub use status::Status;
 pub use update::{LearnStep, UpdateOutcome};
 
 use crate::error::{catch_panics, chain, Error, Result};
-use crate::learn::{Slots, Version, Versions};
+use crate::learn::{Int8Input, Slots, Version, Versions};
 use crate::model::weights::{self, OnnxLayer, Weights};
 use crate::model::{OnnxModel, TensorSpec};
 use crate::monitor::Monitor;
@@ -112,9 +112,15 @@ impl Runtime {
                             (l.name.clone(), q)
                         })
                         .collect();
+                    let stats = saved
+                        .layers
+                        .iter()
+                        .map(|l| (l.name.clone(), Arc::new(l.input.clone())))
+                        .collect();
                     let q = crate::quantize::quantize_with_saved(
                         float.decluttered(),
                         &layers,
+                        &stats,
                         &options,
                     )?;
                     Some(q)
@@ -200,8 +206,11 @@ impl Runtime {
                 (float, slots, None)
             }
             Some(q) => {
-                let int8: HashMap<String, ActivationQuant> =
-                    q.layers.iter().map(|(c, a)| (c.name.clone(), *a)).collect();
+                let int8: HashMap<String, Int8Input> = q
+                    .layers
+                    .iter()
+                    .map(|(c, a)| (c.name.clone(), (*a, c.input_stats.clone())))
+                    .collect();
                 let per_channel = q.summary.options.per_channel;
                 let slots =
                     Slots::new(float.decluttered(), &onnx_layers, &masters, &int8, per_channel)?;
@@ -270,7 +279,7 @@ impl Runtime {
             None => Ok(float),
             Some(q) => {
                 let options = format!("{}\t{}", q.options.method, q.options.per_channel);
-                crate::quantize::save::to_qdq(&float, &q.activations, &options)
+                crate::quantize::save::to_qdq(&float, &q.activations, &q.input_stats, &options)
             }
         }
     }

@@ -8,11 +8,10 @@ use tract_onnx::prelude::*;
 use super::{run_plans, Runtime};
 use crate::error::{catch_panics, Error, Result};
 use crate::kernels::Activation;
-use crate::learn::{apply_deltas, check_enabled, head_gradient, Slots, Version};
+use crate::learn::{apply_deltas, check_enabled, head_gradient, Int8Input, Slots, Version};
 use crate::model::weights::{self, Weights};
 use crate::model::OnnxModel;
 use crate::plan::Plans;
-use crate::quantize::qparams::ActivationQuant;
 use crate::quantize::{BatchSource, LayerKind, QuantizationSummary, QuantizeOptions, Quantized};
 
 /// What an update did.
@@ -317,8 +316,12 @@ impl Runtime {
             return Ok((float, slots));
         };
         let options = QuantizeOptions { exclude: Vec::new(), ..q.options.clone() };
-        let quantized =
-            crate::quantize::quantize_with_saved(float.decluttered(), &q.activations, &options)?;
+        let quantized = crate::quantize::quantize_with_saved(
+            float.decluttered(),
+            &q.activations,
+            &q.input_stats,
+            &options,
+        )?;
         self.int8_plans(&float, masters, &quantized)
     }
 
@@ -329,8 +332,11 @@ impl Runtime {
         masters: &Weights,
         quantized: &Quantized,
     ) -> Result<(Plans, Slots)> {
-        let int8: HashMap<String, ActivationQuant> =
-            quantized.layers.iter().map(|(c, a)| (c.name.clone(), *a)).collect();
+        let int8: HashMap<String, Int8Input> = quantized
+            .layers
+            .iter()
+            .map(|(c, a)| (c.name.clone(), (*a, c.input_stats.clone())))
+            .collect();
         let per_channel = quantized.summary.options.per_channel;
         let slots =
             Slots::new(float.decluttered(), &self.onnx_layers, masters, &int8, per_channel)?;

@@ -105,14 +105,15 @@ def test_effnet_classifier_update_agrees_with_onnxruntime(model_path: Callable[[
     """EfficientNet-Lite0 (ImageNet weights), int8, classifier updated live, against onnxruntime
     running the float model with the same delta on natural-image views. Many views are near-ties
     for the float model itself (see test_int8_imagenet), so: top-1 agreement where float is
-    confident ≥ 95 %, and the update costs no overall agreement against the un-updated pair."""
+    confident ≥ 95 % and overall ≥ 95 % (issue #5), and the update costs no overall agreement
+    against the un-updated pair."""
     from jarvis_performance.photos import agreement, photos, views
 
     images = photos()
     calib, x = views(images, 32, seed=1), views(images, 150, seed=3)
     path = model_path("efficientnet_lite0")
-    # The stem convolution in float, as test_int8_imagenet shows is best for this model.
-    rt = jp.Runtime.load(path, quantize="int8", calibration=calib, exclude=["/_conv_stem/Conv"])
+    # Default options: the stem reads its 8-bit input losslessly, biases are corrected.
+    rt = jp.Runtime.load(path, quantize="int8", calibration=calib)
 
     def batched(run: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
         return np.concatenate([run(x[i:i + 16]) for i in range(0, len(x), 16)])
@@ -124,6 +125,7 @@ def test_effnet_classifier_update_agrees_with_onnxruntime(model_path: Callable[[
     after = agreement(batched(onnxruntime_with(path, deltas).run_fn()), batched(rt.infer))
     print(f"\nint8 vs onnxruntime float, before the update {before}, after {after}")
     assert after["confident"] >= 0.95
+    assert after["top1"] >= 0.95
     assert after["top1"] >= before["top1"] - 0.02
 
 
