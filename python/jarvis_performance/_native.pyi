@@ -238,7 +238,10 @@ class Runtime:
         ``bias_corrected`` (the bias absorbs the mean shift of the quantized weights); int8
         layers worst first, then float ones. Empty for a float runtime."""
     def quantization_summary(self) -> dict[str, Any] | None:
-        """Calibration and weight-memory figures of a quantized runtime (``None`` for float)."""
+        """Calibration and weight-memory figures of a quantized runtime (``None`` for float):
+        ``method``, ``per_channel``, ``batches``, ``samples``, ``calibration_bytes``,
+        ``float_weight_bytes``, ``int8_weight_bytes``, ``linked_outputs`` (int8 layer outputs
+        handed to the next int8 layers as u8 codes)."""
     @overload
     def infer(self, x: Mapping[str, npt.ArrayLike]) -> dict[str, npt.NDArray[Any]]: ...
     @overload

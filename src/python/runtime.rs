@@ -316,7 +316,8 @@ impl PyRuntime {
 
     /// Calibration and weight-memory figures of a quantized runtime (`None` for float):
     /// `method`, `batches`, `samples`, `calibration_bytes` (the fixed bound on observer
-    /// memory), `float_weight_bytes`, `int8_weight_bytes`.
+    /// memory), `float_weight_bytes`, `int8_weight_bytes`, `linked_outputs` (int8 layer outputs
+    /// handed to the next int8 layers as u8 codes).
     fn quantization_summary<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
         let Some(q) = self.inner.quantization() else { return Ok(None) };
         let d = PyDict::new(py);
@@ -327,6 +328,7 @@ impl PyRuntime {
         d.set_item("calibration_bytes", q.calibration_bytes)?;
         d.set_item("float_weight_bytes", q.float_weight_bytes)?;
         d.set_item("int8_weight_bytes", q.int8_weight_bytes)?;
+        d.set_item("linked_outputs", q.linked_outputs)?;
         Ok(Some(d))
     }
 
