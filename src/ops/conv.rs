@@ -8,8 +8,8 @@ use tract_onnx::tract_core::ops::cnn::PoolSpec;
 use super::parallel::{for_each_chunk, threads};
 use super::{scratch, Int8Layer, Packed};
 use crate::kernels::{
-    conv_planar, fill_words, im2col_c4, im2col_c4_fills, quantize_c4, quantize_c4_channels,
-    ConvGeometry, Element, Isa, PhasedPlane, PlanarWeights, SimdElement,
+    conv_planar, im2col_c4, im2col_c4_fills, quantize_c4, quantize_c4_channels, ConvGeometry,
+    Element, Isa, PhasedPlane, PlanarWeights, SimdElement,
 };
 
 /// Fewest output channels per parallel task (two kernel blocks).
@@ -144,10 +144,7 @@ impl Int8Conv {
                 scratch::patch_words(packed.k4 * pixels, |patches| {
                     let channel_groups = first_group..first_group + groups_per_conv_group;
                     match channel_input {
-                        Some(c) => {
-                            let fills = fill_words(&c.zero_points);
-                            im2col_c4_fills(g, x, channel_groups, &fills, patches)
-                        }
+                        Some(c) => im2col_c4_fills(g, x, channel_groups, &c.fills, patches),
                         None => im2col_c4(g, x, channel_groups, zp, patches),
                     }
                     gemm(patches);

@@ -43,6 +43,8 @@ pub struct ChannelInput {
     pub common_scale: f32,
     /// `Σ_k code[o][k] · z_c(k)`, subtracted from output channel `o`'s accumulator.
     pub offsets: Vec<i32>,
+    /// The padding word of each channel group (`kernels::fill_words`), made once per build.
+    pub fills: Vec<u32>,
 }
 
 /// The input channel of kernel column `k` of a dense convolution (k order: tap, channel).
@@ -117,6 +119,7 @@ pub fn channel_input(
         })
         .collect();
     ChannelInput {
+        fills: crate::kernels::fill_words(&lattice.zero_points),
         scales: lattice.scales.clone(),
         zero_points: lattice.zero_points.clone(),
         common_scale: common,
