@@ -45,6 +45,47 @@ pub fn run(runtime: &Runtime, batch: usize, iterations: usize, shapes: &[String]
     Ok(())
 }
 
+/// Times every node over `iterations` runs and prints the `top` slowest nodes, then the time
+/// per operator kind, in ms per run and percent of the profiled total.
+pub fn profile(
+    runtime: &Runtime,
+    batch: usize,
+    iterations: usize,
+    shapes: &[String],
+    top: usize,
+) -> Result<()> {
+    let inputs = runtime
+        .inputs()
+        .iter()
+        .map(|spec| random_input(spec, batch, shapes))
+        .collect::<Result<Vec<_>>>()?;
+    let nodes = runtime.profile(inputs, iterations)?;
+    let per_run = |d: std::time::Duration| d.as_secs_f64() * 1e3 / iterations as f64;
+    let total: f64 = nodes.iter().map(|n| per_run(n.total)).sum();
+    let share = |ms: f64| 100.0 * ms / total.max(f64::MIN_POSITIVE);
+    println!("profile: {total:.3} ms per run in {} nodes", nodes.len());
+    for n in nodes.iter().take(top) {
+        let ms = per_run(n.total);
+        println!("{ms:9.3} ms {:5.1} %  {:<14} {}", share(ms), n.op, n.node);
+    }
+    let mut by_op: Vec<(String, f64, usize)> = Vec::new();
+    for n in &nodes {
+        match by_op.iter_mut().find(|(op, _, _)| *op == n.op) {
+            Some(entry) => {
+                entry.1 += per_run(n.total);
+                entry.2 += 1;
+            }
+            None => by_op.push((n.op.clone(), per_run(n.total), 1)),
+        }
+    }
+    by_op.sort_by(|a, b| b.1.total_cmp(&a.1));
+    println!("by operator:");
+    for (op, ms, count) in by_op {
+        println!("{ms:9.3} ms {:5.1} %  {op} ×{count}", share(ms));
+    }
+    Ok(())
+}
+
 /// The `q`-th percentile (nearest rank) of sorted samples.
 pub fn percentile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {

@@ -106,6 +106,10 @@ enum Command {
         /// `NAME=D0xD1x…` fixes an input's whole shape (for models with dynamic non-batch axes).
         #[arg(long = "shape")]
         shapes: Vec<String>,
+        /// After timing, profile the same runs node by node and print the N slowest nodes
+        /// and the time per operator kind.
+        #[arg(long, value_name = "N")]
+        profile: Option<usize>,
         #[command(flatten)]
         precision: int8::Precision,
     },
@@ -154,9 +158,13 @@ fn execute(command: Command) -> Result<()> {
         Command::Eval { model, precision, data, labels } => {
             int8::eval(&model, &precision, &data, labels.as_deref())
         }
-        Command::Bench { model, batch, threads, iterations, shapes, precision } => {
+        Command::Bench { model, batch, threads, iterations, shapes, profile, precision } => {
             let runtime = int8::load(&model, threads, &precision)?;
-            bench::run(&runtime, batch, iterations, &shapes)
+            bench::run(&runtime, batch, iterations, &shapes)?;
+            match profile {
+                Some(top) => bench::profile(&runtime, batch, iterations, &shapes, top),
+                None => Ok(()),
+            }
         }
     }
 }

@@ -8,6 +8,7 @@ mod codes;
 mod depthwise;
 mod gemm;
 mod planar;
+mod pool;
 mod quant;
 
 use std::sync::OnceLock;
@@ -16,9 +17,10 @@ pub use codes::{Element, Epilogue, OutputCodes, SimdElement, SimdSum, Sum};
 pub use depthwise::{PhasedPlane, MAX_DEPTHWISE_STRIDE, MAX_DEPTHWISE_TAPS};
 pub use gemm::{gemm_u8i8, gemm_u8i8_block, gemm_u8i8_reference, PackedWeights, BLOCK_N};
 pub use planar::{
-    conv_planar, fill_words, im2col_c4, im2col_c4_fills, quantize_c4, quantize_c4_channels,
-    ConvGeometry, PlanarWeights,
+    conv_planar, fill_words, im2col_c4, im2col_c4_fills, im2col_c4_rows, quantize_c4,
+    quantize_c4_channels, ConvGeometry, PatchFill, PlanarWeights,
 };
+pub use pool::{max_pool_plane, max_pool_row_len};
 pub use quant::{
     abs_max, dequantize_rows, quantize_i8_symmetric, quantize_u8, quantize_value, round_half_even,
     saturate_i8, saturate_u8, Activation, ActivationQuant,

@@ -29,6 +29,22 @@ pub struct ConvGeometry {
     pub out: [usize; 2],
 }
 
+impl ConvGeometry {
+    /// For output pixel `(oy, ox)`: each kernel tap (row-major index) whose input lies inside
+    /// the plane, with that input's index — the naive window walk reference kernels test
+    /// against.
+    #[cfg(test)]
+    pub(crate) fn window(&self, oy: usize, ox: usize) -> impl Iterator<Item = (usize, usize)> + '_ {
+        let [kh, kw] = self.kernel;
+        (0..kh * kw).filter_map(move |tap| {
+            let (ky, kx) = (tap / kw, tap % kw);
+            let iy = (oy * self.stride[0] + ky * self.dilation[0]).checked_sub(self.pad[0])?;
+            let ix = (ox * self.stride[1] + kx * self.dilation[1]).checked_sub(self.pad[1])?;
+            (iy < self.height && ix < self.width).then_some((tap, iy * self.width + ix))
+        })
+    }
+}
+
 /// Output channels computed together by the SIMD kernel.
 const BLOCK_O: usize = 8;
 
@@ -318,8 +334,8 @@ pub fn im2col_c4(
     zero_point: u8,
     patches: &mut [u32],
 ) {
-    let fill = u32::from_le_bytes([zero_point; 4]);
-    im2col_c4_with(g, x, groups, |_| fill, patches)
+    let rows = 0..g.kernel[0] * g.kernel[1] * groups.len();
+    im2col_c4_rows(g, x, groups, PatchFill::ZeroPoint(zero_point), rows, patches)
 }
 
 /// [`im2col_c4`] padding channel group `g` with `fills[g]` (per-channel zero points, see
@@ -331,53 +347,67 @@ pub fn im2col_c4_fills(
     fills: &[u32],
     patches: &mut [u32],
 ) {
-    assert!(groups.end <= fills.len(), "one fill word per channel group");
-    im2col_c4_with(g, x, groups, |group| fills[group], patches)
+    let rows = 0..g.kernel[0] * g.kernel[1] * groups.len();
+    im2col_c4_rows(g, x, groups, PatchFill::PerGroup(fills), rows, patches)
 }
 
-fn im2col_c4_with(
+/// What im2col writes where a tap falls in the padding.
+#[derive(Debug, Clone, Copy)]
+pub enum PatchFill<'a> {
+    /// The input's zero point in every byte.
+    ZeroPoint(u8),
+    /// One word per channel group (per-channel zero points, see [`fill_words`]).
+    PerGroup(&'a [u32]),
+}
+
+/// Rows `rows` of the patch matrix [`im2col_c4`] builds (row `(ky · kw + kx) · groups + g`),
+/// written from the start of `patches`: parts of the matrix can be built in parallel.
+pub fn im2col_c4_rows(
     g: &ConvGeometry,
     x: &[u32],
     groups: Range<usize>,
-    fill_of: impl Fn(usize) -> u32,
+    fill: PatchFill,
+    rows: Range<usize>,
     patches: &mut [u32],
 ) {
     let ConvGeometry { height, width, kernel, stride, dilation, pad, out, .. } = *g;
     let pixels_in = height * width;
     let pixels_out = out[0] * out[1];
-    let columns: Vec<(usize, usize, usize)> = (0..kernel[1])
-        .map(|kx| valid_columns(width, out[1], kx * dilation[1], stride[1], pad[1]))
-        .collect();
-    let mut row = 0;
-    for ky in 0..kernel[0] {
-        for &(first, last, start) in &columns {
-            for g in groups.clone() {
-                let fill = fill_of(g);
-                let plane = &x[g * pixels_in..(g + 1) * pixels_in];
-                let dst = &mut patches[row * pixels_out..(row + 1) * pixels_out];
-                for oy in 0..out[0] {
-                    let line = &mut dst[oy * out[1]..(oy + 1) * out[1]];
-                    let iy = (oy * stride[0] + ky * dilation[0])
-                        .checked_sub(pad[0])
-                        .filter(|&iy| iy < height);
-                    let (Some(iy), true) = (iy, first < last) else {
-                        line.fill(fill);
-                        continue;
-                    };
-                    line[..first].fill(fill);
-                    line[last..].fill(fill);
-                    let src = &plane[iy * width + start..(iy + 1) * width];
-                    let inside = &mut line[first..last];
-                    if stride[1] == 1 {
-                        inside.copy_from_slice(&src[..inside.len()]);
-                    } else {
-                        inside
-                            .iter_mut()
-                            .zip(src.iter().step_by(stride[1]))
-                            .for_each(|(d, &v)| *d = v);
-                    }
-                }
-                row += 1;
+    let group_count = groups.len().max(1);
+    assert!(
+        rows.end <= kernel[0] * kernel[1] * groups.len()
+            && patches.len() >= rows.len() * pixels_out
+            && x.len() >= groups.end * pixels_in
+    );
+    if let PatchFill::PerGroup(fills) = fill {
+        assert!(groups.end <= fills.len(), "one fill word per channel group");
+    }
+    for (row, dst) in rows.clone().zip(patches.chunks_exact_mut(pixels_out.max(1))) {
+        let (tap, group) = (row / group_count, groups.start + row % group_count);
+        let (ky, kx) = (tap / kernel[1], tap % kernel[1]);
+        let fill = match fill {
+            PatchFill::ZeroPoint(zp) => u32::from_le_bytes([zp; 4]),
+            PatchFill::PerGroup(fills) => fills[group],
+        };
+        let (first, last, start) =
+            valid_columns(width, out[1], kx * dilation[1], stride[1], pad[1]);
+        let plane = &x[group * pixels_in..(group + 1) * pixels_in];
+        for oy in 0..out[0] {
+            let line = &mut dst[oy * out[1]..(oy + 1) * out[1]];
+            let iy =
+                (oy * stride[0] + ky * dilation[0]).checked_sub(pad[0]).filter(|&iy| iy < height);
+            let (Some(iy), true) = (iy, first < last) else {
+                line.fill(fill);
+                continue;
+            };
+            line[..first].fill(fill);
+            line[last..].fill(fill);
+            let src = &plane[iy * width + start..(iy + 1) * width];
+            let inside = &mut line[first..last];
+            if stride[1] == 1 {
+                inside.copy_from_slice(&src[..inside.len()]);
+            } else {
+                inside.iter_mut().zip(src.iter().step_by(stride[1])).for_each(|(d, &v)| *d = v);
             }
         }
     }
@@ -480,6 +510,17 @@ mod tests {
                     }
                 }
             }
+            // Built in parts (as threads build it), row ranges give the same matrix.
+            let pixels = out[0] * out[1];
+            let rows = k * k * groups;
+            let mut parts = vec![0u32; patches.len()];
+            let split = (rows / 3).max(1);
+            for (task, part) in parts.chunks_mut(split * pixels).enumerate() {
+                let first = task * split;
+                let range = first..first + part.len() / pixels;
+                im2col_c4_rows(&g, &x, 0..groups, PatchFill::ZeroPoint(3), range, part);
+            }
+            prop_assert_eq!(parts, patches);
         }
     }
 

@@ -7,6 +7,7 @@
 mod conv;
 mod linear;
 mod parallel;
+mod pool;
 mod scratch;
 
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use tract_onnx::prelude::TypedOp;
 
 pub use conv::Int8Conv;
 pub use linear::Int8Linear;
+pub use pool::MaxPool2d;
 
 use crate::kernels::{Activation, Epilogue, PackedWeights, PlanarWeights};
 use crate::quantize::input::ChannelInput;

@@ -65,7 +65,7 @@ fn update_conv(model: &mut TypedModel, id: usize, change: impl FnOnce(&mut Int8C
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use tract_onnx::tract_core::ops::cnn::{PaddingSpec, PoolSpec};
     use tract_onnx::tract_core::ops::nn::DataFormat;
 
@@ -73,7 +73,7 @@ mod tests {
     use crate::kernels::Activation;
     use crate::quantize::{build_op, Candidate, LayerKind, WeightOrder};
 
-    fn values(len: usize, seed: u64, amplitude: f32) -> Vec<f32> {
+    pub(in crate::quantize) fn values(len: usize, seed: u64, amplitude: f32) -> Vec<f32> {
         let mut state = seed;
         (0..len)
             .map(|_| {
@@ -85,7 +85,7 @@ mod tests {
 
     /// A conv layer of `channels → n`, `kernel`×`kernel`, stride `stride`, padded by `kernel/2`;
     /// depthwise when `depthwise`.
-    fn conv(
+    pub(in crate::quantize) fn conv(
         name: &str,
         channels: usize,
         n: usize,
@@ -122,7 +122,7 @@ mod tests {
         }
     }
 
-    fn run(model: &TypedModel, input: &Tensor) -> TractResult<Vec<f32>> {
+    pub(in crate::quantize) fn run(model: &TypedModel, input: &Tensor) -> TractResult<Vec<f32>> {
         let plan = model.clone().into_runnable()?;
         let out = plan.run(tvec!(input.clone().into_tvalue()))?;
         Ok(out[0].to_plain_array_view::<f32>()?.iter().copied().collect())

@@ -9,6 +9,7 @@ mod report;
 mod rewrite;
 pub mod save;
 mod save_input;
+mod tidy;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -197,13 +198,19 @@ pub fn quantize_with_saved(
     linked(Quantized { typed: rewritten.typed, summary, layers })
 }
 
-/// `quantized` with its consecutive int8 layers linked (after the per-layer report, which
-/// reads every layer's float output).
+/// `quantized` with its consecutive int8 layers linked and its max pools on the project's
+/// kernel (after the per-layer report, which reads every layer's float output).
 fn linked(mut quantized: Quantized) -> Result<Quantized> {
+    let folded = tidy::fold_downsamples(&mut quantized.typed)
+        .map_err(|e| Error::Calibration(format!("folding downsamples: {}", chain(&e))))?;
+    log::debug!("{folded} strided 1×1 convolutions read their input directly");
     let count = link::link_int8_layers(&mut quantized.typed)
         .map_err(|e| Error::Calibration(format!("linking int8 layers: {}", chain(&e))))?;
     log::debug!("{count} int8 layer outputs pass u8 codes to the next int8 layers");
     quantized.summary.linked_outputs = count;
+    let pools = tidy::replace_max_pools(&mut quantized.typed)
+        .map_err(|e| Error::Calibration(format!("replacing max pools: {}", chain(&e))))?;
+    log::debug!("{pools} max pools run on the int8 graph's own kernel");
     Ok(quantized)
 }
 

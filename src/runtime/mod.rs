@@ -6,6 +6,7 @@ mod files;
 mod images;
 mod inputs;
 mod pools;
+mod profile;
 mod status;
 mod update;
 
@@ -20,6 +21,7 @@ use tract_onnx::tract_core::tract_linalg::multithread::{multithread_tract_scope,
 pub(crate) use files::write_atomically;
 pub use images::{image_geometry, image_tensor};
 pub use inputs::{bind_inputs, check_input};
+pub use profile::NodeTime;
 pub use status::Status;
 pub use update::{LearnStep, UpdateOutcome};
 
@@ -454,6 +456,18 @@ fn run_plans(
     inputs: Vec<Tensor>,
     executor: Executor,
 ) -> Result<Vec<Tensor>> {
+    run_plans_with(plans, specs, inputs, executor, |plan, values| plan.run(values))
+}
+
+/// [`run_plans`] with `execute` running the chosen plan on the inputs (a plain run, or one
+/// that times each node: `profile`).
+fn run_plans_with(
+    plans: &Plans,
+    specs: &[TensorSpec],
+    inputs: Vec<Tensor>,
+    executor: Executor,
+    execute: impl FnOnce(&Arc<TypedSimplePlan>, TVec<TValue>) -> TractResult<TVec<TValue>> + Send,
+) -> Result<Vec<Tensor>> {
     if inputs.len() != specs.len() {
         let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
         return Err(Error::input(
@@ -470,7 +484,7 @@ fn run_plans(
     let run = move || {
         catch_panics("inference", || {
             let values: TVec<TValue> = inputs.into_iter().map(TValue::from).collect();
-            let outputs = multithread_tract_scope(executor, || plan.run(values))
+            let outputs = multithread_tract_scope(executor, || execute(&plan, values))
                 .map_err(|e| Error::Inference(chain(&e)))?;
             outputs.into_iter().map(files::exchangeable).collect()
         })

@@ -87,6 +87,20 @@ def test_eval_reports_int8_against_float_and_labels() -> None:
     assert "4/4 layers int8" in out and "/classifier/Gemm.ab" in out
 
 
+def test_bench_profile_lists_the_int8_graphs_nodes() -> None:
+    """`--profile N` times each node: the digits CNN's int8 convolutions, its max pool on the
+    project's kernel, and a per-operator summary whose shares add up to the whole."""
+    result = jarvis_perf("bench", str(MODELS / "digits_cnn.onnx"), "--int8", "--calib",
+                         str(MODELS / "digits_calib.npy"), "--iterations", "10", "--profile", "2")
+    assert result.returncode == 0, result.stderr
+    profile = result.stdout.split("profile: ", 1)[1]
+    nodes, by_op = profile.split("by operator:\n")
+    assert len(nodes.strip().splitlines()) == 1 + 2
+    ops = {line.split()[4]: float(line.split()[2]) for line in by_op.strip().splitlines()}
+    assert ops["Int8Conv"] > 0 and "MaxPool2d" in ops and "Int8Linear" in ops
+    assert abs(sum(ops.values()) - 100.0) < 1.0
+
+
 def test_bench_and_run_in_int8(tmp_path: Path) -> None:
     calib = str(MODELS / "digits_calib.npy")
     result = jarvis_perf("bench", str(MODELS / "digits_cnn.onnx"), "--int8", "--calib", calib,
