@@ -111,7 +111,8 @@ class Runtime:
         Args:
             path: the ``.onnx`` file.
             threads: threads used inside operators; defaults to ``JARVIS_PERF_THREADS``, else
-                every core.
+                every core. During a call the other threads spin rather than sleep
+                (``JARVIS_PERF_SPIN=0`` turns that off).
             quantize: ``"int8"`` to calibrate and run Conv/Gemm/MatMul layers in int8.
             calibration: with ``quantize="int8"``: a NumPy array (N, …) split into batches of
                 16, an iterable of arrays or of ``{input name: array}`` dicts (``jp.Dataset``

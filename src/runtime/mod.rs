@@ -492,7 +492,7 @@ fn run_plans_with(
     match pool {
         // The whole run on a pool thread: each op's parallel section then starts where it
         // is, instead of being handed over from this thread and waited for, op after op.
-        Some(pool) => pool.install(run),
+        Some(pool) => pools::run_with_workers_awake(&pool, run),
         None => run(),
     }
 }
