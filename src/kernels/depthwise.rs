@@ -19,6 +19,9 @@ pub const MAX_DEPTHWISE_TAPS: usize = 512;
 /// Outputs accumulated together in registers (four 16-lane vectors).
 const CHUNK: usize = 64;
 
+/// One vector of accumulators: what the accumulator count is rounded up to.
+const LANES: usize = 16;
+
 /// Largest column stride the phased layout is built for (real models use 1 and 2).
 pub const MAX_DEPTHWISE_STRIDE: usize = 4;
 
@@ -34,7 +37,7 @@ pub struct PhasedPlane {
     pub pitch: usize,
     /// Start of each tap's contiguous run in the buffer, kernel row-major.
     tap_offsets: Vec<usize>,
-    /// Accumulators computed per plane: `out_height · pitch`, rounded up to whole chunks.
+    /// Accumulators computed per plane: `out_height · pitch`, rounded up to whole vectors.
     pub flat_len: usize,
 }
 
@@ -57,7 +60,7 @@ impl PhasedPlane {
         let reach = |axis: usize, s: usize| ((g.kernel[axis] - 1) * g.dilation[axis]) / s;
         let pitch = g.out[1] + reach(1, sx);
         let rows = g.out[0] + reach(0, sy);
-        let flat_len = (g.out[0] * pitch).div_ceil(CHUNK) * CHUNK;
+        let flat_len = (g.out[0] * pitch).div_ceil(LANES) * LANES;
         let plane_len = rows * pitch;
         let mut tap_offsets = Vec::with_capacity(taps);
         for ky in 0..g.kernel[0] {
@@ -172,34 +175,15 @@ impl PhasedPlane {
                 && acc.len() >= self.flat_len
         );
         let offsets = &self.tap_offsets;
+        let whole = self.flat_len / CHUNK * CHUNK;
         multiversion!(isa, {
-            for (c, chunk) in acc[..self.flat_len].chunks_exact_mut(CHUNK).enumerate() {
-                // Even and odd taps into separate sums: eight independent FMA chains, enough
-                // to hide the FMA latency (four stalled on it). Exact either way, so the
-                // split does not change the result.
-                let (mut even, mut odd) = ([0f32; CHUNK], [0f32; CHUNK]);
-                let mut pairs = offsets.chunks_exact(2).zip(taps.chunks_exact(2));
-                for (offset, w) in &mut pairs {
-                    let (a, b) = (
-                        &x[offset[0] + c * CHUNK..][..CHUNK],
-                        &x[offset[1] + c * CHUNK..][..CHUNK],
-                    );
-                    for ((e, o), (&va, &vb)) in even.iter_mut().zip(&mut odd).zip(a.iter().zip(b)) {
-                        *e = va.mul_add(w[0], *e);
-                        *o = vb.mul_add(w[1], *o);
-                    }
-                }
-                if let (Some(&offset), Some(&w)) = (offsets.last(), taps.last()) {
-                    if offsets.len() % 2 == 1 {
-                        let run = &x[offset + c * CHUNK..][..CHUNK];
-                        for (e, &v) in even.iter_mut().zip(run) {
-                            *e = v.mul_add(w, *e);
-                        }
-                    }
-                }
-                for ((d, e), o) in chunk.iter_mut().zip(&even).zip(&odd) {
-                    *d = e + o;
-                }
+            for (c, chunk) in acc[..whole].chunks_exact_mut(CHUNK).enumerate() {
+                chunk_sums::<CHUNK>(x, offsets, taps, c * CHUNK, chunk);
+            }
+            // The rest in single vectors: a 7×7 plane with a 5×5 kernel (77 accumulators)
+            // would compute 128 in whole chunks.
+            for (c, chunk) in acc[whole..self.flat_len].chunks_exact_mut(LANES).enumerate() {
+                chunk_sums::<LANES>(x, offsets, taps, whole + c * LANES, chunk);
             }
         })
     }
@@ -227,6 +211,35 @@ impl PhasedPlane {
         {
             line.copy_from_slice(&row[..width]);
         }
+    }
+}
+
+/// `out[i] = Σ_taps x[offset + start + i] · w` for the `N` accumulators from `start`. Even and
+/// odd taps go into separate sums: with four vectors, eight independent FMA chains, enough to
+/// hide the FMA latency (four stalled on it). Exact either way, so the split changes nothing.
+#[inline(always)]
+fn chunk_sums<const N: usize>(
+    x: &[f32],
+    offsets: &[usize],
+    taps: &[f32],
+    start: usize,
+    out: &mut [f32],
+) {
+    let (mut even, mut odd) = ([0f32; N], [0f32; N]);
+    for (offset, w) in offsets.chunks_exact(2).zip(taps.chunks_exact(2)) {
+        let (a, b) = (&x[offset[0] + start..][..N], &x[offset[1] + start..][..N]);
+        for ((e, o), (&va, &vb)) in even.iter_mut().zip(&mut odd).zip(a.iter().zip(b)) {
+            *e = va.mul_add(w[0], *e);
+            *o = vb.mul_add(w[1], *o);
+        }
+    }
+    if let (1, Some(&offset), Some(&w)) = (offsets.len() % 2, offsets.last(), taps.last()) {
+        for (e, &v) in even.iter_mut().zip(&x[offset + start..][..N]) {
+            *e = v.mul_add(w, *e);
+        }
+    }
+    for ((d, e), o) in out.iter_mut().zip(&even).zip(&odd) {
+        *d = e + o;
     }
 }
 

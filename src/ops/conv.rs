@@ -15,6 +15,9 @@ use crate::kernels::{
 /// Fewest output channels per parallel task (two kernel blocks).
 const MIN_CHANNELS_PER_TASK: usize = 16;
 
+/// Most depthwise channels per parallel task (enough to amortise a task's start).
+const MAX_DEPTHWISE_BATCH: usize = 32;
+
 /// An int8 convolution replacing tract's `Conv` (+ a fused ReLU/Clip).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Int8Conv {
@@ -69,7 +72,8 @@ impl Int8Conv {
         }
     }
 
-    /// One task per channel: quantize its plane into the phased layout, accumulate, store.
+    /// Tasks of whole channels: each channel's plane is quantized into the phased layout,
+    /// accumulated and stored, one after the other in the task's scratch buffers.
     fn run_depthwise<I: Element, O: SimdElement>(
         &self,
         g: &ConvGeometry,
@@ -84,13 +88,20 @@ impl Int8Conv {
         let isa = Isa::detect();
         let (pixels_in, pixels) = (g.height * g.width, g.out[0] * g.out[1]);
         let per_channel = g.kernel[0] * g.kernel[1];
-        for_each_chunk(out, pixels, |c, plane| {
+        // Small planes (7×7, 14×14) are quick: a task per channel cost as much in dispatch
+        // and scratch lookups as the channel itself. A few tasks per thread still balance.
+        let channels_per_task = g.channels.div_ceil(4 * threads()).clamp(1, MAX_DEPTHWISE_BATCH);
+        for_each_chunk(out, pixels * channels_per_task, |task, planes| {
             scratch::plane(layout.buffer_len(), |x| {
-                layout.fill(isa, &image[c * pixels_in..(c + 1) * pixels_in], layer.input, x);
                 scratch::flat_sums(layout.flat_len, |acc| {
-                    let taps = &taps[c * per_channel..(c + 1) * per_channel];
-                    layout.accumulate(isa, x, taps, acc);
-                    layout.store(isa, acc, x, w.epilogues[c], store, plane);
+                    for (i, plane) in planes.chunks_exact_mut(pixels.max(1)).enumerate() {
+                        let c = task * channels_per_task + i;
+                        let input = &image[c * pixels_in..(c + 1) * pixels_in];
+                        layout.fill(isa, input, layer.input, x);
+                        let taps = &taps[c * per_channel..(c + 1) * per_channel];
+                        layout.accumulate(isa, x, taps, acc);
+                        layout.store(isa, acc, x, w.epilogues[c], store, plane);
+                    }
                 })
             })
         });
