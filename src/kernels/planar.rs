@@ -253,15 +253,25 @@ mod avx512 {
                 // SAFETY: as for this function; rows `o..o + rows` exist in `w`, `out` and
                 // `epilogues`.
                 unsafe {
-                    match rows {
-                        8 => tile.run::<8, E>(store, out),
-                        7 => tile.run::<7, E>(store, out),
-                        6 => tile.run::<6, E>(store, out),
-                        5 => tile.run::<5, E>(store, out),
-                        4 => tile.run::<4, E>(store, out),
-                        3 => tile.run::<3, E>(store, out),
-                        2 => tile.run::<2, E>(store, out),
-                        _ => tile.run::<1, E>(store, out),
+                    // A tile of at most 16 pixels (the last of a 14×14 or 28×28 plane) runs
+                    // on one vector: the second would multiply masked-off zeros.
+                    match (rows, lanes > 16) {
+                        (8, true) => tile.run::<8, 2, E>(store, out),
+                        (7, true) => tile.run::<7, 2, E>(store, out),
+                        (6, true) => tile.run::<6, 2, E>(store, out),
+                        (5, true) => tile.run::<5, 2, E>(store, out),
+                        (4, true) => tile.run::<4, 2, E>(store, out),
+                        (3, true) => tile.run::<3, 2, E>(store, out),
+                        (2, true) => tile.run::<2, 2, E>(store, out),
+                        (_, true) => tile.run::<1, 2, E>(store, out),
+                        (8, false) => tile.run::<8, 1, E>(store, out),
+                        (7, false) => tile.run::<7, 1, E>(store, out),
+                        (6, false) => tile.run::<6, 1, E>(store, out),
+                        (5, false) => tile.run::<5, 1, E>(store, out),
+                        (4, false) => tile.run::<4, 1, E>(store, out),
+                        (3, false) => tile.run::<3, 1, E>(store, out),
+                        (2, false) => tile.run::<2, 1, E>(store, out),
+                        (_, false) => tile.run::<1, 1, E>(store, out),
                     }
                 }
                 o += rows;
@@ -285,7 +295,11 @@ mod avx512 {
     impl Tile<'_> {
         /// `O` channels: sums in registers, then finished and stored.
         #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-        unsafe fn run<const O: usize, E: SimdElement>(&self, store: E::Store, out: &mut [E]) {
+        unsafe fn run<const O: usize, const VECTORS: usize, E: SimdElement>(
+            &self,
+            store: E::Store,
+            out: &mut [E],
+        ) {
             let (xp, wp, op) = (self.x.as_ptr(), self.w.as_ptr(), out.as_mut_ptr());
             let (pixels, k4, masks) = (self.pixels, self.k4, self.masks);
             let mut low = [_mm512_setzero_si512(); O];
@@ -296,6 +310,13 @@ mod avx512 {
                 unsafe {
                     let plane = xp.add(kk * pixels + self.p);
                     let x0 = _mm512_maskz_loadu_epi32(masks[0], plane.cast());
+                    if VECTORS == 1 {
+                        for o in 0..O {
+                            let wv = _mm512_set1_epi32(*wp.add(o * k4 + kk));
+                            low[o] = _mm512_dpbusd_epi32(low[o], x0, wv);
+                        }
+                        continue;
+                    }
                     let x1 = _mm512_maskz_loadu_epi32(masks[1], plane.wrapping_add(16).cast());
                     for o in 0..O {
                         let wv = _mm512_set1_epi32(*wp.add(o * k4 + kk));
