@@ -311,9 +311,9 @@ mod avx512 {
                     let plane = xp.add(kk * pixels + self.p);
                     let x0 = _mm512_maskz_loadu_epi32(masks[0], plane.cast());
                     if VECTORS == 1 {
-                        for o in 0..O {
+                        for (o, sum) in low.iter_mut().enumerate() {
                             let wv = _mm512_set1_epi32(*wp.add(o * k4 + kk));
-                            low[o] = _mm512_dpbusd_epi32(low[o], x0, wv);
+                            *sum = _mm512_dpbusd_epi32(*sum, x0, wv);
                         }
                         continue;
                     }
