@@ -226,6 +226,7 @@ fn bench_layer(b: &mut criterion::Bencher<'_, ThreadCpu>, isa: Isa, layer: &Laye
                     &epilogues,
                     CODES.into(),
                     &mut out,
+                    pixels,
                 );
                 black_box(&out);
             });
@@ -391,7 +392,17 @@ fn kernels(c: &mut Criterion) {
         group.bench_function(isa.name(), |b| {
             b.iter(|| {
                 let x = black_box(&x);
-                conv_planar(isa, x, pixels, &packed, 0..n, &epilogues, CODES.into(), &mut out)
+                conv_planar(
+                    isa,
+                    x,
+                    pixels,
+                    &packed,
+                    0..n,
+                    &epilogues,
+                    CODES.into(),
+                    &mut out,
+                    pixels,
+                )
             })
         });
     }

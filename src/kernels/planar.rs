@@ -150,6 +150,13 @@ pub fn quantize_c4_channels<E: Element>(
     })
 }
 
+/// The pixels a GEMM call computes (`x`'s plane length) and the distance between output planes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PlaneRun {
+    pub pixels: usize,
+    pub out_stride: usize,
+}
+
 /// The padding word of each channel group for per-channel zero points (missing channels 0).
 pub fn fill_words(zero_points: &[u8]) -> Vec<u32> {
     zero_points
@@ -158,10 +165,11 @@ pub fn fill_words(zero_points: &[u8]) -> Vec<u32> {
         .collect()
 }
 
-/// `out[o − range.start][p] = finish_o(Σ_k4 Σ_j x[k4][p].byte(j) · W[o][4·k4 + j])` for `o` in
-/// `range`: one output plane of `pixels` per channel, finished by `epilogues[o − range.start]`
-/// and stored as floats or codes. The SIMD path finishes each tile in registers, so no plane of
-/// i32 sums is written and read back.
+/// `out[(o − range.start) · out_stride + p] = finish_o(Σ_k4 Σ_j x[k4][p].byte(j) · W[o][4·k4 + j])`
+/// for `o` in `range` and the `pixels` columns of `x`: a run of `pixels` in each output plane
+/// (planes `out_stride` apart: a block of a larger plane, or whole planes with `out_stride ==
+/// pixels`), finished by `epilogues[o − range.start]` and stored as floats or codes. The SIMD
+/// path finishes each tile in registers, so no plane of i32 sums is written and read back.
 #[allow(clippy::too_many_arguments)]
 pub fn conv_planar<E: SimdElement>(
     isa: Isa,
@@ -172,23 +180,27 @@ pub fn conv_planar<E: SimdElement>(
     epilogues: &[Epilogue],
     store: E::Store,
     out: &mut [E],
+    out_stride: usize,
 ) {
     assert!(
         x.len() >= w.k4 * pixels
             && range.end <= w.n
             && epilogues.len() == range.len()
-            && out.len() >= range.len() * pixels
+            && out_stride >= pixels
+            && (range.is_empty() || out.len() >= (range.len() - 1) * out_stride + pixels)
     );
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512Vnni => {
             let words = &w.words[range.start * w.k4..];
+            let shape = PlaneRun { pixels, out_stride };
             // SAFETY: Isa::Avx512Vnni is only chosen on CPUs with these features; the assert
             // above bounds the rows, words and planes the kernel touches.
-            unsafe { avx512::channels(x, pixels, words, w.k4, epilogues, store, out) };
+            unsafe { avx512::channels(x, shape, words, w.k4, epilogues, store, out) };
         }
         _ => {
-            for (o, (plane, e)) in range.zip(out.chunks_mut(pixels).zip(epilogues)) {
+            let planes = out.chunks_mut(out_stride).map(|plane| &mut plane[..pixels]);
+            for (o, (plane, e)) in range.zip(planes.zip(epilogues)) {
                 let row = &w.words[o * w.k4..(o + 1) * w.k4];
                 for (start, chunk) in (0..pixels).step_by(64).zip(plane.chunks_mut(64)) {
                     let mut sums = [0i32; 64];
@@ -221,12 +233,13 @@ mod avx512 {
     /// channel multiplies them (each weight broadcast feeds two `vpdpbusd`).
     ///
     /// # Safety
-    /// AVX-512F/BW/VNNI must be available; `x` holds `k4` planes of `pixels` words, `w` holds
-    /// one row of `k4` words per epilogue, `out` one plane of `pixels` per epilogue.
+    /// AVX-512F/BW/VNNI must be available; `x` holds `k4` planes of `shape.pixels` words, `w`
+    /// holds one row of `k4` words per epilogue, `out` one run of `shape.pixels` every
+    /// `shape.out_stride` per epilogue.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     pub unsafe fn channels<E: SimdElement>(
         x: &[u32],
-        pixels: usize,
+        shape: super::PlaneRun,
         w: &[i32],
         k4: usize,
         epilogues: &[Epilogue],
@@ -241,6 +254,7 @@ mod avx512 {
             }
         };
         let count = epilogues.len();
+        let super::PlaneRun { pixels, out_stride } = shape;
         let mut p = 0;
         while p < pixels {
             let lanes = (pixels - p).min(32);
@@ -248,8 +262,9 @@ mod avx512 {
             let mut o = 0;
             while o < count {
                 let rows = (count - o).min(super::BLOCK_O);
-                let (w, out) = (&w[o * k4..], &mut out[o * pixels..]);
-                let tile = Tile { x, pixels, w, k4, p, masks, epilogues: &epilogues[o..] };
+                let (w, out) = (&w[o * k4..], &mut out[o * out_stride..]);
+                let tile =
+                    Tile { x, pixels, out_stride, w, k4, p, masks, epilogues: &epilogues[o..] };
                 // SAFETY: as for this function; rows `o..o + rows` exist in `w`, `out` and
                 // `epilogues`.
                 unsafe {
@@ -285,6 +300,7 @@ mod avx512 {
     struct Tile<'a> {
         x: &'a [u32],
         pixels: usize,
+        out_stride: usize,
         w: &'a [i32],
         k4: usize,
         p: usize,
@@ -335,10 +351,10 @@ mod avx512 {
                     let v = _mm512_add_ps(v, _mm512_set1_ps(e.bias));
                     _mm512_min_ps(_mm512_max_ps(v, _mm512_set1_ps(bottom)), _mm512_set1_ps(top))
                 };
-                // SAFETY: plane `o` of `out` has `pixels` elements; the masks keep the stores
-                // inside.
+                // SAFETY: run `o` of `out` (at `o · out_stride`) has `pixels` elements; the
+                // masks keep the stores inside.
                 unsafe {
-                    let plane = op.add(o * pixels + self.p);
+                    let plane = op.add(o * self.out_stride + self.p);
                     E::store32([finish(low[o]), finish(high[o])], masks, store, plane);
                 }
             }
@@ -356,7 +372,7 @@ pub fn im2col_c4(
     patches: &mut [u32],
 ) {
     let rows = 0..g.kernel[0] * g.kernel[1] * groups.len();
-    im2col_c4_rows(g, x, groups, PatchFill::ZeroPoint(zero_point), rows, patches)
+    im2col_c4_rows(g, x, groups, PatchFill::ZeroPoint(zero_point), rows, 0..g.out[0], patches)
 }
 
 /// [`im2col_c4`] padding channel group `g` with `fills[g]` (per-channel zero points, see
@@ -369,7 +385,7 @@ pub fn im2col_c4_fills(
     patches: &mut [u32],
 ) {
     let rows = 0..g.kernel[0] * g.kernel[1] * groups.len();
-    im2col_c4_rows(g, x, groups, PatchFill::PerGroup(fills), rows, patches)
+    im2col_c4_rows(g, x, groups, PatchFill::PerGroup(fills), rows, 0..g.out[0], patches)
 }
 
 /// What im2col writes where a tap falls in the padding.
@@ -382,18 +398,22 @@ pub enum PatchFill<'a> {
 }
 
 /// Rows `rows` of the patch matrix [`im2col_c4`] builds (row `(ky · kw + kx) · groups + g`),
-/// written from the start of `patches`: parts of the matrix can be built in parallel.
+/// for the output rows `out_rows` only (rows of `out_rows.len() · out_width` words), written
+/// from the start of `patches`: parts of the matrix can be built in parallel, and a block of
+/// output rows at a time, so that the patches stay in cache for the product that reads them.
 pub fn im2col_c4_rows(
     g: &ConvGeometry,
     x: &[u32],
     groups: Range<usize>,
     fill: PatchFill,
     rows: Range<usize>,
+    out_rows: Range<usize>,
     patches: &mut [u32],
 ) {
     let ConvGeometry { height, width, kernel, stride, dilation, pad, out, .. } = *g;
     let pixels_in = height * width;
-    let pixels_out = out[0] * out[1];
+    assert!(out_rows.end <= out[0]);
+    let pixels_out = out_rows.len() * out[1];
     let group_count = groups.len().max(1);
     assert!(
         rows.end <= kernel[0] * kernel[1] * groups.len()
@@ -413,8 +433,7 @@ pub fn im2col_c4_rows(
         let (first, last, start) =
             valid_columns(width, out[1], kx * dilation[1], stride[1], pad[1]);
         let plane = &x[group * pixels_in..(group + 1) * pixels_in];
-        for oy in 0..out[0] {
-            let line = &mut dst[oy * out[1]..(oy + 1) * out[1]];
+        for (line, oy) in dst.chunks_exact_mut(out[1].max(1)).zip(out_rows.clone()) {
             let iy =
                 (oy * stride[0] + ky * dilation[0]).checked_sub(pad[0]).filter(|&iy| iy < height);
             let (Some(iy), true) = (iy, first < last) else {
@@ -468,9 +487,9 @@ mod tests {
             // Exact sums first (scale 1, no offset, bias or clamp: integers below 2^24 as f32).
             let exact = Epilogue { offset: 0, scale: 1.0, bias: 0.0, activation: Activation::Identity };
             let mut simd = vec![0f32; n * pixels];
-            conv_planar(Isa::detect(), &x, pixels, &packed, 0..n, &vec![exact; n], (), &mut simd);
+            conv_planar(Isa::detect(), &x, pixels, &packed, 0..n, &vec![exact; n], (), &mut simd, pixels);
             let mut scalar = vec![0f32; n * pixels];
-            conv_planar(Isa::Scalar, &x, pixels, &packed, 0..n, &vec![exact; n], (), &mut scalar);
+            conv_planar(Isa::Scalar, &x, pixels, &packed, 0..n, &vec![exact; n], (), &mut scalar, pixels);
             prop_assert_eq!(&simd, &scalar);
             let (o, p) = (n - 1, pixels - 1);
             let want: i32 = (0..k4 * 4).map(|k| i32::from(x[(k / 4) * pixels + p].to_le_bytes()[k % 4]) * i32::from(w[o * k4 * 4 + k])).sum();
@@ -487,14 +506,26 @@ mod tests {
             let codes = OutputCodes::from(ActivationQuant { scale: 0.03, zero_point: zp / 2 });
             let count = n - first;
             let (mut simd, mut scalar) = (vec![0f32; count * pixels], vec![0f32; count * pixels]);
-            conv_planar(Isa::detect(), &x, pixels, &packed, first..n, &epilogues, (), &mut simd);
-            conv_planar(Isa::Scalar, &x, pixels, &packed, first..n, &epilogues, (), &mut scalar);
+            conv_planar(Isa::detect(), &x, pixels, &packed, first..n, &epilogues, (), &mut simd, pixels);
+            conv_planar(Isa::Scalar, &x, pixels, &packed, first..n, &epilogues, (), &mut scalar, pixels);
             prop_assert_eq!(&simd, &scalar);
             let (mut simd, mut scalar) = (vec![0u8; count * pixels + 1], vec![0u8; count * pixels + 1]);
-            conv_planar(Isa::detect(), &x, pixels, &packed, first..n, &epilogues, codes, &mut simd);
-            conv_planar(Isa::Scalar, &x, pixels, &packed, first..n, &epilogues, codes, &mut scalar);
+            conv_planar(Isa::detect(), &x, pixels, &packed, first..n, &epilogues, codes, &mut simd, pixels);
+            conv_planar(Isa::Scalar, &x, pixels, &packed, first..n, &epilogues, codes, &mut scalar, pixels);
             prop_assert_eq!(&simd, &scalar);
             prop_assert_eq!(simd[count * pixels], 0, "wrote past the planes");
+            // In two blocks of pixels (their own patch columns, planes `pixels` apart), as
+            // blocked im2col runs it: the same codes.
+            let split = pixels / 2;
+            for isa in [Isa::Scalar, Isa::detect()] {
+                let mut blocked = vec![0u8; count * pixels + 1];
+                for block in [0..split, split..pixels] {
+                    let columns: Vec<u32> = (0..k4).flat_map(|kk| x[kk * pixels..][block.clone()].to_vec()).collect();
+                    let out = &mut blocked[block.start..];
+                    conv_planar(isa, &columns, block.len(), &packed, first..n, &epilogues, codes, out, pixels);
+                }
+                prop_assert_eq!(&blocked, &simd, "{:?}", isa);
+            }
         }
 
     }
@@ -539,7 +570,7 @@ mod tests {
             for (task, part) in parts.chunks_mut(split * pixels).enumerate() {
                 let first = task * split;
                 let range = first..first + part.len() / pixels;
-                im2col_c4_rows(&g, &x, 0..groups, PatchFill::ZeroPoint(3), range, part);
+                im2col_c4_rows(&g, &x, 0..groups, PatchFill::ZeroPoint(3), range, 0..out[0], part);
             }
             prop_assert_eq!(parts, patches);
         }
