@@ -43,7 +43,7 @@ pub fn refine_codes(
     let rows = scales.len();
     let fits = k > 0
         && groups > 0
-        && rows % groups == 0
+        && rows.is_multiple_of(groups)
         && weights.len() == rows * k
         && codes.len() == rows * k
         && moments.len() == groups * packed_len(k)
@@ -52,12 +52,14 @@ pub fn refine_codes(
         return false;
     }
     let per_group = rows / groups;
-    for (g, packed) in moments.chunks_exact(packed_len(k)).enumerate() {
-        let matrix = unpack(packed, k, input_factors);
-        for o in g * per_group..(g + 1) * per_group {
-            let row = o * k..(o + 1) * k;
-            refine_row(&weights[row.clone()], &mut codes[row], scales[o], &matrix);
+    let rows = weights.chunks_exact(k).zip(codes.chunks_exact_mut(k)).zip(scales);
+    let mut matrix = Vec::new();
+    for (o, ((weights, codes), &scale)) in rows.enumerate() {
+        if o % per_group == 0 {
+            let g = o / per_group;
+            matrix = unpack(&moments[g * packed_len(k)..(g + 1) * packed_len(k)], k, input_factors);
         }
+        refine_row(weights, codes, scale, &matrix);
     }
     true
 }
@@ -172,10 +174,10 @@ mod tests {
             let mut refined = codes.clone();
             prop_assert!(refine_codes(&weights, &mut refined, &scales, 9, 1, &moments, None));
             let matrix = unpack(&moments, 9, None);
-            for o in 0..2 {
+            for (o, &scale) in scales.iter().enumerate() {
                 let row = o * 9..(o + 1) * 9;
-                let before = rounding_cost(&weights[row.clone()], &codes[row.clone()], scales[o], &matrix);
-                let after = rounding_cost(&weights[row.clone()], &refined[row.clone()], scales[o], &matrix);
+                let before = rounding_cost(&weights[row.clone()], &codes[row.clone()], scale, &matrix);
+                let after = rounding_cost(&weights[row.clone()], &refined[row.clone()], scale, &matrix);
                 prop_assert!(after <= before + 1e-12 * before.abs(), "row {o}: {after} > {before}");
                 prop_assert!(refined[row].iter().all(|q| (-127..=127).contains(q)));
             }
