@@ -108,7 +108,12 @@ impl PatchMoments {
         }
         let (channels, height, width) = (shape[1], shape[2], shape[3]);
         let groups = self.layout.groups;
-        if shape.iter().product::<usize>() != values || groups == 0 || channels % groups != 0 {
+        let empty = shape.contains(&0);
+        if empty
+            || shape.iter().product::<usize>() != values
+            || groups == 0
+            || channels % groups != 0
+        {
             return None;
         }
         let spec = &self.layout.pool_spec;
@@ -231,6 +236,9 @@ impl Geometry {
         let end = end.max(first);
         row[..first].fill(0.0);
         row[end..].fill(0.0);
+        if first == end {
+            return; // the whole row reads padding
+        }
         let start = first * stride + offset - self.pad[1];
         if stride == 1 {
             row[first..end].copy_from_slice(&line[start..start + (end - first)]);
@@ -298,48 +306,67 @@ mod tests {
         all
     }
 
-    #[test]
-    fn depthwise_moments_equal_brute_force_patches() {
-        let (channels, h, w) = (3, 7, 6);
+    /// Checks the moments of a depthwise `k×k` conv (stride, symmetric `pad`) on `h × w`
+    /// planes against brute-force patches; returns the observer for further checks.
+    fn check_against_brute_force(
+        h: usize,
+        w: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+    ) -> PatchMoments {
+        let channels = 3;
         let values: Vec<f32> =
             (0..2 * channels * h * w).map(|i| ((i * 37 % 23) as f32) / 7.0 - 1.0).collect();
-        let padding = PaddingSpec::Explicit(vec![1, 1].into(), vec![1, 1].into());
+        let padding = PaddingSpec::Explicit(vec![pad, pad].into(), vec![pad, pad].into());
         let layout =
-            PatchLayout { pool_spec: spec([3, 3], 2, padding, channels), groups: channels };
+            PatchLayout { pool_spec: spec([k, k], stride, padding, channels), groups: channels };
         let mut moments = PatchMoments::new(layout);
         moments.observe(&[2, channels, h, w], &values, &Executor::SingleThread);
-        let means = vec![0.25, -0.5, 1.0];
+        let means = [0.25, -0.5, 1.0];
         let centred = moments.centred(&means);
-        assert_eq!(centred.len(), channels * packed_len(9));
-        for c in 0..channels {
+        let taps = k * k;
+        assert_eq!(centred.len(), channels * packed_len(taps));
+        for (c, &mean) in means.iter().enumerate() {
             let mut all = Vec::new();
             for item in 0..2 {
                 let start = (item * channels + c) * h * w;
-                all.extend(patches(&values[start..start + h * w], h, w, 3, 2, 1));
+                all.extend(patches(&values[start..start + h * w], h, w, k, stride, pad));
             }
             let mut ab = 0;
-            for a in 0..9 {
-                for b in a..9 {
-                    let expected: f64 = all
-                        .iter()
-                        .map(|p| {
-                            (f64::from(p[a]) - 0.0) * 1.0 * f64::from(p[b])
-                                - f64::from(means[c]) * f64::from(p[a] + p[b])
-                                + f64::from(means[c]).powi(2)
-                        })
-                        .sum::<f64>()
-                        / all.len() as f64;
-                    let got = f64::from(centred[c * packed_len(9) + ab]);
+            for a in 0..taps {
+                for b in a..taps {
+                    let centre = |p: &Vec<f32>, i: usize| f64::from(p[i]) - f64::from(mean);
+                    let expected: f64 =
+                        all.iter().map(|p| centre(p, a) * centre(p, b)).sum::<f64>()
+                            / all.len() as f64;
+                    let got = f64::from(centred[c * packed_len(taps) + ab]);
                     assert!(
                         (got - expected).abs() < 1e-4,
-                        "channel {c} ({a}, {b}): {got} vs {expected}"
+                        "{h}x{w} k{k}: channel {c} ({a}, {b}): {got} vs {expected}"
                     );
                     ab += 1;
                 }
             }
         }
-        // A tensor of another channel count spoils the result rather than mixing shapes.
-        moments.observe(&[1, 2, h, w], &values[..2 * h * w], &Executor::SingleThread);
-        assert!(moments.centred(&means).is_empty());
+        moments
+    }
+
+    #[test]
+    fn depthwise_moments_equal_brute_force_patches() {
+        let mut moments = check_against_brute_force(7, 6, 3, 2, 1);
+        // Planes smaller than the kernel: whole rows of patches read padding.
+        check_against_brute_force(1, 1, 5, 1, 2);
+        check_against_brute_force(3, 2, 5, 1, 2);
+        // A tensor of another channel count spoils the result rather than mixing shapes; an
+        // empty one is refused without harm.
+        let values = vec![0.5; 2 * 7 * 6];
+        moments.observe(&[1, 2, 7, 6], &values, &Executor::SingleThread);
+        assert!(moments.centred(&[0.25, -0.5, 1.0]).is_empty());
+        let layout = PatchLayout { pool_spec: spec([3, 3], 1, PaddingSpec::Valid, 2), groups: 2 };
+        let mut empty = PatchMoments::new(layout);
+        empty.observe(&[0, 2, 7, 6], &[], &Executor::SingleThread);
+        empty.observe(&[1, 2, 0, 6], &[], &Executor::SingleThread);
+        assert!(empty.centred(&[0.0, 0.0]).is_empty());
     }
 }
