@@ -236,8 +236,10 @@ class Runtime:
         float), ``sqnr_db`` and ``cosine`` against float on calibration data, ``input``
         (``"per-tensor"``, or ``"per-channel lattice"`` for 8-bit data such as a normalised
         image, quantized losslessly on each channel's own step; ``None`` for float layers) and
-        ``bias_corrected`` (the bias absorbs the mean shift of the quantized weights); int8
-        layers worst first, then float ones. Empty for a float runtime."""
+        ``bias_corrected`` (the bias absorbs the mean shift of the quantized weights) and
+        ``rounding`` (``"data-aware"``: codes chosen for the output error from the input's patch
+        statistics, for depthwise and other few-weight filters; ``"nearest"``; ``None`` for float
+        layers); int8 layers worst first, then float ones. Empty for a float runtime."""
     def quantization_summary(self) -> dict[str, Any] | None:
         """Calibration and weight-memory figures of a quantized runtime (``None`` for float):
         ``method``, ``per_channel``, ``batches``, ``samples``, ``calibration_bytes``,

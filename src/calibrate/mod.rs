@@ -7,6 +7,7 @@
 mod lattice;
 mod means;
 mod observer;
+mod patches;
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::tract_linalg::multithread::Executor;
@@ -14,6 +15,7 @@ use tract_onnx::tract_core::tract_linalg::multithread::Executor;
 pub use lattice::{ChannelLattice, LatticeObserver};
 pub use means::{ChannelMeans, MeanLayout};
 pub use observer::{Method, Observer, BINS};
+pub use patches::{packed_len, PatchLayout, PatchMoments, MAX_PATCH_LEN};
 
 use crate::error::{catch_panics, chain, Error, Result};
 use crate::model::TensorSpec;
@@ -30,6 +32,10 @@ pub struct Calibrator {
     means: Vec<ChannelMeans>,
     /// Distinct values of the observed tensors `track_lattices` chose (8-bit inputs).
     lattices: Vec<Option<LatticeObserver>>,
+    /// Input-patch second moments of the observed tensors `track_patches` chose (rounding).
+    patches: Vec<Option<PatchMoments>>,
+    /// The pool calibration runs on, shared with the patch statistics.
+    executor: Executor,
     /// Outputs of the original model, which stay first in the calibration plan's outputs.
     skip: usize,
     batches: usize,
@@ -50,13 +56,15 @@ impl Calibrator {
         let skip = outputs.len();
         outputs.extend_from_slice(observed);
         model.select_output_outlets(&outputs).map_err(|e| Error::Calibration(chain(&e)))?;
-        let plans = Plans::new(&model, Some(executor), "calibration")?;
+        let plans = Plans::new(&model, Some(executor.clone()), "calibration")?;
         Ok(Calibrator {
             plans,
             inputs: inputs.to_vec(),
             observers: vec![Observer::default(); observed.len()],
             means: Vec::new(),
             lattices: Vec::new(),
+            patches: Vec::new(),
+            executor,
             skip,
             batches: 0,
             samples: 0,
@@ -94,6 +102,9 @@ impl Calibrator {
             if let Some(Some(lattice)) = self.lattices.get_mut(i) {
                 lattice.observe(view.shape(), slice);
             }
+            if let Some(Some(patches)) = self.patches.get_mut(i) {
+                patches.observe(view.shape(), slice, &self.executor);
+            }
         }
         self.batches += 1;
         Ok(())
@@ -109,6 +120,24 @@ impl Calibrator {
     /// flag per observed outlet, in order).
     pub fn track_lattices(&mut self, which: &[bool]) {
         self.lattices = which.iter().map(|&w| w.then(LatticeObserver::default)).collect();
+    }
+
+    /// Also records input-patch second moments of the observed tensors read by the layouts
+    /// given (one entry per observed outlet, in order; `None`: not tracked).
+    pub fn track_patches(&mut self, layouts: Vec<Option<PatchLayout>>) {
+        self.patches = layouts.into_iter().map(|l| l.map(PatchMoments::new)).collect();
+    }
+
+    /// Per observed tensor, its centred patch moments (packed, per group; see
+    /// [`PatchMoments::centred`]), empty where not tracked or not usable. Needs `track_means`.
+    pub fn patch_moments(&self) -> Vec<Vec<f32>> {
+        let means = self.means();
+        (0..self.observers.len())
+            .map(|i| match (self.patches.get(i), means.get(i)) {
+                (Some(Some(patches)), Some(means)) => patches.centred(means),
+                _ => Vec::new(),
+            })
+            .collect()
     }
 
     /// The lattice of each observed tensor, where one was tracked and found.

@@ -122,7 +122,7 @@ pub fn restore_float(proto: &mut pb::ModelProto) -> Result<Option<SavedInt8>> {
 
 /// The input statistics the save stored for `layer` as initializers (none: empty).
 fn input_stats(graph: &pb::GraphProto, layer: &str) -> std::result::Result<InputStats, String> {
-    let [means, scales, zero_points, shifts] = stats_names(layer);
+    let [means, scales, zero_points, shifts, moments] = stats_names(layer);
     let read = |name: &str| -> std::result::Result<Option<Tensor>, String> {
         graph
             .initializer
@@ -138,7 +138,11 @@ fn input_stats(graph: &pb::GraphProto, layer: &str) -> std::result::Result<Input
         let values: Vec<f32> = view.iter().copied().collect();
         values.iter().all(|v| v.is_finite()).then_some(Some(values)).ok_or(name.to_string())
     };
-    let mut stats = InputStats { means: floats(&means)?.unwrap_or_default(), lattice: None };
+    let mut stats = InputStats {
+        means: floats(&means)?.unwrap_or_default(),
+        lattice: None,
+        moments: floats(&moments)?.unwrap_or_default(),
+    };
     if let (Some(s), Some(d)) = (floats(&scales)?, floats(&shifts)?) {
         let z = read(&zero_points)?.ok_or(zero_points.clone())?;
         let z: Vec<u8> = z

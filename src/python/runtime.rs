@@ -291,7 +291,8 @@ impl PyRuntime {
 
     /// Per Conv/Gemm/MatMul layer: `name`, `kind`, `int8`, `reason` (why it stayed float),
     /// `sqnr_db` and `cosine` of its output against the float model on calibration data,
-    /// `input` (`per-tensor` or `per-channel lattice`) and `bias_corrected`; int8 layers worst
+    /// `input` (`per-tensor` or `per-channel lattice`), `bias_corrected` and `rounding`
+    /// (`data-aware` or `nearest`); int8 layers worst
     /// first, then float ones. Empty for a float runtime.
     fn quantization_report<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let quantization = self.inner.quantization();
@@ -308,6 +309,7 @@ impl PyRuntime {
                 d.set_item("cosine", row.cosine)?;
                 d.set_item("input", &row.input)?;
                 d.set_item("bias_corrected", row.bias_corrected)?;
+                d.set_item("rounding", &row.rounding)?;
                 Ok(d)
             })
             .collect::<PyResult<Vec<_>>>()?;

@@ -91,7 +91,7 @@ mod tests {
             k,
             bias: vec![0.5; n],
             activation: Activation::Identity,
-            input_stats: Arc::new(InputStats { means, lattice: None }),
+            input_stats: Arc::new(InputStats { means, lattice: None, moments: Vec::new() }),
         }
     }
 

@@ -21,6 +21,9 @@ pub struct InputStats {
     pub means: Vec<f32>,
     /// Per-channel quantization, when the input is 8-bit data and the layer can use it.
     pub lattice: Option<ChannelLattice>,
+    /// Centred second moments of the input patches, packed per group (data-aware rounding,
+    /// `quantize::rounding`); empty when not recorded.
+    pub moments: Vec<f32>,
 }
 
 /// Input statistics of int8 layers, by tract layer name.
@@ -99,6 +102,18 @@ pub fn folded_means_and_shifts(
     let scaled_means = means.iter().enumerate().map(|(c, &m)| m * ratio(c)).collect();
     let shifts = lattice.shifts.iter().enumerate().map(|(c, &d)| d * ratio(c)).collect();
     (scaled_means, shifts)
+}
+
+/// Per kernel column (k order: tap, channel), the factor `s̄ / s_c` by which the folded layer's
+/// input exceeds the original, so input statistics of the original carry over (rounding).
+pub fn folded_input_factors(lattice: &ChannelLattice, common: f32, k: usize) -> Vec<f64> {
+    let channels = lattice.scales.len();
+    (0..k)
+        .map(|j| {
+            let step = lattice.scales.get(channel(j, channels)).copied().unwrap_or(common);
+            f64::from(common) / f64::from(step)
+        })
+        .collect()
 }
 
 /// The channel input of a layer whose folded weights quantized to `codes` (`n × k`).

@@ -7,6 +7,7 @@ mod link;
 pub mod qparams;
 mod report;
 mod rewrite;
+pub mod rounding;
 pub mod save;
 mod save_input;
 mod tidy;
@@ -94,6 +95,7 @@ pub fn quantize(
     calibrator.track_lattices(
         &candidates.iter().map(|c| input::lattice_eligible(decluttered, c)).collect::<Vec<_>>(),
     );
+    calibrator.track_patches(candidates.iter().map(rounding::patch_layout).collect());
     let mut first_batch = None;
     while let Some(batch) = batches()? {
         if first_batch.is_none() {
@@ -116,8 +118,9 @@ pub fn quantize(
         })
         .collect();
     let stats = calibrator.means().into_iter().zip(calibrator.lattices());
-    for (candidate, (means, lattice)) in candidates.iter_mut().zip(stats) {
-        candidate.input_stats = Arc::new(InputStats { means, lattice });
+    let stats = stats.zip(calibrator.patch_moments());
+    for (candidate, ((means, lattice), moments)) in candidates.iter_mut().zip(stats) {
+        candidate.input_stats = Arc::new(InputStats { means, lattice, moments });
     }
     let rewritten = rewrite_layers(decluttered, &candidates, &activations, options.per_channel)?;
     let report = measure_layers(
@@ -256,7 +259,21 @@ pub fn build_op(
     // An 8-bit input quantized per channel folds its channel steps into the weights.
     let lattice = layer.input_stats.lattice.as_ref();
     let (weights, common) = input::fold_weights(layer, weights, lattice);
-    let (codes, scales) = quantize_weights(&weights, layer.n, layer.k, per_channel);
+    let (mut codes, scales) = quantize_weights(&weights, layer.n, layer.k, per_channel);
+    if let LayerKind::Conv { group, .. } = &layer.kind {
+        // Correlated inputs: codes chosen for the output error, not weight by weight.
+        let factors = lattice.zip(common).map(|(l, c)| input::folded_input_factors(l, c, layer.k));
+        let moments = &layer.input_stats.moments;
+        rounding::refine_codes(
+            &weights,
+            &mut codes,
+            &scales,
+            layer.k,
+            *group,
+            moments,
+            factors.as_deref(),
+        );
+    }
     let layout = match &layer.kind {
         LayerKind::Conv { depthwise: true, .. } => Layout::Depthwise,
         LayerKind::Conv { pool_spec, group, .. } => {

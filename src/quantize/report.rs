@@ -29,6 +29,9 @@ pub struct LayerReport {
     pub input: Option<String>,
     /// Whether the bias is corrected for the mean shift of the quantized weights.
     pub bias_corrected: bool,
+    /// How the weights were rounded: `data-aware` (codes chosen for the output error from the
+    /// input's patch moments, `quantize::rounding`) or `nearest` (`None` for float layers).
+    pub rounding: Option<String>,
 }
 
 impl LayerReport {
@@ -50,6 +53,9 @@ impl LayerReport {
                 .into(),
             ),
             bias_corrected: !layer.input_stats.means.is_empty(),
+            rounding: Some(
+                if layer.input_stats.moments.is_empty() { "nearest" } else { "data-aware" }.into(),
+            ),
         }
     }
 
@@ -64,6 +70,7 @@ impl LayerReport {
             cosine: None,
             input: None,
             bias_corrected: false,
+            rounding: None,
         }
     }
 }

@@ -13,7 +13,7 @@ use tract_onnx::pb;
 use super::input::{InputStats, InputStatsByLayer};
 use super::qparams::{quantize_weights, ActivationQuant};
 pub use super::save_input::stats_names;
-use super::save_input::{corrected_bias, fold_weight, stats_tensors};
+use super::save_input::{corrected_bias, fold_weight, refine_onnx_codes, stats_tensors};
 use crate::calibrate::ChannelLattice;
 use crate::error::{Error, Result};
 use crate::model::saved::{
@@ -79,7 +79,7 @@ pub fn to_qdq(
                 let folded = folded.transpose().map_err(fail)?;
                 let tensor = folded.as_ref().unwrap_or(original);
                 let axis = weight_axis(&node, tensor);
-                let dq = added.weight(&mut nodes, tensor, axis).map_err(fail)?;
+                let dq = added.weight(&mut nodes, tensor, axis, (&node, stats)).map_err(fail)?;
                 node.input[1] = dq;
                 added.rewired.push(format!("{}\t1\t{weight}", node.name));
                 if let Some(stats) = stats.filter(|s| !s.means.is_empty()) {
@@ -207,7 +207,7 @@ impl Added {
         tensor: &str,
         lattice: &ChannelLattice,
     ) -> String {
-        let [_, scales, zero_points, _] = stats_names(layer);
+        let [_, scales, zero_points, _, _] = stats_names(layer);
         let channels = lattice.scales.len();
         let common = lattice.scales.iter().fold(0f32, |m, &s| m.max(s));
         let dims = vec![channels as i64];
@@ -290,6 +290,7 @@ impl Added {
         nodes: &mut Vec<pb::NodeProto>,
         weight: &pb::TensorProto,
         axis: usize,
+        (node, stats): (&pb::NodeProto, Option<&InputStats>),
     ) -> std::result::Result<String, String> {
         let dequantized = format!("{}_jp_dq", weight.name);
         if !self.weights.insert(weight.name.clone()) {
@@ -307,7 +308,11 @@ impl Added {
         let mut moved = array.to_owned();
         moved.swap_axes(0, axis);
         let rows: Vec<f32> = moved.as_standard_layout().iter().copied().collect();
-        let (codes, scales) = quantize_weights(&rows, channels, rows.len() / channels.max(1), true);
+        let (mut codes, scales) =
+            quantize_weights(&rows, channels, rows.len() / channels.max(1), true);
+        if let Some(stats) = stats.filter(|_| axis == 0) {
+            refine_onnx_codes(node, &dims, &rows, &mut codes, &scales, stats);
+        }
         let mut shape_moved = dims.clone();
         shape_moved.swap(0, axis);
         let mut back =

@@ -7,26 +7,31 @@ use std::collections::HashMap;
 use tract_onnx::data_resolver::MmapDataResolver;
 use tract_onnx::pb;
 
+use super::input::folded_input_factors;
 use super::input::InputStats;
 use super::qparams::quantize_weights;
+use super::rounding::refine_codes;
 use super::save::{float_tensor, onnx_node_name, weight_axis};
 use crate::calibrate::ChannelLattice;
 
 type Fallible<T> = std::result::Result<T, String>;
 
-/// Initializer names of a layer's input means, lattice scales, lattice zero points and
-/// lattice shifts.
-pub fn stats_names(layer: &str) -> [String; 4] {
+/// Initializer names of a layer's input means, lattice scales, lattice zero points, lattice
+/// shifts and patch moments.
+pub fn stats_names(layer: &str) -> [String; 5] {
     let node = onnx_node_name(layer);
-    ["input_means", "input_scales", "input_zero_points", "input_shifts"]
+    ["input_means", "input_scales", "input_zero_points", "input_shifts", "input_moments"]
         .map(|what| format!("{node}_jp_{what}"))
 }
 
 /// The initializers recording `stats` for `node`.
 pub fn stats_tensors(node: &str, stats: &InputStats) -> Vec<pb::TensorProto> {
-    let [means, scales, zero_points, shifts] = stats_names(node);
+    let [means, scales, zero_points, shifts, moments] = stats_names(node);
     let dims = |v: &[f32]| vec![v.len() as i64];
     let mut tensors = vec![float_tensor(means, dims(&stats.means), stats.means.clone())];
+    if !stats.moments.is_empty() {
+        tensors.push(float_tensor(moments, dims(&stats.moments), stats.moments.clone()));
+    }
     if let Some(l) = &stats.lattice {
         tensors.push(float_tensor(scales, dims(&l.scales), l.scales.clone()));
         tensors.push(float_tensor(shifts, dims(&l.shifts), l.shifts.clone()));
@@ -71,6 +76,54 @@ pub fn fold_weight(
     Ok(float_tensor(format!("{node}_jp_folded_weight"), dims, folded))
 }
 
+fn group_of(node: &pb::NodeProto) -> usize {
+    node.attribute.iter().find(|a| a.name == "group").map_or(1, |a| a.i.max(1) as usize)
+}
+
+/// Re-chooses the `codes` of a Conv's OIHW weight `rows` (shape `dims`, folded when the layer
+/// has a lattice) from the layer's patch moments, as the int8 layer does
+/// (`quantize::rounding`, which works in kernel column order: tap, then channel): the same
+/// weights and moments give the same codes in the file as in the runtime.
+pub fn refine_onnx_codes(
+    node: &pb::NodeProto,
+    dims: &[usize],
+    rows: &[f32],
+    codes: &mut [i8],
+    scales: &[f32],
+    stats: &InputStats,
+) {
+    if node.op_type != "Conv" || stats.moments.is_empty() || dims.len() < 3 {
+        return;
+    }
+    let (per_group, taps) = (dims[1], dims[2..].iter().product::<usize>());
+    let (n, k) = (scales.len(), per_group * taps);
+    if k == 0 || rows.len() != n * k || codes.len() != n * k {
+        return;
+    }
+    // Kernel column j reads channel j % per_group at tap j / per_group: OIHW index c·taps + tap.
+    let onnx_index = |o: usize, j: usize| o * k + (j % per_group) * taps + j / per_group;
+    let weights: Vec<f32> = (0..n * k).map(|i| rows[onnx_index(i / k, i % k)]).collect();
+    let mut kernel_codes: Vec<i8> = (0..n * k).map(|i| codes[onnx_index(i / k, i % k)]).collect();
+    let factors = stats.lattice.as_ref().map(|l| {
+        let common = l.scales.iter().fold(0f32, |m, &s| m.max(s));
+        folded_input_factors(l, common, k)
+    });
+    let moments = &stats.moments;
+    if refine_codes(
+        &weights,
+        &mut kernel_codes,
+        scales,
+        k,
+        group_of(node),
+        moments,
+        factors.as_deref(),
+    ) {
+        for (i, &q) in kernel_codes.iter().enumerate() {
+            codes[onnx_index(i / k, i % k)] = q;
+        }
+    }
+}
+
 /// The bias onnxruntime should add to `node` (weight `weight`, folded when the layer has a
 /// lattice) so it computes what this runtime does (see `quantize::bias`); `None` for a MatMul,
 /// which has no bias input to carry it.
@@ -94,9 +147,9 @@ pub fn corrected_bias(
     // Rows of output channels: OIHW as is; a Gemm weight `k × n` (transB = 0) transposed.
     let rows: Vec<f32> =
         if axis == 0 { values } else { (0..n * k).map(|i| values[(i % k) * n + i / k]).collect() };
-    let (codes, scales) = quantize_weights(&rows, n, k, true);
-    let group =
-        node.attribute.iter().find(|a| a.name == "group").map_or(1, |a| a.i.max(1) as usize);
+    let (mut codes, scales) = quantize_weights(&rows, n, k, true);
+    refine_onnx_codes(node, &dims, &rows, &mut codes, &scales, stats);
+    let group = group_of(node);
     let (per_group, taps) = match node.op_type.as_str() {
         "Conv" => (dims.get(1).copied().unwrap_or(1).max(1), dims[2..].iter().product::<usize>()),
         _ => (k, 1),

@@ -88,6 +88,12 @@ def test_stem_input_is_lossless_and_biases_corrected_in_report_and_saved_file(
     assert report["/_conv_stem/Conv"]["input"] == "per-channel lattice"
     int8_rows = [row for row in report.values() if row["int8"]]
     assert all(row["bias_corrected"] for row in int8_rows)
+    # Filters of at most 32 weights are rounded for their inputs: the stem's 27, every depthwise
+    # 3×3/5×5, the four pointwise convolutions reading 16–32 channels; the rest (and the
+    # classifier) to nearest.
+    aware = {row["name"] for row in int8_rows if row["rounding"] == "data-aware"}
+    assert {row["name"] for row in int8_rows if row["kind"] in ("depthwise", "conv")} <= aware
+    assert len(aware) == 21 and report["/_fc/Gemm.ab"]["rounding"] == "nearest"
     assert sum(row["input"] == "per-channel lattice" for row in int8_rows) == 1
     # The stem's own output is now close to float: error from its weights only.
     assert report["/_conv_stem/Conv"]["sqnr_db"] > 28
@@ -103,12 +109,26 @@ def test_stem_input_is_lossless_and_biases_corrected_in_report_and_saved_file(
     rt.save(saved)
     np.testing.assert_array_equal(jp.Runtime.load(saved).infer(x[:32]), ours)
     import onnx
+    from onnx import numpy_helper
 
     graph = onnx.load(str(saved)).graph
     per_axis = [n for n in graph.node
                 if n.op_type == "QuantizeLinear" and any(a.name == "axis" for a in n.attribute)]
     assert [n.name for n in per_axis] == ["/_conv_stem/Conv_jp_Q"]
     assert [a.i for a in per_axis[0].attribute if a.name == "axis"] == [1]
+    # Each data-aware layer's patch moments travel with it (one packed 25×25 triangle per
+    # channel of a 5×5 depthwise conv), and its codes in the file are the chosen ones, not
+    # round-to-nearest of the master: onnxruntime computes what this runtime does.
+    names = {t.name: t for t in graph.initializer}
+    moments = numpy_helper.to_array(names["/_blocks.4/_depthwise_conv/Conv_jp_input_moments"])
+    assert moments.shape == (240 * 25 * 26 // 2,)
+    dw = next(n for n in graph.node if n.name == "/_blocks.4/_depthwise_conv/Conv")
+    dq = next(n for n in graph.node if n.output[0] == dw.input[1])
+    codes = numpy_helper.to_array(names[dq.input[0]]).reshape(240, 25).astype(np.float64)
+    master = numpy_helper.to_array(names[dq.input[0].removesuffix("_jp_quantized")])
+    master = master.reshape(240, 25)
+    nearest = np.round(master / (np.abs(master).max(1, keepdims=True) / 127))
+    assert 0 < (codes != nearest).mean() < 0.5
     session = ort.InferenceSession(str(saved), providers=["CPUExecutionProvider"])
     theirs = np.concatenate([session.run(None, {"input": x[i:i + 16]})[0] for i in range(0, 32, 16)])
     assert agreement(ours, theirs)["kl"] < 0.005

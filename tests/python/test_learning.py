@@ -103,21 +103,22 @@ def test_folded_weights_rebuild_the_model(tmp_path: Path) -> None:
 
 def test_effnet_classifier_update_agrees_with_onnxruntime(model_path: Callable[[str], Path]) -> None:
     """EfficientNet-Lite0 (ImageNet weights), int8, classifier updated live, against onnxruntime
-    running the float model with the same delta on natural-image views. Many views are near-ties
-    for the float model itself (see test_int8_imagenet), so: top-1 agreement where float is
-    confident ≥ 95 %, and the update costs no overall agreement against the un-updated pair.
-    (Issue #5 asks ≥ 95 % overall: measured over 600 views it is ~92.5 %, not asserted here —
-    this sample of 150 reads 94–95 % and would pass or fail on a single view.)"""
+    running the float model with the same delta on 600 natural-image views (four samples of 150:
+    one sample flips on single views). Issue #5's target: top-1 agreement ≥ 95 % overall, and
+    every view where float is confident agrees. Measured: 96.3 % overall (93.3–98.7 % per
+    sample of 150); before data-aware rounding of the depthwise and stem weights 93.3 %."""
     from jarvis_performance.photos import agreement, photos, views
 
     images = photos()
-    calib, x = views(images, 32, seed=1), views(images, 150, seed=3)
+    calib = views(images, 32, seed=1)
+    x = np.concatenate([views(images, 150, seed=seed) for seed in (3, 5, 6, 7)])
     path = model_path("efficientnet_lite0")
-    # Default options: the stem reads its 8-bit input losslessly, biases are corrected.
+    # Default options: the stem reads its 8-bit input losslessly, biases are corrected, the
+    # depthwise and stem weights are rounded for their inputs.
     rt = jp.Runtime.load(path, quantize="int8", calibration=calib)
 
     def batched(run: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-        return np.concatenate([run(x[i:i + 16]) for i in range(0, len(x), 16)])
+        return np.concatenate([run(x[i:i + 50]) for i in range(0, len(x), 50)])
 
     before = agreement(batched(onnxruntime_with(path, {}).run_fn()), batched(rt.infer))
     # A delta the size of a few SGD steps on the 1280 × 1000 classifier.
@@ -125,7 +126,8 @@ def test_effnet_classifier_update_agrees_with_onnxruntime(model_path: Callable[[
     rt.update(deltas)
     after = agreement(batched(onnxruntime_with(path, deltas).run_fn()), batched(rt.infer))
     print(f"\nint8 vs onnxruntime float, before the update {before}, after {after}")
-    assert after["confident"] >= 0.95
+    assert after["confident"] == 1.0
+    assert after["top1"] >= 0.95
     assert after["top1"] >= before["top1"] - 0.02
 
 
