@@ -47,21 +47,44 @@ pub fn corrected_bias(
     if means.is_empty() || weights.len() != n * k || codes.len() != n * k || scales.len() != n {
         return layer.bias.clone();
     }
+    let groups = match &layer.kind {
+        LayerKind::Conv { group, .. } => (*group).max(1),
+        LayerKind::Linear { .. } => 1,
+    };
+    let Some(rows_per_group) = n.checked_div(groups).filter(|&r| r * groups == n) else {
+        return layer.bias.clone();
+    };
     let mut bias = layer.bias.clone();
-    for (o, b) in bias.iter_mut().enumerate() {
-        let Some(channel) = channel_of(layer, o) else { return layer.bias.clone() };
-        let mut shift = 0f64;
-        for j in 0..k {
-            let Some(&mean) = means.get(channel(j)) else { return layer.bias.clone() };
-            let error =
-                f64::from(codes[o * k + j]) * f64::from(scales[o]) - f64::from(weights[o * k + j]);
-            shift += error * f64::from(mean);
-            if let Some(&moved) = shifts.get(channel(j)) {
-                let quantized = f64::from(codes[o * k + j]) * f64::from(scales[o]);
-                shift += quantized * f64::from(moved);
+    // The channel each weight column reads depends only on the row's group: gather the means
+    // (and shifts) once per group, so the inner loop is a plain dot product (an update of a
+    // 1280×1000 classifier spent 5 of its 7 ms here calling the mapping per weight).
+    for (g, rows) in bias.chunks_mut(rows_per_group.max(1)).enumerate() {
+        let Some(channel) = channel_of(layer, g * rows_per_group) else {
+            return layer.bias.clone();
+        };
+        let Some(row_means) = (0..k)
+            .map(|j| means.get(channel(j)).map(|&m| f64::from(m)))
+            .collect::<Option<Vec<_>>>()
+        else {
+            return layer.bias.clone();
+        };
+        // A channel without a shift adds nothing (as `+ 0.0`).
+        let row_shifts: Vec<f64> =
+            (0..k).map(|j| shifts.get(channel(j)).map_or(0.0, |&v| f64::from(v))).collect();
+        for (i, b) in rows.iter_mut().enumerate() {
+            let o = g * rows_per_group + i;
+            let (row_codes, row_weights) =
+                (&codes[o * k..(o + 1) * k], &weights[o * k..(o + 1) * k]);
+            let scale = f64::from(scales[o]);
+            // Eight partial sums: one running sum was a chain of dependent f64 adds.
+            let mut partial = [0f64; 8];
+            for (j, (&code, &weight)) in row_codes.iter().zip(row_weights).enumerate() {
+                let quantized = f64::from(code) * scale;
+                partial[j % 8] +=
+                    (quantized - f64::from(weight)) * row_means[j] + quantized * row_shifts[j];
             }
+            *b = (f64::from(*b) - partial.iter().sum::<f64>()) as f32;
         }
-        *b = (f64::from(*b) - shift) as f32;
     }
     bias
 }
