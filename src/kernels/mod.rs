@@ -7,6 +7,7 @@
 mod codes;
 mod depthwise;
 mod gemm;
+mod im2col;
 mod moments;
 mod planar;
 mod pool;
@@ -17,10 +18,10 @@ use std::sync::OnceLock;
 pub use codes::{Element, Epilogue, OutputCodes, SimdElement, SimdSum, Sum};
 pub use depthwise::{PhasedPlane, MAX_DEPTHWISE_STRIDE, MAX_DEPTHWISE_TAPS};
 pub use gemm::{gemm_u8i8, gemm_u8i8_block, gemm_u8i8_reference, PackedWeights, BLOCK_N};
+pub use im2col::{im2col_c4, im2col_c4_fills, im2col_c4_rows, PatchFill};
 pub use moments::{add_column_sums, add_pair_products};
 pub use planar::{
-    conv_planar, fill_words, im2col_c4, im2col_c4_fills, im2col_c4_rows, quantize_c4,
-    quantize_c4_channels, ConvGeometry, PatchFill, PlanarWeights,
+    conv_planar, fill_words, quantize_c4, quantize_c4_channels, ConvGeometry, PlanarWeights,
 };
 pub use pool::{max_pool_plane, max_pool_row_len};
 pub use quant::{
