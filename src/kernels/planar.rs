@@ -270,23 +270,24 @@ mod avx512 {
                 unsafe {
                     // A tile of at most 16 pixels (the last of a 14×14 or 28×28 plane) runs
                     // on one vector: the second would multiply masked-off zeros.
-                    match (rows, lanes > 16) {
-                        (8, true) => tile.run::<8, 2, E>(store, out),
-                        (7, true) => tile.run::<7, 2, E>(store, out),
-                        (6, true) => tile.run::<6, 2, E>(store, out),
-                        (5, true) => tile.run::<5, 2, E>(store, out),
-                        (4, true) => tile.run::<4, 2, E>(store, out),
-                        (3, true) => tile.run::<3, 2, E>(store, out),
-                        (2, true) => tile.run::<2, 2, E>(store, out),
-                        (_, true) => tile.run::<1, 2, E>(store, out),
-                        (8, false) => tile.run::<8, 1, E>(store, out),
-                        (7, false) => tile.run::<7, 1, E>(store, out),
-                        (6, false) => tile.run::<6, 1, E>(store, out),
-                        (5, false) => tile.run::<5, 1, E>(store, out),
-                        (4, false) => tile.run::<4, 1, E>(store, out),
-                        (3, false) => tile.run::<3, 1, E>(store, out),
-                        (2, false) => tile.run::<2, 1, E>(store, out),
-                        (_, false) => tile.run::<1, 1, E>(store, out),
+                    macro_rules! by_rows {
+                        ($vectors:literal) => {
+                            match rows {
+                                8 => tile.run::<8, $vectors, E>(store, out),
+                                7 => tile.run::<7, $vectors, E>(store, out),
+                                6 => tile.run::<6, $vectors, E>(store, out),
+                                5 => tile.run::<5, $vectors, E>(store, out),
+                                4 => tile.run::<4, $vectors, E>(store, out),
+                                3 => tile.run::<3, $vectors, E>(store, out),
+                                2 => tile.run::<2, $vectors, E>(store, out),
+                                _ => tile.run::<1, $vectors, E>(store, out),
+                            }
+                        };
+                    }
+                    if lanes > 16 {
+                        by_rows!(2)
+                    } else {
+                        by_rows!(1)
                     }
                 }
                 o += rows;

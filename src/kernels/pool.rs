@@ -8,12 +8,18 @@
 use super::quant::multiversion;
 use super::{ConvGeometry, Isa};
 
-/// Length of the row buffer [`max_pool_plane`] needs for `g`.
+/// Length of the padded row: every column a window reads, and the whole input row.
+fn padded_row_len(g: &ConvGeometry) -> usize {
+    let [sx, dx] = [g.stride[1].max(1), g.dilation[1].max(1)];
+    let span = (g.out[1].saturating_sub(1)) * sx + (g.kernel[1] - 1) * dx + 1;
+    span.max(g.pad[1] + g.width)
+}
+
+/// Length of the row buffer [`max_pool_plane`] needs for `g`: the padded row, then (stride 2)
+/// its even and odd halves.
 pub fn max_pool_row_len(g: &ConvGeometry) -> usize {
-    let span = (g.out[1].saturating_sub(1)) * g.stride[1] + (g.kernel[1] - 1) * g.dilation[1] + 1;
-    // The padded row, then (stride 2) its even and odd halves.
-    let row = span.max(g.pad[1] + g.width);
-    row + 2 * row.div_ceil(2) + 2
+    let row = padded_row_len(g);
+    row + 2 * row.div_ceil(2)
 }
 
 /// `out[oy][ox] = max` of the plane's values under window `(oy, ox)` of `g` (one channel:
@@ -23,15 +29,14 @@ pub fn max_pool_plane(isa: Isa, g: &ConvGeometry, plane: &[f32], row: &mut [f32]
     let [out_h, out_w] = g.out;
     let [sy, sx] = [g.stride[0].max(1), g.stride[1].max(1)];
     let [dy, dx] = [g.dilation[0].max(1), g.dilation[1].max(1)];
-    let span = (out_w.saturating_sub(1)) * sx + (g.kernel[1] - 1) * dx + 1;
-    let row_len = span.max(g.pad[1] + g.width);
+    let row_len = padded_row_len(g);
     assert!(
         plane.len() >= g.height * g.width
             && out.len() >= out_h * out_w
             && row.len() >= max_pool_row_len(g)
     );
     let (padded, halves) = row.split_at_mut(row_len);
-    let (even, odd) = halves.split_at_mut(row_len.div_ceil(2) + 1);
+    let (even, odd) = halves.split_at_mut(row_len.div_ceil(2));
     multiversion!(isa, {
         for (oy, line) in out[..out_h * out_w].chunks_exact_mut(out_w).enumerate() {
             padded.fill(f32::NEG_INFINITY);
@@ -46,10 +51,8 @@ pub fn max_pool_plane(isa: Isa, g: &ConvGeometry, plane: &[f32], row: &mut [f32]
                 }
             }
             if sx == 2 && dx == 1 {
-                // Window ox covers padded columns 2·ox + kx: even[ox + kx/2] or odd[ox + kx/2].
-                let halves = row_len.div_ceil(2);
-                even[halves] = f32::NEG_INFINITY;
-                odd[row_len / 2..].fill(f32::NEG_INFINITY);
+                // Window ox covers padded columns 2·ox + kx: even[ox + kx/2] or odd[ox + kx/2],
+                // all inside the padded row, so every half element read is written below.
                 // Whole pairs zipped (this form vectorises), then a last unpaired column.
                 let pairs = padded.chunks_exact(2);
                 let last = pairs.remainder().first().copied();
