@@ -52,6 +52,23 @@ pub trait Element: bytemuck::Pod + Default + Send + Sync {
             }
         })
     }
+    /// `dst[i] = to_code(src[i])` (the byte depthwise kernel's padded rows).
+    fn code_row(isa: Isa, src: &[Self], input: ActivationQuant, dst: &mut [u8]) {
+        multiversion!(isa, {
+            for (d, &v) in dst.iter_mut().zip(src) {
+                *d = v.to_code(input);
+            }
+        })
+    }
+    /// `row[left..left + src.len()] = to_code(src)` and the zero point in the rest of `row`
+    /// (a padded row of the byte depthwise kernel; codes past the row's end are dropped).
+    fn padded_row(isa: Isa, src: &[Self], input: ActivationQuant, left: usize, row: &mut [u8]) {
+        let left = left.min(row.len());
+        let inside = src.len().min(row.len() - left);
+        row[..left].fill(input.zero_point);
+        Self::code_row(isa, &src[..inside], input, &mut row[left..left + inside]);
+        row[left + inside..].fill(input.zero_point);
+    }
     /// `dst[i] = finish(sums[i])`, stored as this element.
     fn store_row<S: SimdSum>(
         isa: Isa,
@@ -87,6 +104,24 @@ impl Element for u8 {
     #[inline(always)]
     fn to_code(self, _input: ActivationQuant) -> u8 {
         self
+    }
+    fn code_row(_: Isa, src: &[u8], _: ActivationQuant, dst: &mut [u8]) {
+        let len = src.len().min(dst.len());
+        dst[..len].copy_from_slice(&src[..len]);
+    }
+    fn padded_row(isa: Isa, src: &[u8], input: ActivationQuant, left: usize, row: &mut [u8]) {
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: Isa::Avx512Vnni is only chosen on CPUs with AVX-512F/BW.
+            Isa::Avx512Vnni => unsafe { avx512::padded_row(src, input.zero_point, left, row) },
+            _ => {
+                let left = left.min(row.len());
+                let inside = src.len().min(row.len() - left);
+                row[..left].fill(input.zero_point);
+                row[left..left + inside].copy_from_slice(&src[..inside]);
+                row[left + inside..].fill(input.zero_point);
+            }
+        }
     }
     fn centred_row(isa: Isa, src: &[u8], input: ActivationQuant, dst: &mut [f32]) {
         let len = src.len().min(dst.len());
@@ -264,6 +299,33 @@ mod avx512 {
             // SAFETY: as the caller guarantees; masked-off lanes are never read.
             let sums = unsafe { _mm512_maskz_loadu_ps(mask, ptr) };
             _mm512_add_ps(_mm512_mul_ps(sums, _mm512_set1_ps(e.scale)), _mm512_set1_ps(e.bias))
+        }
+    }
+
+    /// `row = zero_point` with `src` at `left` (as much as fits), one masked load and store per
+    /// 64 bytes: depthwise rows are 7 to 230 bytes, where three library calls per row (two
+    /// fills and a copy) cost more than the bytes.
+    ///
+    /// # Safety
+    /// AVX-512F/BW must be available.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub unsafe fn padded_row(src: &[u8], zero_point: u8, left: usize, row: &mut [u8]) {
+        let below = |n: usize| if n >= 64 { u64::MAX } else { (1u64 << n) - 1 };
+        let zero_points = _mm512_set1_epi8(zero_point as i8);
+        let end = left.saturating_add(src.len()).min(row.len());
+        for start in (0..row.len()).step_by(64) {
+            // Lanes of this chunk that take a code: padded columns [left, end).
+            let codes = below(end.saturating_sub(start)) & !below(left.saturating_sub(start));
+            let lanes = below(row.len() - start);
+            // SAFETY: the load reads only the `codes` lanes, which are src[start + i − left]
+            // for start + i in [left, end), inside `src` (the pointer is formed with wrapping
+            // arithmetic as it may lie before `src` when no lane below `left` is read); the
+            // store writes only the `lanes` inside `row`.
+            unsafe {
+                let from = src.as_ptr().wrapping_add(start).wrapping_sub(left);
+                let bytes = _mm512_mask_loadu_epi8(zero_points, codes, from.cast());
+                _mm512_mask_storeu_epi8(row.as_mut_ptr().add(start).cast(), lanes, bytes);
+            }
         }
     }
 

@@ -9,7 +9,7 @@
 //! [`MAX_DEPTHWISE_TAPS`] of them stays below 2^24, where f32 is exact — so the result equals
 //! the integer reference bit for bit, while f32 FMAs are the fastest multiply-add on every ISA.
 
-use super::codes::{Element, Epilogue, SimdElement};
+use super::codes::{Element, Epilogue, SimdElement, SimdSum};
 use super::quant::{multiversion, ActivationQuant};
 use super::{ConvGeometry, Isa};
 
@@ -201,16 +201,31 @@ impl PhasedPlane {
         store: E::Store,
         out: &mut [E],
     ) {
-        let [height, width] = self.geometry.out;
-        let rows_len = height * self.pitch;
-        let flat: &mut [E] = bytemuck::cast_slice_mut(scratch);
-        assert!(acc.len() >= rows_len && flat.len() >= rows_len && out.len() >= height * width);
-        E::store_row(isa, &acc[..rows_len], epilogue, store, &mut flat[..rows_len]);
-        for (line, row) in
-            out[..height * width].chunks_exact_mut(width).zip(flat.chunks(self.pitch))
-        {
-            line.copy_from_slice(&row[..width]);
-        }
+        let staging: &mut [E] = bytemuck::cast_slice_mut(scratch);
+        store_flat(isa, self.geometry.out, self.pitch, acc, staging, epilogue, store, out);
+    }
+}
+
+/// `out[oy][ox] = act(acc[oy · pitch + ox] · scale + bias)` for the `out` (height, width) valid
+/// columns of each accumulator row, stored as floats or codes. `staging` takes the whole rows
+/// at once, so the store runs over full vectors whatever the width; the valid columns are then
+/// copied out.
+#[allow(clippy::too_many_arguments)]
+pub fn store_flat<S: SimdSum, E: SimdElement>(
+    isa: Isa,
+    [height, width]: [usize; 2],
+    pitch: usize,
+    acc: &[S],
+    staging: &mut [E],
+    epilogue: Epilogue,
+    store: E::Store,
+    out: &mut [E],
+) {
+    let rows_len = height * pitch;
+    assert!(acc.len() >= rows_len && staging.len() >= rows_len && out.len() >= height * width);
+    E::store_row(isa, &acc[..rows_len], epilogue, store, &mut staging[..rows_len]);
+    for (line, row) in out[..height * width].chunks_exact_mut(width).zip(staging.chunks(pitch)) {
+        line.copy_from_slice(&row[..width]);
     }
 }
 

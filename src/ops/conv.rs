@@ -8,8 +8,9 @@ use tract_onnx::tract_core::ops::cnn::PoolSpec;
 use super::parallel::{for_each_chunk, threads};
 use super::{scratch, Int8Layer, Packed};
 use crate::kernels::{
-    conv_planar, im2col_c4_rows, quantize_c4, quantize_c4_channels, ConvGeometry, Element, Isa,
-    PatchFill, PhasedPlane, PlanarWeights, SimdElement,
+    conv_planar, im2col_c4_rows, quantize_c4, quantize_c4_channels, store_flat, BytePlane,
+    ConvGeometry, Element, Epilogue, Isa, PatchFill, PhasedPlane, PlanarWeights, SimdElement,
+    MAX_TAP_WORDS,
 };
 
 /// Fewest output channels per parallel task (two kernel blocks).
@@ -31,6 +32,14 @@ pub struct Int8Conv {
     pub group: usize,
     /// One filter per channel (run by the direct depthwise kernel).
     pub depthwise: bool,
+}
+
+/// How a depthwise layer runs on this CPU: on its u8 codes with `vpdpbusd` (AVX-512 VBMI and
+/// VNNI, most geometries), or on f32 codes elsewhere.
+#[derive(Debug)]
+enum DepthwiseLayout {
+    Bytes(BytePlane),
+    Floats(PhasedPlane),
 }
 
 /// The 2-D geometry of `pool_spec` (a convolution's or a pool's) on an NCHW input of `shape`.
@@ -58,13 +67,16 @@ impl Int8Conv {
     fn run_image<I: Element, O: SimdElement>(
         &self,
         g: &ConvGeometry,
-        depthwise: Option<&PhasedPlane>,
+        depthwise: Option<&DepthwiseLayout>,
         image: &[I],
         store: O::Store,
         out: &mut [O],
     ) {
         match (&self.layer.weights.packed, depthwise) {
-            (Packed::Depthwise(taps), Some(layout)) => {
+            (Packed::Depthwise(taps), Some(DepthwiseLayout::Bytes(layout))) => {
+                self.run_depthwise_bytes(g, layout, taps, image, store, out)
+            }
+            (Packed::Depthwise(taps), Some(DepthwiseLayout::Floats(layout))) => {
                 self.run_depthwise(g, layout, taps, image, store, out)
             }
             (Packed::Planar(groups), _) => {
@@ -92,9 +104,7 @@ impl Int8Conv {
         let isa = Isa::detect();
         let (pixels_in, pixels) = (g.height * g.width, g.out[0] * g.out[1]);
         let per_channel = g.kernel[0] * g.kernel[1];
-        // Small planes (7×7, 14×14) are quick: a task per channel cost as much in dispatch
-        // and scratch lookups as the channel itself. A few tasks per thread still balance.
-        let channels_per_task = g.channels.div_ceil(4 * threads()).clamp(1, MAX_DEPTHWISE_BATCH);
+        let channels_per_task = depthwise_channels_per_task(g);
         for_each_chunk(out, pixels * channels_per_task, |task, planes| {
             scratch::plane(layout.buffer_len(), |x| {
                 scratch::flat_sums(layout.flat_len, |acc| {
@@ -106,6 +116,58 @@ impl Int8Conv {
                         layout.accumulate(isa, x, taps, acc);
                         layout.store(isa, acc, x, w.epilogues[c], store, plane);
                     }
+                })
+            })
+        });
+    }
+
+    /// As [`Self::run_depthwise`], on the channels' codes in a [`BytePlane`]: i32 sums of raw
+    /// codes, whose zero-point term each channel's epilogue subtracts.
+    fn run_depthwise_bytes<I: Element, O: SimdElement>(
+        &self,
+        g: &ConvGeometry,
+        layout: &BytePlane,
+        taps: &[f32],
+        image: &[I],
+        store: O::Store,
+        out: &mut [O],
+    ) {
+        let layer = &self.layer;
+        let w = &*layer.weights;
+        let isa = Isa::detect();
+        let (pixels_in, pixels) = (g.height * g.width, g.out[0] * g.out[1]);
+        let per_channel = g.kernel[0] * g.kernel[1];
+        let channels_per_task = depthwise_channels_per_task(g);
+        let zero_point = i32::from(layer.input.zero_point);
+        // Staging for whole accumulator rows, in f32 units (enough for either element).
+        let staging_len = g.out[0] * layout.pitch;
+        for_each_chunk(out, pixels * channels_per_task, |task, planes| {
+            scratch::input_bytes(layout.buffer_len(), |x| {
+                scratch::accumulators(layout.flat_len, |acc| {
+                    scratch::plane(staging_len, |staging| {
+                        let staging: &mut [O] = bytemuck::cast_slice_mut(staging);
+                        let mut words = [0; MAX_TAP_WORDS];
+                        for (i, plane) in planes.chunks_exact_mut(pixels.max(1)).enumerate() {
+                            let c = task * channels_per_task + i;
+                            let input = &image[c * pixels_in..(c + 1) * pixels_in];
+                            layout.fill(isa, input, layer.input, x);
+                            let taps = &taps[c * per_channel..(c + 1) * per_channel];
+                            let tap_sum = layout.tap_words(taps, &mut words);
+                            layout.accumulate(isa, x, &words, acc);
+                            let epilogue =
+                                Epilogue { offset: zero_point * tap_sum, ..w.epilogues[c] };
+                            store_flat(
+                                isa,
+                                g.out,
+                                layout.pitch,
+                                acc,
+                                staging,
+                                epilogue,
+                                store,
+                                plane,
+                            );
+                        }
+                    })
                 })
             })
         });
@@ -223,14 +285,16 @@ impl Int8Conv {
         let (batch, n) = (shape[0], self.layer.weights.n);
         let image_len = g.channels * g.height * g.width;
         let out_len = n * g.out[0] * g.out[1];
-        let depthwise =
-            match &self.layer.weights.packed {
-                Packed::Depthwise(_) => Some(PhasedPlane::new(&g).with_context(|| {
+        let depthwise = match &self.layer.weights.packed {
+            Packed::Depthwise(_) => Some(match BytePlane::new(Isa::detect(), &g) {
+                Some(bytes) => DepthwiseLayout::Bytes(bytes),
+                None => DepthwiseLayout::Floats(PhasedPlane::new(&g).with_context(|| {
                     format!("{}: no depthwise layout for {g:?}", self.layer.name)
                 })?),
-                Packed::Rows(_) => bail!("Int8Conv holds linear weights"),
-                Packed::Planar(_) => None,
-            };
+            }),
+            Packed::Rows(_) => bail!("Int8Conv holds linear weights"),
+            Packed::Planar(_) => None,
+        };
         let mut tensor = Tensor::zero_dt(O::datum_type(), &[batch, n, g.out[0], g.out[1]])?;
         {
             let mut plain = tensor.try_as_plain_ram_mut()?;
@@ -244,6 +308,13 @@ impl Int8Conv {
         }
         Ok(tensor)
     }
+}
+
+/// Depthwise channels per parallel task: small planes (7×7, 14×14) are quick, and a task per
+/// channel cost as much in dispatch and scratch lookups as the channel itself. A few tasks per
+/// thread still balance.
+fn depthwise_channels_per_task(g: &ConvGeometry) -> usize {
+    g.channels.div_ceil(4 * threads()).clamp(1, MAX_DEPTHWISE_BATCH)
 }
 
 impl Op for Int8Conv {

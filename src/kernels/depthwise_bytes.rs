@@ -1,0 +1,342 @@
+//! Depthwise convolution of one channel plane on its u8 codes, four taps per `vpdpbusd`.
+//!
+//! The plane is copied into padded rows of codes (the zero point in the padding), the rows
+//! split into phases by the row stride so that every kernel row reads one contiguous run over
+//! the flattened output rows (as in [`super::PhasedPlane`]). For 16 outputs and one kernel row,
+//! a byte permutation (`vpermb`) turns the 64 bytes under them into 16 words of four
+//! consecutive columns — `x[s·j], x[s·j + 1], x[s·j + 2], x[s·j + 3]` for column stride `s` —
+//! and one `vpdpbusd` multiplies them by that kernel row's four weights. A 3×3 kernel is three
+//! instructions per 16 outputs where the f32 kernel needs nine multiply-adds, and the plane is
+//! a byte per code instead of four.
+//!
+//! Sums are of the raw codes, so `Σ w · q − zero_point · Σ w` is the centred sum: every padding
+//! position holds the zero point, so the correction is the same for every output and exact.
+
+use super::codes::Element;
+use super::quant::ActivationQuant;
+use super::{ConvGeometry, Isa};
+
+/// Outputs one accumulator vector holds.
+const LANES: usize = 16;
+
+/// Bytes one permuted load reads (a 512-bit vector).
+const WINDOW: usize = 64;
+
+/// Largest kernel side the layout takes: its tap words fit [`MAX_TAP_WORDS`].
+const MAX_KERNEL: usize = 8;
+
+/// Weight words of one channel: up to [`MAX_KERNEL`] rows of two words.
+pub const MAX_TAP_WORDS: usize = MAX_KERNEL * 2;
+
+/// Where each kernel row reads in a [`BytePlane`] buffer, and the buffer's shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BytePlane {
+    geometry: ConvGeometry,
+    /// Row and column strides.
+    stride: [usize; 2],
+    /// Rows of one row phase.
+    rows: usize,
+    /// Bytes per padded row (`pitch · column stride`).
+    row_bytes: usize,
+    /// Row pitch of the flat accumulators (outputs per row, plus columns no output uses).
+    pub pitch: usize,
+    /// Words of four taps per kernel row (`⌈kernel width / 4⌉`).
+    words_per_row: usize,
+    /// Byte offset of each (kernel row, word)'s window for output 0, kernel row-major.
+    word_offsets: Vec<usize>,
+    /// Accumulators computed per plane: `out_height · pitch`, rounded up to whole vectors.
+    pub flat_len: usize,
+}
+
+impl BytePlane {
+    /// The layout for `geometry` (one channel) when this CPU has the instructions (AVX-512 VNNI
+    /// and VBMI) and the geometry fits: no dilation, a column stride of 1 or 2, kernel sides up
+    /// to 8. `None` otherwise: [`super::PhasedPlane`] takes those.
+    pub fn new(isa: Isa, geometry: &ConvGeometry) -> Option<Self> {
+        if !has_byte_permutes(isa) {
+            return None;
+        }
+        Self::for_geometry(geometry)
+    }
+
+    /// The layout whatever the CPU (the scalar reference runs it anywhere).
+    fn for_geometry(geometry: &ConvGeometry) -> Option<Self> {
+        let g = *geometry;
+        let [kh, kw] = g.kernel;
+        let [sy, sx] = g.stride;
+        if kh == 0
+            || kw == 0
+            || kh > MAX_KERNEL
+            || kw > MAX_KERNEL
+            || g.dilation != [1, 1]
+            || sy == 0
+            || !(1..=2).contains(&sx)
+            || g.out[0] == 0
+            || g.out[1] == 0
+        {
+            return None;
+        }
+        let pitch = g.out[1] + (kw - 1) / sx;
+        let rows = g.out[0] + (kh - 1) / sy;
+        let row_bytes = pitch * sx;
+        let words_per_row = kw.div_ceil(4);
+        let plane_bytes = rows * row_bytes;
+        let mut word_offsets = Vec::with_capacity(kh * words_per_row);
+        for ky in 0..kh {
+            for word in 0..words_per_row {
+                word_offsets.push((ky % sy) * plane_bytes + (ky / sy) * row_bytes + 4 * word);
+            }
+        }
+        let flat_len = (g.out[0] * pitch).div_ceil(LANES) * LANES;
+        Some(BytePlane {
+            geometry: g,
+            stride: [sy, sx],
+            rows,
+            row_bytes,
+            pitch,
+            words_per_row,
+            word_offsets,
+            flat_len,
+        })
+    }
+
+    /// Bytes of the row phases.
+    fn planes_len(&self) -> usize {
+        self.stride[0] * self.rows * self.row_bytes
+    }
+
+    /// Length of the buffer [`Self::fill`] writes: the row phases, plus the slack the last
+    /// vector's window reads past them.
+    pub fn buffer_len(&self) -> usize {
+        let last = self.word_offsets.iter().max().copied().unwrap_or(0);
+        let reach = last + self.stride[1] * (self.flat_len - LANES) + WINDOW;
+        self.planes_len().max(reach)
+    }
+
+    /// Weight words of the kernel rows (four i8 taps each, 0 past the kernel's width) into
+    /// `words`, and `Σ taps`, from one channel's `taps` (kernel row-major, i8 values as f32).
+    pub fn tap_words(&self, taps: &[f32], words: &mut [i32; MAX_TAP_WORDS]) -> i32 {
+        let [kh, kw] = self.geometry.kernel;
+        *words = [0; MAX_TAP_WORDS];
+        let mut sum = 0;
+        for ky in 0..kh {
+            for kx in 0..kw {
+                let tap = taps.get(ky * kw + kx).copied().unwrap_or(0.0) as i8;
+                sum += i32::from(tap);
+                let word = &mut words[ky * self.words_per_row + kx / 4];
+                *word |= i32::from(tap as u8) << (8 * (kx % 4));
+            }
+        }
+        sum
+    }
+
+    /// Copies one `height × width` plane (floats quantized with `input`, or codes of it
+    /// already) into `dst` (`buffer_len` bytes): codes at their padded positions in their row
+    /// phase, the zero point everywhere else.
+    pub fn fill<E: Element>(&self, isa: Isa, plane: &[E], input: ActivationQuant, dst: &mut [u8]) {
+        let g = &self.geometry;
+        let zero_point = input.zero_point;
+        let (row_bytes, sy) = (self.row_bytes, self.stride[0]);
+        assert!(plane.len() >= g.height * g.width && dst.len() >= self.buffer_len());
+        for (r, row) in dst[..self.planes_len()].chunks_exact_mut(row_bytes).enumerate() {
+            // Phase row r holds padded row (r mod rows) · sy + r / rows.
+            let padded = (r % self.rows) * sy + r / self.rows;
+            match padded.checked_sub(g.pad[0]).filter(|&y| y < g.height) {
+                Some(y) => {
+                    E::padded_row(isa, &plane[y * g.width..][..g.width], input, g.pad[1], row)
+                }
+                None => row.fill(zero_point),
+            }
+        }
+        dst[self.planes_len()..self.buffer_len()].fill(zero_point);
+    }
+
+    /// `acc[oy · pitch + ox] = Σ_taps q · w` of the raw codes over the filled buffer
+    /// (`flat_len` accumulators; columns `ox ≥ out_width` hold values no output uses).
+    /// `words` are [`Self::tap_words`].
+    pub fn accumulate(&self, isa: Isa, x: &[u8], words: &[i32; MAX_TAP_WORDS], acc: &mut [i32]) {
+        assert!(x.len() >= self.buffer_len() && acc.len() >= self.flat_len);
+        let acc = &mut acc[..self.flat_len];
+        let words = &words[..self.word_offsets.len()];
+        let sx = self.stride[1];
+        #[cfg(target_arch = "x86_64")]
+        if has_byte_permutes(isa) {
+            // SAFETY: the CPU has the features (checked); every window read is inside `x`:
+            // the furthest starts at max(word_offsets) + sx · (flat_len − 16) and reads 64
+            // bytes, which `buffer_len` (asserted) covers.
+            return unsafe { avx512::accumulate(x, &self.word_offsets, words, sx, acc) };
+        }
+        let _ = isa;
+        for (i, a) in acc.iter_mut().enumerate() {
+            *a = self.word_offsets.iter().zip(words).fold(0, |sum, (&offset, &word)| {
+                let four = &x[offset + sx * i..][..4];
+                let taps = word.to_le_bytes();
+                sum + four
+                    .iter()
+                    .zip(taps)
+                    .map(|(&q, w)| i32::from(q) * i32::from(w as i8))
+                    .sum::<i32>()
+            });
+        }
+    }
+}
+
+/// Whether `isa` runs the byte kernel here: AVX-512 VNNI plus VBMI's byte permutation.
+fn has_byte_permutes(isa: Isa) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512Vnni {
+        return std::arch::is_x86_feature_detected!("avx512vbmi");
+    }
+    let _ = isa;
+    false
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    /// Vectors accumulated together: four independent `vpdpbusd` chains.
+    const BLOCK: usize = 4;
+
+    /// The flat sums over the windows at `offsets` with their weight `words`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F/BW/VBMI/VNNI; `acc.len()` is a multiple of 16 and for
+    /// every offset `offset + sx · (acc.len() − 16) + 64 ≤ x.len()`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx512vnni")]
+    pub unsafe fn accumulate(
+        x: &[u8],
+        offsets: &[usize],
+        words: &[i32],
+        sx: usize,
+        acc: &mut [i32],
+    ) {
+        // Byte 4j + k of the permuted window is column sx · j + k of the loaded one.
+        let index: [u8; 64] = std::array::from_fn(|b| (sx * (b / 4) + b % 4) as u8);
+        // SAFETY: 64 bytes read from a 64-byte array.
+        let index = unsafe { _mm512_loadu_si512(index.as_ptr().cast()) };
+        let xp = x.as_ptr();
+        let step = sx * super::LANES;
+        let whole = acc.len() / (BLOCK * super::LANES) * (BLOCK * super::LANES);
+        for start in (0..whole).step_by(BLOCK * super::LANES) {
+            let mut sums = [_mm512_setzero_si512(); BLOCK];
+            for (&offset, &word) in offsets.iter().zip(words) {
+                let w = _mm512_set1_epi32(word);
+                for (v, sum) in sums.iter_mut().enumerate() {
+                    // SAFETY: inside `x` by the caller's contract.
+                    let window = unsafe {
+                        _mm512_loadu_si512(xp.add(offset + sx * start + v * step).cast())
+                    };
+                    *sum = _mm512_dpbusd_epi32(*sum, _mm512_permutexvar_epi8(index, window), w);
+                }
+            }
+            for (v, sum) in sums.iter().enumerate() {
+                // SAFETY: `start + 16 · (v + 1) ≤ whole ≤ acc.len()`.
+                unsafe { _mm512_storeu_si512(acc.as_mut_ptr().add(start + v * 16).cast(), *sum) };
+            }
+        }
+        for start in (whole..acc.len()).step_by(super::LANES) {
+            let mut sum = _mm512_setzero_si512();
+            for (&offset, &word) in offsets.iter().zip(words) {
+                // SAFETY: inside `x` by the caller's contract.
+                let window = unsafe { _mm512_loadu_si512(xp.add(offset + sx * start).cast()) };
+                let w = _mm512_set1_epi32(word);
+                sum = _mm512_dpbusd_epi32(sum, _mm512_permutexvar_epi8(index, window), w);
+            }
+            // SAFETY: `acc.len()` is a multiple of 16, so `start + 16 ≤ acc.len()`.
+            unsafe { _mm512_storeu_si512(acc.as_mut_ptr().add(start).cast(), sum) };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn naive(g: &ConvGeometry, x: &[i32], taps: &[i32]) -> Vec<i32> {
+        let pixels = (0..g.out[0]).flat_map(|oy| (0..g.out[1]).map(move |ox| (oy, ox)));
+        pixels.map(|(oy, ox)| g.window(oy, ox).map(|(tap, i)| x[i] * taps[tap]).sum()).collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(96))]
+        /// The scalar reference and the SIMD kernel give the centred integer sums of the naive
+        /// convolution exactly (raw sums minus zero point · Σ taps), for every stride, padding
+        /// and kernel shape the layout takes, including padding that cuts rows and columns off.
+        #[test]
+        fn sums_equal_the_integer_reference(
+            h in 1usize..20, w in 1usize..40, kh in 1usize..8, kw in 1usize..8,
+            sy in 1usize..3, sx in 1usize..3,
+            pad_top in 0usize..4, pad_left in 0usize..4, cut in 0usize..2,
+            zp in any::<u8>(), seed in any::<u64>(), float_input in any::<bool>(),
+        ) {
+            let padded = [h + 2 * pad_top, w + 2 * pad_left];
+            prop_assume!(padded[0] >= kh && padded[1] >= kw);
+            let out = [
+                ((padded[0] - kh) / sy + 1).saturating_sub(cut).max(1),
+                ((padded[1] - kw) / sx + 1).saturating_sub(cut).max(1),
+            ];
+            let g = ConvGeometry {
+                channels: 1, height: h, width: w, kernel: [kh, kw], stride: [sy, sx],
+                dilation: [1, 1], pad: [pad_top, pad_left], out,
+            };
+            let mut state = seed;
+            let mut next = || { state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407); (state >> 33) as u32 };
+            let codes: Vec<u8> = (0..h * w).map(|_| next() as u8).collect();
+            let weights: Vec<i8> = (0..kh * kw).map(|_| next() as i8).collect();
+            let centred: Vec<i32> = codes.iter().map(|&q| i32::from(q) - i32::from(zp)).collect();
+            let want = naive(&g, &centred, &weights.iter().map(|&v| i32::from(v)).collect::<Vec<_>>());
+            let layout = BytePlane::for_geometry(&g).expect("a supported geometry");
+            let taps: Vec<f32> = weights.iter().map(|&v| f32::from(v)).collect();
+            let mut words = [0; MAX_TAP_WORDS];
+            let tap_sum = layout.tap_words(&taps, &mut words);
+            // Scale 1 and the zero point given: quantizing the floats gives back `codes`.
+            let input = ActivationQuant { scale: 1.0, zero_point: zp };
+            let floats: Vec<f32> = codes.iter().map(|&q| f32::from(q) - f32::from(zp)).collect();
+            let mut scalar = Vec::new();
+            for isa in [Isa::Scalar, Isa::detect()] {
+                let mut buffer = vec![0xa5u8; layout.buffer_len()];
+                if float_input {
+                    layout.fill(isa, &floats, input, &mut buffer);
+                } else {
+                    layout.fill(isa, &codes, input, &mut buffer);
+                }
+                let mut acc = vec![i32::MIN; layout.flat_len];
+                layout.accumulate(isa, &buffer, &words, &mut acc);
+                let got: Vec<i32> = (0..out[0])
+                    .flat_map(|oy| (0..out[1]).map(move |ox| (oy, ox)))
+                    .map(|(oy, ox)| acc[oy * layout.pitch + ox] - i32::from(zp) * tap_sum)
+                    .collect();
+                prop_assert_eq!(&got, &want, "{:?}", isa);
+                // Every accumulator, used or not, is the same on every ISA.
+                if isa == Isa::Scalar {
+                    scalar = acc;
+                } else {
+                    prop_assert_eq!(&acc, &scalar);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn unsupported_geometries_are_refused() {
+        let base = ConvGeometry {
+            channels: 1,
+            height: 14,
+            width: 14,
+            kernel: [3, 3],
+            stride: [1, 1],
+            dilation: [1, 1],
+            pad: [1, 1],
+            out: [14, 14],
+        };
+        assert!(BytePlane::for_geometry(&base).is_some());
+        let dilated = ConvGeometry { dilation: [2, 2], out: [12, 12], ..base };
+        assert!(BytePlane::for_geometry(&dilated).is_none());
+        let wide = ConvGeometry { kernel: [3, 9], out: [14, 8], ..base };
+        assert!(BytePlane::for_geometry(&wide).is_none());
+        let strided = ConvGeometry { stride: [1, 3], out: [14, 5], ..base };
+        assert!(BytePlane::for_geometry(&strided).is_none());
+    }
+}
