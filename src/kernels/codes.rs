@@ -17,21 +17,26 @@ pub struct Epilogue {
 
 /// Sums a kernel produces: exact i32 accumulators, or f32 sums of integer products (exact).
 pub trait Sum: Copy + Send + Sync + 'static {
+    /// `self − offset` as f32 (float sums are centred already: the offset is not theirs).
+    fn centred(self, offset: i32) -> f32;
     /// `(self − offset) · scale + bias`, before the activation.
-    fn affine(self, e: &Epilogue) -> f32;
+    #[inline(always)]
+    fn affine(self, e: &Epilogue) -> f32 {
+        self.centred(e.offset) * e.scale + e.bias
+    }
 }
 
 impl Sum for i32 {
     #[inline(always)]
-    fn affine(self, e: &Epilogue) -> f32 {
-        (self - e.offset) as f32 * e.scale + e.bias
+    fn centred(self, offset: i32) -> f32 {
+        (self - offset) as f32
     }
 }
 
 impl Sum for f32 {
     #[inline(always)]
-    fn affine(self, e: &Epilogue) -> f32 {
-        self * e.scale + e.bias
+    fn centred(self, _: i32) -> f32 {
+        self
     }
 }
 
@@ -52,6 +57,10 @@ pub trait Element: bytemuck::Pod + Default + Send + Sync {
             }
         })
     }
+    /// These values as codes when they are codes already (`u8`), to copy rather than quantize.
+    fn as_codes(_values: &[Self]) -> Option<&[u8]> {
+        None
+    }
     /// `dst[i] = to_code(src[i])` (the byte depthwise kernel's padded rows).
     fn code_row(isa: Isa, src: &[Self], input: ActivationQuant, dst: &mut [u8]) {
         multiversion!(isa, {
@@ -68,6 +77,29 @@ pub trait Element: bytemuck::Pod + Default + Send + Sync {
         row[..left].fill(input.zero_point);
         Self::code_row(isa, &src[..inside], input, &mut row[left..left + inside]);
         row[left + inside..].fill(input.zero_point);
+    }
+    /// [`Self::store_row`] of `rows` rows of `width` sums, `pitch` apart in `sums`, into
+    /// consecutive rows of `dst` (a depthwise kernel's flat accumulators, whose rows carry
+    /// columns no output uses).
+    fn store_rows<S: SimdSum>(
+        isa: Isa,
+        sums: &[S],
+        [rows, width]: [usize; 2],
+        pitch: usize,
+        e: Epilogue,
+        store: Self::Store,
+        dst: &mut [Self],
+    ) {
+        assert!(
+            (rows == 0 || sums.len() >= (rows - 1) * pitch + width)
+                && dst.len() >= rows * width
+                && width <= pitch
+        );
+        for (sums, dst) in
+            sums.chunks(pitch.max(1)).zip(dst.chunks_exact_mut(width.max(1))).take(rows)
+        {
+            Self::store_row(isa, &sums[..width], e, store, dst);
+        }
     }
     /// `dst[i] = finish(sums[i])`, stored as this element.
     fn store_row<S: SimdSum>(
@@ -105,23 +137,12 @@ impl Element for u8 {
     fn to_code(self, _input: ActivationQuant) -> u8 {
         self
     }
+    fn as_codes(values: &[u8]) -> Option<&[u8]> {
+        Some(values)
+    }
     fn code_row(_: Isa, src: &[u8], _: ActivationQuant, dst: &mut [u8]) {
         let len = src.len().min(dst.len());
         dst[..len].copy_from_slice(&src[..len]);
-    }
-    fn padded_row(isa: Isa, src: &[u8], input: ActivationQuant, left: usize, row: &mut [u8]) {
-        match isa {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: Isa::Avx512Vnni is only chosen on CPUs with AVX-512F/BW.
-            Isa::Avx512Vnni => unsafe { avx512::padded_row(src, input.zero_point, left, row) },
-            _ => {
-                let left = left.min(row.len());
-                let inside = src.len().min(row.len() - left);
-                row[..left].fill(input.zero_point);
-                row[left..left + inside].copy_from_slice(&src[..inside]);
-                row[left + inside..].fill(input.zero_point);
-            }
-        }
     }
     fn centred_row(isa: Isa, src: &[u8], input: ActivationQuant, dst: &mut [f32]) {
         let len = src.len().min(dst.len());
@@ -133,6 +154,35 @@ impl Element for u8 {
             _ => {
                 for (d, &v) in dst.iter_mut().zip(src) {
                     *d = f32::from(v) - f32::from(input.zero_point);
+                }
+            }
+        }
+    }
+    fn store_rows<S: SimdSum>(
+        isa: Isa,
+        sums: &[S],
+        [rows, width]: [usize; 2],
+        pitch: usize,
+        e: Epilogue,
+        codes: OutputCodes,
+        dst: &mut [u8],
+    ) {
+        assert!(
+            (rows == 0 || sums.len() >= (rows - 1) * pitch + width)
+                && dst.len() >= rows * width
+                && width <= pitch
+        );
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: Isa::Avx512Vnni is only chosen on CPUs with AVX-512F/BW; slices bound
+            // every row read and written.
+            Isa::Avx512Vnni => unsafe {
+                avx512::codes_rows(sums, [rows, width], pitch, &e, codes, dst)
+            },
+            _ => {
+                let lines = sums.chunks(pitch.max(1)).zip(dst.chunks_exact_mut(width.max(1)));
+                for (sums, dst) in lines.take(rows) {
+                    Self::store_row(isa, &sums[..width], e, codes, dst);
                 }
             }
         }
@@ -151,9 +201,9 @@ impl Element for u8 {
             // many elements as `sums` (asserted).
             Isa::Avx512Vnni => unsafe { avx512::codes(sums, &e, codes, dst) },
             _ => {
-                let (low, high) = e.activation.bounds();
+                let finish = codes.finish(&e);
                 for (d, &s) in dst.iter_mut().zip(sums) {
-                    *d = codes.code(s.affine(&e).max(low).min(high));
+                    *d = finish.code(s.centred(finish.offset));
                 }
             }
         }
@@ -188,6 +238,52 @@ impl OutputCodes {
     }
 }
 
+/// An epilogue that finishes sums straight into codes: `clamp(round_half_even((sum − offset) ·
+/// scale + shift), low, high)`. The float epilogue and the quantization are one multiply-add
+/// (`scale = epilogue scale / output scale`, `shift = bias / output scale + zero point`), and
+/// the activation is the code bounds (`ReLU`: the zero point; `ReLU6`: the code of 6): a SIMD
+/// store is five instructions per 16 values instead of eleven, which mattered for the 1×1
+/// layers of few input channels, whose stores cost as much as their products.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CodeFinish {
+    pub offset: i32,
+    pub scale: f32,
+    pub shift: f32,
+    /// The activation's bounds as codes, integers in [0, 255].
+    pub low: f32,
+    pub high: f32,
+}
+
+impl OutputCodes {
+    /// How sums finished by `e` are stored as these codes.
+    pub fn finish(self, e: &Epilogue) -> CodeFinish {
+        let zero_point = f32::from(self.zero_point);
+        let (low, high) = e.activation.bounds();
+        // Infinite bounds (no activation) saturate to the code range.
+        let bound = |v: f32| round_half_even(v * self.inverse_scale + zero_point).clamp(0.0, 255.0);
+        CodeFinish {
+            offset: e.offset,
+            scale: e.scale * self.inverse_scale,
+            shift: e.bias.mul_add(self.inverse_scale, zero_point),
+            low: bound(low),
+            high: bound(high),
+        }
+    }
+}
+
+impl CodeFinish {
+    /// The code of a centred sum (the scalar reference of the SIMD stores; fused multiply-add
+    /// as they do).
+    #[inline(always)]
+    pub fn code(&self, centred: f32) -> u8 {
+        let q = round_half_even(centred.mul_add(self.scale, self.shift));
+        let q = if q > self.low { q } else { self.low }; // NaN lands here too
+        let q = if q < self.high { q } else { self.high };
+        // SAFETY: q is in [low, high] ⊂ [0, 255] and integral, so the conversion is exact.
+        unsafe { q.to_int_unchecked::<i32>() as u8 }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 pub use avx512::{SimdElement, SimdSum};
 
@@ -207,16 +303,18 @@ impl<E: Element> SimdElement for E {}
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{Element, Epilogue, OutputCodes, Sum};
+    use super::{CodeFinish, Element, Epilogue, OutputCodes, Sum};
 
     /// Elements a SIMD kernel stores straight from registers.
     pub trait SimdElement: Element {
-        /// Stores the lanes `masks` select of 32 finished values (`values[0]` first) at `dst`.
+        /// Finishes 32 i32 sums (`sums[0]` first) with `e` and stores the lanes `masks`
+        /// select at `dst`.
         ///
         /// # Safety
         /// AVX-512F/BW must be available and the selected elements at `dst` writable.
-        unsafe fn store32(
-            values: [__m512; 2],
+        unsafe fn finish32(
+            sums: [__m512i; 2],
+            e: &Epilogue,
             masks: [__mmask16; 2],
             store: Self::Store,
             dst: *mut Self,
@@ -225,26 +323,47 @@ mod avx512 {
 
     impl SimdElement for f32 {
         #[inline(always)]
-        unsafe fn store32(values: [__m512; 2], masks: [__mmask16; 2], _: (), dst: *mut f32) {
+        unsafe fn finish32(
+            sums: [__m512i; 2],
+            e: &Epilogue,
+            masks: [__mmask16; 2],
+            _: (),
+            dst: *mut f32,
+        ) {
+            let (low, high) = e.activation.bounds();
+            let finish = |sums: __m512i| {
+                let centred = _mm512_sub_epi32(sums, _mm512_set1_epi32(e.offset));
+                // Separate multiply and add, as the scalar reference rounds them.
+                let v = _mm512_mul_ps(_mm512_cvtepi32_ps(centred), _mm512_set1_ps(e.scale));
+                let v = _mm512_add_ps(v, _mm512_set1_ps(e.bias));
+                _mm512_min_ps(_mm512_max_ps(v, _mm512_set1_ps(low)), _mm512_set1_ps(high))
+            };
             // SAFETY: as the caller guarantees; masked-off lanes are never written.
             unsafe {
-                _mm512_mask_storeu_ps(dst, masks[0], values[0]);
-                _mm512_mask_storeu_ps(dst.wrapping_add(16), masks[1], values[1]);
+                _mm512_mask_storeu_ps(dst, masks[0], finish(sums[0]));
+                _mm512_mask_storeu_ps(dst.wrapping_add(16), masks[1], finish(sums[1]));
             }
         }
     }
 
     impl SimdElement for u8 {
         #[inline(always)]
-        unsafe fn store32(
-            values: [__m512; 2],
+        unsafe fn finish32(
+            sums: [__m512i; 2],
+            e: &Epilogue,
             masks: [__mmask16; 2],
             codes: OutputCodes,
             dst: *mut u8,
         ) {
+            let finish = codes.finish(e);
+            let offset = _mm512_set1_epi32(finish.offset);
+            let code = |sums: __m512i| {
+                // SAFETY: AVX-512F is available (the caller's contract).
+                unsafe { code16(_mm512_cvtepi32_ps(_mm512_sub_epi32(sums, offset)), &finish) }
+            };
             // SAFETY: as the caller guarantees; masked-off bytes are never written.
             unsafe {
-                let words = _mm512_packs_epi32(code16(values[0], codes), code16(values[1], codes));
+                let words = _mm512_packs_epi32(code(sums[0]), code(sums[1]));
                 let bytes = _mm512_packus_epi16(words, words);
                 // Dword 4k holds values 4k..4k+3, dword 4k + 1 values 16 + 4k..: in order.
                 let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 0, 0, 0, 0, 0, 0, 0, 0);
@@ -255,77 +374,41 @@ mod avx512 {
         }
     }
 
-    /// Codes of 16 finished values as i32 lanes, before the saturating packs: scaled, kept far
-    /// outside [0, 255] at most (so the conversion stays in range), rounded half to even, offset.
+    /// Codes of 16 centred sums as i32 lanes in [0, 255], before the packs: one multiply-add,
+    /// clamped to the activation's code bounds, rounded half to even ([`CodeFinish::code`]).
     ///
     /// # Safety
     /// AVX-512F must be available.
     #[inline(always)]
-    unsafe fn code16(v: __m512, codes: OutputCodes) -> __m512i {
-        // SAFETY: as the caller guarantees.
-        unsafe {
-            let v = _mm512_mul_ps(v, _mm512_set1_ps(codes.inverse_scale));
-            let (floor, ceiling) = (_mm512_set1_ps(-1024.0), _mm512_set1_ps(1024.0));
-            let v = _mm512_min_ps(_mm512_max_ps(v, floor), ceiling);
-            let rounded =
-                _mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
-            _mm512_add_epi32(rounded, _mm512_set1_epi32(i32::from(codes.zero_point)))
-        }
+    unsafe fn code16(centred: __m512, f: &CodeFinish) -> __m512i {
+        let v = _mm512_fmadd_ps(centred, _mm512_set1_ps(f.scale), _mm512_set1_ps(f.shift));
+        let v = _mm512_min_ps(_mm512_max_ps(v, _mm512_set1_ps(f.low)), _mm512_set1_ps(f.high));
+        _mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v)
     }
 
     /// Sums the AVX-512 store loads 16 at a time.
     pub trait SimdSum: Sum {
-        /// `(sum − offset) · scale + bias` of the lanes `mask` selects (others read as 0).
+        /// `sum − offset` as f32 ([`Sum::centred`]) of the lanes `mask` selects (others 0).
         ///
         /// # Safety
         /// AVX-512F must be available and the selected lanes readable.
-        unsafe fn affine16(ptr: *const Self, mask: __mmask16, e: &Epilogue) -> __m512;
+        unsafe fn centred16(ptr: *const Self, mask: __mmask16, offset: i32) -> __m512;
     }
 
     impl SimdSum for i32 {
         #[inline(always)]
-        unsafe fn affine16(ptr: *const i32, mask: __mmask16, e: &Epilogue) -> __m512 {
+        unsafe fn centred16(ptr: *const i32, mask: __mmask16, offset: i32) -> __m512 {
             // SAFETY: as the caller guarantees; masked-off lanes are never read.
             let sums = unsafe { _mm512_maskz_loadu_epi32(mask, ptr.cast()) };
-            let centred = _mm512_cvtepi32_ps(_mm512_sub_epi32(sums, _mm512_set1_epi32(e.offset)));
-            // Separate multiply and add, as the scalar reference rounds them.
-            _mm512_add_ps(_mm512_mul_ps(centred, _mm512_set1_ps(e.scale)), _mm512_set1_ps(e.bias))
+            _mm512_cvtepi32_ps(_mm512_sub_epi32(sums, _mm512_set1_epi32(offset)))
         }
     }
 
     impl SimdSum for f32 {
         #[inline(always)]
-        unsafe fn affine16(ptr: *const f32, mask: __mmask16, e: &Epilogue) -> __m512 {
+        unsafe fn centred16(ptr: *const f32, mask: __mmask16, _: i32) -> __m512 {
             // SAFETY: as the caller guarantees; masked-off lanes are never read.
-            let sums = unsafe { _mm512_maskz_loadu_ps(mask, ptr) };
-            _mm512_add_ps(_mm512_mul_ps(sums, _mm512_set1_ps(e.scale)), _mm512_set1_ps(e.bias))
-        }
-    }
-
-    /// `row = zero_point` with `src` at `left` (as much as fits), one masked load and store per
-    /// 64 bytes: depthwise rows are 7 to 230 bytes, where three library calls per row (two
-    /// fills and a copy) cost more than the bytes.
-    ///
-    /// # Safety
-    /// AVX-512F/BW must be available.
-    #[target_feature(enable = "avx512f,avx512bw")]
-    pub unsafe fn padded_row(src: &[u8], zero_point: u8, left: usize, row: &mut [u8]) {
-        let below = |n: usize| if n >= 64 { u64::MAX } else { (1u64 << n) - 1 };
-        let zero_points = _mm512_set1_epi8(zero_point as i8);
-        let end = left.saturating_add(src.len()).min(row.len());
-        for start in (0..row.len()).step_by(64) {
-            // Lanes of this chunk that take a code: padded columns [left, end).
-            let codes = below(end.saturating_sub(start)) & !below(left.saturating_sub(start));
-            let lanes = below(row.len() - start);
-            // SAFETY: the load reads only the `codes` lanes, which are src[start + i − left]
-            // for start + i in [left, end), inside `src` (the pointer is formed with wrapping
-            // arithmetic as it may lie before `src` when no lane below `left` is read); the
-            // store writes only the `lanes` inside `row`.
-            unsafe {
-                let from = src.as_ptr().wrapping_add(start).wrapping_sub(left);
-                let bytes = _mm512_mask_loadu_epi8(zero_points, codes, from.cast());
-                _mm512_mask_storeu_epi8(row.as_mut_ptr().add(start).cast(), lanes, bytes);
-            }
+            unsafe { _mm512_maskz_loadu_ps(mask, ptr) }
         }
     }
 
@@ -359,27 +442,52 @@ mod avx512 {
     /// AVX-512F/BW must be available; `dst.len() ≥ sums.len()`.
     #[target_feature(enable = "avx512f,avx512bw")]
     pub unsafe fn codes<S: SimdSum>(sums: &[S], e: &Epilogue, codes: OutputCodes, dst: &mut [u8]) {
-        let (low, high) = e.activation.bounds();
-        let (low, high) = (_mm512_set1_ps(low), _mm512_set1_ps(high));
+        // SAFETY: as the caller guarantees; one row of all the sums.
+        unsafe { codes_rows(sums, [1, sums.len()], sums.len(), e, codes, dst) }
+    }
+
+    /// [`codes`] of `rows` rows of `width` sums, `pitch` apart in `sums`, into consecutive
+    /// rows of `dst`; vectors past a row's end are skipped (7-wide rows take one).
+    ///
+    /// # Safety
+    /// AVX-512F/BW must be available.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub unsafe fn codes_rows<S: SimdSum>(
+        sums: &[S],
+        [rows, width]: [usize; 2],
+        pitch: usize,
+        e: &Epilogue,
+        codes: OutputCodes,
+        dst: &mut [u8],
+    ) {
+        let finish = codes.finish(e);
         // The packs interleave 128-bit lanes: dword 4k + j holds values 16j + 4k .. + 3.
         let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
-        for (start, chunk) in (0..sums.len()).step_by(64).zip(sums.chunks(64)) {
-            let code = |i: usize| {
-                let lanes = chunk.len().saturating_sub(16 * i).min(16);
-                let mask: __mmask16 = if lanes == 16 { 0xffff } else { (1u16 << lanes) - 1 };
-                // SAFETY: the mask selects only lanes inside `chunk`; AVX-512F is enabled here.
-                unsafe {
-                    let v = S::affine16(chunk.as_ptr().wrapping_add(16 * i), mask, e);
-                    code16(_mm512_min_ps(_mm512_max_ps(v, low), high), codes)
-                }
-            };
-            let words =
-                [_mm512_packs_epi32(code(0), code(1)), _mm512_packs_epi32(code(2), code(3))];
-            let bytes = _mm512_permutexvar_epi32(order, _mm512_packus_epi16(words[0], words[1]));
-            let len = chunk.len();
-            let mask: __mmask64 = if len == 64 { u64::MAX } else { (1u64 << len) - 1 };
-            // SAFETY: the mask writes only the chunk's `len` bytes, which `dst` holds.
-            unsafe { _mm512_mask_storeu_epi8(dst.as_mut_ptr().add(start).cast(), mask, bytes) };
+        let lines = sums.chunks(pitch.max(1)).zip(dst.chunks_exact_mut(width.max(1)));
+        for (sums, dst) in lines.take(rows) {
+            let sums = &sums[..width.min(sums.len())];
+            for (start, chunk) in (0..sums.len()).step_by(64).zip(sums.chunks(64)) {
+                let code = |i: usize| {
+                    let lanes = chunk.len().saturating_sub(16 * i).min(16);
+                    if lanes == 0 {
+                        return _mm512_setzero_si512();
+                    }
+                    let mask: __mmask16 = if lanes == 16 { 0xffff } else { (1u16 << lanes) - 1 };
+                    // SAFETY: the mask selects only lanes inside `chunk`; AVX-512F is enabled.
+                    unsafe {
+                        let first = chunk.as_ptr().wrapping_add(16 * i);
+                        code16(S::centred16(first, mask, e.offset), &finish)
+                    }
+                };
+                let words =
+                    [_mm512_packs_epi32(code(0), code(1)), _mm512_packs_epi32(code(2), code(3))];
+                let bytes =
+                    _mm512_permutexvar_epi32(order, _mm512_packus_epi16(words[0], words[1]));
+                let len = chunk.len();
+                let mask: __mmask64 = if len == 64 { u64::MAX } else { (1u64 << len) - 1 };
+                // SAFETY: the mask writes only the chunk's `len` bytes, which `dst` holds.
+                unsafe { _mm512_mask_storeu_epi8(dst.as_mut_ptr().add(start).cast(), mask, bytes) };
+            }
         }
     }
 }
@@ -414,8 +522,9 @@ mod tests {
                 u8::store_row(isa, &sums, e, codes, &mut from_i32);
                 u8::store_row(isa, &floats_in, Epilogue { offset: 0, ..e }, codes, &mut from_f32);
                 prop_assert_eq!(from_i32[sums.len()], 7);
-                for (i, (&q, &v)) in from_i32.iter().zip(&values).enumerate() {
-                    prop_assert_eq!(q, codes.code(v), "{:?} at {}", isa, i);
+                let finish = codes.finish(&e);
+                for (i, ((&q, &v), &s)) in from_i32.iter().zip(&values).zip(&sums).enumerate() {
+                    prop_assert_eq!(q, finish.code((s - offset) as f32), "{:?} at {}", isa, i);
                     prop_assert!(q.abs_diff(quantize_value(v, out_scale, zero_point)) <= 1);
                 }
                 if offset == 0 {

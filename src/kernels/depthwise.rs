@@ -9,7 +9,7 @@
 //! [`MAX_DEPTHWISE_TAPS`] of them stays below 2^24, where f32 is exact — so the result equals
 //! the integer reference bit for bit, while f32 FMAs are the fastest multiply-add on every ISA.
 
-use super::codes::{Element, Epilogue, SimdElement, SimdSum};
+use super::codes::{Element, Epilogue, SimdElement};
 use super::quant::{multiversion, ActivationQuant};
 use super::{ConvGeometry, Isa};
 
@@ -189,43 +189,16 @@ impl PhasedPlane {
     }
 
     /// `out[oy][ox] = act(acc · scale + bias)` for the valid columns of each accumulator row,
-    /// stored as floats or as the u8 codes the next int8 layer reads (`store`). `scratch` (the
-    /// filled buffer, no longer needed) takes the whole rows at once, so the store runs over
-    /// full vectors whatever the width; the valid columns are then copied out.
+    /// stored as floats or as the u8 codes the next int8 layer reads (`store`).
     pub fn store<E: SimdElement>(
         &self,
         isa: Isa,
         acc: &[f32],
-        scratch: &mut [f32],
         epilogue: Epilogue,
         store: E::Store,
         out: &mut [E],
     ) {
-        let staging: &mut [E] = bytemuck::cast_slice_mut(scratch);
-        store_flat(isa, self.geometry.out, self.pitch, acc, staging, epilogue, store, out);
-    }
-}
-
-/// `out[oy][ox] = act(acc[oy · pitch + ox] · scale + bias)` for the `out` (height, width) valid
-/// columns of each accumulator row, stored as floats or codes. `staging` takes the whole rows
-/// at once, so the store runs over full vectors whatever the width; the valid columns are then
-/// copied out.
-#[allow(clippy::too_many_arguments)]
-pub fn store_flat<S: SimdSum, E: SimdElement>(
-    isa: Isa,
-    [height, width]: [usize; 2],
-    pitch: usize,
-    acc: &[S],
-    staging: &mut [E],
-    epilogue: Epilogue,
-    store: E::Store,
-    out: &mut [E],
-) {
-    let rows_len = height * pitch;
-    assert!(acc.len() >= rows_len && staging.len() >= rows_len && out.len() >= height * width);
-    E::store_row(isa, &acc[..rows_len], epilogue, store, &mut staging[..rows_len]);
-    for (line, row) in out[..height * width].chunks_exact_mut(width).zip(staging.chunks(pitch)) {
-        line.copy_from_slice(&row[..width]);
+        E::store_rows(isa, acc, self.geometry.out, self.pitch, epilogue, store, out);
     }
 }
 
@@ -310,14 +283,13 @@ mod tests {
                 layout.accumulate(isa, &buffer, &taps, &mut acc);
                 let mut out = vec![f32::NAN; out[0] * out[1]];
                 let e = Epilogue { offset: 0, scale: 1.0, bias: 0.0, activation: Activation::Identity };
-                let mut scratch = vec![f32::NAN; layout.buffer_len()];
-                layout.store(isa, &acc, &mut scratch, e, (), &mut out);
+                layout.store(isa, &acc, e, (), &mut out);
                 let got: Vec<i32> = out.iter().map(|&v| v as i32).collect();
                 prop_assert_eq!(&got, &want, "{:?}", isa);
                 // Stored as codes: the same bytes on every ISA, each the quantized sum.
                 let codes = ActivationQuant { scale: 97.0, zero_point: zp };
                 let mut stored = vec![0u8; out.len()];
-                layout.store(isa, &acc, &mut scratch, e, codes.into(), &mut stored);
+                layout.store(isa, &acc, e, codes.into(), &mut stored);
                 let expected: Vec<u8> = want.iter().map(|&v| crate::kernels::quantize_value(v as f32, 97.0, zp)).collect();
                 for (&q, &e) in stored.iter().zip(&expected) {
                     prop_assert!(q.abs_diff(e) <= 1, "{:?}: {} vs {}", isa, q, e);

@@ -23,7 +23,7 @@ const LANES: usize = 16;
 const WINDOW: usize = 64;
 
 /// Largest kernel side the layout takes: its tap words fit [`MAX_TAP_WORDS`].
-const MAX_KERNEL: usize = 8;
+pub(super) const MAX_KERNEL: usize = 8;
 
 /// Weight words of one channel: up to [`MAX_KERNEL`] rows of two words.
 pub const MAX_TAP_WORDS: usize = MAX_KERNEL * 2;
@@ -116,18 +116,7 @@ impl BytePlane {
     /// Weight words of the kernel rows (four i8 taps each, 0 past the kernel's width) into
     /// `words`, and `Σ taps`, from one channel's `taps` (kernel row-major, i8 values as f32).
     pub fn tap_words(&self, taps: &[f32], words: &mut [i32; MAX_TAP_WORDS]) -> i32 {
-        let [kh, kw] = self.geometry.kernel;
-        *words = [0; MAX_TAP_WORDS];
-        let mut sum = 0;
-        for ky in 0..kh {
-            for kx in 0..kw {
-                let tap = taps.get(ky * kw + kx).copied().unwrap_or(0.0) as i8;
-                sum += i32::from(tap);
-                let word = &mut words[ky * self.words_per_row + kx / 4];
-                *word |= i32::from(tap as u8) << (8 * (kx % 4));
-            }
-        }
-        sum
+        tap_words(self.geometry.kernel, taps, words)
     }
 
     /// Copies one `height × width` plane (floats quantized with `input`, or codes of it
@@ -138,9 +127,16 @@ impl BytePlane {
         let zero_point = input.zero_point;
         let (row_bytes, sy) = (self.row_bytes, self.stride[0]);
         assert!(plane.len() >= g.height * g.width && dst.len() >= self.buffer_len());
-        for (r, row) in dst[..self.planes_len()].chunks_exact_mut(row_bytes).enumerate() {
-            // Phase row r holds padded row (r mod rows) · sy + r / rows.
-            let padded = (r % self.rows) * sy + r / self.rows;
+        #[cfg(target_arch = "x86_64")]
+        if let (Some(codes), true) = (E::as_codes(plane), has_byte_permutes(isa)) {
+            // SAFETY: the CPU has AVX-512F/BW (checked); the slices hold the plane and the
+            // buffer (asserted), and the kernel indexes rows within both.
+            return unsafe { avx512::fill(self, codes, zero_point, &mut dst[..self.buffer_len()]) };
+        }
+        let rows = self.rows;
+        let phase_rows = (0..sy).flat_map(|py| (0..rows).map(move |qy| qy * sy + py));
+        for (row, padded) in dst[..self.planes_len()].chunks_exact_mut(row_bytes).zip(phase_rows) {
+            // Row qy of phase py holds padded row qy · sy + py.
             match padded.checked_sub(g.pad[0]).filter(|&y| y < g.height) {
                 Some(y) => {
                     E::padded_row(isa, &plane[y * g.width..][..g.width], input, g.pad[1], row)
@@ -181,8 +177,27 @@ impl BytePlane {
     }
 }
 
+/// Weight words of the kernel rows of one channel's `taps` (kernel row-major, i8 values as f32)
+/// into `words`: `⌈width / 4⌉` words per row, four taps each, 0 past the kernel's width.
+/// Returns `Σ taps` (times the zero point, the part of raw-code sums that centring removes).
+pub fn tap_words(kernel: [usize; 2], taps: &[f32], words: &mut [i32; MAX_TAP_WORDS]) -> i32 {
+    let [kh, kw] = kernel;
+    let words_per_row = kw.div_ceil(4);
+    *words = [0; MAX_TAP_WORDS];
+    let mut sum = 0;
+    for ky in 0..kh.min(MAX_KERNEL) {
+        for kx in 0..kw.min(MAX_KERNEL) {
+            let tap = taps.get(ky * kw + kx).copied().unwrap_or(0.0) as i8;
+            sum += i32::from(tap);
+            let word = &mut words[ky * words_per_row + kx / 4];
+            *word |= i32::from(tap as u8) << (8 * (kx % 4));
+        }
+    }
+    sum
+}
+
 /// Whether `isa` runs the byte kernel here: AVX-512 VNNI plus VBMI's byte permutation.
-fn has_byte_permutes(isa: Isa) -> bool {
+pub(super) fn has_byte_permutes(isa: Isa) -> bool {
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512Vnni {
         return std::arch::is_x86_feature_detected!("avx512vbmi");
@@ -194,6 +209,61 @@ fn has_byte_permutes(isa: Isa) -> bool {
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;
+
+    use super::BytePlane;
+
+    /// [`BytePlane::fill`] from codes: every row is one masked load (the zero point in the
+    /// lanes outside the input row) and one masked store per 64 bytes, in one loop over the
+    /// plane — a call per row (padding fills and a copy) cost more than the row on 7×7 and
+    /// 14×14 planes.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F/BW; `codes` holds the `height × width` plane and `dst`
+    /// is `layout.buffer_len()` bytes.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub unsafe fn fill(layout: &BytePlane, codes: &[u8], zero_point: u8, dst: &mut [u8]) {
+        let g = &layout.geometry;
+        let below = |n: usize| if n >= 64 { u64::MAX } else { (1u64 << n) - 1 };
+        let zero_points = _mm512_set1_epi8(zero_point as i8);
+        let (row_bytes, rows, sy) = (layout.row_bytes, layout.rows, layout.stride[0]);
+        let (left, end) = (g.pad[1], (g.pad[1] + g.width).min(row_bytes));
+        debug_assert!(codes.len() >= g.height * g.width && dst.len() == layout.buffer_len());
+        // Row qy of phase py holds padded row qy · sy + py (nested loops: a division per row
+        // cost more than the row).
+        let phase_rows = (0..sy).flat_map(|py| (0..rows).map(move |qy| qy * sy + py));
+        for (r, padded) in phase_rows.enumerate() {
+            let input_row = padded.checked_sub(g.pad[0]).filter(|&y| y < g.height);
+            let out = dst.as_mut_ptr().wrapping_add(r * row_bytes);
+            for start in (0..row_bytes).step_by(64) {
+                let lanes = below(row_bytes - start);
+                // SAFETY: lanes of padded columns [left, end) read input columns
+                // [0, width) of an input row inside `codes`; the others are never read (the
+                // pointer is formed with wrapping arithmetic: it may lie before the row).
+                // The store writes this row's bytes, inside `dst`.
+                unsafe {
+                    let bytes = match input_row {
+                        Some(y) => {
+                            let inside = below(end.saturating_sub(start))
+                                & !below(left.saturating_sub(start));
+                            let from = codes.as_ptr().wrapping_add(y * g.width + start);
+                            let from = from.wrapping_sub(left);
+                            _mm512_mask_loadu_epi8(zero_points, inside, from.cast())
+                        }
+                        None => zero_points,
+                    };
+                    _mm512_mask_storeu_epi8(out.add(start).cast(), lanes, bytes);
+                }
+            }
+        }
+        let slack = layout.planes_len();
+        for start in (slack..dst.len()).step_by(64) {
+            // SAFETY: the mask keeps the store inside `dst`.
+            unsafe {
+                let lanes = below(dst.len() - start);
+                _mm512_mask_storeu_epi8(dst.as_mut_ptr().add(start).cast(), lanes, zero_points);
+            }
+        }
+    }
 
     /// Vectors accumulated together: four independent `vpdpbusd` chains.
     const BLOCK: usize = 4;

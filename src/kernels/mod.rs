@@ -7,6 +7,7 @@
 mod codes;
 mod depthwise;
 mod depthwise_bytes;
+mod depthwise_windows;
 mod gemm;
 mod im2col;
 mod moments;
@@ -17,8 +18,9 @@ mod quant;
 use std::sync::OnceLock;
 
 pub use codes::{Element, Epilogue, OutputCodes, SimdElement, SimdSum, Sum};
-pub use depthwise::{store_flat, PhasedPlane, MAX_DEPTHWISE_STRIDE, MAX_DEPTHWISE_TAPS};
+pub use depthwise::{PhasedPlane, MAX_DEPTHWISE_STRIDE, MAX_DEPTHWISE_TAPS};
 pub use depthwise_bytes::{BytePlane, MAX_TAP_WORDS};
+pub use depthwise_windows::WindowTable;
 pub use gemm::{gemm_u8i8, gemm_u8i8_block, gemm_u8i8_reference, PackedWeights, BLOCK_N};
 pub use im2col::{im2col_c4, im2col_c4_fills, im2col_c4_rows, PatchFill};
 pub use moments::{add_column_sums, add_pair_products};

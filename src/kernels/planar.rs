@@ -343,20 +343,11 @@ mod avx512 {
                 }
             }
             for o in 0..O {
-                let e = &self.epilogues[o];
-                let (bottom, top) = e.activation.bounds();
-                let finish = |sums: __m512i| {
-                    let centred = _mm512_sub_epi32(sums, _mm512_set1_epi32(e.offset));
-                    // Separate multiply and add, as the scalar reference rounds them.
-                    let v = _mm512_mul_ps(_mm512_cvtepi32_ps(centred), _mm512_set1_ps(e.scale));
-                    let v = _mm512_add_ps(v, _mm512_set1_ps(e.bias));
-                    _mm512_min_ps(_mm512_max_ps(v, _mm512_set1_ps(bottom)), _mm512_set1_ps(top))
-                };
                 // SAFETY: run `o` of `out` (at `o · out_stride`) has `pixels` elements; the
                 // masks keep the stores inside.
                 unsafe {
                     let plane = op.add(o * self.out_stride + self.p);
-                    E::store32([finish(low[o]), finish(high[o])], masks, store, plane);
+                    E::finish32([low[o], high[o]], &self.epilogues[o], masks, store, plane);
                 }
             }
         }

@@ -5,12 +5,12 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::cnn::PoolSpec;
 
+use super::depthwise::{DepthwiseLayout, LayoutCache};
 use super::parallel::{for_each_chunk, threads};
 use super::{scratch, Int8Layer, Packed};
 use crate::kernels::{
-    conv_planar, im2col_c4_rows, quantize_c4, quantize_c4_channels, store_flat, BytePlane,
-    ConvGeometry, Element, Epilogue, Isa, PatchFill, PhasedPlane, PlanarWeights, SimdElement,
-    MAX_TAP_WORDS,
+    conv_planar, im2col_c4_rows, quantize_c4, quantize_c4_channels, ConvGeometry, Element, Isa,
+    PatchFill, PlanarWeights, SimdElement,
 };
 
 /// Fewest output channels per parallel task (two kernel blocks).
@@ -19,9 +19,6 @@ const MIN_CHANNELS_PER_TASK: usize = 16;
 /// im2col words built at a time (384 KB: the patches stay in a core's 1 MB L2 while the
 /// product reads them).
 const PATCH_BLOCK_WORDS: usize = 96 * 1024;
-
-/// Most depthwise channels per parallel task (enough to amortise a task's start).
-const MAX_DEPTHWISE_BATCH: usize = 32;
 
 /// An int8 convolution replacing tract's `Conv` (+ a fused ReLU/Clip).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,14 +29,8 @@ pub struct Int8Conv {
     pub group: usize,
     /// One filter per channel (run by the direct depthwise kernel).
     pub depthwise: bool,
-}
-
-/// How a depthwise layer runs on this CPU: on its u8 codes with `vpdpbusd` (AVX-512 VBMI and
-/// VNNI, most geometries), or on f32 codes elsewhere.
-#[derive(Debug)]
-enum DepthwiseLayout {
-    Bytes(BytePlane),
-    Floats(PhasedPlane),
+    /// The depthwise kernel's layout for the input shape last seen.
+    pub layouts: LayoutCache,
 }
 
 /// The 2-D geometry of `pool_spec` (a convolution's or a pool's) on an NCHW input of `shape`.
@@ -73,10 +64,7 @@ impl Int8Conv {
         out: &mut [O],
     ) {
         match (&self.layer.weights.packed, depthwise) {
-            (Packed::Depthwise(taps), Some(DepthwiseLayout::Bytes(layout))) => {
-                self.run_depthwise_bytes(g, layout, taps, image, store, out)
-            }
-            (Packed::Depthwise(taps), Some(DepthwiseLayout::Floats(layout))) => {
+            (Packed::Depthwise(taps), Some(layout)) => {
                 self.run_depthwise(g, layout, taps, image, store, out)
             }
             (Packed::Planar(groups), _) => {
@@ -86,91 +74,6 @@ impl Int8Conv {
             // `eval` refuses these combinations before any image runs.
             _ => {}
         }
-    }
-
-    /// Tasks of whole channels: each channel's plane is quantized into the phased layout,
-    /// accumulated and stored, one after the other in the task's scratch buffers.
-    fn run_depthwise<I: Element, O: SimdElement>(
-        &self,
-        g: &ConvGeometry,
-        layout: &PhasedPlane,
-        taps: &[f32],
-        image: &[I],
-        store: O::Store,
-        out: &mut [O],
-    ) {
-        let layer = &self.layer;
-        let w = &*layer.weights;
-        let isa = Isa::detect();
-        let (pixels_in, pixels) = (g.height * g.width, g.out[0] * g.out[1]);
-        let per_channel = g.kernel[0] * g.kernel[1];
-        let channels_per_task = depthwise_channels_per_task(g);
-        for_each_chunk(out, pixels * channels_per_task, |task, planes| {
-            scratch::plane(layout.buffer_len(), |x| {
-                scratch::flat_sums(layout.flat_len, |acc| {
-                    for (i, plane) in planes.chunks_exact_mut(pixels.max(1)).enumerate() {
-                        let c = task * channels_per_task + i;
-                        let input = &image[c * pixels_in..(c + 1) * pixels_in];
-                        layout.fill(isa, input, layer.input, x);
-                        let taps = &taps[c * per_channel..(c + 1) * per_channel];
-                        layout.accumulate(isa, x, taps, acc);
-                        layout.store(isa, acc, x, w.epilogues[c], store, plane);
-                    }
-                })
-            })
-        });
-    }
-
-    /// As [`Self::run_depthwise`], on the channels' codes in a [`BytePlane`]: i32 sums of raw
-    /// codes, whose zero-point term each channel's epilogue subtracts.
-    fn run_depthwise_bytes<I: Element, O: SimdElement>(
-        &self,
-        g: &ConvGeometry,
-        layout: &BytePlane,
-        taps: &[f32],
-        image: &[I],
-        store: O::Store,
-        out: &mut [O],
-    ) {
-        let layer = &self.layer;
-        let w = &*layer.weights;
-        let isa = Isa::detect();
-        let (pixels_in, pixels) = (g.height * g.width, g.out[0] * g.out[1]);
-        let per_channel = g.kernel[0] * g.kernel[1];
-        let channels_per_task = depthwise_channels_per_task(g);
-        let zero_point = i32::from(layer.input.zero_point);
-        // Staging for whole accumulator rows, in f32 units (enough for either element).
-        let staging_len = g.out[0] * layout.pitch;
-        for_each_chunk(out, pixels * channels_per_task, |task, planes| {
-            scratch::input_bytes(layout.buffer_len(), |x| {
-                scratch::accumulators(layout.flat_len, |acc| {
-                    scratch::plane(staging_len, |staging| {
-                        let staging: &mut [O] = bytemuck::cast_slice_mut(staging);
-                        let mut words = [0; MAX_TAP_WORDS];
-                        for (i, plane) in planes.chunks_exact_mut(pixels.max(1)).enumerate() {
-                            let c = task * channels_per_task + i;
-                            let input = &image[c * pixels_in..(c + 1) * pixels_in];
-                            layout.fill(isa, input, layer.input, x);
-                            let taps = &taps[c * per_channel..(c + 1) * per_channel];
-                            let tap_sum = layout.tap_words(taps, &mut words);
-                            layout.accumulate(isa, x, &words, acc);
-                            let epilogue =
-                                Epilogue { offset: zero_point * tap_sum, ..w.epilogues[c] };
-                            store_flat(
-                                isa,
-                                g.out,
-                                layout.pitch,
-                                acc,
-                                staging,
-                                epilogue,
-                                store,
-                                plane,
-                            );
-                        }
-                    })
-                })
-            })
-        });
     }
 
     /// Quantize the whole input into C4 words, then per group (im2col unless 1×1) one GEMM
@@ -286,12 +189,11 @@ impl Int8Conv {
         let image_len = g.channels * g.height * g.width;
         let out_len = n * g.out[0] * g.out[1];
         let depthwise = match &self.layer.weights.packed {
-            Packed::Depthwise(_) => Some(match BytePlane::new(Isa::detect(), &g) {
-                Some(bytes) => DepthwiseLayout::Bytes(bytes),
-                None => DepthwiseLayout::Floats(PhasedPlane::new(&g).with_context(|| {
+            Packed::Depthwise(_) => {
+                Some(self.layouts.get(&g, I::as_codes(&[]).is_some(), || {
                     format!("{}: no depthwise layout for {g:?}", self.layer.name)
-                })?),
-            }),
+                })?)
+            }
             Packed::Rows(_) => bail!("Int8Conv holds linear weights"),
             Packed::Planar(_) => None,
         };
@@ -303,18 +205,11 @@ impl Int8Conv {
             // image's layer is often too small to keep every thread busy.
             for_each_chunk(output, out_len.max(1), |i, out| {
                 let image = &data[i * image_len..(i + 1) * image_len];
-                self.run_image(&g, depthwise.as_ref(), image, store, out);
+                self.run_image(&g, depthwise.as_deref(), image, store, out);
             });
         }
         Ok(tensor)
     }
-}
-
-/// Depthwise channels per parallel task: small planes (7×7, 14×14) are quick, and a task per
-/// channel cost as much in dispatch and scratch lookups as the channel itself. A few tasks per
-/// thread still balance.
-fn depthwise_channels_per_task(g: &ConvGeometry) -> usize {
-    g.channels.div_ceil(4 * threads()).clamp(1, MAX_DEPTHWISE_BATCH)
 }
 
 impl Op for Int8Conv {

@@ -5,6 +5,7 @@
 //! second reads as they are.
 
 mod conv;
+mod depthwise;
 mod linear;
 mod parallel;
 mod pool;

@@ -316,6 +316,7 @@ pub fn build_op(
             pool_spec: (**pool_spec).clone(),
             group: *group,
             depthwise: *depthwise,
+            layouts: Default::default(),
         }),
         LayerKind::Linear { kept_axes } => {
             Box::new(Int8Linear { layer: int8, kept_axes: *kept_axes })

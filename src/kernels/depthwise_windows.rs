@@ -1,0 +1,284 @@
+//! Depthwise convolution of small planes (7×7 to 28×28) straight from the input codes: no
+//! padded copy of the plane and no per-row work.
+//!
+//! Outputs are taken 16 at a time in row-major order, across output rows. For each such vector
+//! and each word (four taps) of a kernel row, a precomputed [`Step`] says where the 16 windows
+//! lie in the input plane: one masked 64-byte load covers them, a byte permutation (`vpermb`)
+//! builds the 16 words of four codes — the zero point where a tap falls in the padding — and
+//! one `vpdpbusd` multiplies them by the word's taps. The steps are the same for every channel
+//! of a layer. The sums come out in output order, so one store finishes the plane.
+//!
+//! On 7×7 and 14×14 planes the padded-copy kernel ([`super::BytePlane`]) spent most of its
+//! time on per-row work (a fill and a store per row of 7 to 16 codes); here a 7×7 plane with a
+//! 3×3 kernel is 12 gathers and one store. Planes whose 16 windows span more than 64 bytes
+//! (wider than about 40 columns) are left to [`super::BytePlane`], whose rows are long enough.
+
+use super::depthwise_bytes::{has_byte_permutes, tap_words, MAX_KERNEL, MAX_TAP_WORDS};
+use super::{ConvGeometry, Isa};
+
+/// Outputs per vector of accumulators.
+const LANES: usize = 16;
+
+/// Most gathers a table holds (a 28×28 plane with a 5×5 kernel takes 49 × 10).
+const MAX_STEPS: usize = 4096;
+
+/// One gather: 16 outputs × one word of a kernel row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Step {
+    /// Byte `4i + k` of the gathered words is byte `index[4i + k]` of the window.
+    index: [u8; 64],
+    /// Bytes of the gathered words that read the plane (the others hold the zero point).
+    inside: u64,
+    /// Bytes of the window they read: the load touches nothing else (nothing past the plane).
+    window: u64,
+    /// Where the window starts in the plane.
+    start: usize,
+}
+
+/// The gathers of one depthwise geometry, shared by all its channels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowTable {
+    kernel: [usize; 2],
+    /// Gathers per vector of outputs: kernel rows × words per row.
+    steps_per_vector: usize,
+    steps: Vec<Step>,
+    /// Codes of one input plane.
+    plane_len: usize,
+    /// Accumulators [`Self::accumulate`] writes: the outputs rounded up to whole vectors.
+    pub flat_len: usize,
+}
+
+impl WindowTable {
+    /// The table for `geometry` (one channel) when this CPU has AVX-512 VNNI and VBMI and every
+    /// vector's windows fit 64 bytes; `None` otherwise.
+    pub fn new(isa: Isa, geometry: &ConvGeometry) -> Option<Self> {
+        if !has_byte_permutes(isa) {
+            return None;
+        }
+        Self::for_geometry(geometry)
+    }
+
+    /// The table whatever the CPU (the scalar reference runs it anywhere).
+    fn for_geometry(g: &ConvGeometry) -> Option<Self> {
+        let [kh, kw] = g.kernel;
+        let pixels = g.out[0] * g.out[1];
+        if kh == 0 || kw == 0 || kh > MAX_KERNEL || kw > MAX_KERNEL || pixels == 0 {
+            return None;
+        }
+        let words = kw.div_ceil(4);
+        let vectors = pixels.div_ceil(LANES);
+        if vectors * kh * words > MAX_STEPS {
+            return None;
+        }
+        // The input index tap (ky, kx) of output j reads, if inside the plane.
+        let input = |j: usize, ky: usize, kx: usize| {
+            let (oy, ox) = (j / g.out[1], j % g.out[1]);
+            let iy = (oy * g.stride[0] + ky * g.dilation[0]).checked_sub(g.pad[0])?;
+            let ix = (ox * g.stride[1] + kx * g.dilation[1]).checked_sub(g.pad[1])?;
+            (iy < g.height && ix < g.width).then_some(iy * g.width + ix)
+        };
+        let mut steps = Vec::with_capacity(vectors * kh * words);
+        for v in 0..vectors {
+            for ky in 0..kh {
+                for word in 0..words {
+                    // (byte of the gathered words, input index) of every tap inside the plane.
+                    let reads: Vec<(usize, usize)> = (0..LANES * 4)
+                        .filter_map(|byte| {
+                            let (j, kx) = (v * LANES + byte / 4, 4 * word + byte % 4);
+                            if j >= pixels || kx >= kw {
+                                return None;
+                            }
+                            input(j, ky, kx).map(|at| (byte, at))
+                        })
+                        .collect();
+                    let start = reads.iter().map(|&(_, at)| at).min().unwrap_or(0);
+                    let mut step = Step { index: [0; 64], inside: 0, window: 0, start };
+                    for (byte, at) in reads {
+                        let offset = at - start;
+                        if offset >= 64 {
+                            return None;
+                        }
+                        step.index[byte] = offset as u8;
+                        step.inside |= 1 << byte;
+                        step.window |= 1 << offset;
+                    }
+                    steps.push(step);
+                }
+            }
+        }
+        Some(WindowTable {
+            kernel: g.kernel,
+            steps_per_vector: kh * words,
+            steps,
+            plane_len: g.height * g.width,
+            flat_len: vectors * LANES,
+        })
+    }
+
+    /// Weight words of one channel's `taps` and `Σ taps` ([`tap_words`]).
+    pub fn tap_words(&self, taps: &[f32], words: &mut [i32; MAX_TAP_WORDS]) -> i32 {
+        tap_words(self.kernel, taps, words)
+    }
+
+    /// `acc[j] = Σ_taps q · w` over output `j` (row-major) of the raw codes of `plane`, the
+    /// padding read as `zero_point`; `flat_len` accumulators (those past the outputs are
+    /// unused). `words` are [`Self::tap_words`].
+    pub fn accumulate(
+        &self,
+        isa: Isa,
+        plane: &[u8],
+        zero_point: u8,
+        words: &[i32; MAX_TAP_WORDS],
+        acc: &mut [i32],
+    ) {
+        assert!(plane.len() >= self.plane_len && acc.len() >= self.flat_len);
+        let (plane, acc) = (&plane[..self.plane_len], &mut acc[..self.flat_len]);
+        let per_vector = self.steps_per_vector;
+        let words = &words[..per_vector];
+        #[cfg(target_arch = "x86_64")]
+        if has_byte_permutes(isa) {
+            // SAFETY: the CPU has the features (checked); every step reads only bytes at input
+            // indices of the plane (built so), and `acc` has one vector per `per_vector` steps.
+            return unsafe {
+                avx512::accumulate(&self.steps, per_vector, plane, zero_point, words, acc)
+            };
+        }
+        let _ = isa;
+        for (chunk, steps) in acc.chunks_exact_mut(LANES).zip(self.steps.chunks_exact(per_vector)) {
+            for (i, a) in chunk.iter_mut().enumerate() {
+                *a = steps.iter().zip(words).fold(0, |sum, (step, word)| {
+                    let taps = word.to_le_bytes().map(|w| i32::from(w as i8));
+                    sum + (0..4).fold(0, |s, k| {
+                        let byte = 4 * i + k;
+                        let inside = step.inside >> byte & 1 == 1;
+                        let at = step.start + usize::from(step.index[byte]);
+                        let q = if inside { plane[at] } else { zero_point };
+                        s + i32::from(q) * taps[k]
+                    })
+                });
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::Step;
+
+    /// The sums of every vector of outputs over its `per_vector` steps.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F/BW/VBMI/VNNI; every step's `window` bytes from `start`
+    /// lie inside `plane`; `steps` holds `per_vector` steps per 16 accumulators of `acc`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx512vnni")]
+    pub unsafe fn accumulate(
+        steps: &[Step],
+        per_vector: usize,
+        plane: &[u8],
+        zero_point: u8,
+        words: &[i32],
+        acc: &mut [i32],
+    ) {
+        let zero_points = _mm512_set1_epi8(zero_point as i8);
+        for (out, steps) in acc.chunks_exact_mut(16).zip(steps.chunks_exact(per_vector)) {
+            let mut sum = _mm512_setzero_si512();
+            for (step, &word) in steps.iter().zip(words) {
+                // SAFETY: the load reads only the `window` bytes, inside `plane` (the caller's
+                // contract); `start` is inside it or 0 with an empty window.
+                unsafe {
+                    let from = plane.as_ptr().wrapping_add(step.start);
+                    let window = _mm512_maskz_loadu_epi8(step.window, from.cast());
+                    let index = _mm512_loadu_si512(step.index.as_ptr().cast());
+                    let codes =
+                        _mm512_mask_permutexvar_epi8(zero_points, step.inside, index, window);
+                    sum = _mm512_dpbusd_epi32(sum, codes, _mm512_set1_epi32(word));
+                }
+            }
+            // SAFETY: `out` is 16 i32.
+            unsafe { _mm512_storeu_si512(out.as_mut_ptr().cast(), sum) };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn naive(g: &ConvGeometry, x: &[i32], taps: &[i32]) -> Vec<i32> {
+        let pixels = (0..g.out[0]).flat_map(|oy| (0..g.out[1]).map(move |ox| (oy, ox)));
+        pixels.map(|(oy, ox)| g.window(oy, ox).map(|(tap, i)| x[i] * taps[tap]).sum()).collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+        /// The scalar reference and the SIMD kernel give the naive convolution's centred
+        /// integer sums exactly (raw sums minus zero point · Σ taps), for every stride,
+        /// dilation, padding and kernel shape a table is built for.
+        #[test]
+        fn sums_equal_the_integer_reference(
+            h in 1usize..16, w in 1usize..30, kh in 1usize..8, kw in 1usize..8,
+            sy in 1usize..3, sx in 1usize..3, d in 1usize..3,
+            pad_top in 0usize..4, pad_left in 0usize..4, cut in 0usize..2,
+            zp in any::<u8>(), seed in any::<u64>(),
+        ) {
+            let span = [(kh - 1) * d + 1, (kw - 1) * d + 1];
+            let padded = [h + 2 * pad_top, w + 2 * pad_left];
+            prop_assume!(padded[0] >= span[0] && padded[1] >= span[1]);
+            let out = [
+                ((padded[0] - span[0]) / sy + 1).saturating_sub(cut).max(1),
+                ((padded[1] - span[1]) / sx + 1).saturating_sub(cut).max(1),
+            ];
+            let g = ConvGeometry {
+                channels: 1, height: h, width: w, kernel: [kh, kw], stride: [sy, sx],
+                dilation: [d, d], pad: [pad_top, pad_left], out,
+            };
+            // Refused: windows wider than 64 bytes (the next test checks the models' planes
+            // are not).
+            let Some(table) = WindowTable::for_geometry(&g) else { return Ok(()) };
+            let mut state = seed;
+            let mut next = || { state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407); (state >> 33) as u32 };
+            let codes: Vec<u8> = (0..h * w).map(|_| next() as u8).collect();
+            let weights: Vec<i8> = (0..kh * kw).map(|_| next() as i8).collect();
+            let centred: Vec<i32> = codes.iter().map(|&q| i32::from(q) - i32::from(zp)).collect();
+            let want = naive(&g, &centred, &weights.iter().map(|&v| i32::from(v)).collect::<Vec<_>>());
+            let taps: Vec<f32> = weights.iter().map(|&v| f32::from(v)).collect();
+            let mut words = [0; MAX_TAP_WORDS];
+            let tap_sum = table.tap_words(&taps, &mut words);
+            let mut scalar = Vec::new();
+            for isa in [Isa::Scalar, Isa::detect()] {
+                let mut acc = vec![i32::MIN; table.flat_len];
+                table.accumulate(isa, &codes, zp, &words, &mut acc);
+                let got: Vec<i32> =
+                    acc[..want.len()].iter().map(|&a| a - i32::from(zp) * tap_sum).collect();
+                prop_assert_eq!(&got, &want, "{:?}", isa);
+                if isa == Isa::Scalar {
+                    scalar = acc;
+                } else {
+                    prop_assert_eq!(&acc, &scalar);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_models_small_planes_have_tables() {
+        let plane = |side: usize, k: usize, s: usize| ConvGeometry {
+            channels: 1,
+            height: side,
+            width: side,
+            kernel: [k, k],
+            stride: [s, s],
+            dilation: [1, 1],
+            pad: [k / 2, k / 2],
+            out: [(side - 1) / s + 1; 2],
+        };
+        for (side, k, s) in [(7, 3, 1), (7, 5, 1), (14, 3, 1), (14, 5, 2), (28, 3, 1), (28, 5, 1)] {
+            assert!(WindowTable::for_geometry(&plane(side, k, s)).is_some(), "{side} {k} {s}");
+        }
+        // Strided windows over wide rows span more than a vector.
+        assert!(WindowTable::for_geometry(&plane(112, 3, 2)).is_none());
+    }
+}
