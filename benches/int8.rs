@@ -34,7 +34,7 @@ use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use jarvis_performance::kernels::{
     conv_planar, gemm_u8i8, im2col_c4, Activation, ActivationQuant, BytePlane, ConvGeometry,
-    Element, Epilogue, Isa, PackedWeights, PhasedPlane, PlanarWeights, MAX_TAP_WORDS,
+    Element, Epilogue, Isa, OutputCodes, PackedWeights, PhasedPlane, PlanarWeights, MAX_TAP_WORDS,
 };
 use jarvis_performance::quantize::qparams::quantize_weights;
 use jarvis_performance::quantize::QuantizeOptions;
@@ -67,6 +67,12 @@ struct Layer {
 /// Input/output quantization of the benchmarked layers (stored as codes, as linked layers do).
 const CODES: ActivationQuant = ActivationQuant { scale: 0.05, zero_point: 128 };
 /// A ReLU6 epilogue with the zero-point correction of a typical layer.
+/// How the benchmarked layers store codes: as the runtime does, the layer's activation bounds
+/// computed once.
+fn codes() -> OutputCodes {
+    OutputCodes::from(CODES).with_activation(EPILOGUE.activation)
+}
+
 const EPILOGUE: Epilogue =
     Epilogue { offset: 3000, scale: 1e-4, bias: 0.1, activation: Activation::Clip(0.0, 6.0) };
 
@@ -224,7 +230,7 @@ fn bench_layer(b: &mut criterion::Bencher<'_, ThreadCpu>, isa: Isa, layer: &Laye
                     &packed,
                     range,
                     &epilogues,
-                    CODES.into(),
+                    codes(),
                     &mut out,
                     pixels,
                 );
@@ -249,15 +255,7 @@ fn bench_layer(b: &mut criterion::Bencher<'_, ThreadCpu>, isa: Isa, layer: &Laye
                         bytes_plane.accumulate(isa, &plane, &words, &mut acc);
                         let e = Epilogue { offset: sum * i32::from(CODES.zero_point), ..EPILOGUE };
                         let shape = [layer.out_side(), layer.out_side()];
-                        u8::store_rows(
-                            isa,
-                            &acc,
-                            shape,
-                            bytes_plane.pitch,
-                            e,
-                            CODES.into(),
-                            &mut out,
-                        );
+                        u8::store_rows(isa, &acc, shape, bytes_plane.pitch, e, codes(), &mut out);
                         black_box(&out);
                     }
                 });
@@ -273,7 +271,7 @@ fn bench_layer(b: &mut criterion::Bencher<'_, ThreadCpu>, isa: Isa, layer: &Laye
                     let input = &x[c * pixels_in..(c + 1) * pixels_in];
                     phased.fill(isa, black_box(input), CODES, &mut plane);
                     phased.accumulate(isa, &plane, &w[c * taps..][..taps], &mut acc);
-                    phased.store(isa, &acc, EPILOGUE, CODES.into(), &mut out);
+                    phased.store(isa, &acc, EPILOGUE, codes(), &mut out);
                     black_box(&out);
                 }
             });
@@ -419,17 +417,7 @@ fn kernels(c: &mut Criterion) {
         group.bench_function(isa.name(), |b| {
             b.iter(|| {
                 let x = black_box(&x);
-                conv_planar(
-                    isa,
-                    x,
-                    pixels,
-                    &packed,
-                    0..n,
-                    &epilogues,
-                    CODES.into(),
-                    &mut out,
-                    pixels,
-                )
+                conv_planar(isa, x, pixels, &packed, 0..n, &epilogues, codes(), &mut out, pixels)
             })
         });
     }

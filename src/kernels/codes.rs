@@ -213,28 +213,45 @@ impl Element for u8 {
 /// How a layer stores u8 codes for the next int8 layers: `q = saturate(round(v · (1 / scale)) +
 /// zero_point)` — a multiply where `QuantizeLinear` divides (a vector division cost more than
 /// the rest of the store), so a code may differ by one from the division's on values within
-/// ~2^-17 (relative) of a rounding tie.
+/// ~2^-17 (relative) of a rounding tie. The code bounds of one activation (the layer's) are
+/// computed once here rather than per tile.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct OutputCodes {
     pub inverse_scale: f32,
     pub zero_point: u8,
+    /// The activation `bounds` are for.
+    activation: Activation,
+    /// `activation`'s bounds as codes.
+    bounds: (f32, f32),
 }
 
 impl From<ActivationQuant> for OutputCodes {
     fn from(q: ActivationQuant) -> Self {
-        OutputCodes { inverse_scale: 1.0 / q.scale, zero_point: q.zero_point }
+        let (inverse_scale, zero_point) = (1.0 / q.scale, q.zero_point);
+        let codes = OutputCodes {
+            inverse_scale,
+            zero_point,
+            activation: Activation::Identity,
+            bounds: (0.0, 255.0),
+        };
+        codes.with_activation(Activation::Identity)
     }
 }
 
 impl OutputCodes {
-    /// The code of one finished value (the scalar reference of the SIMD store).
-    #[inline(always)]
-    pub fn code(self, v: f32) -> u8 {
-        let q = round_half_even(v * self.inverse_scale) + f32::from(self.zero_point);
-        let q = if q > 0.0 { q } else { 0.0 }; // NaN lands here too and becomes 0
-        let q = if q < 255.0 { q } else { 255.0 };
-        // SAFETY: q is finite and in [0, 255] here, so the conversion is exact and in range.
-        unsafe { q.to_int_unchecked::<i32>() as u8 }
+    /// These codes with `activation`'s bounds precomputed (the activation of the layer that
+    /// stores them: every tile of its store then skips computing them).
+    pub fn with_activation(self, activation: Activation) -> Self {
+        OutputCodes { activation, bounds: self.code_bounds(activation), ..self }
+    }
+
+    /// `activation`'s (low, high) bounds as codes: integers in [0, 255].
+    fn code_bounds(self, activation: Activation) -> (f32, f32) {
+        let zero_point = f32::from(self.zero_point);
+        let (low, high) = activation.bounds();
+        // Infinite bounds (no activation) saturate to the code range.
+        let bound = |v: f32| round_half_even(v * self.inverse_scale + zero_point).clamp(0.0, 255.0);
+        (bound(low), bound(high))
     }
 }
 
@@ -256,17 +273,19 @@ pub struct CodeFinish {
 
 impl OutputCodes {
     /// How sums finished by `e` are stored as these codes.
+    #[inline(always)]
     pub fn finish(self, e: &Epilogue) -> CodeFinish {
-        let zero_point = f32::from(self.zero_point);
-        let (low, high) = e.activation.bounds();
-        // Infinite bounds (no activation) saturate to the code range.
-        let bound = |v: f32| round_half_even(v * self.inverse_scale + zero_point).clamp(0.0, 255.0);
+        let (low, high) = if e.activation == self.activation {
+            self.bounds
+        } else {
+            self.code_bounds(e.activation)
+        };
         CodeFinish {
             offset: e.offset,
             scale: e.scale * self.inverse_scale,
-            shift: e.bias.mul_add(self.inverse_scale, zero_point),
-            low: bound(low),
-            high: bound(high),
+            shift: e.bias.mul_add(self.inverse_scale, f32::from(self.zero_point)),
+            low,
+            high,
         }
     }
 }
@@ -307,29 +326,30 @@ mod avx512 {
 
     /// Elements a SIMD kernel stores straight from registers.
     pub trait SimdElement: Element {
-        /// Finishes 32 i32 sums (`sums[0]` first) with `e` and stores the lanes `masks`
+        /// What finishes one channel's sums, prepared once for many tiles.
+        type Finish: Copy;
+        /// The finisher of sums finished by `e` and stored with `store`.
+        fn finisher(e: &Epilogue, store: Self::Store) -> Self::Finish;
+        /// Finishes 32 i32 sums (`sums[0]` first) with `f` and stores the lanes `masks`
         /// select at `dst`.
         ///
         /// # Safety
         /// AVX-512F/BW must be available and the selected elements at `dst` writable.
         unsafe fn finish32(
             sums: [__m512i; 2],
-            e: &Epilogue,
+            f: &Self::Finish,
             masks: [__mmask16; 2],
-            store: Self::Store,
             dst: *mut Self,
         );
     }
 
     impl SimdElement for f32 {
+        type Finish = Epilogue;
+        fn finisher(e: &Epilogue, _: ()) -> Epilogue {
+            *e
+        }
         #[inline(always)]
-        unsafe fn finish32(
-            sums: [__m512i; 2],
-            e: &Epilogue,
-            masks: [__mmask16; 2],
-            _: (),
-            dst: *mut f32,
-        ) {
+        unsafe fn finish32(sums: [__m512i; 2], e: &Epilogue, masks: [__mmask16; 2], dst: *mut f32) {
             let (low, high) = e.activation.bounds();
             let finish = |sums: __m512i| {
                 let centred = _mm512_sub_epi32(sums, _mm512_set1_epi32(e.offset));
@@ -347,19 +367,21 @@ mod avx512 {
     }
 
     impl SimdElement for u8 {
+        type Finish = CodeFinish;
+        fn finisher(e: &Epilogue, codes: OutputCodes) -> CodeFinish {
+            codes.finish(e)
+        }
         #[inline(always)]
         unsafe fn finish32(
             sums: [__m512i; 2],
-            e: &Epilogue,
+            finish: &CodeFinish,
             masks: [__mmask16; 2],
-            codes: OutputCodes,
             dst: *mut u8,
         ) {
-            let finish = codes.finish(e);
             let offset = _mm512_set1_epi32(finish.offset);
             let code = |sums: __m512i| {
                 // SAFETY: AVX-512F is available (the caller's contract).
-                unsafe { code16(_mm512_cvtepi32_ps(_mm512_sub_epi32(sums, offset)), &finish) }
+                unsafe { code16(_mm512_cvtepi32_ps(_mm512_sub_epi32(sums, offset)), finish) }
             };
             // SAFETY: as the caller guarantees; masked-off bytes are never written.
             unsafe {

@@ -9,8 +9,8 @@ use super::depthwise::{DepthwiseLayout, LayoutCache};
 use super::parallel::{for_each_chunk, threads};
 use super::{scratch, Int8Layer, Packed};
 use crate::kernels::{
-    conv_planar, im2col_c4_rows, quantize_c4, quantize_c4_channels, ConvGeometry, Element, Isa,
-    PatchFill, PlanarWeights, SimdElement,
+    conv_planar, im2col_c4_rows, quantize_c4, quantize_c4_channels, ActivationQuant, ConvGeometry,
+    Element, Isa, OutputCodes, PatchFill, PlanarWeights, SimdElement,
 };
 
 /// Fewest output channels per parallel task (two kernel blocks).
@@ -174,6 +174,11 @@ impl Int8Conv {
         }
     }
 
+    /// How this layer stores codes of `q`: its activation's code bounds computed once.
+    fn output_codes(&self, q: ActivationQuant) -> OutputCodes {
+        OutputCodes::from(q).with_activation(self.layer.activation)
+    }
+
     /// The whole batch, read as `I` and stored as `O`.
     fn run_batch<I: Element + Datum, O: SimdElement + Datum>(
         &self,
@@ -244,9 +249,9 @@ impl EvalOp for Int8Conv {
         );
         let output = match (links.input_codes, links.output_codes) {
             (false, None) => self.run_batch::<f32, f32>(&input, ())?,
-            (false, Some(codes)) => self.run_batch::<f32, u8>(&input, codes.into())?,
+            (false, Some(codes)) => self.run_batch::<f32, u8>(&input, self.output_codes(codes))?,
             (true, None) => self.run_batch::<u8, f32>(&input, ())?,
-            (true, Some(codes)) => self.run_batch::<u8, u8>(&input, codes.into())?,
+            (true, Some(codes)) => self.run_batch::<u8, u8>(&input, self.output_codes(codes))?,
         };
         Ok(tvec!(output.into_tvalue()))
     }
