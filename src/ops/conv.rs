@@ -13,8 +13,9 @@ use crate::kernels::{
     Element, Isa, OutputCodes, PatchFill, PlanarWeights, SimdElement,
 };
 
-/// Fewest output channels per parallel task (two kernel blocks).
-const MIN_CHANNELS_PER_TASK: usize = 16;
+/// Fewest output channels per parallel task (one kernel block: a 16-channel projection still
+/// splits across two threads).
+const MIN_CHANNELS_PER_TASK: usize = 8;
 
 /// im2col words built at a time (384 KB: the patches stay in a core's 1 MB L2 while the
 /// product reads them).
@@ -126,7 +127,9 @@ impl Int8Conv {
                 &mut out[group * per_group_out * pixels..(group + 1) * per_group_out * pixels];
             // As few tasks as keep every thread busy: each task streams its patches once, so
             // more channels per task means fewer passes over them.
-            let per_task = per_group_out.div_ceil(threads()).next_multiple_of(8);
+            // Multiples of 4 rather than of the kernel's 8-channel block: a 24-channel layer
+            // splits 12 + 12 on two threads, not 16 + 8.
+            let per_task = per_group_out.div_ceil(threads()).next_multiple_of(4);
             let per_task = per_task.max(MIN_CHANNELS_PER_TASK);
             // The product of `operand` (patches of `columns` output pixels from pixel `start`)
             // into those pixels of every output plane.
