@@ -33,8 +33,9 @@ use std::time::Duration;
 use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use jarvis_performance::kernels::{
-    conv_planar, gemm_u8i8, im2col_c4, Activation, ActivationQuant, BytePlane, ConvGeometry,
-    Element, Epilogue, Isa, OutputCodes, PackedWeights, PhasedPlane, PlanarWeights, MAX_TAP_WORDS,
+    conv_planar, gemm_u8i8, im2col_c4, tap_words, Activation, ActivationQuant, BytePlane,
+    ConvGeometry, Element, Epilogue, Isa, OutputCodes, PackedWeights, PhasedPlane, PlanarWeights,
+    WindowTable, MAX_TAP_WORDS,
 };
 use jarvis_performance::quantize::qparams::quantize_weights;
 use jarvis_performance::quantize::QuantizeOptions;
@@ -242,20 +243,39 @@ fn bench_layer(b: &mut criterion::Bencher<'_, ThreadCpu>, isa: Isa, layer: &Laye
             let x: Vec<u8> = bytes(layer.cin * pixels_in, 3).collect();
             let w: Vec<f32> = bytes(layer.cin * taps, 4).map(|v| f32::from(v as i8)).collect();
             let mut out = vec![0u8; pixels];
-            // The kernel the runtime picks: on codes with `vpdpbusd` where the CPU has it.
+            // The kernel the runtime picks for an input of codes: gathers for small planes,
+            // else a padded copy, on codes with `vpdpbusd` where the CPU has it.
+            let shape = [layer.out_side(), layer.out_side()];
+            // Weight words and epilogues packed beforehand, as the runtime does.
+            let (codes, zero_point) = (codes(), i32::from(CODES.zero_point));
+            let filters: Vec<([i32; MAX_TAP_WORDS], Epilogue)> = (w.chunks_exact(taps))
+                .map(|filter| {
+                    let mut words = [0; MAX_TAP_WORDS];
+                    let sum = tap_words(g.kernel, filter, &mut words);
+                    (words, Epilogue { offset: sum * zero_point, ..EPILOGUE })
+                })
+                .collect();
+            if let Some(table) = WindowTable::new(isa, &g) {
+                let mut acc = vec![0i32; table.flat_len];
+                b.iter(|| {
+                    for (c, (words, e)) in filters.iter().enumerate() {
+                        let input = &x[c * pixels_in..(c + 1) * pixels_in];
+                        table.accumulate(isa, black_box(input), CODES.zero_point, words, &mut acc);
+                        u8::store_row(isa, &acc[..pixels], *e, codes, &mut out);
+                        black_box(&out);
+                    }
+                });
+                return;
+            }
             if let Some(bytes_plane) = BytePlane::new(isa, &g) {
                 let mut plane = vec![0u8; bytes_plane.buffer_len()];
                 let mut acc = vec![0i32; bytes_plane.flat_len];
-                let mut words = [0; MAX_TAP_WORDS];
                 b.iter(|| {
-                    for c in 0..layer.cin {
+                    for (c, (words, e)) in filters.iter().enumerate() {
                         let input = &x[c * pixels_in..(c + 1) * pixels_in];
                         bytes_plane.fill(isa, black_box(input), CODES, &mut plane);
-                        let sum = bytes_plane.tap_words(&w[c * taps..][..taps], &mut words);
-                        bytes_plane.accumulate(isa, &plane, &words, &mut acc);
-                        let e = Epilogue { offset: sum * i32::from(CODES.zero_point), ..EPILOGUE };
-                        let shape = [layer.out_side(), layer.out_side()];
-                        u8::store_rows(isa, &acc, shape, bytes_plane.pitch, e, codes(), &mut out);
+                        bytes_plane.accumulate(isa, &plane, words, &mut acc);
+                        u8::store_rows(isa, &acc, shape, bytes_plane.pitch, *e, codes, &mut out);
                         black_box(&out);
                     }
                 });
@@ -271,7 +291,7 @@ fn bench_layer(b: &mut criterion::Bencher<'_, ThreadCpu>, isa: Isa, layer: &Laye
                     let input = &x[c * pixels_in..(c + 1) * pixels_in];
                     phased.fill(isa, black_box(input), CODES, &mut plane);
                     phased.accumulate(isa, &plane, &w[c * taps..][..taps], &mut acc);
-                    phased.store(isa, &acc, EPILOGUE, codes(), &mut out);
+                    phased.store(isa, &acc, EPILOGUE, codes, &mut out);
                     black_box(&out);
                 }
             });

@@ -23,10 +23,10 @@ const LANES: usize = 16;
 const WINDOW: usize = 64;
 
 /// Largest kernel side the layout takes: its tap words fit [`MAX_TAP_WORDS`].
-pub(super) const MAX_KERNEL: usize = 8;
+pub const MAX_DEPTHWISE_KERNEL: usize = 8;
 
-/// Weight words of one channel: up to [`MAX_KERNEL`] rows of two words.
-pub const MAX_TAP_WORDS: usize = MAX_KERNEL * 2;
+/// Weight words of one channel: up to [`MAX_DEPTHWISE_KERNEL`] rows of two words.
+pub const MAX_TAP_WORDS: usize = MAX_DEPTHWISE_KERNEL * 2;
 
 /// Where each kernel row reads in a [`BytePlane`] buffer, and the buffer's shape.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,8 +66,8 @@ impl BytePlane {
         let [sy, sx] = g.stride;
         if kh == 0
             || kw == 0
-            || kh > MAX_KERNEL
-            || kw > MAX_KERNEL
+            || kh > MAX_DEPTHWISE_KERNEL
+            || kw > MAX_DEPTHWISE_KERNEL
             || g.dilation != [1, 1]
             || sy == 0
             || !(1..=2).contains(&sx)
@@ -113,12 +113,6 @@ impl BytePlane {
         self.planes_len().max(reach)
     }
 
-    /// Weight words of the kernel rows (four i8 taps each, 0 past the kernel's width) into
-    /// `words`, and `Σ taps`, from one channel's `taps` (kernel row-major, i8 values as f32).
-    pub fn tap_words(&self, taps: &[f32], words: &mut [i32; MAX_TAP_WORDS]) -> i32 {
-        tap_words(self.geometry.kernel, taps, words)
-    }
-
     /// Copies one `height × width` plane (floats quantized with `input`, or codes of it
     /// already) into `dst` (`buffer_len` bytes): codes at their padded positions in their row
     /// phase, the zero point everywhere else.
@@ -149,7 +143,7 @@ impl BytePlane {
 
     /// `acc[oy · pitch + ox] = Σ_taps q · w` of the raw codes over the filled buffer
     /// (`flat_len` accumulators; columns `ox ≥ out_width` hold values no output uses).
-    /// `words` are [`Self::tap_words`].
+    /// `words` are [`tap_words`].
     pub fn accumulate(&self, isa: Isa, x: &[u8], words: &[i32; MAX_TAP_WORDS], acc: &mut [i32]) {
         assert!(x.len() >= self.buffer_len() && acc.len() >= self.flat_len);
         let acc = &mut acc[..self.flat_len];
@@ -185,8 +179,8 @@ pub fn tap_words(kernel: [usize; 2], taps: &[f32], words: &mut [i32; MAX_TAP_WOR
     let words_per_row = kw.div_ceil(4);
     *words = [0; MAX_TAP_WORDS];
     let mut sum = 0;
-    for ky in 0..kh.min(MAX_KERNEL) {
-        for kx in 0..kw.min(MAX_KERNEL) {
+    for ky in 0..kh.min(MAX_DEPTHWISE_KERNEL) {
+        for kx in 0..kw.min(MAX_DEPTHWISE_KERNEL) {
             let tap = taps.get(ky * kw + kx).copied().unwrap_or(0.0) as i8;
             sum += i32::from(tap);
             let word = &mut words[ky * words_per_row + kx / 4];
@@ -360,7 +354,7 @@ mod tests {
             let layout = BytePlane::for_geometry(&g).expect("a supported geometry");
             let taps: Vec<f32> = weights.iter().map(|&v| f32::from(v)).collect();
             let mut words = [0; MAX_TAP_WORDS];
-            let tap_sum = layout.tap_words(&taps, &mut words);
+            let tap_sum = tap_words(g.kernel, &taps, &mut words);
             // Scale 1 and the zero point given: quantizing the floats gives back `codes`.
             let input = ActivationQuant { scale: 1.0, zero_point: zp };
             let floats: Vec<f32> = codes.iter().map(|&q| f32::from(q) - f32::from(zp)).collect();

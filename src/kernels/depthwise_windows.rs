@@ -10,17 +10,22 @@
 //!
 //! On 7×7 and 14×14 planes the padded-copy kernel ([`super::BytePlane`]) spent most of its
 //! time on per-row work (a fill and a store per row of 7 to 16 codes); here a 7×7 plane with a
-//! 3×3 kernel is 12 gathers and one store. Planes whose 16 windows span more than 64 bytes
-//! (wider than about 40 columns) are left to [`super::BytePlane`], whose rows are long enough.
+//! 3×3 kernel is 12 gathers and one store. Geometries whose 16 windows span more than 64 bytes
+//! (strided layers on wide rows) or whose table outgrows L1 (56×56 planes, 28×28 ones with
+//! 5×5 kernels) are left to [`super::BytePlane`], whose rows are long enough to pay for it.
 
-use super::depthwise_bytes::{has_byte_permutes, tap_words, MAX_KERNEL, MAX_TAP_WORDS};
+#[cfg(test)]
+use super::depthwise_bytes::tap_words;
+use super::depthwise_bytes::{has_byte_permutes, MAX_DEPTHWISE_KERNEL, MAX_TAP_WORDS};
 use super::{ConvGeometry, Isa};
 
 /// Outputs per vector of accumulators.
 const LANES: usize = 16;
 
-/// Most gathers a table holds (a 28×28 plane with a 5×5 kernel takes 49 × 10).
-const MAX_STEPS: usize = 4096;
+/// Most gathers a table holds: 256 × 88 bytes stay in L1 beside the plane. Larger tables
+/// (a 28×28 plane with a 5×5 kernel takes 49 × 10 gathers, 43 KB) are read from L2 for every
+/// channel, and the padded copy is faster there.
+const MAX_STEPS: usize = 256;
 
 /// One gather: 16 outputs × one word of a kernel row.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,7 +43,6 @@ struct Step {
 /// The gathers of one depthwise geometry, shared by all its channels.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WindowTable {
-    kernel: [usize; 2],
     /// Gathers per vector of outputs: kernel rows × words per row.
     steps_per_vector: usize,
     steps: Vec<Step>,
@@ -62,7 +66,12 @@ impl WindowTable {
     fn for_geometry(g: &ConvGeometry) -> Option<Self> {
         let [kh, kw] = g.kernel;
         let pixels = g.out[0] * g.out[1];
-        if kh == 0 || kw == 0 || kh > MAX_KERNEL || kw > MAX_KERNEL || pixels == 0 {
+        if kh == 0
+            || kw == 0
+            || kh > MAX_DEPTHWISE_KERNEL
+            || kw > MAX_DEPTHWISE_KERNEL
+            || pixels == 0
+        {
             return None;
         }
         let words = kw.div_ceil(4);
@@ -107,7 +116,6 @@ impl WindowTable {
             }
         }
         Some(WindowTable {
-            kernel: g.kernel,
             steps_per_vector: kh * words,
             steps,
             plane_len: g.height * g.width,
@@ -115,14 +123,9 @@ impl WindowTable {
         })
     }
 
-    /// Weight words of one channel's `taps` and `Σ taps` ([`tap_words`]).
-    pub fn tap_words(&self, taps: &[f32], words: &mut [i32; MAX_TAP_WORDS]) -> i32 {
-        tap_words(self.kernel, taps, words)
-    }
-
     /// `acc[j] = Σ_taps q · w` over output `j` (row-major) of the raw codes of `plane`, the
     /// padding read as `zero_point`; `flat_len` accumulators (those past the outputs are
-    /// unused). `words` are [`Self::tap_words`].
+    /// unused). `words` are [`tap_words`].
     pub fn accumulate(
         &self,
         isa: Isa,
@@ -183,8 +186,10 @@ mod avx512 {
     ) {
         let zero_points = _mm512_set1_epi8(zero_point as i8);
         for (out, steps) in acc.chunks_exact_mut(16).zip(steps.chunks_exact(per_vector)) {
-            let mut sum = _mm512_setzero_si512();
-            for (step, &word) in steps.iter().zip(words) {
+            // Even and odd gathers in two sums: one chain of ten `vpdpbusd` (a 5×5 kernel) was
+            // bound by the instruction's latency.
+            let mut sums = [_mm512_setzero_si512(); 2];
+            for (i, (step, &word)) in steps.iter().zip(words).enumerate() {
                 // SAFETY: the load reads only the `window` bytes, inside `plane` (the caller's
                 // contract); `start` is inside it or 0 with an empty window.
                 unsafe {
@@ -193,9 +198,11 @@ mod avx512 {
                     let index = _mm512_loadu_si512(step.index.as_ptr().cast());
                     let codes =
                         _mm512_mask_permutexvar_epi8(zero_points, step.inside, index, window);
-                    sum = _mm512_dpbusd_epi32(sum, codes, _mm512_set1_epi32(word));
+                    let sum = &mut sums[i % 2];
+                    *sum = _mm512_dpbusd_epi32(*sum, codes, _mm512_set1_epi32(word));
                 }
             }
+            let sum = _mm512_add_epi32(sums[0], sums[1]);
             // SAFETY: `out` is 16 i32.
             unsafe { _mm512_storeu_si512(out.as_mut_ptr().cast(), sum) };
         }
@@ -246,7 +253,7 @@ mod tests {
             let want = naive(&g, &centred, &weights.iter().map(|&v| i32::from(v)).collect::<Vec<_>>());
             let taps: Vec<f32> = weights.iter().map(|&v| f32::from(v)).collect();
             let mut words = [0; MAX_TAP_WORDS];
-            let tap_sum = table.tap_words(&taps, &mut words);
+            let tap_sum = tap_words(g.kernel, &taps, &mut words);
             let mut scalar = Vec::new();
             for isa in [Isa::Scalar, Isa::detect()] {
                 let mut acc = vec![i32::MIN; table.flat_len];
@@ -275,10 +282,13 @@ mod tests {
             pad: [k / 2, k / 2],
             out: [(side - 1) / s + 1; 2],
         };
-        for (side, k, s) in [(7, 3, 1), (7, 5, 1), (14, 3, 1), (14, 5, 2), (28, 3, 1), (28, 5, 1)] {
+        for (side, k, s) in [(7, 3, 1), (7, 5, 1), (14, 3, 1), (14, 5, 2), (28, 3, 1), (28, 3, 2)] {
             assert!(WindowTable::for_geometry(&plane(side, k, s)).is_some(), "{side} {k} {s}");
         }
-        // Strided windows over wide rows span more than a vector.
+        // Strided windows over wide rows span more than a vector; large planes have tables
+        // too big for L1.
         assert!(WindowTable::for_geometry(&plane(112, 3, 2)).is_none());
+        assert!(WindowTable::for_geometry(&plane(28, 5, 1)).is_none());
+        assert!(WindowTable::for_geometry(&plane(56, 3, 1)).is_none());
     }
 }

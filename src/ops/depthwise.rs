@@ -8,20 +8,13 @@ use tract_onnx::tract_core::internal::*;
 
 use super::conv::Int8Conv;
 use super::parallel::{for_each_chunk, threads};
-use super::scratch;
+use super::{scratch, DepthwiseTaps};
 use crate::kernels::{
     BytePlane, ConvGeometry, Element, Epilogue, Isa, PhasedPlane, SimdElement, WindowTable,
-    MAX_TAP_WORDS,
 };
 
 /// Most depthwise channels per parallel task (enough to amortise a task's start).
 const MAX_DEPTHWISE_BATCH: usize = 32;
-
-/// Largest output plane the gathers run (28×28). Measured on MobileNetV2: they take 40–55 %
-/// less time than the padded copy on 7×7 and 14×14 planes and ~15 % less on 28×28, but more
-/// on 56×56 and 112×112, where rows are long enough for the copy to pay and a vector's table
-/// entry (88 bytes) costs more than the row it replaces.
-const MAX_WINDOW_OUTPUTS: usize = 28 * 28;
 
 /// How a depthwise layer runs on this CPU. With AVX-512 VNNI and VBMI, on u8 codes with
 /// `vpdpbusd`: small planes of codes by gathers from the plane itself ([`WindowTable`]), the
@@ -37,8 +30,7 @@ impl DepthwiseLayout {
     /// The fastest layout for `g`; `codes`: the input is u8 codes (gathers need them).
     fn new(g: &ConvGeometry, codes: bool) -> Option<Self> {
         let isa = Isa::detect();
-        let small = g.out[0] * g.out[1] <= MAX_WINDOW_OUTPUTS;
-        let windows = (codes && small).then(|| WindowTable::new(isa, g)).flatten();
+        let windows = codes.then(|| WindowTable::new(isa, g)).flatten();
         let layout = match (windows, BytePlane::new(isa, g)) {
             (Some(table), _) => DepthwiseLayout::Windows(table),
             (None, Some(bytes)) => DepthwiseLayout::Bytes(bytes),
@@ -110,7 +102,7 @@ impl Int8Conv {
         &self,
         g: &ConvGeometry,
         layout: &DepthwiseLayout,
-        taps: &[f32],
+        taps: &DepthwiseTaps,
         image: &[I],
         store: O::Store,
         out: &mut [O],
@@ -123,21 +115,24 @@ impl Int8Conv {
         let per_task = channels_per_task(g);
         let input = layer.input;
         let zero_point = i32::from(input.zero_point);
+        let plane_of = |c: usize| &image[c * pixels_in..(c + 1) * pixels_in];
+        // The epilogue of channel `c` for sums of raw codes (the byte kernels'): their
+        // zero-point term subtracted.
+        let raw_epilogue = |c: usize| {
+            let tap_sum = taps.words[c].1;
+            Epilogue { offset: zero_point * tap_sum, ..w.epilogues[c] }
+        };
         match layout {
             DepthwiseLayout::Windows(table) => {
                 // Chosen only for inputs of codes (see `DepthwiseLayout::new`).
-                let Some(image) = I::as_codes(image) else { return };
+                let Some(codes) = I::as_codes(image) else { return };
                 for_each_chunk(out, pixels * per_task, |task, planes| {
                     scratch::accumulators(table.flat_len, |acc| {
-                        let mut words = [0; MAX_TAP_WORDS];
                         for (i, plane) in planes.chunks_exact_mut(pixels.max(1)).enumerate() {
                             let c = task * per_task + i;
-                            let taps = &taps[c * per_channel..(c + 1) * per_channel];
-                            let tap_sum = table.tap_words(taps, &mut words);
-                            let codes = &image[c * pixels_in..(c + 1) * pixels_in];
-                            table.accumulate(isa, codes, input.zero_point, &words, acc);
-                            let e = Epilogue { offset: zero_point * tap_sum, ..w.epilogues[c] };
-                            O::store_row(isa, &acc[..pixels], e, store, plane);
+                            let codes = &codes[c * pixels_in..(c + 1) * pixels_in];
+                            table.accumulate(isa, codes, input.zero_point, &taps.words[c].0, acc);
+                            O::store_row(isa, &acc[..pixels], raw_epilogue(c), store, plane);
                         }
                     })
                 });
@@ -146,19 +141,11 @@ impl Int8Conv {
                 for_each_chunk(out, pixels * per_task, |task, planes| {
                     scratch::input_bytes(layout.buffer_len(), |x| {
                         scratch::accumulators(layout.flat_len, |acc| {
-                            let mut words = [0; MAX_TAP_WORDS];
                             for (i, plane) in planes.chunks_exact_mut(pixels.max(1)).enumerate() {
                                 let c = task * per_task + i;
-                                layout.fill(
-                                    isa,
-                                    &image[c * pixels_in..(c + 1) * pixels_in],
-                                    input,
-                                    x,
-                                );
-                                let taps = &taps[c * per_channel..(c + 1) * per_channel];
-                                let tap_sum = layout.tap_words(taps, &mut words);
-                                layout.accumulate(isa, x, &words, acc);
-                                let e = Epilogue { offset: zero_point * tap_sum, ..w.epilogues[c] };
+                                layout.fill(isa, plane_of(c), input, x);
+                                layout.accumulate(isa, x, &taps.words[c].0, acc);
+                                let e = raw_epilogue(c);
                                 O::store_rows(isa, acc, g.out, layout.pitch, e, store, plane);
                             }
                         })
@@ -171,18 +158,9 @@ impl Int8Conv {
                         scratch::flat_sums(layout.flat_len, |acc| {
                             for (i, plane) in planes.chunks_exact_mut(pixels.max(1)).enumerate() {
                                 let c = task * per_task + i;
-                                layout.fill(
-                                    isa,
-                                    &image[c * pixels_in..(c + 1) * pixels_in],
-                                    input,
-                                    x,
-                                );
-                                layout.accumulate(
-                                    isa,
-                                    x,
-                                    &taps[c * per_channel..(c + 1) * per_channel],
-                                    acc,
-                                );
+                                layout.fill(isa, plane_of(c), input, x);
+                                let filter = &taps.floats[c * per_channel..(c + 1) * per_channel];
+                                layout.accumulate(isa, x, filter, acc);
                                 layout.store(isa, acc, w.epilogues[c], store, plane);
                             }
                         })

@@ -19,7 +19,10 @@ pub use conv::Int8Conv;
 pub use linear::Int8Linear;
 pub use pool::MaxPool2d;
 
-use crate::kernels::{Activation, Epilogue, PackedWeights, PlanarWeights};
+use crate::kernels::{
+    tap_words, Activation, Epilogue, PackedWeights, PlanarWeights, MAX_DEPTHWISE_KERNEL,
+    MAX_TAP_WORDS,
+};
 use crate::quantize::input::ChannelInput;
 use crate::quantize::qparams::ActivationQuant;
 
@@ -30,8 +33,8 @@ pub enum Packed {
     Rows(PackedWeights),
     /// Planar GEMM weights, one per convolution group; k order (tap, channel padded to 4).
     Planar(Vec<PlanarWeights>),
-    /// Depthwise: `n` rows of `taps` codes as f32 (exact), which the direct kernel multiplies.
-    Depthwise(Vec<f32>),
+    /// Depthwise: one filter per channel.
+    Depthwise(DepthwiseTaps),
 }
 
 /// The int8 weights of one layer and everything derived from them, immutable once built: an
@@ -56,7 +59,42 @@ pub struct LayerWeights {
 pub enum Layout {
     Linear,
     Conv { groups: usize, taps: usize },
-    Depthwise,
+    Depthwise { kernel: [usize; 2] },
+}
+
+/// A depthwise layer's filters in the forms its kernels read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DepthwiseTaps {
+    /// `n` rows of the kernel's taps (row-major) as f32, exact: the f32 kernel's operand.
+    pub floats: Vec<f32>,
+    /// Per channel, the byte kernels' weight words and `Σ taps` ([`tap_words`]), packed once
+    /// here rather than per channel and call (empty for kernels wider than those take).
+    pub words: Vec<([i32; MAX_TAP_WORDS], i32)>,
+}
+
+impl DepthwiseTaps {
+    fn new(codes: &[i8], n: usize, kernel: [usize; 2]) -> Self {
+        let floats: Vec<f32> = codes.iter().map(|&c| f32::from(c)).collect();
+        let taps = kernel[0] * kernel[1];
+        let words = if kernel.iter().all(|&side| side <= MAX_DEPTHWISE_KERNEL) && taps > 0 {
+            let filters = floats.chunks_exact(taps).take(n);
+            let word = |filter: &[f32]| {
+                let mut words = [0; MAX_TAP_WORDS];
+                let sum = tap_words(kernel, filter, &mut words);
+                (words, sum)
+            };
+            filters.map(word).collect()
+        } else {
+            Vec::new()
+        };
+        DepthwiseTaps { floats, words }
+    }
+
+    /// Bytes held.
+    fn bytes(&self) -> usize {
+        self.floats.len() * 4
+            + self.words.len() * std::mem::size_of::<([i32; MAX_TAP_WORDS], i32)>()
+    }
 }
 
 impl LayerWeights {
@@ -75,7 +113,9 @@ impl LayerWeights {
     ) -> Self {
         let packed = match layout {
             Layout::Linear => Packed::Rows(PackedWeights::pack(&codes, n, k)),
-            Layout::Depthwise => Packed::Depthwise(codes.iter().map(|&c| f32::from(c)).collect()),
+            Layout::Depthwise { kernel } => {
+                Packed::Depthwise(DepthwiseTaps::new(&codes, n, kernel))
+            }
             Layout::Conv { groups, taps } => {
                 let per_group = n / groups.max(1);
                 let channels = k / taps.max(1);
@@ -126,7 +166,7 @@ impl LayerWeights {
         let packed = match &self.packed {
             Packed::Rows(p) => p.bytes(),
             Packed::Planar(planes) => planes.iter().map(PlanarWeights::bytes).sum(),
-            Packed::Depthwise(taps) => taps.len() * 4,
+            Packed::Depthwise(taps) => taps.bytes(),
         };
         packed + self.n * std::mem::size_of::<Epilogue>()
     }

@@ -275,7 +275,10 @@ pub fn build_op(
         );
     }
     let layout = match &layer.kind {
-        LayerKind::Conv { depthwise: true, .. } => Layout::Depthwise,
+        LayerKind::Conv { depthwise: true, pool_spec, .. } => {
+            let kernel = &pool_spec.kernel_shape;
+            Layout::Depthwise { kernel: [kernel[0], kernel.get(1).copied().unwrap_or(1)] }
+        }
         LayerKind::Conv { pool_spec, group, .. } => {
             Layout::Conv { groups: *group, taps: pool_spec.kernel_shape.iter().product() }
         }
