@@ -234,13 +234,9 @@ fn chunk_sums<const N: usize>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::depthwise_cases::Case;
     use crate::kernels::Activation;
     use proptest::prelude::*;
-
-    fn naive(g: &ConvGeometry, x: &[i32], taps: &[i32]) -> Vec<i32> {
-        let pixels = (0..g.out[0]).flat_map(|oy| (0..g.out[1]).map(move |ox| (oy, ox)));
-        pixels.map(|(oy, ox)| g.window(oy, ox).map(|(tap, i)| x[i] * taps[tap]).sum()).collect()
-    }
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
@@ -253,27 +249,13 @@ mod tests {
             pad_top in 0usize..3, pad_left in 0usize..3, cut in 0usize..2,
             zp in any::<u8>(), seed in any::<u64>(),
         ) {
-            let span = [(kh - 1) * d + 1, (kw - 1) * d + 1];
-            let padded = [h + pad_top + pad_top, w + pad_left + pad_left];
-            prop_assume!(padded[0] >= span[0] && padded[1] >= span[1]);
-            // `cut` drops the last output row/column, as SAME_UPPER-style padding can.
-            let out = [
-                ((padded[0] - span[0]) / sy + 1).saturating_sub(cut).max(1),
-                ((padded[1] - span[1]) / sx + 1).saturating_sub(cut).max(1),
-            ];
-            let g = ConvGeometry {
-                channels: 1, height: h, width: w, kernel: [kh, kw], stride: [sy, sx],
-                dilation: [d, d], pad: [pad_top, pad_left], out,
-            };
-            let mut state = seed;
-            let mut next = || { state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407); (state >> 33) as u32 };
-            let codes: Vec<u8> = (0..h * w).map(|_| next() as u8).collect();
-            let weights: Vec<i8> = (0..kh * kw).map(|_| next() as i8).collect();
-            let plane: Vec<f32> = codes.iter().map(|&q| f32::from(q) - f32::from(zp)).collect();
-            let centred: Vec<i32> = codes.iter().map(|&q| i32::from(q) - i32::from(zp)).collect();
-            let want = naive(&g, &centred, &weights.iter().map(|&v| i32::from(v)).collect::<Vec<_>>());
+            let case = Case::new([h, w], [kh, kw], [sy, sx], d, [pad_top, pad_left], cut, seed);
+            let Some(case) = case else { return Ok(()) };
+            let (g, out) = (case.g, case.g.out);
+            let plane: Vec<f32> = case.codes.iter().map(|&q| f32::from(q) - f32::from(zp)).collect();
+            let want = case.centred_sums(zp);
             let layout = PhasedPlane::new(&g).expect("a valid geometry");
-            let taps: Vec<f32> = weights.iter().map(|&v| f32::from(v)).collect();
+            let taps = case.taps();
             let mut scalar_codes = Vec::new();
             for isa in [Isa::Scalar, Isa::detect()] {
                 let mut buffer = vec![f32::NAN; layout.buffer_len()];

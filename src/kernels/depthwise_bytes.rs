@@ -316,12 +316,8 @@ mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::depthwise_cases::Case;
     use proptest::prelude::*;
-
-    fn naive(g: &ConvGeometry, x: &[i32], taps: &[i32]) -> Vec<i32> {
-        let pixels = (0..g.out[0]).flat_map(|oy| (0..g.out[1]).map(move |ox| (oy, ox)));
-        pixels.map(|(oy, ox)| g.window(oy, ox).map(|(tap, i)| x[i] * taps[tap]).sum()).collect()
-    }
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(96))]
@@ -335,26 +331,13 @@ mod tests {
             pad_top in 0usize..4, pad_left in 0usize..4, cut in 0usize..2,
             zp in any::<u8>(), seed in any::<u64>(), float_input in any::<bool>(),
         ) {
-            let padded = [h + 2 * pad_top, w + 2 * pad_left];
-            prop_assume!(padded[0] >= kh && padded[1] >= kw);
-            let out = [
-                ((padded[0] - kh) / sy + 1).saturating_sub(cut).max(1),
-                ((padded[1] - kw) / sx + 1).saturating_sub(cut).max(1),
-            ];
-            let g = ConvGeometry {
-                channels: 1, height: h, width: w, kernel: [kh, kw], stride: [sy, sx],
-                dilation: [1, 1], pad: [pad_top, pad_left], out,
-            };
-            let mut state = seed;
-            let mut next = || { state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407); (state >> 33) as u32 };
-            let codes: Vec<u8> = (0..h * w).map(|_| next() as u8).collect();
-            let weights: Vec<i8> = (0..kh * kw).map(|_| next() as i8).collect();
-            let centred: Vec<i32> = codes.iter().map(|&q| i32::from(q) - i32::from(zp)).collect();
-            let want = naive(&g, &centred, &weights.iter().map(|&v| i32::from(v)).collect::<Vec<_>>());
+            let case = Case::new([h, w], [kh, kw], [sy, sx], 1, [pad_top, pad_left], cut, seed);
+            let Some(case) = case else { return Ok(()) };
+            let (g, out, codes) = (case.g, case.g.out, case.codes.as_slice());
+            let want = case.centred_sums(zp);
             let layout = BytePlane::for_geometry(&g).expect("a supported geometry");
-            let taps: Vec<f32> = weights.iter().map(|&v| f32::from(v)).collect();
             let mut words = [0; MAX_TAP_WORDS];
-            let tap_sum = tap_words(g.kernel, &taps, &mut words);
+            let tap_sum = tap_words(g.kernel, &case.taps(), &mut words);
             // Scale 1 and the zero point given: quantizing the floats gives back `codes`.
             let input = ActivationQuant { scale: 1.0, zero_point: zp };
             let floats: Vec<f32> = codes.iter().map(|&q| f32::from(q) - f32::from(zp)).collect();
@@ -364,7 +347,7 @@ mod tests {
                 if float_input {
                     layout.fill(isa, &floats, input, &mut buffer);
                 } else {
-                    layout.fill(isa, &codes, input, &mut buffer);
+                    layout.fill(isa, codes, input, &mut buffer);
                 }
                 let mut acc = vec![i32::MIN; layout.flat_len];
                 layout.accumulate(isa, &buffer, &words, &mut acc);

@@ -212,12 +212,8 @@ mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::depthwise_cases::Case;
     use proptest::prelude::*;
-
-    fn naive(g: &ConvGeometry, x: &[i32], taps: &[i32]) -> Vec<i32> {
-        let pixels = (0..g.out[0]).flat_map(|oy| (0..g.out[1]).map(move |ox| (oy, ox)));
-        pixels.map(|(oy, ox)| g.window(oy, ox).map(|(tap, i)| x[i] * taps[tap]).sum()).collect()
-    }
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(128))]
@@ -231,33 +227,19 @@ mod tests {
             pad_top in 0usize..4, pad_left in 0usize..4, cut in 0usize..2,
             zp in any::<u8>(), seed in any::<u64>(),
         ) {
-            let span = [(kh - 1) * d + 1, (kw - 1) * d + 1];
-            let padded = [h + 2 * pad_top, w + 2 * pad_left];
-            prop_assume!(padded[0] >= span[0] && padded[1] >= span[1]);
-            let out = [
-                ((padded[0] - span[0]) / sy + 1).saturating_sub(cut).max(1),
-                ((padded[1] - span[1]) / sx + 1).saturating_sub(cut).max(1),
-            ];
-            let g = ConvGeometry {
-                channels: 1, height: h, width: w, kernel: [kh, kw], stride: [sy, sx],
-                dilation: [d, d], pad: [pad_top, pad_left], out,
-            };
-            // Refused: windows wider than 64 bytes (the next test checks the models' planes
-            // are not).
-            let Some(table) = WindowTable::for_geometry(&g) else { return Ok(()) };
-            let mut state = seed;
-            let mut next = || { state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407); (state >> 33) as u32 };
-            let codes: Vec<u8> = (0..h * w).map(|_| next() as u8).collect();
-            let weights: Vec<i8> = (0..kh * kw).map(|_| next() as i8).collect();
-            let centred: Vec<i32> = codes.iter().map(|&q| i32::from(q) - i32::from(zp)).collect();
-            let want = naive(&g, &centred, &weights.iter().map(|&v| i32::from(v)).collect::<Vec<_>>());
-            let taps: Vec<f32> = weights.iter().map(|&v| f32::from(v)).collect();
+            let case = Case::new([h, w], [kh, kw], [sy, sx], d, [pad_top, pad_left], cut, seed);
+            let Some(case) = case else { return Ok(()) };
+            // Refused: windows wider than 64 bytes or tables too big for L1 (the next test
+            // checks the models' small planes are not).
+            let Some(table) = WindowTable::for_geometry(&case.g) else { return Ok(()) };
+            let want = case.centred_sums(zp);
             let mut words = [0; MAX_TAP_WORDS];
-            let tap_sum = tap_words(g.kernel, &taps, &mut words);
+            let tap_sum = tap_words(case.g.kernel, &case.taps(), &mut words);
+            let codes = &case.codes;
             let mut scalar = Vec::new();
             for isa in [Isa::Scalar, Isa::detect()] {
                 let mut acc = vec![i32::MIN; table.flat_len];
-                table.accumulate(isa, &codes, zp, &words, &mut acc);
+                table.accumulate(isa, codes, zp, &words, &mut acc);
                 let got: Vec<i32> =
                     acc[..want.len()].iter().map(|&a| a - i32::from(zp) * tap_sum).collect();
                 prop_assert_eq!(&got, &want, "{:?}", isa);

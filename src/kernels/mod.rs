@@ -7,6 +7,8 @@
 mod codes;
 mod depthwise;
 mod depthwise_bytes;
+#[cfg(test)]
+mod depthwise_cases;
 mod depthwise_windows;
 mod gemm;
 mod im2col;
