@@ -144,7 +144,7 @@ impl BytePlane {
     /// `acc[oy · pitch + ox] = Σ_taps q · w` of the raw codes over the filled buffer
     /// (`flat_len` accumulators; columns `ox ≥ out_width` hold values no output uses).
     /// `words` are [`tap_words`].
-    pub fn accumulate(&self, isa: Isa, x: &[u8], words: &[i32; MAX_TAP_WORDS], acc: &mut [i32]) {
+    pub fn accumulate(&self, isa: Isa, x: &[u8], words: &[i32], acc: &mut [i32]) {
         assert!(x.len() >= self.buffer_len() && acc.len() >= self.flat_len);
         let acc = &mut acc[..self.flat_len];
         let words = &words[..self.word_offsets.len()];

@@ -14,9 +14,9 @@
 //! (strided layers on wide rows) or whose table outgrows L1 (56×56 planes, 28×28 ones with
 //! 5×5 kernels) are left to [`super::BytePlane`], whose rows are long enough to pay for it.
 
+use super::depthwise_bytes::{has_byte_permutes, MAX_DEPTHWISE_KERNEL};
 #[cfg(test)]
-use super::depthwise_bytes::tap_words;
-use super::depthwise_bytes::{has_byte_permutes, MAX_DEPTHWISE_KERNEL, MAX_TAP_WORDS};
+use super::depthwise_bytes::{tap_words, MAX_TAP_WORDS};
 use super::{ConvGeometry, Isa};
 
 /// Outputs per vector of accumulators.
@@ -131,7 +131,7 @@ impl WindowTable {
         isa: Isa,
         plane: &[u8],
         zero_point: u8,
-        words: &[i32; MAX_TAP_WORDS],
+        words: &[i32],
         acc: &mut [i32],
     ) {
         assert!(plane.len() >= self.plane_len && acc.len() >= self.flat_len);

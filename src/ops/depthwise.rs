@@ -119,7 +119,7 @@ impl Int8Conv {
         // The epilogue of channel `c` for sums of raw codes (the byte kernels'): their
         // zero-point term subtracted.
         let raw_epilogue = |c: usize| {
-            let tap_sum = taps.words[c].1;
+            let tap_sum = taps.sums[c];
             Epilogue { offset: zero_point * tap_sum, ..w.epilogues[c] }
         };
         match layout {
@@ -131,7 +131,7 @@ impl Int8Conv {
                         for (i, plane) in planes.chunks_exact_mut(pixels.max(1)).enumerate() {
                             let c = task * per_task + i;
                             let codes = &codes[c * pixels_in..(c + 1) * pixels_in];
-                            table.accumulate(isa, codes, input.zero_point, &taps.words[c].0, acc);
+                            table.accumulate(isa, codes, input.zero_point, taps.words(c), acc);
                             O::store_row(isa, &acc[..pixels], raw_epilogue(c), store, plane);
                         }
                     })
@@ -144,7 +144,7 @@ impl Int8Conv {
                             for (i, plane) in planes.chunks_exact_mut(pixels.max(1)).enumerate() {
                                 let c = task * per_task + i;
                                 layout.fill(isa, plane_of(c), input, x);
-                                layout.accumulate(isa, x, &taps.words[c].0, acc);
+                                layout.accumulate(isa, x, taps.words(c), acc);
                                 let e = raw_epilogue(c);
                                 O::store_rows(isa, acc, g.out, layout.pitch, e, store, plane);
                             }

@@ -67,33 +67,38 @@ pub enum Layout {
 pub struct DepthwiseTaps {
     /// `n` rows of the kernel's taps (row-major) as f32, exact: the f32 kernel's operand.
     pub floats: Vec<f32>,
-    /// Per channel, the byte kernels' weight words and `Σ taps` ([`tap_words`]), packed once
+    /// The byte kernels' weight words ([`tap_words`]), `per_channel` per channel, packed once
     /// here rather than per channel and call (empty for kernels wider than those take).
-    pub words: Vec<([i32; MAX_TAP_WORDS], i32)>,
+    words: Vec<i32>,
+    per_channel: usize,
+    /// `Σ taps` per channel (the zero-point term of sums of raw codes).
+    pub sums: Vec<i32>,
 }
 
 impl DepthwiseTaps {
     fn new(codes: &[i8], n: usize, kernel: [usize; 2]) -> Self {
         let floats: Vec<f32> = codes.iter().map(|&c| f32::from(c)).collect();
         let taps = kernel[0] * kernel[1];
-        let words = if kernel.iter().all(|&side| side <= MAX_DEPTHWISE_KERNEL) && taps > 0 {
-            let filters = floats.chunks_exact(taps).take(n);
-            let word = |filter: &[f32]| {
-                let mut words = [0; MAX_TAP_WORDS];
-                let sum = tap_words(kernel, filter, &mut words);
-                (words, sum)
-            };
-            filters.map(word).collect()
-        } else {
-            Vec::new()
-        };
-        DepthwiseTaps { floats, words }
+        let per_channel = kernel[0] * kernel[1].div_ceil(4);
+        let (mut words, mut sums) = (Vec::new(), Vec::new());
+        if kernel.iter().all(|&side| side <= MAX_DEPTHWISE_KERNEL) && taps > 0 {
+            let mut filter_words = [0; MAX_TAP_WORDS];
+            for filter in floats.chunks_exact(taps).take(n) {
+                sums.push(tap_words(kernel, filter, &mut filter_words));
+                words.extend_from_slice(&filter_words[..per_channel]);
+            }
+        }
+        DepthwiseTaps { floats, words, per_channel, sums }
+    }
+
+    /// Channel `c`'s weight words, as the byte kernels take them.
+    pub fn words(&self, c: usize) -> &[i32] {
+        &self.words[c * self.per_channel..(c + 1) * self.per_channel]
     }
 
     /// Bytes held.
     fn bytes(&self) -> usize {
-        self.floats.len() * 4
-            + self.words.len() * std::mem::size_of::<([i32; MAX_TAP_WORDS], i32)>()
+        (self.floats.len() + self.words.len() + self.sums.len()) * 4
     }
 }
 
