@@ -40,8 +40,6 @@ pub struct BytePlane {
     row_bytes: usize,
     /// Row pitch of the flat accumulators (outputs per row, plus columns no output uses).
     pub pitch: usize,
-    /// Words of four taps per kernel row (`⌈kernel width / 4⌉`).
-    words_per_row: usize,
     /// Byte offset of each (kernel row, word)'s window for output 0, kernel row-major.
     word_offsets: Vec<usize>,
     /// Accumulators computed per plane: `out_height · pitch`, rounded up to whole vectors.
@@ -94,7 +92,6 @@ impl BytePlane {
             rows,
             row_bytes,
             pitch,
-            words_per_row,
             word_offsets,
             flat_len,
         })

@@ -231,9 +231,10 @@ mod avx512 {
     /// Activation bytes a block of tiles keeps in L1 while every output channel reads them.
     const L1_TILE_BYTES: usize = 16 * 1024;
 
-    /// `epilogues.len()` output channels over all pixels: tiles of 32 pixels (two vectors)
-    /// outside, all channel blocks of 8 inside, so a tile's activations stay in L1 while every
-    /// channel multiplies them (each weight broadcast feeds two `vpdpbusd`).
+    /// `epilogues.len()` output channels over all pixels: blocks of tiles of 32 pixels (two
+    /// vectors) outside, channel blocks of 8 inside them, then the block's tiles, so the
+    /// block's activations stay in L1 while every channel multiplies them (each weight
+    /// broadcast feeds two `vpdpbusd`).
     ///
     /// # Safety
     /// AVX-512F/BW/VNNI must be available; `x` holds `k4` planes of `shape.pixels` words, `w`
@@ -260,9 +261,8 @@ mod avx512 {
         let super::PlaneRun { pixels, out_stride } = shape;
         // Blocks of tiles whose activations fit L1 (one tile for wide layers): each block of
         // output channels runs over the whole block, so it writes whole cache lines of its
-        // planes in one pass. Tile-major order over the whole plane left each line half
-        // written between passes, and a 1×1 layer of 16 inputs and 96 outputs at 112×112 ran
-        // at a third of the speed its products allow.
+        // planes in one pass (tile-major order left each line half written between passes),
+        // and prepares its channels' finishers once for all the block's tiles.
         let block = (L1_TILE_BYTES / (k4 * 4 * 32).max(1)).max(1) * 32;
         for first in (0..pixels).step_by(block) {
             let end = (first + block).min(pixels);
@@ -270,6 +270,7 @@ mod avx512 {
             while o < count {
                 let rows = (count - o).min(super::BLOCK_O);
                 let (w, out) = (&w[o * k4..], &mut out[o * out_stride..]);
+                // Rows past `rows` repeat the last channel's (never used).
                 let finishers: [E::Finish; super::BLOCK_O] =
                     std::array::from_fn(|r| E::finisher(&epilogues[o + r.min(rows - 1)], store));
                 let mut p = first;
