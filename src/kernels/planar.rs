@@ -102,6 +102,16 @@ pub fn quantize_c4<E: Element>(
                     .then(|| &image[(4 * g + j) * pixels..(4 * g + j + 1) * pixels])
             };
             let planes = [plane(0), plane(1), plane(2), plane(3)];
+            // Four channels present (all groups but a ragged last one): one pass that builds
+            // each word from its four bytes, rather than four passes over the words.
+            if let [Some(a), Some(b), Some(c), Some(d)] = planes {
+                let bytes = a.iter().zip(b).zip(c).zip(d);
+                for (word, (((&a, &b), &c), &d)) in out.iter_mut().zip(bytes) {
+                    let codes = [a, b, c, d].map(|v| v.to_code(input));
+                    *word = u32::from_le_bytes(codes);
+                }
+                continue;
+            }
             for (j, plane) in planes.iter().enumerate() {
                 match plane {
                     Some(values) => {
