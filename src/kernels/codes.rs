@@ -90,16 +90,7 @@ pub trait Element: bytemuck::Pod + Default + Send + Sync {
         store: Self::Store,
         dst: &mut [Self],
     ) {
-        assert!(
-            (rows == 0 || sums.len() >= (rows - 1) * pitch + width)
-                && dst.len() >= rows * width
-                && width <= pitch
-        );
-        for (sums, dst) in
-            sums.chunks(pitch.max(1)).zip(dst.chunks_exact_mut(width.max(1))).take(rows)
-        {
-            Self::store_row(isa, &sums[..width], e, store, dst);
-        }
+        store_each_row(isa, sums, [rows, width], pitch, e, store, dst);
     }
     /// `dst[i] = finish(sums[i])`, stored as this element.
     fn store_row<S: SimdSum>(
@@ -109,6 +100,32 @@ pub trait Element: bytemuck::Pod + Default + Send + Sync {
         store: Self::Store,
         dst: &mut [Self],
     );
+}
+
+/// Whether `rows` rows of `width` sums `pitch` apart fit `sums_len` sums and `dst_len`
+/// elements ([`Element::store_rows`]).
+fn rows_fit(sums_len: usize, [rows, width]: [usize; 2], pitch: usize, dst_len: usize) -> bool {
+    (rows == 0 || sums_len >= (rows - 1) * pitch + width)
+        && dst_len >= rows * width
+        && width <= pitch
+}
+
+/// [`Element::store_rows`] as one [`Element::store_row`] per row: what element types without a
+/// strided SIMD store do, and the scalar reference of the one u8 has.
+fn store_each_row<E: Element, S: SimdSum>(
+    isa: Isa,
+    sums: &[S],
+    [rows, width]: [usize; 2],
+    pitch: usize,
+    e: Epilogue,
+    store: E::Store,
+    dst: &mut [E],
+) {
+    assert!(rows_fit(sums.len(), [rows, width], pitch, dst.len()));
+    let lines = sums.chunks(pitch.max(1)).zip(dst.chunks_exact_mut(width.max(1)));
+    for (sums, dst) in lines.take(rows) {
+        E::store_row(isa, &sums[..width], e, store, dst);
+    }
 }
 
 impl Element for f32 {
@@ -167,11 +184,7 @@ impl Element for u8 {
         codes: OutputCodes,
         dst: &mut [u8],
     ) {
-        assert!(
-            (rows == 0 || sums.len() >= (rows - 1) * pitch + width)
-                && dst.len() >= rows * width
-                && width <= pitch
-        );
+        assert!(rows_fit(sums.len(), [rows, width], pitch, dst.len()));
         match isa {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: Isa::Avx512Vnni is only chosen on CPUs with AVX-512F/BW; slices bound
@@ -179,12 +192,7 @@ impl Element for u8 {
             Isa::Avx512Vnni => unsafe {
                 avx512::codes_rows(sums, [rows, width], pitch, &e, codes, dst)
             },
-            _ => {
-                let lines = sums.chunks(pitch.max(1)).zip(dst.chunks_exact_mut(width.max(1)));
-                for (sums, dst) in lines.take(rows) {
-                    Self::store_row(isa, &sums[..width], e, codes, dst);
-                }
-            }
+            _ => store_each_row(isa, sums, [rows, width], pitch, e, codes, dst),
         }
     }
     fn store_row<S: SimdSum>(
@@ -227,14 +235,13 @@ pub struct OutputCodes {
 
 impl From<ActivationQuant> for OutputCodes {
     fn from(q: ActivationQuant) -> Self {
-        let (inverse_scale, zero_point) = (1.0 / q.scale, q.zero_point);
-        let codes = OutputCodes {
-            inverse_scale,
-            zero_point,
+        // No activation: the bounds are the whole code range.
+        OutputCodes {
+            inverse_scale: 1.0 / q.scale,
+            zero_point: q.zero_point,
             activation: Activation::Identity,
             bounds: (0.0, 255.0),
-        };
-        codes.with_activation(Activation::Identity)
+        }
     }
 }
 

@@ -22,11 +22,17 @@ const LANES: usize = 16;
 /// Bytes one permuted load reads (a 512-bit vector).
 const WINDOW: usize = 64;
 
-/// Largest kernel side the layout takes: its tap words fit [`MAX_TAP_WORDS`].
-pub const MAX_DEPTHWISE_KERNEL: usize = 8;
+/// Largest kernel side the byte kernels take: its tap words fit [`MAX_TAP_WORDS`].
+const MAX_KERNEL: usize = 8;
 
-/// Weight words of one channel: up to [`MAX_DEPTHWISE_KERNEL`] rows of two words.
-pub const MAX_TAP_WORDS: usize = MAX_DEPTHWISE_KERNEL * 2;
+/// Weight words of one channel: up to [`MAX_KERNEL`] rows of two words.
+pub const MAX_TAP_WORDS: usize = MAX_KERNEL * 2;
+
+/// Whether the byte kernels ([`BytePlane`], [`super::WindowTable`]) take a `kernel`: both
+/// sides from 1 to 8, so its weight words fit [`MAX_TAP_WORDS`].
+pub fn byte_kernel_fits(kernel: [usize; 2]) -> bool {
+    kernel.iter().all(|&side| (1..=MAX_KERNEL).contains(&side))
+}
 
 /// Where each kernel row reads in a [`BytePlane`] buffer, and the buffer's shape.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,10 +68,7 @@ impl BytePlane {
         let g = *geometry;
         let [kh, kw] = g.kernel;
         let [sy, sx] = g.stride;
-        if kh == 0
-            || kw == 0
-            || kh > MAX_DEPTHWISE_KERNEL
-            || kw > MAX_DEPTHWISE_KERNEL
+        if !byte_kernel_fits(g.kernel)
             || g.dilation != [1, 1]
             || sy == 0
             || !(1..=2).contains(&sx)
@@ -176,8 +179,8 @@ pub fn tap_words(kernel: [usize; 2], taps: &[f32], words: &mut [i32; MAX_TAP_WOR
     let words_per_row = kw.div_ceil(4);
     *words = [0; MAX_TAP_WORDS];
     let mut sum = 0;
-    for ky in 0..kh.min(MAX_DEPTHWISE_KERNEL) {
-        for kx in 0..kw.min(MAX_DEPTHWISE_KERNEL) {
+    for ky in 0..kh.min(MAX_KERNEL) {
+        for kx in 0..kw.min(MAX_KERNEL) {
             let tap = taps.get(ky * kw + kx).copied().unwrap_or(0.0) as i8;
             sum += i32::from(tap);
             let word = &mut words[ky * words_per_row + kx / 4];

@@ -14,7 +14,7 @@
 //! (strided layers on wide rows) or whose table outgrows L1 (56×56 planes, 28×28 ones with
 //! 5×5 kernels) are left to [`super::BytePlane`], whose rows are long enough to pay for it.
 
-use super::depthwise_bytes::{has_byte_permutes, MAX_DEPTHWISE_KERNEL};
+use super::depthwise_bytes::{byte_kernel_fits, has_byte_permutes};
 #[cfg(test)]
 use super::depthwise_bytes::{tap_words, MAX_TAP_WORDS};
 use super::{ConvGeometry, Isa};
@@ -66,12 +66,7 @@ impl WindowTable {
     fn for_geometry(g: &ConvGeometry) -> Option<Self> {
         let [kh, kw] = g.kernel;
         let pixels = g.out[0] * g.out[1];
-        if kh == 0
-            || kw == 0
-            || kh > MAX_DEPTHWISE_KERNEL
-            || kw > MAX_DEPTHWISE_KERNEL
-            || pixels == 0
-        {
+        if !byte_kernel_fits(g.kernel) || pixels == 0 {
             return None;
         }
         let words = kw.div_ceil(4);

@@ -95,6 +95,17 @@ fn channels_per_task(g: &ConvGeometry) -> usize {
     g.channels.div_ceil(4 * threads()).clamp(1, MAX_DEPTHWISE_BATCH)
 }
 
+/// The (channel, output plane) pairs of task `task`'s chunk of output `planes`.
+fn task_channels<O>(
+    task: usize,
+    per_task: usize,
+    planes: &mut [O],
+    pixels: usize,
+) -> impl Iterator<Item = (usize, &mut [O])> {
+    let planes = planes.chunks_exact_mut(pixels.max(1)).enumerate();
+    planes.map(move |(i, plane)| (task * per_task + i, plane))
+}
+
 impl Int8Conv {
     /// One image of a depthwise layer: tasks of whole channels, each channel computed and
     /// stored one after the other in the task's scratch buffers.
@@ -128,8 +139,7 @@ impl Int8Conv {
                 let Some(codes) = I::as_codes(image) else { return };
                 for_each_chunk(out, pixels * per_task, |task, planes| {
                     scratch::accumulators(table.flat_len, |acc| {
-                        for (i, plane) in planes.chunks_exact_mut(pixels.max(1)).enumerate() {
-                            let c = task * per_task + i;
+                        for (c, plane) in task_channels(task, per_task, planes, pixels) {
                             let codes = &codes[c * pixels_in..(c + 1) * pixels_in];
                             table.accumulate(isa, codes, input.zero_point, taps.words(c), acc);
                             O::store_row(isa, &acc[..pixels], raw_epilogue(c), store, plane);
@@ -141,8 +151,7 @@ impl Int8Conv {
                 for_each_chunk(out, pixels * per_task, |task, planes| {
                     scratch::input_bytes(layout.buffer_len(), |x| {
                         scratch::accumulators(layout.flat_len, |acc| {
-                            for (i, plane) in planes.chunks_exact_mut(pixels.max(1)).enumerate() {
-                                let c = task * per_task + i;
+                            for (c, plane) in task_channels(task, per_task, planes, pixels) {
                                 layout.fill(isa, plane_of(c), input, x);
                                 layout.accumulate(isa, x, taps.words(c), acc);
                                 let e = raw_epilogue(c);
@@ -156,8 +165,7 @@ impl Int8Conv {
                 for_each_chunk(out, pixels * per_task, |task, planes| {
                     scratch::plane(layout.buffer_len(), |x| {
                         scratch::flat_sums(layout.flat_len, |acc| {
-                            for (i, plane) in planes.chunks_exact_mut(pixels.max(1)).enumerate() {
-                                let c = task * per_task + i;
+                            for (c, plane) in task_channels(task, per_task, planes, pixels) {
                                 layout.fill(isa, plane_of(c), input, x);
                                 let filter = &taps.floats[c * per_channel..(c + 1) * per_channel];
                                 layout.accumulate(isa, x, filter, acc);

@@ -20,8 +20,7 @@ pub use linear::Int8Linear;
 pub use pool::MaxPool2d;
 
 use crate::kernels::{
-    tap_words, Activation, Epilogue, PackedWeights, PlanarWeights, MAX_DEPTHWISE_KERNEL,
-    MAX_TAP_WORDS,
+    byte_kernel_fits, tap_words, Activation, Epilogue, PackedWeights, PlanarWeights, MAX_TAP_WORDS,
 };
 use crate::quantize::input::ChannelInput;
 use crate::quantize::qparams::ActivationQuant;
@@ -81,7 +80,7 @@ impl DepthwiseTaps {
         let taps = kernel[0] * kernel[1];
         let per_channel = kernel[0] * kernel[1].div_ceil(4);
         let (mut words, mut sums) = (Vec::new(), Vec::new());
-        if kernel.iter().all(|&side| side <= MAX_DEPTHWISE_KERNEL) && taps > 0 {
+        if byte_kernel_fits(kernel) {
             let mut filter_words = [0; MAX_TAP_WORDS];
             for filter in floats.chunks_exact(taps).take(n) {
                 sums.push(tap_words(kernel, filter, &mut filter_words));
