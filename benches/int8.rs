@@ -197,6 +197,15 @@ fn bytes(len: usize, seed: u32) -> impl Iterator<Item = u8> {
 }
 
 /// Runs `layer`'s int8 work once per `iter()` call of `bench`.
+/// The first `rows × columns` elements of `data` as planes of `columns`.
+fn planes<T>(data: &[T], rows: usize, columns: usize) -> ndarray::ArrayView2<'_, T> {
+    ndarray::ArrayView2::from_shape((rows, columns), &data[..rows * columns]).unwrap()
+}
+
+fn planes_mut<T>(data: &mut [T], rows: usize, columns: usize) -> ndarray::ArrayViewMut2<'_, T> {
+    ndarray::ArrayViewMut2::from_shape((rows, columns), &mut data[..rows * columns]).unwrap()
+}
+
 fn bench_layer(b: &mut criterion::Bencher<'_, ThreadCpu>, isa: Isa, layer: &Layer) {
     let g = layer.geometry();
     let (pixels_in, pixels) = (layer.hw * layer.hw, layer.out_side() * layer.out_side());
@@ -224,17 +233,9 @@ fn bench_layer(b: &mut criterion::Bencher<'_, ThreadCpu>, isa: Isa, layer: &Laye
                     &patches
                 };
                 let range = 0..layer.cout;
-                conv_planar(
-                    isa,
-                    operand,
-                    pixels,
-                    &packed,
-                    range,
-                    &epilogues,
-                    codes(),
-                    &mut out,
-                    pixels,
-                );
+                let operand = planes(operand, k4, pixels);
+                let out_planes = planes_mut(&mut out, layer.cout, pixels);
+                conv_planar(isa, operand, &packed, range, &epilogues, codes(), out_planes);
                 black_box(&out);
             });
         }
@@ -436,8 +437,9 @@ fn kernels(c: &mut Criterion) {
     for isa in [Isa::Scalar, Isa::detect()] {
         group.bench_function(isa.name(), |b| {
             b.iter(|| {
-                let x = black_box(&x);
-                conv_planar(isa, x, pixels, &packed, 0..n, &epilogues, codes(), &mut out, pixels)
+                let x = planes(black_box(&x), k4, pixels);
+                let out = planes_mut(&mut out, n, pixels);
+                conv_planar(isa, x, &packed, 0..n, &epilogues, codes(), out)
             })
         });
     }

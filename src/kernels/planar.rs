@@ -8,6 +8,8 @@
 
 use std::ops::Range;
 
+use ndarray::{s, ArrayBase, ArrayView2, ArrayViewMut2, Ix2, RawData};
+
 use super::codes::{Element, SimdElement};
 use super::quant::ActivationQuant;
 use super::Epilogue;
@@ -160,11 +162,22 @@ pub fn quantize_c4_channels<E: Element>(
     })
 }
 
-/// The pixels a GEMM call computes (`x`'s plane length) and the distance between output planes.
+/// The pixels a GEMM call computes and the distances between the planes it reads and writes.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct PlaneRun {
     pub pixels: usize,
+    pub x_stride: usize,
     pub out_stride: usize,
+}
+
+/// The distance between the rows of a view whose rows are contiguous runs (column stride 1), or
+/// `None` for any other layout.
+fn row_stride<S: RawData>(view: &ArrayBase<S, Ix2>) -> Option<usize> {
+    let [rows, columns] = [view.nrows(), view.ncols()];
+    let [row, column] = [view.strides()[0], view.strides()[1]];
+    let unit_columns = columns <= 1 || column == 1;
+    let rows_forward = if rows <= 1 { Some(0) } else { usize::try_from(row).ok() };
+    rows_forward.filter(|_| unit_columns)
 }
 
 /// The padding word of each channel group for per-channel zero points (missing channels 0).
@@ -175,48 +188,55 @@ pub fn fill_words(zero_points: &[u8]) -> Vec<u32> {
         .collect()
 }
 
-/// `out[(o − range.start) · out_stride + p] = finish_o(Σ_k4 Σ_j x[k4][p].byte(j) · W[o][4·k4 + j])`
-/// for `o` in `range` and the `pixels` columns of `x`: a run of `pixels` in each output plane
-/// (planes `out_stride` apart: a block of a larger plane, or whole planes with `out_stride ==
-/// pixels`), finished by `epilogues[o − range.start]` and stored as floats or codes. The SIMD
-/// path finishes each tile in registers, so no plane of i32 sums is written and read back.
-#[allow(clippy::too_many_arguments)]
+/// `out[o − range.start][p] = finish_o(Σ_k4 Σ_j x[k4][p].byte(j) · W[o][4·k4 + j])` for `o` in
+/// `range` and every column `p` of `x` and `out`, finished by `epilogues[o − range.start]` and
+/// stored as floats or codes. Both views may be column bands of larger planes (a block of
+/// patches, a thread's share of the pixels): rows must be contiguous runs, any distance apart.
+/// The SIMD path finishes each tile in registers, so no plane of i32 sums is written and read
+/// back.
 pub fn conv_planar<E: SimdElement>(
     isa: Isa,
-    x: &[u32],
-    pixels: usize,
+    x: ArrayView2<'_, u32>,
     w: &PlanarWeights,
     range: Range<usize>,
     epilogues: &[Epilogue],
     store: E::Store,
-    out: &mut [E],
-    out_stride: usize,
+    mut out: ArrayViewMut2<'_, E>,
 ) {
+    let pixels = x.ncols();
+    let (x_stride, out_stride) = (row_stride(&x), row_stride(&out));
     assert!(
-        x.len() >= w.k4 * pixels
+        x.nrows() >= w.k4
             && range.end <= w.n
             && epilogues.len() == range.len()
-            && out_stride >= pixels
-            && (range.is_empty() || out.len() >= (range.len() - 1) * out_stride + pixels)
+            && out.nrows() == range.len()
+            && out.ncols() == pixels,
+        "conv_planar: operand, weights, epilogues and output disagree"
     );
+    let (Some(x_stride), Some(out_stride)) = (x_stride, out_stride) else {
+        panic!("conv_planar: planes must be contiguous rows");
+    };
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni => {
+        Isa::Avx512Vnni if pixels > 0 && !range.is_empty() => {
             let words = &w.words[range.start * w.k4..];
-            let shape = PlaneRun { pixels, out_stride };
-            // SAFETY: Isa::Avx512Vnni is only chosen on CPUs with these features; the assert
-            // above bounds the rows, words and planes the kernel touches.
-            unsafe { avx512::channels(x, shape, words, w.k4, epilogues, store, out) };
+            let shape = PlaneRun { pixels, x_stride, out_stride };
+            // SAFETY: Isa::Avx512Vnni is only chosen on CPUs with these features; the views
+            // hold every row and column the kernel touches (rows `stride` apart, columns
+            // contiguous, checked above), and the assert bounds the weight rows.
+            unsafe {
+                avx512::channels(x.as_ptr(), shape, words, w.k4, epilogues, store, out.as_mut_ptr())
+            };
         }
         _ => {
-            let planes = out.chunks_mut(out_stride).map(|plane| &mut plane[..pixels]);
-            for (o, (plane, e)) in range.zip(planes.zip(epilogues)) {
+            for (o, (mut plane, e)) in range.zip(out.rows_mut().into_iter().zip(epilogues)) {
                 let row = &w.words[o * w.k4..(o + 1) * w.k4];
-                for (start, chunk) in (0..pixels).step_by(64).zip(plane.chunks_mut(64)) {
+                for start in (0..pixels).step_by(64) {
+                    let len = (pixels - start).min(64);
                     let mut sums = [0i32; 64];
                     for (k4, &word) in row.iter().enumerate() {
                         let wb = word.to_le_bytes();
-                        let xs = &x[k4 * pixels + start..][..chunk.len()];
+                        let xs = x.slice(s![k4, start..start + len]);
                         for (sum, &xw) in sums.iter_mut().zip(xs) {
                             let xb = xw.to_le_bytes();
                             *sum += (0..4)
@@ -224,7 +244,12 @@ pub fn conv_planar<E: SimdElement>(
                                 .sum::<i32>();
                         }
                     }
-                    E::store_row(Isa::Scalar, &sums[..chunk.len()], *e, store, chunk);
+                    let mut chunk = plane.slice_mut(s![start..start + len]);
+                    let sums = &sums[..len];
+                    match chunk.as_slice_mut() {
+                        Some(chunk) => E::store_row(Isa::Scalar, sums, *e, store, chunk),
+                        None => unreachable!("rows of `out` are contiguous (checked above)"),
+                    }
                 }
             }
         }
@@ -247,18 +272,18 @@ mod avx512 {
     /// broadcast feeds two `vpdpbusd`).
     ///
     /// # Safety
-    /// AVX-512F/BW/VNNI must be available; `x` holds `k4` planes of `shape.pixels` words, `w`
-    /// holds one row of `k4` words per epilogue, `out` one run of `shape.pixels` every
-    /// `shape.out_stride` per epilogue.
+    /// AVX-512F/BW/VNNI must be available; `x` points at `k4` runs of `shape.pixels` words,
+    /// `shape.x_stride` apart, `w` at one row of `k4` words per epilogue, `out` at one run of
+    /// `shape.pixels` elements per epilogue, `shape.out_stride` apart, none of them aliased.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     pub unsafe fn channels<E: SimdElement>(
-        x: &[u32],
+        x: *const u32,
         shape: super::PlaneRun,
         w: &[i32],
         k4: usize,
         epilogues: &[Epilogue],
         store: E::Store,
-        out: &mut [E],
+        out: *mut E,
     ) {
         let mask = |lanes: usize| -> __mmask16 {
             if lanes >= 16 {
@@ -268,7 +293,7 @@ mod avx512 {
             }
         };
         let count = epilogues.len();
-        let super::PlaneRun { pixels, out_stride } = shape;
+        let super::PlaneRun { pixels, x_stride, out_stride } = shape;
         // Blocks of tiles whose activations fit L1 (one tile for wide layers): each block of
         // output channels runs over the whole block, so it writes whole cache lines of its
         // planes in one pass (tile-major order left each line half written between passes),
@@ -279,7 +304,9 @@ mod avx512 {
             let mut o = 0;
             while o < count {
                 let rows = (count - o).min(super::BLOCK_O);
-                let (w, out) = (&w[o * k4..], &mut out[o * out_stride..]);
+                let w = &w[o * k4..];
+                // SAFETY: row `o` of `out` exists (one per epilogue).
+                let out = unsafe { out.add(o * out_stride) };
                 // Rows past `rows` repeat the last channel's (never used).
                 let finishers: [E::Finish; super::BLOCK_O] =
                     std::array::from_fn(|r| E::finisher(&epilogues[o + r.min(rows - 1)], store));
@@ -288,7 +315,7 @@ mod avx512 {
                     let lanes = (end - p).min(32);
                     let masks = [mask(lanes), mask(lanes.saturating_sub(16))];
                     let tile =
-                        Tile { x, pixels, out_stride, w, k4, p, masks, finishers: &finishers };
+                        Tile { x, x_stride, out_stride, w, k4, p, masks, finishers: &finishers };
                     // SAFETY: as for this function; rows `o..o + rows` exist in `w`, `out` and
                     // `epilogues`.
                     unsafe {
@@ -324,8 +351,8 @@ mod avx512 {
     /// The (up to) 32 pixels from `p` the two masks select, for channels from the first row
     /// of `w`, `out` and `epilogues`.
     struct Tile<'a, F> {
-        x: &'a [u32],
-        pixels: usize,
+        x: *const u32,
+        x_stride: usize,
         out_stride: usize,
         w: &'a [i32],
         k4: usize,
@@ -340,17 +367,17 @@ mod avx512 {
         #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
         unsafe fn run<const O: usize, const VECTORS: usize, E: SimdElement<Finish = F>>(
             &self,
-            out: &mut [E],
+            out: *mut E,
         ) {
-            let (xp, wp, op) = (self.x.as_ptr(), self.w.as_ptr(), out.as_mut_ptr());
-            let (pixels, k4, masks) = (self.pixels, self.k4, self.masks);
+            let (xp, wp, op) = (self.x, self.w.as_ptr(), out);
+            let (x_stride, k4, masks) = (self.x_stride, self.k4, self.masks);
             let mut low = [_mm512_setzero_si512(); O];
             let mut high = [_mm512_setzero_si512(); O];
             for kk in 0..k4 {
-                // SAFETY: plane `kk` has `pixels` words; the masks keep the loads inside it (a
-                // masked-off lane is never read).
+                // SAFETY: run `kk` of `x` has the tile's pixels; the masks keep the loads inside
+                // it (a masked-off lane is never read).
                 unsafe {
-                    let plane = xp.add(kk * pixels + self.p);
+                    let plane = xp.add(kk * x_stride + self.p);
                     let x0 = _mm512_maskz_loadu_epi32(masks[0], plane.cast());
                     if VECTORS == 1 {
                         for (o, sum) in low.iter_mut().enumerate() {
@@ -385,6 +412,15 @@ mod tests {
     use crate::kernels::{quantize_value, Activation, OutputCodes};
     use proptest::prelude::*;
 
+    /// `data` as planes of `columns`.
+    fn view<T>(data: &[T], columns: usize) -> ArrayView2<'_, T> {
+        ArrayView2::from_shape((data.len() / columns, columns), data).unwrap()
+    }
+
+    fn view_mut<T>(data: &mut [T], columns: usize) -> ArrayViewMut2<'_, T> {
+        ArrayViewMut2::from_shape((data.len() / columns, columns), data).unwrap()
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(48))]
         #[test]
@@ -397,9 +433,9 @@ mod tests {
             // Exact sums first (scale 1, no offset, bias or clamp: integers below 2^24 as f32).
             let exact = Epilogue { offset: 0, scale: 1.0, bias: 0.0, activation: Activation::Identity };
             let mut simd = vec![0f32; n * pixels];
-            conv_planar(Isa::detect(), &x, pixels, &packed, 0..n, &vec![exact; n], (), &mut simd, pixels);
+            conv_planar(Isa::detect(), view(&x, pixels), &packed, 0..n, &vec![exact; n], (), view_mut(&mut simd, pixels));
             let mut scalar = vec![0f32; n * pixels];
-            conv_planar(Isa::Scalar, &x, pixels, &packed, 0..n, &vec![exact; n], (), &mut scalar, pixels);
+            conv_planar(Isa::Scalar, view(&x, pixels), &packed, 0..n, &vec![exact; n], (), view_mut(&mut scalar, pixels));
             prop_assert_eq!(&simd, &scalar);
             let (o, p) = (n - 1, pixels - 1);
             let want: i32 = (0..k4 * 4).map(|k| i32::from(x[(k / 4) * pixels + p].to_le_bytes()[k % 4]) * i32::from(w[o * k4 * 4 + k])).sum();
@@ -416,24 +452,32 @@ mod tests {
             let codes = OutputCodes::from(ActivationQuant { scale: 0.03, zero_point: zp / 2 });
             let count = n - first;
             let (mut simd, mut scalar) = (vec![0f32; count * pixels], vec![0f32; count * pixels]);
-            conv_planar(Isa::detect(), &x, pixels, &packed, first..n, &epilogues, (), &mut simd, pixels);
-            conv_planar(Isa::Scalar, &x, pixels, &packed, first..n, &epilogues, (), &mut scalar, pixels);
+            conv_planar(Isa::detect(), view(&x, pixels), &packed, first..n, &epilogues, (), view_mut(&mut simd[..count * pixels], pixels));
+            conv_planar(Isa::Scalar, view(&x, pixels), &packed, first..n, &epilogues, (), view_mut(&mut scalar[..count * pixels], pixels));
             prop_assert_eq!(&simd, &scalar);
             let (mut simd, mut scalar) = (vec![0u8; count * pixels + 1], vec![0u8; count * pixels + 1]);
-            conv_planar(Isa::detect(), &x, pixels, &packed, first..n, &epilogues, codes, &mut simd, pixels);
-            conv_planar(Isa::Scalar, &x, pixels, &packed, first..n, &epilogues, codes, &mut scalar, pixels);
+            conv_planar(Isa::detect(), view(&x, pixels), &packed, first..n, &epilogues, codes, view_mut(&mut simd[..count * pixels], pixels));
+            conv_planar(Isa::Scalar, view(&x, pixels), &packed, first..n, &epilogues, codes, view_mut(&mut scalar[..count * pixels], pixels));
             prop_assert_eq!(&simd, &scalar);
             prop_assert_eq!(simd[count * pixels], 0, "wrote past the planes");
-            // In two blocks of pixels (their own patch columns, planes `pixels` apart), as
-            // blocked im2col runs it: the same codes.
+            // In two blocks of pixels, as blocked im2col runs it (each block its own patch
+            // columns) and as threads split the pixels (column bands of the same planes): the
+            // same codes.
             let split = pixels / 2;
             for isa in [Isa::Scalar, Isa::detect()] {
                 let mut blocked = vec![0u8; count * pixels + 1];
+                let mut banded = vec![0u8; count * pixels + 1];
                 for block in [0..split, split..pixels] {
                     let columns: Vec<u32> = (0..k4).flat_map(|kk| x[kk * pixels..][block.clone()].to_vec()).collect();
-                    let out = &mut blocked[block.start..];
-                    conv_planar(isa, &columns, block.len(), &packed, first..n, &epilogues, codes, out, pixels);
+                    let mut out = view_mut(&mut blocked[..count * pixels], pixels);
+                    let out = out.slice_mut(s![.., block.clone()]);
+                    conv_planar(isa, view(&columns, block.len()), &packed, first..n, &epilogues, codes, out);
+                    let x = view(&x, pixels);
+                    let mut out = view_mut(&mut banded[..count * pixels], pixels);
+                    let out = out.slice_mut(s![.., block.clone()]);
+                    conv_planar(isa, x.slice(s![.., block.clone()]), &packed, first..n, &epilogues, codes, out);
                 }
+                prop_assert_eq!(&banded, &simd, "{:?}", isa);
                 prop_assert_eq!(&blocked, &simd, "{:?}", isa);
             }
         }

@@ -6,20 +6,11 @@ use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::cnn::PoolSpec;
 
 use super::depthwise::{DepthwiseLayout, LayoutCache};
-use super::parallel::{for_each_chunk, threads};
+use ndarray::{ArrayViewMut2, Axis};
+
+use super::parallel::for_each_part;
 use super::{scratch, Int8Layer, Packed};
-use crate::kernels::{
-    conv_planar, im2col_c4_rows, quantize_c4, quantize_c4_channels, ActivationQuant, ConvGeometry,
-    Element, Isa, OutputCodes, PatchFill, PlanarWeights, SimdElement,
-};
-
-/// Fewest output channels per parallel task (one kernel block: a 16-channel projection still
-/// splits across two threads).
-const MIN_CHANNELS_PER_TASK: usize = 8;
-
-/// im2col words built at a time (384 KB: the patches stay in a core's 1 MB L2 while the
-/// product reads them).
-const PATCH_BLOCK_WORDS: usize = 96 * 1024;
+use crate::kernels::{ActivationQuant, ConvGeometry, Element, OutputCodes, SimdElement};
 
 /// An int8 convolution replacing tract's `Conv` (+ a fused ReLU/Clip).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,7 +46,7 @@ pub(super) fn geometry(pool_spec: &PoolSpec, shape: &[usize]) -> TractResult<Con
 }
 
 impl Int8Conv {
-    /// One image; `depthwise` is the layout when the layer is depthwise (checked in `eval`).
+    /// One image; `depthwise` is the layout when the layer is depthwise.
     fn run_image<I: Element, O: SimdElement>(
         &self,
         g: &ConvGeometry,
@@ -63,117 +54,17 @@ impl Int8Conv {
         image: &[I],
         store: O::Store,
         out: &mut [O],
-    ) {
+    ) -> TractResult<()> {
         match (&self.layer.weights.packed, depthwise) {
             (Packed::Depthwise(taps), Some(layout)) => {
-                self.run_depthwise(g, layout, taps, image, store, out)
+                self.run_depthwise(g, layout, taps, image, store, out);
+                Ok(())
             }
             (Packed::Planar(groups), _) => {
                 let words = g.channels.div_ceil(4) * g.height * g.width;
-                scratch::input_words(words, |x| self.run_planar(g, groups, image, x, store, out));
+                scratch::input_words(words, |x| self.run_planar(g, groups, image, x, store, out))
             }
-            // `eval` refuses these combinations before any image runs.
-            _ => {}
-        }
-    }
-
-    /// Quantize the whole input into C4 words, then per group (im2col unless 1×1) one GEMM
-    /// task per block of output channels, whose NCHW planes are contiguous.
-    fn run_planar<I: Element, O: SimdElement>(
-        &self,
-        g: &ConvGeometry,
-        groups: &[PlanarWeights],
-        image: &[I],
-        x: &mut [u32],
-        store: O::Store,
-        out: &mut [O],
-    ) {
-        let layer = &self.layer;
-        let w = &*layer.weights;
-        let isa = Isa::detect();
-        let (pixels_in, pixels) = (g.height * g.width, g.out[0] * g.out[1]);
-        let zp = layer.input.zero_point;
-        // An 8-bit input on per-channel lattices: each channel its own scale and zero point
-        // (their accumulator offsets are in the layer's epilogues).
-        let channel_input = w.channel_input.as_ref();
-        // Channel groups split across threads: on one thread this pass and im2col below were
-        // a fifth of a 3×3 layer's time at two threads.
-        let groups_per_task = g.channels.div_ceil(4).div_ceil(2 * threads()).max(1);
-        for_each_chunk(x, groups_per_task * pixels_in, |task, words| {
-            let first = 4 * task * groups_per_task;
-            let channels = (g.channels - first).min(4 * groups_per_task);
-            let image = &image[first * pixels_in..];
-            match channel_input {
-                Some(c) => {
-                    let (scales, zps) = (&c.scales[first..], &c.zero_points[first..]);
-                    quantize_c4_channels(
-                        isa,
-                        image,
-                        pixels_in,
-                        &scales[..channels],
-                        &zps[..channels],
-                        words,
-                    )
-                }
-                None => quantize_c4(isa, image, channels, pixels_in, layer.input, words),
-            }
-        });
-        let unit = g.kernel == [1, 1] && g.stride == [1, 1] && g.pad == [0, 0];
-        let per_group_out = w.n / self.group;
-        let groups_per_conv_group = g.channels.div_ceil(4) / self.group;
-        for (group, packed) in groups.iter().enumerate() {
-            let first_group = group * groups_per_conv_group;
-            let group_out =
-                &mut out[group * per_group_out * pixels..(group + 1) * per_group_out * pixels];
-            // As few tasks as keep every thread busy: each task streams its patches once, so
-            // more channels per task means fewer passes over them.
-            // Multiples of 4 rather than of the kernel's 8-channel block: a 24-channel layer
-            // splits 12 + 12 on two threads, not 16 + 8.
-            let per_task = per_group_out.div_ceil(threads()).next_multiple_of(4);
-            let per_task = per_task.max(MIN_CHANNELS_PER_TASK);
-            // The product of `operand` (patches of `columns` output pixels from pixel `start`)
-            // into those pixels of every output plane.
-            let mut gemm = |operand: &[u32], columns: usize, start: usize| {
-                for_each_chunk(group_out, per_task * pixels, |task, chunk| {
-                    let first = task * per_task;
-                    let count = chunk.len() / pixels;
-                    let channels = group * per_group_out + first;
-                    let epilogues = &w.epilogues[channels..channels + count];
-                    let range = first..first + count;
-                    let out = &mut chunk[start..];
-                    conv_planar(
-                        isa, operand, columns, packed, range, epilogues, store, out, pixels,
-                    );
-                });
-            };
-            if unit {
-                gemm(&x[first_group * pixels_in..], pixels, 0);
-                continue;
-            }
-            // Patches for a block of output rows at a time, so that the product reads them from
-            // cache rather than memory (the whole matrix was 1.8 MB for a 56×56 3×3 layer).
-            let row_words = (packed.k4 * g.out[1]).max(1);
-            let rows_per_block = (PATCH_BLOCK_WORDS / row_words).clamp(1, g.out[0].max(1));
-            scratch::patch_words(packed.k4 * rows_per_block * g.out[1], |patches| {
-                let channel_groups = first_group..first_group + groups_per_conv_group;
-                let fill = match channel_input {
-                    Some(c) => PatchFill::PerGroup(&c.fills),
-                    None => PatchFill::ZeroPoint(zp),
-                };
-                for first_row in (0..g.out[0]).step_by(rows_per_block) {
-                    let out_rows = first_row..(first_row + rows_per_block).min(g.out[0]);
-                    let columns = out_rows.len() * g.out[1];
-                    let patches = &mut patches[..packed.k4 * columns];
-                    let rows_per_task = packed.k4.div_ceil(2 * threads()).max(1);
-                    for_each_chunk(patches, rows_per_task * columns, |task, part| {
-                        let first = task * rows_per_task;
-                        let rows = first..first + part.len() / columns.max(1);
-                        let group = channel_groups.clone();
-                        im2col_c4_rows(g, x, group, fill, rows, out_rows.clone(), part);
-                    });
-                    gemm(patches, columns, first_row * g.out[1]);
-                }
-            });
+            _ => bail!("{}: weights not packed for a convolution", self.layer.name),
         }
     }
 
@@ -209,12 +100,14 @@ impl Int8Conv {
         {
             let mut plain = tensor.try_as_plain_ram_mut()?;
             let output = plain.as_slice_mut::<O>()?;
-            // Images in parallel too (each one's channels still split across threads): one
+            // Images in parallel too (each one's work still split across threads): one
             // image's layer is often too small to keep every thread busy.
-            for_each_chunk(output, out_len.max(1), |i, out| {
+            let images = ArrayViewMut2::from_shape((batch, out_len), output)?;
+            for_each_part(images, Axis(0), 1, |i, out| {
                 let image = &data[i * image_len..(i + 1) * image_len];
-                self.run_image(&g, depthwise.as_deref(), image, store, out);
-            });
+                let out = out.into_slice().context("Int8Conv output is not contiguous")?;
+                self.run_image(&g, depthwise.as_deref(), image, store, out)
+            })?;
         }
         Ok(tensor)
     }

@@ -8,6 +8,7 @@ mod conv;
 mod depthwise;
 mod linear;
 mod parallel;
+mod planar;
 mod pool;
 mod scratch;
 

@@ -1,7 +1,9 @@
 //! Data parallelism inside the int8 ops, on the thread pool of the plan that runs them (one
 //! pool per runtime, so ops never oversubscribe the cores).
 
+use ndarray::{ArrayBase, ArrayView2, ArrayViewMut2, Axis};
 use rayon::prelude::*;
+use tract_onnx::prelude::TractResult;
 use tract_onnx::tract_core::tract_linalg::multithread::{current_tract_executor, Executor};
 
 /// Calls `work(chunk_index, chunk)` for each `chunk_len`-sized chunk of `data`, in parallel when
@@ -24,5 +26,93 @@ pub fn threads() -> usize {
     match current_tract_executor() {
         Executor::MultiThread(pool) => pool.current_num_threads().max(1),
         _ => 1,
+    }
+}
+
+/// Views a parallel section splits along one axis together: a layer's output planes, or those
+/// and the input planes each part reads.
+pub trait SplitViews: Send + Sized {
+    /// The length of `axis` (the same in every view split together).
+    fn len_of(&self, axis: Axis) -> usize;
+    fn split_at(self, axis: Axis, index: usize) -> (Self, Self);
+}
+
+impl<T: Send> SplitViews for ArrayViewMut2<'_, T> {
+    fn len_of(&self, axis: Axis) -> usize {
+        ArrayBase::len_of(self, axis)
+    }
+
+    fn split_at(self, axis: Axis, index: usize) -> (Self, Self) {
+        ArrayViewMut2::split_at(self, axis, index)
+    }
+}
+
+impl<T: Sync> SplitViews for ArrayView2<'_, T> {
+    fn len_of(&self, axis: Axis) -> usize {
+        ArrayBase::len_of(self, axis)
+    }
+
+    fn split_at(self, axis: Axis, index: usize) -> (Self, Self) {
+        ArrayView2::split_at(self, axis, index)
+    }
+}
+
+impl<A: SplitViews, B: SplitViews> SplitViews for (A, B) {
+    fn len_of(&self, axis: Axis) -> usize {
+        self.0.len_of(axis)
+    }
+
+    fn split_at(self, axis: Axis, index: usize) -> (Self, Self) {
+        let (a0, a1) = self.0.split_at(axis, index);
+        let (b0, b1) = self.1.split_at(axis, index);
+        ((a0, b0), (a1, b1))
+    }
+}
+
+/// Calls `work(first, part)` for the parts of `views` of `part_len` indices along `axis` (the
+/// last one shorter), `first` being the part's first index; in parallel when the running plan
+/// has a multi-threaded executor. Unlike [`for_each_chunk`], parts may be strided (column
+/// bands of planes). Returns the first error a part reports.
+pub fn for_each_part<V: SplitViews>(
+    views: V,
+    axis: Axis,
+    part_len: usize,
+    work: impl Fn(usize, V) -> TractResult<()> + Sync,
+) -> TractResult<()> {
+    /// Halves on part boundaries, each half on its own task.
+    fn halves<V: SplitViews>(
+        views: V,
+        first: usize,
+        axis: Axis,
+        part_len: usize,
+        work: &(impl Fn(usize, V) -> TractResult<()> + Sync),
+    ) -> TractResult<()> {
+        let len = views.len_of(axis);
+        if len <= part_len {
+            return work(first, views);
+        }
+        let at = len.div_ceil(part_len) / 2 * part_len;
+        let (low, high) = views.split_at(axis, at);
+        let (low, high) = rayon::join(
+            || halves(low, first, axis, part_len, work),
+            || halves(high, first + at, axis, part_len, work),
+        );
+        low.and(high)
+    }
+
+    let part_len = part_len.max(1);
+    match current_tract_executor() {
+        Executor::MultiThread(pool) if views.len_of(axis) > part_len => {
+            pool.install(|| halves(views, 0, axis, part_len, &work))
+        }
+        _ => {
+            let (mut rest, mut first) = (views, 0);
+            while rest.len_of(axis) > part_len {
+                let (part, tail) = rest.split_at(axis, part_len);
+                work(first, part)?;
+                (rest, first) = (tail, first + part_len);
+            }
+            work(first, rest)
+        }
     }
 }

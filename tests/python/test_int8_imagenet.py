@@ -132,3 +132,20 @@ def test_stem_input_is_lossless_and_biases_corrected_in_report_and_saved_file(
     session = ort.InferenceSession(str(saved), providers=["CPUExecutionProvider"])
     theirs = np.concatenate([session.run(None, {"input": x[i:i + 16]})[0] for i in range(0, 32, 16)])
     assert agreement(ours, theirs)["kl"] < 0.005
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "resnet18"])
+def test_two_threads_compute_the_same_bits_as_one(
+    name: str, model_path: Callable[[str], Path], photo_views: tuple[np.ndarray, np.ndarray],
+    tmp_path: Path,
+) -> None:
+    """Threads split each int8 layer by pixels (bands of output rows, each with its own im2col
+    patches) or by output channels, and a batch by images: every split computes each output
+    exactly as one thread does. Both runtimes load the same saved int8 plan."""
+    calib, x = photo_views
+    saved = tmp_path / f"{name}_int8.onnx"
+    jp.Runtime.load(model_path(name), quantize="int8", calibration=calib[:16]).save(saved)
+    one, two = (jp.Runtime.load(saved, threads=t) for t in (1, 2))
+    assert (one.get_status()["threads"], two.get_status()["threads"]) == (1, 2)
+    np.testing.assert_array_equal(two.infer(x[:3]), one.infer(x[:3]))
+    np.testing.assert_array_equal(two.infer(x[3:4]), one.infer(x[3:4]))

@@ -1,0 +1,216 @@
+//! The planar (GEMM) path of `Int8Conv`: the input quantized into C4 words, then per
+//! convolution group the product with the packed weights, directly for 1×1 layers and through
+//! blocks of im2col patches otherwise, split across threads by pixels or by output channels.
+
+use std::ops::Range;
+
+use ndarray::{s, ArrayView2, ArrayViewMut2, Axis};
+use tract_onnx::prelude::*;
+
+use super::conv::Int8Conv;
+use super::parallel::{for_each_chunk, for_each_part, threads};
+use super::scratch;
+use crate::kernels::{
+    conv_planar, im2col_c4_rows, quantize_c4, quantize_c4_channels, ConvGeometry, Element,
+    Epilogue, Isa, PatchFill, PlanarWeights, SimdElement,
+};
+
+/// Fewest output channels per parallel task (one kernel block: a 16-channel projection still
+/// splits across two threads).
+const MIN_CHANNELS_PER_TASK: usize = 8;
+
+/// Pixels the kernel computes per tile: bands of pixels are multiples of it.
+const TILE_PIXELS: usize = 32;
+
+/// im2col words built at a time (384 KB: the patches stay in a core's 1 MB L2 while the
+/// product reads them).
+const PATCH_BLOCK_WORDS: usize = 96 * 1024;
+
+impl Int8Conv {
+    /// Quantize the whole input into C4 words (`x`), then compute each convolution group.
+    pub(super) fn run_planar<I: Element, O: SimdElement>(
+        &self,
+        g: &ConvGeometry,
+        groups: &[PlanarWeights],
+        image: &[I],
+        x: &mut [u32],
+        store: O::Store,
+        out: &mut [O],
+    ) -> TractResult<()> {
+        let layer = &self.layer;
+        let w = &*layer.weights;
+        let isa = Isa::detect();
+        let (pixels_in, pixels) = (g.height * g.width, g.out[0] * g.out[1]);
+        // An 8-bit input on per-channel lattices: each channel its own scale and zero point
+        // (their accumulator offsets are in the layer's epilogues).
+        let channel_input = w.channel_input.as_ref();
+        // Channel groups split across threads: on one thread this pass and im2col below were
+        // a fifth of a 3×3 layer's time at two threads.
+        let groups_per_task = g.channels.div_ceil(4).div_ceil(2 * threads()).max(1);
+        for_each_chunk(x, groups_per_task * pixels_in, |task, words| {
+            let first = 4 * task * groups_per_task;
+            let channels = (g.channels - first).min(4 * groups_per_task);
+            let image = &image[first * pixels_in..];
+            match channel_input {
+                Some(c) => {
+                    let (scales, zps) = (&c.scales[first..], &c.zero_points[first..]);
+                    quantize_c4_channels(
+                        isa,
+                        image,
+                        pixels_in,
+                        &scales[..channels],
+                        &zps[..channels],
+                        words,
+                    )
+                }
+                None => quantize_c4(isa, image, channels, pixels_in, layer.input, words),
+            }
+        });
+        let fill = match channel_input {
+            Some(c) => PatchFill::PerGroup(&c.fills),
+            None => PatchFill::ZeroPoint(layer.input.zero_point),
+        };
+        let unit = g.kernel == [1, 1] && g.stride == [1, 1] && g.pad == [0, 0];
+        let per_group_out = w.n / self.group;
+        let groups_per_conv_group = g.channels.div_ceil(4) / self.group;
+        let mut out = ArrayViewMut2::from_shape((w.n, pixels), out)?;
+        for (group, weights) in groups.iter().enumerate() {
+            let first_group = group * groups_per_conv_group;
+            let channels = group * per_group_out..(group + 1) * per_group_out;
+            let conv = GroupConv {
+                isa,
+                g,
+                words: x,
+                channel_groups: first_group..first_group + groups_per_conv_group,
+                fill,
+                weights,
+                epilogues: &w.epilogues[channels.clone()],
+                store,
+            };
+            let out = out.slice_mut(s![channels, ..]);
+            if unit {
+                conv.unit(out)?;
+            } else {
+                conv.patches(out)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether threads split a product by pixels rather than by output channels. Each part reads
+/// all of one operand and its share of the other, so splitting the larger one (the pixels'
+/// activations or the channels' weights) reads less; bands of pixels also keep each thread's
+/// im2col patches in its own cache, and a few output channels (24) split in two left half a
+/// kernel block idle.
+fn split_by_pixels(pixels: usize, channels: usize) -> bool {
+    let threads = threads();
+    threads > 1 && pixels >= channels && pixels >= 2 * TILE_PIXELS * threads
+}
+
+/// One convolution group of one image.
+struct GroupConv<'a, O: SimdElement> {
+    isa: Isa,
+    g: &'a ConvGeometry,
+    /// The image's C4 words (every convolution group's channel groups).
+    words: &'a [u32],
+    /// This group's channel groups in `words`.
+    channel_groups: Range<usize>,
+    fill: PatchFill<'a>,
+    weights: &'a PlanarWeights,
+    /// One per output channel of the group.
+    epilogues: &'a [Epilogue],
+    store: O::Store,
+}
+
+impl<O: SimdElement> GroupConv<'_, O> {
+    /// Output `channels` of the group (`out`'s rows) over `out`'s pixels, `x` the operand's
+    /// columns for those pixels.
+    fn product(&self, x: ArrayView2<'_, u32>, channels: Range<usize>, out: ArrayViewMut2<'_, O>) {
+        let epilogues = &self.epilogues[channels.clone()];
+        conv_planar(self.isa, x, self.weights, channels, epilogues, self.store, out);
+    }
+
+    /// The product split by output channels, every part reading all of `x`. Parts are
+    /// multiples of 4 channels rather than of the kernel's 8-channel block: a 24-channel layer
+    /// splits 12 + 12 on two threads, not 16 + 8.
+    fn by_channels(&self, x: ArrayView2<'_, u32>, out: ArrayViewMut2<'_, O>) -> TractResult<()> {
+        let per_task = out.nrows().div_ceil(threads()).next_multiple_of(4);
+        for_each_part(out, Axis(0), per_task.max(MIN_CHANNELS_PER_TASK), |first, out| {
+            self.product(x.view(), first..first + out.nrows(), out);
+            Ok(())
+        })
+    }
+
+    /// A 1×1 convolution: the C4 words are the operand.
+    fn unit(&self, out: ArrayViewMut2<'_, O>) -> TractResult<()> {
+        let (channels, pixels) = out.dim();
+        let x = ArrayView2::from_shape((self.g.channels.div_ceil(4), pixels), self.words)?;
+        let x = x.slice_move(s![self.channel_groups.clone(), ..]);
+        if !split_by_pixels(pixels, channels) {
+            return self.by_channels(x, out);
+        }
+        let band = pixels.div_ceil(threads()).next_multiple_of(TILE_PIXELS);
+        for_each_part((x, out), Axis(1), band, |_, (x, out)| {
+            self.product(x, 0..channels, out);
+            Ok(())
+        })
+    }
+
+    /// A k×k (or strided, or padded) convolution: im2col patches for a block of output rows at
+    /// a time, so that the product reads them from cache rather than memory (the whole matrix
+    /// was 1.8 MB for a 56×56 3×3 layer).
+    fn patches(&self, mut out: ArrayViewMut2<'_, O>) -> TractResult<()> {
+        let (g, k4) = (self.g, self.weights.k4);
+        let (out_height, out_width) = (g.out[0], g.out[1].max(1));
+        let (channels, pixels) = out.dim();
+        let rows_per_block = (PATCH_BLOCK_WORDS / (k4 * out_width).max(1)).clamp(1, out_height);
+        if split_by_pixels(pixels, channels) {
+            // Bands of whole output rows: each thread builds its own rows' patches and
+            // multiplies them while they are in its cache.
+            let rows_per_task = out_height.div_ceil(threads());
+            return for_each_part(out, Axis(1), rows_per_task * out_width, |first, mut out| {
+                let rows = out.ncols() / out_width;
+                let block_words = k4 * rows_per_block.min(rows) * out_width;
+                scratch::patch_words(block_words, |patches| {
+                    for start in (0..rows).step_by(rows_per_block) {
+                        let block = start..(start + rows_per_block).min(rows);
+                        let first_row = first / out_width + start;
+                        let out_rows = first_row..first_row + block.len();
+                        let columns = block.start * out_width..block.end * out_width;
+                        let patches = &mut patches[..k4 * columns.len()];
+                        self.im2col(out_rows, 0..k4, patches);
+                        let x = ArrayView2::from_shape((k4, columns.len()), &*patches)?;
+                        self.product(x, 0..channels, out.slice_mut(s![.., columns]));
+                    }
+                    Ok(())
+                })
+            });
+        }
+        // Blocks shared by the threads: built in parallel by patch rows, then multiplied by
+        // channels.
+        scratch::patch_words(k4 * rows_per_block * out_width, |patches| {
+            for first_row in (0..out_height).step_by(rows_per_block) {
+                let out_rows = first_row..(first_row + rows_per_block).min(out_height);
+                let columns = out_rows.len() * out_width;
+                let patches = &mut patches[..k4 * columns];
+                let rows_per_task = k4.div_ceil(2 * threads()).max(1);
+                for_each_chunk(patches, rows_per_task * columns, |task, part| {
+                    let first = task * rows_per_task;
+                    let rows = first..first + part.len() / columns.max(1);
+                    self.im2col(out_rows.clone(), rows, part);
+                });
+                let x = ArrayView2::from_shape((k4, columns), &*patches)?;
+                let band = first_row * out_width..first_row * out_width + columns;
+                self.by_channels(x, out.slice_mut(s![.., band]))?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Patch rows `rows` (of every tap and channel group) for output rows `out_rows`.
+    fn im2col(&self, out_rows: Range<usize>, rows: Range<usize>, patches: &mut [u32]) {
+        let groups = self.channel_groups.clone();
+        im2col_c4_rows(self.g, self.words, groups, self.fill, rows, out_rows, patches);
+    }
+}
