@@ -13,7 +13,8 @@
 //!   core that the kernels are measured against.
 //! - `layers/…`: one thread, the int8 part of each layer as `Int8Conv` / `Int8Linear` run it
 //!   through the public kernel API — patches (`im2col_c4`, skipped for unit 1×1 convolutions)
-//!   and `conv_planar` for convolutions, `PhasedPlane::fill`, `accumulate` and `store` per
+//!   and `conv_planar` for convolutions (a 7×7 or 14×14 plane's last `pixels mod 16` by
+//!   `conv_planar_tail` when the runtime would), `PhasedPlane::fill`, `accumulate` and `store` per
 //!   channel for depthwise ones, reading and storing u8 codes as linked int8 layers do;
 //!   `gemm_u8i8` for the classifiers (float input quantization and output not included). Names: kind, channels in→out, input side, kernel, stride, then which models use
 //!   the shape and how many times. `cargo bench -- layers/depthwise` runs a subset.
@@ -33,13 +34,14 @@ use std::time::Duration;
 use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use jarvis_performance::kernels::{
-    conv_planar, gemm_u8i8, im2col_c4, tap_words, Activation, ActivationQuant, BytePlane,
-    ConvGeometry, Element, Epilogue, Isa, OutputCodes, PackedWeights, PhasedPlane, PlanarWeights,
-    WindowTable, MAX_TAP_WORDS,
+    conv_planar, conv_planar_tail, gemm_u8i8, im2col_c4, tail_pixels, tap_words, Activation,
+    ActivationQuant, BytePlane, ConvGeometry, Element, Epilogue, Isa, OutputCodes, PackedWeights,
+    PhasedPlane, PlanarWeights, WindowTable, MAX_TAP_WORDS,
 };
 use jarvis_performance::quantize::qparams::quantize_weights;
 use jarvis_performance::quantize::QuantizeOptions;
 use jarvis_performance::{LoadOptions, Runtime};
+use ndarray::Axis;
 use tract_onnx::prelude::*;
 
 #[derive(Debug, Clone, Copy)]
@@ -225,6 +227,10 @@ fn bench_layer(b: &mut criterion::Bencher<'_, ThreadCpu>, isa: Isa, layer: &Laye
             // Stored as codes for the next layer, as linked layers do.
             let mut out = vec![0u8; layer.cout * pixels];
             let epilogues = vec![EPILOGUE; layer.cout];
+            // The last few pixels of a plane (a 7×7 plane's 49th) as dot products, as the
+            // runtime runs them, their operand columns transposed first.
+            let tail = tail_pixels(pixels, k4);
+            let mut columns = ndarray::Array2::<u32>::zeros((tail, k4));
             b.iter(|| {
                 let operand: &[u32] = if unit {
                     &x
@@ -235,7 +241,14 @@ fn bench_layer(b: &mut criterion::Bencher<'_, ThreadCpu>, isa: Isa, layer: &Laye
                 let range = 0..layer.cout;
                 let operand = planes(operand, k4, pixels);
                 let out_planes = planes_mut(&mut out, layer.cout, pixels);
-                conv_planar(isa, operand, &packed, range, &epilogues, codes(), out_planes);
+                let (operand, operand_tail) = operand.split_at(Axis(1), pixels - tail);
+                let (out_planes, out_tail) = out_planes.split_at(Axis(1), pixels - tail);
+                conv_planar(isa, operand, &packed, range.clone(), &epilogues, codes(), out_planes);
+                if tail > 0 {
+                    columns.assign(&operand_tail.t());
+                    let columns = columns.view();
+                    conv_planar_tail(isa, columns, &packed, range, &epilogues, codes(), out_tail);
+                }
                 black_box(&out);
             });
         }

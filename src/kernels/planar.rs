@@ -58,7 +58,7 @@ pub struct PlanarWeights {
     pub k4: usize,
     /// `Σ_k W[o][k]` per output channel, for zero-point correction.
     pub column_sums: Vec<i32>,
-    words: Vec<i32>,
+    pub(super) words: Vec<i32>,
 }
 
 impl PlanarWeights {
@@ -467,7 +467,7 @@ mod tests {
             for isa in [Isa::Scalar, Isa::detect()] {
                 let mut blocked = vec![0u8; count * pixels + 1];
                 let mut banded = vec![0u8; count * pixels + 1];
-                for block in [0..split, split..pixels] {
+                for block in [0..split, split..pixels].into_iter().filter(|b| !b.is_empty()) {
                     let columns: Vec<u32> = (0..k4).flat_map(|kk| x[kk * pixels..][block.clone()].to_vec()).collect();
                     let mut out = view_mut(&mut blocked[..count * pixels], pixels);
                     let out = out.slice_mut(s![.., block.clone()]);

@@ -12,6 +12,7 @@ thread_local! {
     static INPUT_BYTES: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     static INPUT_WORDS: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
     static PATCH_WORDS: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+    static TAIL_COLUMNS: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
     static ACCUMULATORS: RefCell<Vec<i32>> = const { RefCell::new(Vec::new()) };
     static PLANE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     static FLAT_SUMS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
@@ -47,6 +48,11 @@ pub fn input_words<R>(len: usize, work: impl FnOnce(&mut [u32]) -> R) -> R {
 /// im2col patches (u32 words).
 pub fn patch_words<R>(len: usize, work: impl FnOnce(&mut [u32]) -> R) -> R {
     with_buffer(&PATCH_WORDS, len, work)
+}
+
+/// The operand columns of a plane's last few pixels, transposed (u32 words).
+pub fn tail_columns<R>(len: usize, work: impl FnOnce(&mut [u32]) -> R) -> R {
+    with_buffer(&TAIL_COLUMNS, len, work)
 }
 
 /// GEMM accumulators (i32).

@@ -1,0 +1,204 @@
+//! The last `pixels mod 16` pixels of a planar convolution, as dot products.
+//!
+//! [`conv_planar`](super::conv_planar) keeps 16 pixels of one channel per vector, so a plane of
+//! 49 pixels (7×7) takes four vectors, the last with one pixel in it: a quarter of ResNet18's
+//! last stage and of the mobile nets' 7×7 layers multiplied masked-off lanes. Here each of the
+//! few remaining pixels is a column of the operand, transposed once into a contiguous run of
+//! `k4` words, and each output channel's weight row (contiguous already) is multiplied with it
+//! 16 words at a time, then summed across lanes.
+
+use std::ops::Range;
+
+use ndarray::{ArrayView2, ArrayViewMut2};
+
+use super::codes::SimdElement;
+use super::planar::PlanarWeights;
+use super::{Epilogue, Isa};
+
+/// Most pixels the dot-product path takes (fewer than one vector of them).
+pub const MAX_TAIL_PIXELS: usize = 15;
+
+/// Pixels of one channel per vector in the planar kernel.
+const VECTOR_PIXELS: usize = 16;
+
+/// Shortest weight rows whose last pixels run as dot products: below 64 words, summing lanes
+/// and storing each channel's few values cost more than the masked-off lanes they save (960
+/// channels reading 160 took 10 % longer).
+const MIN_TAIL_WORDS: usize = 64;
+
+/// How many of the last of `pixels` columns [`conv_planar_tail`] should compute for weight rows
+/// of `k4` words (the rest in whole vectors by [`conv_planar`](super::conv_planar)): `pixels
+/// mod 16`, or 0 when the vector kernel is as quick.
+pub fn tail_pixels(pixels: usize, k4: usize) -> usize {
+    if k4 < MIN_TAIL_WORDS {
+        return 0;
+    }
+    pixels % VECTOR_PIXELS
+}
+
+/// Pixels whose columns one pass over a weight row multiplies.
+const COLUMNS_PER_PASS: usize = 4;
+
+/// `out[o − range.start][t] = finish_o(Σ_k4 Σ_j columns[t][k4].byte(j) · W[o][4·k4 + j])`: the
+/// product [`conv_planar`](super::conv_planar) computes, for up to [`MAX_TAIL_PIXELS`] pixels
+/// whose operand columns are the rows of `columns` (`k4` words each).
+pub fn conv_planar_tail<E: SimdElement>(
+    isa: Isa,
+    columns: ArrayView2<'_, u32>,
+    w: &PlanarWeights,
+    range: Range<usize>,
+    epilogues: &[Epilogue],
+    store: E::Store,
+    mut out: ArrayViewMut2<'_, E>,
+) {
+    let pixels = columns.nrows();
+    assert!(
+        pixels <= MAX_TAIL_PIXELS
+            && columns.ncols() == w.k4
+            && range.end <= w.n
+            && epilogues.len() == range.len()
+            && out.dim() == (range.len(), pixels),
+        "conv_planar_tail: columns, weights, epilogues and output disagree"
+    );
+    let Some(columns) = columns.as_slice() else {
+        panic!("conv_planar_tail: columns must be contiguous rows");
+    };
+    let k4 = w.k4;
+    for (o, (mut dst, e)) in range.zip(out.rows_mut().into_iter().zip(epilogues)) {
+        let row = &w.words[o * k4..(o + 1) * k4];
+        let mut sums = [0i32; MAX_TAIL_PIXELS];
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: Isa::Avx512Vnni is only chosen on CPUs with these features.
+            Isa::Avx512Vnni => unsafe { avx512::dots(columns, row, &mut sums[..pixels]) },
+            _ => {
+                for (sum, column) in sums.iter_mut().zip(columns.chunks_exact(k4.max(1))) {
+                    *sum = dot(column, row);
+                }
+            }
+        }
+        let sums = &sums[..pixels];
+        match dst.as_slice_mut() {
+            Some(dst) => E::store_row(isa, sums, *e, store, dst),
+            None => {
+                let mut stored = [E::default(); MAX_TAIL_PIXELS];
+                E::store_row(isa, sums, *e, store, &mut stored[..pixels]);
+                dst.iter_mut().zip(stored).for_each(|(d, s)| *d = s);
+            }
+        }
+    }
+}
+
+/// `Σ_k Σ_j x[k].byte(j) · w[k].byte(j)`, u8 by i8: the scalar reference.
+fn dot(x: &[u32], w: &[i32]) -> i32 {
+    x.iter()
+        .zip(w)
+        .map(|(&x, &w)| {
+            let (xb, wb) = (x.to_le_bytes(), w.to_le_bytes());
+            (0..4).map(|j| i32::from(xb[j]) * i32::from(wb[j] as i8)).sum::<i32>()
+        })
+        .sum()
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::COLUMNS_PER_PASS;
+
+    /// `sums[t] = dot(columns[t·k4..], row)` for each `t`, `k4 = row.len()`.
+    ///
+    /// # Safety
+    /// AVX-512F/BW/VNNI must be available.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub unsafe fn dots(columns: &[u32], row: &[i32], sums: &mut [i32]) {
+        let k4 = row.len();
+        assert!(columns.len() >= sums.len() * k4);
+        for (pass, sums) in sums.chunks_mut(COLUMNS_PER_PASS).enumerate() {
+            let first = &columns[pass * COLUMNS_PER_PASS * k4..];
+            // SAFETY: the columns of this pass are inside `columns` (asserted above).
+            unsafe {
+                match sums.len() {
+                    4 => pass_of::<4>(first, row, sums),
+                    3 => pass_of::<3>(first, row, sums),
+                    2 => pass_of::<2>(first, row, sums),
+                    _ => pass_of::<1>(first, row, sums),
+                }
+            }
+        }
+    }
+
+    /// `C` columns from the start of `columns` against `row`, one weight load for all of them.
+    ///
+    /// # Safety
+    /// AVX-512F/BW/VNNI must be available; `columns` holds `C · row.len()` words.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn pass_of<const C: usize>(columns: &[u32], row: &[i32], sums: &mut [i32]) {
+        let k4 = row.len();
+        debug_assert!(columns.len() >= C * k4 && sums.len() >= C);
+        let mut acc = [_mm512_setzero_si512(); C];
+        for kk in (0..k4).step_by(16) {
+            let lanes = (k4 - kk).min(16);
+            let mask: __mmask16 = if lanes == 16 { 0xffff } else { (1u16 << lanes) - 1 };
+            // SAFETY: the mask keeps each load inside the weight row and each column.
+            unsafe {
+                let wv = _mm512_maskz_loadu_epi32(mask, row.as_ptr().add(kk));
+                for (t, sum) in acc.iter_mut().enumerate() {
+                    let x =
+                        _mm512_maskz_loadu_epi32(mask, columns.as_ptr().add(t * k4 + kk).cast());
+                    *sum = _mm512_dpbusd_epi32(*sum, x, wv);
+                }
+            }
+        }
+        for (sum, acc) in sums.iter_mut().zip(acc) {
+            *sum = _mm512_reduce_add_epi32(acc);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::{conv_planar, Activation, ActivationQuant, OutputCodes};
+    use ndarray::{s, Array2, Axis};
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// The tail of a plane as dot products equals the vector kernel's scalar reference
+        /// on the same pixels, for exact sums and for codes, on every ISA.
+        #[test]
+        fn tail_dot_products_match_the_planar_reference(n in 1usize..20, k4 in 1usize..70, pixels in 1usize..16, zp in any::<u8>(), seed in any::<u64>()) {
+            let mut state = seed;
+            let mut next = || { state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407); (state >> 33) as u32 };
+            let x = Array2::from_shape_fn((k4, pixels), |_| next());
+            let w: Vec<i8> = (0..n * k4 * 4).map(|_| next() as i8).collect();
+            let packed = PlanarWeights::pack(&w, n, k4);
+            let columns = x.t().as_standard_layout().into_owned();
+            let exact = Epilogue { offset: 0, scale: 1.0, bias: 0.0, activation: Activation::Identity };
+            let first = n / 3;
+            let epilogues: Vec<Epilogue> = (first..n).map(|o| Epilogue {
+                offset: i32::from(zp) * packed.column_sums[o],
+                scale: 1e-4 * (o + 1) as f32,
+                bias: 0.1 * o as f32 - 0.5,
+                activation: Activation::Clip(0.0, 6.0),
+            }).collect();
+            let codes = OutputCodes::from(ActivationQuant { scale: 0.03, zero_point: zp / 2 });
+            let mut want = Array2::<f32>::zeros((n, pixels));
+            conv_planar(Isa::Scalar, x.view(), &packed, 0..n, &vec![exact; n], (), want.view_mut());
+            let mut want_codes = Array2::<u8>::zeros((n - first, pixels));
+            conv_planar(Isa::Scalar, x.view(), &packed, first..n, &epilogues, codes, want_codes.view_mut());
+            for isa in [Isa::Scalar, Isa::detect()] {
+                let mut sums = Array2::<f32>::zeros((n, pixels));
+                conv_planar_tail(isa, columns.view(), &packed, 0..n, &vec![exact; n], (), sums.view_mut());
+                prop_assert_eq!(&sums, &want, "{:?}", isa);
+                // Into a column band of wider planes (rows not contiguous with each other).
+                let mut wide = Array2::<u8>::zeros((n - first, pixels + 3));
+                let band = wide.slice_mut(s![.., 2..2 + pixels]);
+                conv_planar_tail(isa, columns.view(), &packed, first..n, &epilogues, codes, band);
+                prop_assert_eq!(wide.slice(s![.., 2..2 + pixels]), want_codes.view(), "{:?}", isa);
+                prop_assert!(wide.index_axis(Axis(1), 0).iter().all(|&c| c == 0), "wrote outside the band");
+            }
+        }
+    }
+}
