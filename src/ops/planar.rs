@@ -19,8 +19,11 @@ use crate::kernels::{
 /// splits across two threads).
 const MIN_CHANNELS_PER_TASK: usize = 8;
 
-/// Pixels the kernel computes per tile: bands of pixels are multiples of it.
+/// Pixels the kernel computes per tile: a band of pixels is at least two.
 const TILE_PIXELS: usize = 32;
+
+/// Pixels of one channel per vector: bands of pixels of a 1×1 layer are multiples of it.
+const VECTOR_PIXELS: usize = 16;
 
 /// im2col words built at a time (384 KB: the patches stay in a core's 1 MB L2 while the
 /// product reads them).
@@ -98,14 +101,28 @@ impl Int8Conv {
     }
 }
 
-/// Whether threads split a product by pixels rather than by output channels. Each part reads
+/// Output channels per part when threads split a product by channel: multiples of 4 rather
+/// than of the kernel's 8-channel block (a 24-channel layer splits 12 + 12 on two threads, not
+/// 16 + 8).
+fn channels_per_part(channels: usize) -> usize {
+    channels.div_ceil(threads()).next_multiple_of(4).max(MIN_CHANNELS_PER_TASK)
+}
+
+/// Whether threads split a product of `channels` × `pixels` by pixels, in bands of `band`,
+/// rather than by output channels. The split whose largest part is smaller wins (196 pixels in
+/// bands of 112 + 84 would leave one thread idle an eighth of the time, 96 channels split
+/// 48 + 48); when they are even, the pixels if they outnumber the channels: each part reads
 /// all of one operand and its share of the other, so splitting the larger one (the pixels'
-/// activations or the channels' weights) reads less; bands of pixels also keep each thread's
-/// im2col patches in its own cache, and a few output channels (24) split in two left half a
-/// kernel block idle.
-fn split_by_pixels(pixels: usize, channels: usize) -> bool {
+/// activations or the channels' weights) reads less, and bands of pixels keep each thread's
+/// im2col patches in its own cache.
+fn split_by_pixels(pixels: usize, channels: usize, band: usize) -> bool {
     let threads = threads();
-    threads > 1 && pixels >= channels && pixels >= 2 * TILE_PIXELS * threads
+    if threads < 2 || pixels < 2 * TILE_PIXELS * threads {
+        return false;
+    }
+    let by_pixels = band.min(pixels) * channels;
+    let by_channels = channels_per_part(channels).min(channels) * pixels;
+    by_pixels < by_channels || (by_pixels == by_channels && pixels >= channels)
 }
 
 /// One convolution group of one image.
@@ -154,12 +171,10 @@ impl<O: SimdElement> GroupConv<'_, O> {
         })
     }
 
-    /// The product split by output channels, every part reading all of `x`. Parts are
-    /// multiples of 4 channels rather than of the kernel's 8-channel block: a 24-channel layer
-    /// splits 12 + 12 on two threads, not 16 + 8.
+    /// The product split by output channels, every part reading all of `x`.
     fn by_channels(&self, x: ArrayView2<'_, u32>, out: ArrayViewMut2<'_, O>) -> TractResult<()> {
-        let per_task = out.nrows().div_ceil(threads()).next_multiple_of(4);
-        for_each_part(out, Axis(0), per_task.max(MIN_CHANNELS_PER_TASK), |first, out| {
+        let per_part = channels_per_part(out.nrows());
+        for_each_part(out, Axis(0), per_part, |first, out| {
             self.product(x.view(), first..first + out.nrows(), out)
         })
     }
@@ -169,10 +184,11 @@ impl<O: SimdElement> GroupConv<'_, O> {
         let (channels, pixels) = out.dim();
         let x = ArrayView2::from_shape((self.g.channels.div_ceil(4), pixels), self.words)?;
         let x = x.slice_move(s![self.channel_groups.clone(), ..]);
-        if !split_by_pixels(pixels, channels) {
+        // Bands of whole vectors of pixels.
+        let band = pixels.div_ceil(threads()).next_multiple_of(VECTOR_PIXELS);
+        if !split_by_pixels(pixels, channels, band) {
             return self.by_channels(x, out);
         }
-        let band = pixels.div_ceil(threads()).next_multiple_of(TILE_PIXELS);
         for_each_part((x, out), Axis(1), band, |_, (x, out)| self.product(x, 0..channels, out))
     }
 
@@ -184,10 +200,10 @@ impl<O: SimdElement> GroupConv<'_, O> {
         let (out_height, out_width) = (g.out[0], g.out[1].max(1));
         let (channels, pixels) = out.dim();
         let rows_per_block = (PATCH_BLOCK_WORDS / (k4 * out_width).max(1)).clamp(1, out_height);
-        if split_by_pixels(pixels, channels) {
-            // Bands of whole output rows: each thread builds its own rows' patches and
-            // multiplies them while they are in its cache.
-            let rows_per_task = out_height.div_ceil(threads());
+        // Bands of whole output rows: each thread builds its own rows' patches and multiplies
+        // them while they are in its cache.
+        let rows_per_task = out_height.div_ceil(threads());
+        if split_by_pixels(pixels, channels, rows_per_task * out_width) {
             return for_each_part(out, Axis(1), rows_per_task * out_width, |first, mut out| {
                 let rows = out.ncols() / out_width;
                 let block_words = k4 * rows_per_block.min(rows) * out_width;
