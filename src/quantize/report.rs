@@ -54,7 +54,7 @@ impl LayerReport {
             ),
             bias_corrected: !layer.input_stats.means.is_empty(),
             rounding: Some(
-                if layer.input_stats.moments.is_empty() { "nearest" } else { "data-aware" }.into(),
+                if super::rounding::is_data_aware(layer) { "data-aware" } else { "nearest" }.into(),
             ),
         }
     }

@@ -27,6 +27,18 @@ pub fn patch_layout(layer: &Candidate) -> Option<PatchLayout> {
     }
 }
 
+/// Whether [`refine_codes`] re-chooses `layer`'s codes: a convolution whose recorded patch
+/// moments fit its shape (otherwise its codes stay round-to-nearest), as the report says.
+pub fn is_data_aware(layer: &Candidate) -> bool {
+    let moments = &layer.input_stats.moments;
+    match &layer.kind {
+        LayerKind::Conv { group, .. } => {
+            !moments.is_empty() && *group > 0 && moments.len() == group * packed_len(layer.k)
+        }
+        LayerKind::Linear { .. } => false,
+    }
+}
+
 /// Re-chooses the codes of each row of `weights` (`scales.len()` rows of `k`, row `o` in group
 /// `o / (rows / groups)`) to lower `eᵀ C_g e`, `C_g` group `g`'s packed matrix in `moments`.
 /// `input_factors` (one per column) scales the input each column reads, as a folded 8-bit
@@ -216,5 +228,58 @@ mod tests {
     fn input_factors_scale_the_matrix() {
         let packed = [1.0f32, 2.0, 3.0];
         assert_eq!(unpack(&packed, 2, Some(&[2.0, 0.5])), vec![4.0, 2.0, 2.0, 0.75]);
+    }
+
+    /// The report's `data-aware` follows what `refine_codes` does: moments that do not fit the
+    /// layer leave round-to-nearest, and the report says `nearest`.
+    #[test]
+    fn a_layer_is_data_aware_only_when_its_moments_fit() {
+        use std::sync::Arc;
+
+        use tract_onnx::prelude::{tvec, OutletId};
+        use tract_onnx::tract_core::ops::cnn::{PaddingSpec, PoolSpec};
+        use tract_onnx::tract_core::ops::nn::DataFormat;
+
+        use crate::kernels::Activation;
+        use crate::quantize::input::InputStats;
+        use crate::quantize::WeightOrder;
+
+        let (n, channels, taps) = (2, 3, 9);
+        let k = channels * taps;
+        let pool_spec = PoolSpec {
+            data_format: DataFormat::NCHW,
+            kernel_shape: tvec![3, 3],
+            padding: PaddingSpec::Valid,
+            dilations: None,
+            strides: None,
+            input_channels: channels,
+            output_channels: n,
+        };
+        let conv = |moments: Vec<f32>| Candidate {
+            name: "stem".into(),
+            kind: LayerKind::Conv {
+                pool_spec: Box::new(pool_spec.clone()),
+                group: 1,
+                depthwise: false,
+            },
+            input: OutletId::new(0, 0),
+            output: OutletId::new(1, 0),
+            weights: vec![0.5; n * k],
+            order: WeightOrder::Conv { n, channels, taps },
+            n,
+            k,
+            bias: vec![0.0; n],
+            activation: Activation::Identity,
+            input_stats: Arc::new(InputStats { means: Vec::new(), lattice: None, moments }),
+        };
+        let fitting = vec![1.0; packed_len(k)];
+        assert!(is_data_aware(&conv(fitting.clone())));
+        assert!(!is_data_aware(&conv(Vec::new())));
+        assert!(!is_data_aware(&conv(fitting[1..].to_vec())));
+        // And refine_codes agrees: it leaves codes whose moments do not fit untouched.
+        let weights = vec![0.013f32; n * k];
+        let (mut codes, scales) = quantize_weights(&weights, n, k, true);
+        assert!(!refine_codes(&weights, &mut codes, &scales, k, 1, &fitting[1..], None));
+        assert!(refine_codes(&weights, &mut codes, &scales, k, 1, &fitting, None));
     }
 }
