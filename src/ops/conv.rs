@@ -6,9 +6,9 @@ use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::cnn::PoolSpec;
 
 use super::depthwise::{DepthwiseLayout, LayoutCache};
-use ndarray::{ArrayViewMut2, Axis};
+use ndarray::ArrayViewMut2;
 
-use super::parallel::for_each_part;
+use super::parallel::for_each_item;
 use super::{scratch, Int8Layer, Packed};
 use crate::kernels::{ActivationQuant, ConvGeometry, Element, OutputCodes, SimdElement};
 
@@ -100,10 +100,8 @@ impl Int8Conv {
         {
             let mut plain = tensor.try_as_plain_ram_mut()?;
             let output = plain.as_slice_mut::<O>()?;
-            // Images in parallel too (each one's work still split across threads): one
-            // image's layer is often too small to keep every thread busy.
             let images = ArrayViewMut2::from_shape((batch, out_len), output)?;
-            for_each_part(images, Axis(0), 1, |i, out| {
+            for_each_item(images, |i, out| {
                 let image = &data[i * image_len..(i + 1) * image_len];
                 let out = out.into_slice().context("Int8Conv output is not contiguous")?;
                 self.run_image(&g, depthwise.as_deref(), image, store, out)

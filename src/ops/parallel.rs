@@ -4,7 +4,9 @@
 use ndarray::{ArrayBase, ArrayView2, ArrayViewMut2, Axis};
 use rayon::prelude::*;
 use tract_onnx::prelude::TractResult;
-use tract_onnx::tract_core::tract_linalg::multithread::{current_tract_executor, Executor};
+use tract_onnx::tract_core::tract_linalg::multithread::{
+    current_tract_executor, multithread_tract_scope, Executor,
+};
 
 /// Calls `work(chunk_index, chunk)` for each `chunk_len`-sized chunk of `data`, in parallel when
 /// the running plan has a multi-threaded executor.
@@ -115,4 +117,24 @@ pub fn for_each_part<V: SplitViews>(
             work(first, rest)
         }
     }
+}
+
+/// Calls `work(i, item)` for each row (a batch's image) of `items`, in parallel. When the items
+/// share out evenly among the threads, each runs on one thread alone, its own parallel sections
+/// serial: the image's quantized input, patches and output stay in that core's cache, with no
+/// hand-over between threads inside it. Otherwise (a batch of 1 or 3 on two threads) the items'
+/// work still splits across threads.
+pub fn for_each_item<T: Send>(
+    items: ArrayViewMut2<'_, T>,
+    work: impl Fn(usize, ArrayViewMut2<'_, T>) -> TractResult<()> + Sync,
+) -> TractResult<()> {
+    let threads = threads();
+    let alone = threads > 1 && items.nrows().is_multiple_of(threads);
+    for_each_part(items, Axis(0), 1, |i, item| {
+        if alone {
+            multithread_tract_scope(Executor::SingleThread, || work(i, item))
+        } else {
+            work(i, item)
+        }
+    })
 }

@@ -140,12 +140,13 @@ def test_two_threads_compute_the_same_bits_as_one(
     tmp_path: Path,
 ) -> None:
     """Threads split each int8 layer by pixels (bands of output rows, each with its own im2col
-    patches) or by output channels, and a batch by images: every split computes each output
-    exactly as one thread does. Both runtimes load the same saved int8 plan."""
+    patches) or by output channels, and a batch by images (4 on 2 threads: each image on one
+    thread alone; 3: images and their layers split): every split computes each output exactly
+    as one thread does. Both runtimes load the same saved int8 plan."""
     calib, x = photo_views
     saved = tmp_path / f"{name}_int8.onnx"
     jp.Runtime.load(model_path(name), quantize="int8", calibration=calib[:16]).save(saved)
     one, two = (jp.Runtime.load(saved, threads=t) for t in (1, 2))
     assert (one.get_status()["threads"], two.get_status()["threads"]) == (1, 2)
-    np.testing.assert_array_equal(two.infer(x[:3]), one.infer(x[:3]))
-    np.testing.assert_array_equal(two.infer(x[3:4]), one.infer(x[3:4]))
+    for batch in (x[:4], x[4:7], x[7:8]):
+        np.testing.assert_array_equal(two.infer(batch), one.infer(batch))
