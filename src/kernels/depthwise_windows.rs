@@ -180,26 +180,34 @@ mod avx512 {
         acc: &mut [i32],
     ) {
         let zero_points = _mm512_set1_epi8(zero_point as i8);
-        for (out, steps) in acc.chunks_exact_mut(16).zip(steps.chunks_exact(per_vector)) {
-            // Even and odd gathers in two sums: one chain of ten `vpdpbusd` (a 5×5 kernel) was
-            // bound by the instruction's latency.
-            let mut sums = [_mm512_setzero_si512(); 2];
-            for (i, (step, &word)) in steps.iter().zip(words).enumerate() {
-                // SAFETY: the load reads only the `window` bytes, inside `plane` (the caller's
-                // contract); `start` is inside it or 0 with an empty window.
-                unsafe {
-                    let from = plane.as_ptr().wrapping_add(step.start);
-                    let window = _mm512_maskz_loadu_epi8(step.window, from.cast());
-                    let index = _mm512_loadu_si512(step.index.as_ptr().cast());
-                    let codes =
-                        _mm512_mask_permutexvar_epi8(zero_points, step.inside, index, window);
-                    let sum = &mut sums[i % 2];
-                    *sum = _mm512_dpbusd_epi32(*sum, codes, _mm512_set1_epi32(word));
-                }
+        // `sum + codes · word` for the 16 outputs of one step.
+        let gather = |sum: __m512i, step: &Step, word: i32| {
+            // SAFETY: the load reads only the `window` bytes, inside `plane` (the caller's
+            // contract); `start` is inside it or 0 with an empty window.
+            unsafe {
+                let from = plane.as_ptr().wrapping_add(step.start);
+                let window = _mm512_maskz_loadu_epi8(step.window, from.cast());
+                let index = _mm512_loadu_si512(step.index.as_ptr().cast());
+                let codes = _mm512_mask_permutexvar_epi8(zero_points, step.inside, index, window);
+                _mm512_dpbusd_epi32(sum, codes, _mm512_set1_epi32(word))
             }
-            let sum = _mm512_add_epi32(sums[0], sums[1]);
+        };
+        for (out, steps) in acc.chunks_exact_mut(16).zip(steps.chunks_exact(per_vector)) {
+            // Even and odd gathers in two sums, held in registers: one chain of ten `vpdpbusd`
+            // (a 5×5 kernel) was bound by the instruction's latency, and indexing an array of
+            // two sums by `i % 2` kept them on the stack, each step waiting for the last one's
+            // store.
+            let (mut even, mut odd) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+            let pairs = steps.chunks_exact(2).zip(words.chunks_exact(2));
+            for (steps, words) in pairs {
+                even = gather(even, &steps[0], words[0]);
+                odd = gather(odd, &steps[1], words[1]);
+            }
+            if let (1, Some(step), Some(&word)) = (per_vector % 2, steps.last(), words.last()) {
+                even = gather(even, step, word);
+            }
             // SAFETY: `out` is 16 i32.
-            unsafe { _mm512_storeu_si512(out.as_mut_ptr().cast(), sum) };
+            unsafe { _mm512_storeu_si512(out.as_mut_ptr().cast(), _mm512_add_epi32(even, odd)) };
         }
     }
 }
