@@ -82,8 +82,18 @@ pub fn check_input(spec: &TensorSpec, tensor: &Tensor) -> Result<()> {
 /// Refuses NaN and ±Inf in a float input, naming the first one's position.
 pub fn check_finite(spec: &TensorSpec, tensor: &Tensor) -> Result<()> {
     fn first_bad<T: Datum + Copy>(tensor: &Tensor, finite: impl Fn(T) -> bool) -> Option<usize> {
+        /// Values checked at a time without stopping at the first bad one: a plain fold over a
+        /// block vectorises, where `position` over the whole input took one value at a time
+        /// (~2 % of a MobileNetV2 inference).
+        const BLOCK: usize = 4096;
         let view = tensor.to_plain_array_view::<T>().ok()?;
-        view.iter().position(|&v| !finite(v))
+        let Some(values) = view.as_slice() else {
+            return view.iter().position(|&v| !finite(v));
+        };
+        let block =
+            values.chunks(BLOCK).position(|b| !b.iter().fold(true, |ok, &v| ok & finite(v)))?;
+        let at = values[block * BLOCK..].iter().position(|&v| !finite(v))?;
+        Some(block * BLOCK + at)
     }
     let bad = match tensor.datum_type() {
         DatumType::F32 => first_bad::<f32>(tensor, f32::is_finite),
@@ -99,5 +109,46 @@ pub fn check_finite(spec: &TensorSpec, tensor: &Tensor) -> Result<()> {
                 "holds NaN or Inf at flat index {flat} (pass allow_non_finite=True to let it through)"
             ),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> TensorSpec {
+        TensorSpec {
+            name: "x".into(),
+            shape: vec![None],
+            symbols: vec![None],
+            element_type: Some(ElementType::F32),
+            datum_type: f32::datum_type(),
+        }
+    }
+
+    /// The first NaN or Inf is found wherever it is: in the first block of values checked at
+    /// once, in a later one, at the very end; flat indices count in row-major order.
+    #[test]
+    fn the_first_non_finite_value_is_named() {
+        let len = 3 * 4096 + 17;
+        for (at, bad) in [(0, f32::NAN), (4095, f32::INFINITY), (9000, f32::NEG_INFINITY)]
+            .into_iter()
+            .chain([(len - 1, f32::NAN)])
+        {
+            let mut values = vec![1.5f32; len];
+            values[at] = bad;
+            values[len - 1] = if at == len - 1 { bad } else { f32::NAN };
+            let tensor = Tensor::from_shape(&[len], &values).unwrap();
+            let err = check_finite(&spec(), &tensor).unwrap_err().to_string();
+            assert!(err.contains(&format!("flat index {at} ")), "{err}");
+        }
+        let clean = Tensor::from_shape(&[len], &vec![0.25f32; len]).unwrap();
+        assert!(check_finite(&spec(), &clean).is_ok());
+        // Made from a transposed array: element [1, 2] of a 5 × 3 tensor is flat index 5.
+        let mut grid = ndarray::Array2::<f32>::zeros((3, 5));
+        grid[[2, 1]] = f32::NAN;
+        let tensor = Tensor::from(grid.reversed_axes().into_dyn());
+        let err = check_finite(&spec(), &tensor).unwrap_err().to_string();
+        assert!(err.contains("flat index 5 "), "{err}");
     }
 }
