@@ -199,7 +199,8 @@ impl<O: SimdElement> GroupConv<'_, O> {
         let (g, k4) = (self.g, self.weights.k4);
         let (out_height, out_width) = (g.out[0], g.out[1].max(1));
         let (channels, pixels) = out.dim();
-        let rows_per_block = (PATCH_BLOCK_WORDS / (k4 * out_width).max(1)).clamp(1, out_height);
+        let rows_per_block =
+            (PATCH_BLOCK_WORDS / (k4 * out_width).max(1)).clamp(1, out_height.max(1));
         // Bands of whole output rows: each thread builds its own rows' patches and multiplies
         // them while they are in its cache.
         let rows_per_task = out_height.div_ceil(threads());
