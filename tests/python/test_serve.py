@@ -208,7 +208,10 @@ def test_readers_racing_updates_and_rollbacks_see_one_version() -> None:
     finally:
         stop(proc)
     print("\n" + figures.summary())
-    assert figures.ok, (figures.summary(), figures.problems)
+    # What the server logged (warnings and tracebacks) goes with a failure: a 500 names the
+    # exception there only.
+    server_log = proc.stdout.read().decode(errors="replace")[-4000:] if proc.stdout else ""
+    assert figures.ok, (figures.summary(), figures.problems, server_log)
     assert figures.cycles >= 2
 
 
