@@ -14,7 +14,7 @@
 //! - `layers/…`: one thread, the int8 part of each layer as `Int8Conv` / `Int8Linear` run it
 //!   through the public kernel API — patches (`im2col_c4`, skipped for unit 1×1 convolutions)
 //!   and `conv_planar` for convolutions (a 7×7 or 14×14 plane's last `pixels mod 16` by
-//!   `conv_planar_tail` when the runtime would), `PhasedPlane::fill`, `accumulate` and `store` per
+//!   `conv_planar_tail`, through `conv_planar_with_tail` as the runtime does), `PhasedPlane::fill`, `accumulate` and `store` per
 //!   channel for depthwise ones, reading and storing u8 codes as linked int8 layers do;
 //!   `gemm_u8i8` for the classifiers (float input quantization and output not included). Names: kind, channels in→out, input side, kernel, stride, then which models use
 //!   the shape and how many times. `cargo bench -- layers/depthwise` runs a subset.
@@ -34,14 +34,13 @@ use std::time::Duration;
 use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use jarvis_performance::kernels::{
-    conv_planar, conv_planar_tail, gemm_u8i8, im2col_c4, tail_pixels, tap_words, Activation,
-    ActivationQuant, BytePlane, ConvGeometry, Element, Epilogue, Isa, OutputCodes, PackedWeights,
-    PhasedPlane, PlanarWeights, WindowTable, MAX_TAP_WORDS,
+    conv_planar, conv_planar_with_tail, gemm_u8i8, im2col_c4, tail_scratch_len, tap_words,
+    Activation, ActivationQuant, BytePlane, ConvGeometry, Element, Epilogue, Isa, OutputCodes,
+    PackedWeights, PhasedPlane, PlanarWeights, WindowTable, MAX_TAP_WORDS,
 };
 use jarvis_performance::quantize::qparams::quantize_weights;
 use jarvis_performance::quantize::QuantizeOptions;
 use jarvis_performance::{LoadOptions, Runtime};
-use ndarray::Axis;
 use tract_onnx::prelude::*;
 
 #[derive(Debug, Clone, Copy)]
@@ -228,9 +227,8 @@ fn bench_layer(b: &mut criterion::Bencher<'_, ThreadCpu>, isa: Isa, layer: &Laye
             let mut out = vec![0u8; layer.cout * pixels];
             let epilogues = vec![EPILOGUE; layer.cout];
             // The last few pixels of a plane (a 7×7 plane's 49th) as dot products, as the
-            // runtime runs them, their operand columns transposed first.
-            let tail = tail_pixels(pixels, k4);
-            let mut columns = ndarray::Array2::<u32>::zeros((tail, k4));
+            // runtime runs them, their operand columns transposed into scratch first.
+            let mut scratch = vec![0u32; tail_scratch_len(pixels, k4)];
             b.iter(|| {
                 let operand: &[u32] = if unit {
                     &x
@@ -241,14 +239,17 @@ fn bench_layer(b: &mut criterion::Bencher<'_, ThreadCpu>, isa: Isa, layer: &Laye
                 let range = 0..layer.cout;
                 let operand = planes(operand, k4, pixels);
                 let out_planes = planes_mut(&mut out, layer.cout, pixels);
-                let (operand, operand_tail) = operand.split_at(Axis(1), pixels - tail);
-                let (out_planes, out_tail) = out_planes.split_at(Axis(1), pixels - tail);
-                conv_planar(isa, operand, &packed, range.clone(), &epilogues, codes(), out_planes);
-                if tail > 0 {
-                    columns.assign(&operand_tail.t());
-                    let columns = columns.view();
-                    conv_planar_tail(isa, columns, &packed, range, &epilogues, codes(), out_tail);
-                }
+                let (e, codes) = (&epilogues, codes());
+                conv_planar_with_tail(
+                    isa,
+                    operand,
+                    &packed,
+                    range,
+                    e,
+                    codes,
+                    out_planes,
+                    &mut scratch,
+                );
                 black_box(&out);
             });
         }

@@ -30,7 +30,10 @@ pub use moments::{add_column_sums, add_pair_products};
 pub use planar::{
     conv_planar, fill_words, quantize_c4, quantize_c4_channels, ConvGeometry, PlanarWeights,
 };
-pub use planar_tail::{conv_planar_tail, tail_pixels, MAX_TAIL_PIXELS};
+pub use planar_tail::{
+    conv_planar_tail, conv_planar_with_tail, tail_pixels, tail_scratch_len, MAX_TAIL_PIXELS,
+    VECTOR_PIXELS,
+};
 pub use pool::{max_pool_plane, max_pool_row_len};
 pub use quant::{
     abs_max, dequantize_rows, quantize_i8_symmetric, quantize_u8, quantize_value, round_half_even,

@@ -180,6 +180,12 @@ fn row_stride<S: RawData>(view: &ArrayBase<S, Ix2>) -> Option<usize> {
     rows_forward.filter(|_| unit_columns)
 }
 
+/// `Σ_j x.byte(j) · w.byte(j)`, u8 by i8: one `vpdpbusd` lane, the scalar references' step.
+pub(super) fn word_dot(x: u32, w: i32) -> i32 {
+    let (xb, wb) = (x.to_le_bytes(), w.to_le_bytes());
+    (0..4).map(|j| i32::from(xb[j]) * i32::from(wb[j] as i8)).sum()
+}
+
 /// The padding word of each channel group for per-channel zero points (missing channels 0).
 pub fn fill_words(zero_points: &[u8]) -> Vec<u32> {
     zero_points
@@ -235,13 +241,9 @@ pub fn conv_planar<E: SimdElement>(
                     let len = (pixels - start).min(64);
                     let mut sums = [0i32; 64];
                     for (k4, &word) in row.iter().enumerate() {
-                        let wb = word.to_le_bytes();
                         let xs = x.slice(s![k4, start..start + len]);
                         for (sum, &xw) in sums.iter_mut().zip(xs) {
-                            let xb = xw.to_le_bytes();
-                            *sum += (0..4)
-                                .map(|j| i32::from(xb[j]) * i32::from(wb[j] as i8))
-                                .sum::<i32>();
+                            *sum += word_dot(xw, word);
                         }
                     }
                     let mut chunk = plane.slice_mut(s![start..start + len]);

@@ -9,17 +9,17 @@
 
 use std::ops::Range;
 
-use ndarray::{ArrayView2, ArrayViewMut2};
+use ndarray::{ArrayView2, ArrayViewMut2, Axis};
 
 use super::codes::SimdElement;
-use super::planar::PlanarWeights;
+use super::planar::{conv_planar, word_dot, PlanarWeights};
 use super::{Epilogue, Isa};
 
 /// Most pixels the dot-product path takes (fewer than one vector of them).
 pub const MAX_TAIL_PIXELS: usize = 15;
 
 /// Pixels of one channel per vector in the planar kernel.
-const VECTOR_PIXELS: usize = 16;
+pub const VECTOR_PIXELS: usize = 16;
 
 /// Shortest weight rows whose last pixels run as dot products: below 64 words, summing lanes
 /// and storing each channel's few values cost more than the masked-off lanes they save (960
@@ -27,7 +27,7 @@ const VECTOR_PIXELS: usize = 16;
 const MIN_TAIL_WORDS: usize = 64;
 
 /// How many of the last of `pixels` columns [`conv_planar_tail`] should compute for weight rows
-/// of `k4` words (the rest in whole vectors by [`conv_planar`](super::conv_planar)): `pixels
+/// of `k4` words (the rest in whole vectors by [`conv_planar`]): `pixels
 /// mod 16`, or 0 when the vector kernel is as quick.
 pub fn tail_pixels(pixels: usize, k4: usize) -> usize {
     if k4 < MIN_TAIL_WORDS {
@@ -39,8 +39,46 @@ pub fn tail_pixels(pixels: usize, k4: usize) -> usize {
 /// Pixels whose columns one pass over a weight row multiplies.
 const COLUMNS_PER_PASS: usize = 4;
 
+/// Words of scratch [`conv_planar_with_tail`] needs for `pixels` columns and weight rows of
+/// `k4` words: the tail's columns, transposed.
+pub fn tail_scratch_len(pixels: usize, k4: usize) -> usize {
+    tail_pixels(pixels, k4) * k4
+}
+
+/// The product [`conv_planar`] computes over every column of `x` and `out`: whole vectors of
+/// 16 pixels by it, the last [`tail_pixels`] by [`conv_planar_tail`], their operand columns
+/// transposed into `scratch` (at least [`tail_scratch_len`] words). How the runtime runs a
+/// planar convolution.
+#[allow(clippy::too_many_arguments)]
+pub fn conv_planar_with_tail<E: SimdElement>(
+    isa: Isa,
+    x: ArrayView2<'_, u32>,
+    w: &PlanarWeights,
+    range: Range<usize>,
+    epilogues: &[Epilogue],
+    store: E::Store,
+    out: ArrayViewMut2<'_, E>,
+    scratch: &mut [u32],
+) {
+    let tail = tail_pixels(x.ncols(), w.k4);
+    if tail == 0 {
+        return conv_planar(isa, x, w, range, epilogues, store, out);
+    }
+    let whole = x.ncols() - tail;
+    let (x, x_tail) = x.split_at(Axis(1), whole);
+    let (out, out_tail) = out.split_at(Axis(1), whole);
+    if whole > 0 {
+        conv_planar(isa, x, w, range.clone(), epilogues, store, out);
+    }
+    let columns = &mut scratch[..tail * w.k4];
+    for (column, t) in columns.chunks_exact_mut(w.k4).zip(0..) {
+        column.iter_mut().zip(x_tail.column(t)).for_each(|(word, &x)| *word = x);
+    }
+    tail_dots(isa, columns, w, range, epilogues, store, out_tail);
+}
+
 /// `out[o − range.start][t] = finish_o(Σ_k4 Σ_j columns[t][k4].byte(j) · W[o][4·k4 + j])`: the
-/// product [`conv_planar`](super::conv_planar) computes, for up to [`MAX_TAIL_PIXELS`] pixels
+/// product [`conv_planar`] computes, for up to [`MAX_TAIL_PIXELS`] pixels
 /// whose operand columns are the rows of `columns` (`k4` words each).
 pub fn conv_planar_tail<E: SimdElement>(
     isa: Isa,
@@ -49,21 +87,35 @@ pub fn conv_planar_tail<E: SimdElement>(
     range: Range<usize>,
     epilogues: &[Epilogue],
     store: E::Store,
-    mut out: ArrayViewMut2<'_, E>,
+    out: ArrayViewMut2<'_, E>,
 ) {
-    let pixels = columns.nrows();
-    assert!(
-        pixels <= MAX_TAIL_PIXELS
-            && columns.ncols() == w.k4
-            && range.end <= w.n
-            && epilogues.len() == range.len()
-            && out.dim() == (range.len(), pixels),
-        "conv_planar_tail: columns, weights, epilogues and output disagree"
-    );
+    assert!(columns.ncols() == w.k4, "conv_planar_tail: columns are not weight rows long");
     let Some(columns) = columns.as_slice() else {
         panic!("conv_planar_tail: columns must be contiguous rows");
     };
-    let k4 = w.k4;
+    tail_dots(isa, columns, w, range, epilogues, store, out)
+}
+
+/// [`conv_planar_tail`] with the columns as consecutive runs of `k4` words, one per column of
+/// `out`.
+fn tail_dots<E: SimdElement>(
+    isa: Isa,
+    columns: &[u32],
+    w: &PlanarWeights,
+    range: Range<usize>,
+    epilogues: &[Epilogue],
+    store: E::Store,
+    mut out: ArrayViewMut2<'_, E>,
+) {
+    let (k4, pixels) = (w.k4, out.ncols());
+    assert!(
+        pixels <= MAX_TAIL_PIXELS
+            && columns.len() == pixels * k4
+            && range.end <= w.n
+            && epilogues.len() == range.len()
+            && out.nrows() == range.len(),
+        "conv_planar_tail: columns, weights, epilogues and output disagree"
+    );
     for (o, (mut dst, e)) in range.zip(out.rows_mut().into_iter().zip(epilogues)) {
         let row = &w.words[o * k4..(o + 1) * k4];
         let mut sums = [0i32; MAX_TAIL_PIXELS];
@@ -73,7 +125,7 @@ pub fn conv_planar_tail<E: SimdElement>(
             Isa::Avx512Vnni => unsafe { avx512::dots(columns, row, &mut sums[..pixels]) },
             _ => {
                 for (sum, column) in sums.iter_mut().zip(columns.chunks_exact(k4.max(1))) {
-                    *sum = dot(column, row);
+                    *sum = column.iter().zip(row).map(|(&x, &w)| word_dot(x, w)).sum();
                 }
             }
         }
@@ -87,17 +139,6 @@ pub fn conv_planar_tail<E: SimdElement>(
             }
         }
     }
-}
-
-/// `Σ_k Σ_j x[k].byte(j) · w[k].byte(j)`, u8 by i8: the scalar reference.
-fn dot(x: &[u32], w: &[i32]) -> i32 {
-    x.iter()
-        .zip(w)
-        .map(|(&x, &w)| {
-            let (xb, wb) = (x.to_le_bytes(), w.to_le_bytes());
-            (0..4).map(|j| i32::from(xb[j]) * i32::from(wb[j] as i8)).sum::<i32>()
-        })
-        .sum()
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -199,6 +240,27 @@ mod tests {
                 prop_assert_eq!(wide.slice(s![.., 2..2 + pixels]), want_codes.view(), "{:?}", isa);
                 prop_assert!(wide.index_axis(Axis(1), 0).iter().all(|&c| c == 0), "wrote outside the band");
             }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+        /// Whole vectors and the tail together, as the runtime runs a plane, equal the planar
+        /// reference on every column, on either side of the rows long enough for the tail.
+        #[test]
+        fn planes_with_a_tail_match_the_planar_reference(n in 1usize..12, k4 in 56usize..72, pixels in 1usize..40, seed in any::<u64>()) {
+            let mut state = seed;
+            let mut next = || { state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407); (state >> 33) as u32 };
+            let x = Array2::from_shape_fn((k4, pixels), |_| next());
+            let w: Vec<i8> = (0..n * k4 * 4).map(|_| next() as i8).collect();
+            let packed = PlanarWeights::pack(&w, n, k4);
+            let exact = vec![Epilogue { offset: 0, scale: 1.0, bias: 0.0, activation: Activation::Identity }; n];
+            let mut want = Array2::<f32>::zeros((n, pixels));
+            conv_planar(Isa::Scalar, x.view(), &packed, 0..n, &exact, (), want.view_mut());
+            let mut got = Array2::<f32>::zeros((n, pixels));
+            let mut scratch = vec![0u32; tail_scratch_len(pixels, k4)];
+            conv_planar_with_tail(Isa::detect(), x.view(), &packed, 0..n, &exact, (), got.view_mut(), &mut scratch);
+            prop_assert_eq!(got, want);
         }
     }
 }

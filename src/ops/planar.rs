@@ -11,8 +11,8 @@ use super::conv::Int8Conv;
 use super::parallel::{for_each_chunk, for_each_part, threads};
 use super::scratch;
 use crate::kernels::{
-    conv_planar, conv_planar_tail, im2col_c4_rows, quantize_c4, quantize_c4_channels, tail_pixels,
-    ConvGeometry, Element, Epilogue, Isa, PatchFill, PlanarWeights, SimdElement,
+    conv_planar_with_tail, im2col_c4_rows, quantize_c4, quantize_c4_channels, tail_scratch_len,
+    ConvGeometry, Element, Epilogue, Isa, PatchFill, PlanarWeights, SimdElement, VECTOR_PIXELS,
 };
 
 /// Fewest output channels per parallel task (one kernel block: a 16-channel projection still
@@ -21,9 +21,6 @@ const MIN_CHANNELS_PER_TASK: usize = 8;
 
 /// Pixels the kernel computes per tile: a band of pixels is at least two.
 const TILE_PIXELS: usize = 32;
-
-/// Pixels of one channel per vector: bands of pixels of a 1×1 layer are multiples of it.
-const VECTOR_PIXELS: usize = 16;
 
 /// im2col words built at a time (384 KB: the patches stay in a core's 1 MB L2 while the
 /// product reads them).
@@ -142,32 +139,13 @@ struct GroupConv<'a, O: SimdElement> {
 
 impl<O: SimdElement> GroupConv<'_, O> {
     /// Output `channels` of the group (`out`'s rows) over `out`'s pixels, `x` the operand's
-    /// columns for those pixels: whole vectors of 16 pixels by the planar kernel, and the last
-    /// few (a 7×7 plane's 49th, see [`tail_pixels`]) as dot products, their columns transposed
-    /// into scratch.
-    fn product(
-        &self,
-        x: ArrayView2<'_, u32>,
-        channels: Range<usize>,
-        out: ArrayViewMut2<'_, O>,
-    ) -> TractResult<()> {
+    /// columns for those pixels (a plane's last few pixels as dot products, their columns
+    /// transposed into scratch: [`conv_planar_with_tail`]).
+    fn product(&self, x: ArrayView2<'_, u32>, channels: Range<usize>, out: ArrayViewMut2<'_, O>) {
         let epilogues = &self.epilogues[channels.clone()];
         let (isa, w, store) = (self.isa, self.weights, self.store);
-        let tail = tail_pixels(x.ncols(), w.k4);
-        if tail == 0 {
-            conv_planar(isa, x, w, channels, epilogues, store, out);
-            return Ok(());
-        }
-        let (x, x_tail) = x.split_at(Axis(1), x.ncols() - tail);
-        let (out, out_tail) = out.split_at(Axis(1), x.ncols());
-        if x.ncols() > 0 {
-            conv_planar(isa, x, w, channels.clone(), epilogues, store, out);
-        }
-        scratch::tail_columns(tail * w.k4, |words| {
-            let mut columns = ArrayViewMut2::from_shape((tail, w.k4), words)?;
-            columns.assign(&x_tail.slice(s![..w.k4, ..]).t());
-            conv_planar_tail(isa, columns.view(), w, channels, epilogues, store, out_tail);
-            Ok(())
+        scratch::tail_columns(tail_scratch_len(x.ncols(), w.k4), |columns| {
+            conv_planar_with_tail(isa, x, w, channels, epilogues, store, out, columns)
         })
     }
 
@@ -175,7 +153,8 @@ impl<O: SimdElement> GroupConv<'_, O> {
     fn by_channels(&self, x: ArrayView2<'_, u32>, out: ArrayViewMut2<'_, O>) -> TractResult<()> {
         let per_part = channels_per_part(out.nrows());
         for_each_part(out, Axis(0), per_part, |first, out| {
-            self.product(x.view(), first..first + out.nrows(), out)
+            self.product(x.view(), first..first + out.nrows(), out);
+            Ok(())
         })
     }
 
@@ -189,7 +168,10 @@ impl<O: SimdElement> GroupConv<'_, O> {
         if !split_by_pixels(pixels, channels, band) {
             return self.by_channels(x, out);
         }
-        for_each_part((x, out), Axis(1), band, |_, (x, out)| self.product(x, 0..channels, out))
+        for_each_part((x, out), Axis(1), band, |_, (x, out)| {
+            self.product(x, 0..channels, out);
+            Ok(())
+        })
     }
 
     /// A k×k (or strided, or padded) convolution: im2col patches for a block of output rows at
@@ -217,7 +199,7 @@ impl<O: SimdElement> GroupConv<'_, O> {
                         let patches = &mut patches[..k4 * columns.len()];
                         self.im2col(out_rows, 0..k4, patches);
                         let x = ArrayView2::from_shape((k4, columns.len()), &*patches)?;
-                        self.product(x, 0..channels, out.slice_mut(s![.., columns]))?;
+                        self.product(x, 0..channels, out.slice_mut(s![.., columns]));
                     }
                     Ok(())
                 })
