@@ -5,6 +5,7 @@
 use std::ops::Range;
 
 use super::planar::ConvGeometry;
+use super::Isa;
 
 /// Builds the C4 patch matrix of a k×k convolution: for each tap and channel group, the plane of
 /// input words each output pixel reads (the zero point where the tap falls in the padding).
@@ -88,12 +89,28 @@ pub fn im2col_c4_rows(
             line[last..].fill(fill);
             let src = &plane[iy * width + start..(iy + 1) * width];
             let inside = &mut line[first..last];
-            if stride[1] == 1 {
-                inside.copy_from_slice(&src[..inside.len()]);
-            } else {
-                inside.iter_mut().zip(src.iter().step_by(stride[1])).for_each(|(d, &v)| *d = v);
+            match stride[1] {
+                1 => inside.copy_from_slice(&src[..inside.len()]),
+                2 => every_other(inside, src),
+                s => inside.iter_mut().zip(src.iter().step_by(s)).for_each(|(d, &v)| *d = v),
             }
         }
+    }
+}
+
+/// `dst[i] = src[2 · i]`: a stride-2 row (stems, downsampling layers), as pairs so that the
+/// AVX-512 build vectorises it (`step_by` stays one word at a time).
+fn every_other(dst: &mut [u32], src: &[u32]) {
+    let pairs = dst.len().min(src.len() / 2);
+    let (head, last) = dst.split_at_mut(pairs);
+    super::quant::multiversion!(Isa::detect(), {
+        for (d, pair) in head.iter_mut().zip(src.chunks_exact(2)) {
+            *d = pair[0];
+        }
+    });
+    // An odd-length source's last word has no partner.
+    if let (Some(d), Some(&v)) = (last.first_mut(), src.get(2 * pairs)) {
+        *d = v;
     }
 }
 
