@@ -244,7 +244,7 @@ class Runtime:
         """Calibration and weight-memory figures of a quantized runtime (``None`` for float):
         ``method``, ``per_channel``, ``batches``, ``samples``, ``calibration_bytes``,
         ``float_weight_bytes``, ``int8_weight_bytes``, ``linked_outputs`` (int8 layer outputs
-        handed to the next int8 layers as u8 codes)."""
+        handed to the next int8 layers, or to a max pool before them, as u8 codes)."""
     @overload
     def infer(self, x: Mapping[str, npt.ArrayLike]) -> dict[str, npt.NDArray[Any]]: ...
     @overload

@@ -8,6 +8,21 @@
 use super::quant::multiversion;
 use super::{ConvGeometry, Isa};
 
+/// What a max pool compares: floats, or u8 codes of one quantization (quantizing is monotonic,
+/// so the max of codes is the code of the max).
+pub trait PoolValue: Copy + PartialOrd + Send + Sync {
+    /// Below every value a window can hold: what padding holds, so it never wins.
+    const LOWEST: Self;
+}
+
+impl PoolValue for f32 {
+    const LOWEST: f32 = f32::NEG_INFINITY;
+}
+
+impl PoolValue for u8 {
+    const LOWEST: u8 = 0;
+}
+
 /// Length of the padded row: every column a window reads, and the whole input row.
 fn padded_row_len(g: &ConvGeometry) -> usize {
     let [sx, dx] = [g.stride[1].max(1), g.dilation[1].max(1)];
@@ -24,8 +39,14 @@ pub fn max_pool_row_len(g: &ConvGeometry) -> usize {
 
 /// `out[oy][ox] = max` of the plane's values under window `(oy, ox)` of `g` (one channel:
 /// `g.channels` is ignored); `row` holds [`max_pool_row_len`] values of scratch. A window that
-/// covers only padding gives −∞.
-pub fn max_pool_plane(isa: Isa, g: &ConvGeometry, plane: &[f32], row: &mut [f32], out: &mut [f32]) {
+/// covers only padding gives [`PoolValue::LOWEST`] (−∞, or code 0).
+pub fn max_pool_plane<T: PoolValue>(
+    isa: Isa,
+    g: &ConvGeometry,
+    plane: &[T],
+    row: &mut [T],
+    out: &mut [T],
+) {
     let [out_h, out_w] = g.out;
     let [sy, sx] = [g.stride[0].max(1), g.stride[1].max(1)];
     let [dy, dx] = [g.dilation[0].max(1), g.dilation[1].max(1)];
@@ -39,7 +60,7 @@ pub fn max_pool_plane(isa: Isa, g: &ConvGeometry, plane: &[f32], row: &mut [f32]
     let (even, odd) = halves.split_at_mut(row_len.div_ceil(2));
     multiversion!(isa, {
         for (oy, line) in out[..out_h * out_w].chunks_exact_mut(out_w).enumerate() {
-            padded.fill(f32::NEG_INFINITY);
+            padded.fill(T::LOWEST);
             let inside = &mut padded[g.pad[1]..g.pad[1] + g.width];
             for ky in 0..g.kernel[0] {
                 let Some(iy) = (oy * sy + ky * dy).checked_sub(g.pad[0]) else { continue };
@@ -64,7 +85,7 @@ pub fn max_pool_plane(isa: Isa, g: &ConvGeometry, plane: &[f32], row: &mut [f32]
                 if let Some(v) = last {
                     even[whole] = v;
                 }
-                line.fill(f32::NEG_INFINITY);
+                line.fill(T::LOWEST);
                 for kx in 0..g.kernel[1] {
                     let source = if kx % 2 == 0 { &even[kx / 2..] } else { &odd[kx / 2..] };
                     for (o, &v) in line.iter_mut().zip(source) {
@@ -73,7 +94,7 @@ pub fn max_pool_plane(isa: Isa, g: &ConvGeometry, plane: &[f32], row: &mut [f32]
                 }
             } else {
                 for (ox, o) in line.iter_mut().enumerate() {
-                    let mut best = f32::NEG_INFINITY;
+                    let mut best = T::LOWEST;
                     for kx in 0..g.kernel[1] {
                         let v = padded[ox * sx + kx * dx];
                         best = if v > best { v } else { best };
@@ -122,11 +143,21 @@ mod tests {
                 (state >> 40) as f32 / 65536.0 - 128.0
             }).collect();
             let want = naive(&g, &plane);
+            // The same planes as codes (a monotonic map): the codes of the same maxima.
+            let code = |v: f32| (v + 128.0).clamp(0.0, 255.0) as u8;
+            let codes: Vec<u8> = plane.iter().map(|&v| code(v)).collect();
+            let padding_only = |v: f32| v == f32::NEG_INFINITY;
+            let want_codes: Vec<u8> =
+                want.iter().map(|&v| if padding_only(v) { 0 } else { code(v) }).collect();
             for isa in [Isa::Scalar, Isa::detect()] {
                 let mut row = vec![f32::NAN; max_pool_row_len(&g)];
                 let mut got = vec![f32::NAN; out[0] * out[1]];
                 max_pool_plane(isa, &g, &plane, &mut row, &mut got);
                 prop_assert_eq!(&got, &want, "{:?} {:?}", isa, g);
+                let mut row = vec![77u8; max_pool_row_len(&g)];
+                let mut got = vec![77u8; out[0] * out[1]];
+                max_pool_plane(isa, &g, &codes, &mut row, &mut got);
+                prop_assert_eq!(&got, &want_codes, "{:?} {:?}", isa, g);
             }
         }
     }

@@ -1,6 +1,7 @@
 //! `MaxPool2d`: the 2-D max pooling of int8 graphs (ResNet's stem pool), one plane per parallel
 //! task through `kernels::max_pool_plane`, replacing tract's generic pool (see
-//! `quantize::pools`).
+//! `quantize::tidy`). Fed u8 codes by the int8 layer before it (`quantize::link`), it pools
+//! the codes (a quarter of the bytes) and hands on the floats they stand for.
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
@@ -9,14 +10,20 @@ use tract_onnx::tract_core::ops::cnn::PoolSpec;
 use super::conv::geometry;
 use super::parallel::for_each_chunk;
 use super::scratch;
-use crate::kernels::{max_pool_plane, max_pool_row_len, Isa};
+use crate::kernels::{dequantize_codes, max_pool_plane, max_pool_row_len, ActivationQuant, Isa};
 
-/// Max pooling of an f32 NCHW tensor over a 2-D window (no index output).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// Max pooling of an NCHW tensor over a 2-D window (no index output): of f32 values, or of u8
+/// codes of `input_codes`, the output then their values as f32.
+#[derive(Debug, Clone, PartialEq)]
 pub struct MaxPool2d {
     /// Kernel shape, strides, dilations and padding, as tract analysed them.
     pub pool_spec: PoolSpec,
+    /// Set when the input is u8 codes of this quantization.
+    pub input_codes: Option<ActivationQuant>,
 }
+
+// Scales are never NaN (calibration makes them positive and finite), so equality is total.
+impl Eq for MaxPool2d {}
 
 impl Op for MaxPool2d {
     fn name(&self) -> StaticName {
@@ -37,29 +44,52 @@ impl EvalOp for MaxPool2d {
         let input = args_1!(inputs);
         let shape = input.shape();
         let g = geometry(&self.pool_spec, shape)?;
-        let view = input.to_plain_array_view::<f32>()?;
-        let contiguous = view.as_standard_layout();
-        let data = contiguous.as_slice().context("MaxPool2d input is not contiguous")?;
         let (plane_in, plane_out) = (g.height * g.width, g.out[0] * g.out[1]);
         let mut output = Tensor::zero::<f32>(&[shape[0], shape[1], g.out[0], g.out[1]])?;
         let isa = Isa::detect();
+        let row_len = max_pool_row_len(&g);
         {
             let mut plain = output.try_as_plain_ram_mut()?;
             let out = plain.as_slice_mut::<f32>()?;
-            for_each_chunk(out, plane_out.max(1), |plane, out| {
-                let input = &data[plane * plane_in..(plane + 1) * plane_in];
-                scratch::flat_sums(max_pool_row_len(&g), |row| {
-                    max_pool_plane(isa, &g, input, row, out)
-                });
-            });
+            match self.input_codes {
+                None => each_plane::<f32>(&input, plane_in, plane_out, out, |input, out| {
+                    scratch::flat_sums(row_len, |row| max_pool_plane(isa, &g, input, row, out))
+                })?,
+                Some(q) => each_plane::<u8>(&input, plane_in, plane_out, out, |input, out| {
+                    scratch::input_bytes(row_len + plane_out, |bytes| {
+                        let (row, codes) = bytes.split_at_mut(row_len);
+                        max_pool_plane(isa, &g, input, row, codes);
+                        dequantize_codes(isa, codes, q, out);
+                    })
+                })?,
+            }
         }
         Ok(tvec!(output.into_tvalue()))
     }
 }
 
+/// `pool(input plane, output plane)` for every plane of `input` (`T` values, `plane_in` each)
+/// and of `out` (`plane_out` each), planes shared among the threads.
+fn each_plane<T: Datum>(
+    input: &Tensor,
+    plane_in: usize,
+    plane_out: usize,
+    out: &mut [f32],
+    pool: impl Fn(&[T], &mut [f32]) + Sync,
+) -> TractResult<()> {
+    let view = input.to_plain_array_view::<T>()?;
+    let contiguous = view.as_standard_layout();
+    let data = contiguous.as_slice().context("MaxPool2d input is not contiguous")?;
+    for_each_chunk(out, plane_out.max(1), |plane, out| {
+        pool(&data[plane * plane_in..(plane + 1) * plane_in], out)
+    });
+    Ok(())
+}
+
 impl TypedOp for MaxPool2d {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        self.pool_spec.output_facts(inputs)
+        let facts = self.pool_spec.output_facts(inputs)?;
+        Ok(facts.into_iter().map(|fact| f32::fact(fact.shape)).collect())
     }
 
     as_op!();

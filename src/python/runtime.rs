@@ -319,7 +319,7 @@ impl PyRuntime {
     /// Calibration and weight-memory figures of a quantized runtime (`None` for float):
     /// `method`, `batches`, `samples`, `calibration_bytes` (the fixed bound on observer
     /// memory), `float_weight_bytes`, `int8_weight_bytes`, `linked_outputs` (int8 layer outputs
-    /// handed to the next int8 layers as u8 codes).
+    /// handed to the next int8 layers, or to a max pool before them, as u8 codes).
     fn quantization_summary<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
         let Some(q) = self.inner.quantization() else { return Ok(None) };
         let d = PyDict::new(py);

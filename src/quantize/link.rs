@@ -9,7 +9,7 @@
 use tract_onnx::prelude::*;
 
 use crate::kernels::ActivationQuant;
-use crate::ops::Int8Conv;
+use crate::ops::{Int8Conv, MaxPool2d};
 
 /// Links every int8 convolution whose output feeds only int8 convolutions that quantize it the
 /// same way (and is not a model output); returns how many outputs now carry u8 codes.
@@ -53,6 +53,53 @@ fn shared_input_quant(
         shared = Some(conv.layer.input);
     }
     Ok(shared)
+}
+
+/// Links each max pool whose input is an int8 convolution's alone (not a model output) and
+/// whose int8 readers quantize its output the same way: the convolution stores codes of that
+/// quantization and the pool takes the maximum of the codes (quantizing is monotonic, so the
+/// readers get the very codes they computed from the floats), handing on their values as
+/// floats. Float readers (ResNet's first residual `Add`) then see the pooled values rounded to
+/// the readers' lattice and clipped to its range, as a QDQ model quantizes them. Returns how
+/// many pools now read codes.
+pub fn link_max_pools(model: &mut TypedModel) -> TractResult<usize> {
+    let outputs = model.output_outlets()?.to_vec();
+    let mut linked = 0;
+    for id in 0..model.nodes().len() {
+        let Some(pool) = model.node(id).op_as::<MaxPool2d>() else { continue };
+        let producer = model.node(id).inputs[0];
+        let conv = model.node(producer.node).op_as::<Int8Conv>();
+        let sole_reader = model.outlet_successors(producer).len() == 1;
+        let pooled = OutletId::new(id, 0);
+        if pool.input_codes.is_some()
+            || conv.is_none_or(|c| c.layer.links.output_codes.is_some())
+            || !sole_reader
+            || outputs.contains(&producer)
+            || outputs.contains(&pooled)
+        {
+            continue;
+        }
+        let Some(codes) = int8_readers_quant(model, pooled) else { continue };
+        update_conv(model, producer.node, |conv| conv.layer.links.output_codes = Some(codes));
+        let fact = &mut model.node_mut(producer.node).outputs[0].fact;
+        *fact = u8::fact(fact.shape.clone());
+        if let Some(pool) = model.node_mut(id).op_as_mut::<MaxPool2d>() {
+            pool.input_codes = Some(codes);
+        }
+        linked += 1;
+    }
+    Ok(linked)
+}
+
+/// The input quantization of the int8 convolutions reading `outlet` as data, if there is at
+/// least one and they all agree (other readers ignored).
+fn int8_readers_quant(model: &TypedModel, outlet: OutletId) -> Option<ActivationQuant> {
+    let mut readers = model.outlet_successors(outlet).iter().filter_map(|inlet| {
+        let conv = model.node(inlet.node).op_as::<Int8Conv>()?;
+        Some((inlet.slot == 0).then_some(conv.layer.input))
+    });
+    let first = readers.next()??;
+    readers.all(|q| q == Some(first)).then_some(first)
 }
 
 fn update_conv(model: &mut TypedModel, id: usize, change: impl FnOnce(&mut Int8Conv)) {
@@ -161,6 +208,58 @@ pub(super) mod tests {
         assert!(identical * 100 >= want.len() * 99, "{identical} of {} identical", want.len());
         let peak = want.iter().fold(0f32, |m, v| m.max(v.abs()));
         assert!(want.iter().zip(&got).all(|(w, g)| (w - g).abs() <= 0.02 * peak));
+        Ok(())
+    }
+
+    /// conv (ReLU) → 3×3 stride-2 max pool → {3×3 int8 conv, residual add}: the conv hands
+    /// the pool codes, the int8 reader gets exactly the codes it computed from the floats, and
+    /// the add sees the pooled floats rounded to the reader's lattice.
+    #[test]
+    fn a_max_pool_between_int8_layers_pools_codes() -> TractResult<()> {
+        let q =
+            |low: f32, high: f32| crate::quantize::qparams::ActivationQuant::from_range(low, high);
+        let mut model = TypedModel::default();
+        let x = model.add_source("x", f32::fact([2, 3, 12, 12]))?;
+        let stem = conv("stem", 3, 8, 3, 1, false, Activation::Relu);
+        let a =
+            model.wire_node("stem", build_op(&stem, &stem.weights, q(-3.0, 3.0), true), &[x])?;
+        let pool_spec = PoolSpec {
+            data_format: DataFormat::NCHW,
+            kernel_shape: tvec!(3, 3),
+            padding: PaddingSpec::Explicit(tvec!(1, 1), tvec!(1, 1)),
+            dilations: None,
+            strides: Some(tvec!(2, 2)),
+            input_channels: 8,
+            output_channels: 8,
+        };
+        let pool = crate::ops::MaxPool2d { pool_spec, input_codes: None };
+        let p = model.wire_node("pool", pool, &a)?;
+        let block = conv("block", 8, 8, 3, 1, false, Activation::Identity);
+        // Wide enough for every pooled value: none is clipped, only rounded.
+        let q_block = q(0.0, 60.0);
+        let b = model.wire_node("block", build_op(&block, &block.weights, q_block, true), &p)?;
+        let sum =
+            model.wire_node("sum", tract_onnx::tract_core::ops::math::add(), &[b[0], p[0]])?;
+        model.select_output_outlets(&[b[0], sum[0]])?;
+        let mut linked = model.clone();
+        assert_eq!(link_max_pools(&mut linked)?, 1);
+        assert_eq!(linked.outlet_fact(a[0])?.datum_type, u8::datum_type());
+        assert_eq!(linked.outlet_fact(p[0])?.datum_type, f32::datum_type());
+        assert_eq!(link_max_pools(&mut linked)?, 0, "linked once");
+        let input = Tensor::from_shape(&[2, 3, 12, 12], &values(2 * 3 * 144, 5, 3.0))?;
+        let run_both = |model: &TypedModel| -> TractResult<(Vec<f32>, Vec<f32>)> {
+            let out = model.clone().into_runnable()?.run(tvec!(input.clone().into_tvalue()))?;
+            let flat = |t: &TValue| -> TractResult<Vec<f32>> {
+                Ok(t.to_plain_array_view::<f32>()?.iter().copied().collect())
+            };
+            Ok((flat(&out[0])?, flat(&out[1])?))
+        };
+        let ((want_block, want_sum), (got_block, got_sum)) =
+            (run_both(&model)?, run_both(&linked)?);
+        assert_eq!(want_block, got_block, "the int8 reader's codes changed");
+        let half_step = q_block.scale / 2.0 + 1e-6;
+        assert!(want_sum.iter().zip(&got_sum).all(|(w, g)| (w - g).abs() <= half_step));
+        assert!(want_sum != got_sum, "the add should see rounded values");
         Ok(())
     }
 

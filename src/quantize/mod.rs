@@ -63,7 +63,8 @@ pub struct QuantizationSummary {
     pub int8_weight_bytes: usize,
     /// Each int8 layer (tract node name) and its input's quantization: what `save` records.
     pub activations: Vec<(String, ActivationQuant)>,
-    /// Int8 layer outputs passed to the next int8 layers as u8 codes (no float round trip).
+    /// Int8 layer outputs passed to the next int8 layers, or to a max pool before them, as u8
+    /// codes (no float round trip).
     pub linked_outputs: usize,
     /// Each int8 layer's input statistics (bias correction, 8-bit lattice), by layer name.
     pub input_stats: InputStatsByLayer,
@@ -214,6 +215,10 @@ fn linked(mut quantized: Quantized) -> Result<Quantized> {
     let pools = tidy::replace_max_pools(&mut quantized.typed)
         .map_err(|e| Error::Calibration(format!("replacing max pools: {}", chain(&e))))?;
     log::debug!("{pools} max pools run on the int8 graph's own kernel");
+    let pooled = link::link_max_pools(&mut quantized.typed)
+        .map_err(|e| Error::Calibration(format!("linking max pools: {}", chain(&e))))?;
+    log::debug!("{pooled} max pools take the maximum of the codes before them");
+    quantized.summary.linked_outputs += pooled;
     Ok(quantized)
 }
 

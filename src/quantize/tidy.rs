@@ -80,7 +80,7 @@ pub fn replace_max_pools(model: &mut TypedModel) -> TractResult<usize> {
         {
             continue;
         }
-        let op = MaxPool2d { pool_spec: pool.pool_spec.clone() };
+        let op = MaxPool2d { pool_spec: pool.pool_spec.clone(), input_codes: None };
         let patch = TypedModelPatch::replace_single_op(model, node, &node.inputs, op)?;
         patch.apply(model)?;
         replaced += 1;
