@@ -231,7 +231,8 @@ pub fn conv_planar<E: SimdElement>(
             // hold every row and column the kernel touches (rows `stride` apart, columns
             // contiguous, checked above), and the assert bounds the weight rows.
             unsafe {
-                avx512::channels(x.as_ptr(), shape, words, w.k4, epilogues, store, out.as_mut_ptr())
+                let (x, out) = (x.as_ptr(), out.as_mut_ptr());
+                avx512::channels(x, shape, words, w.k4, epilogues, store, out, None)
             };
         }
         _ => {
@@ -258,11 +259,61 @@ pub fn conv_planar<E: SimdElement>(
     }
 }
 
+/// [`conv_planar`] over the columns of `x`, then the next `columns.len() / k4` columns of `out`
+/// as dot products with `columns` (their operand columns, transposed), each block of output
+/// channels right after its tiles: the AVX-512 path of
+/// [`conv_planar_with_tail`](super::conv_planar_with_tail).
 #[cfg(target_arch = "x86_64")]
-mod avx512 {
+pub(super) fn conv_planar_then_tail<E: SimdElement>(
+    x: ArrayView2<'_, u32>,
+    columns: &[u32],
+    w: &PlanarWeights,
+    range: Range<usize>,
+    epilogues: &[Epilogue],
+    store: E::Store,
+    mut out: ArrayViewMut2<'_, E>,
+) {
+    let (pixels, k4) = (x.ncols(), w.k4);
+    let tail = columns.len() / k4.max(1);
+    let (x_stride, out_stride) = (row_stride(&x), row_stride(&out));
+    assert!(
+        Isa::detect() == Isa::Avx512Vnni
+            && x.nrows() >= k4
+            && k4 > 0
+            && columns.len() == tail * k4
+            && (1..=super::MAX_TAIL_PIXELS).contains(&tail)
+            && pixels > 0
+            && range.end <= w.n
+            && epilogues.len() == range.len()
+            && out.nrows() == range.len()
+            && out.ncols() == pixels + tail,
+        "conv_planar_then_tail: operand, columns, weights, epilogues and output disagree"
+    );
+    let (Some(x_stride), Some(out_stride)) = (x_stride, out_stride) else {
+        panic!("conv_planar_then_tail: planes must be contiguous rows");
+    };
+    if range.is_empty() {
+        return;
+    }
+    let words = &w.words[range.start * k4..];
+    let shape = PlaneRun { pixels, x_stride, out_stride };
+    let tail = avx512::TailColumns { columns, pixels: tail };
+    // SAFETY: the CPU has AVX-512-VNNI (asserted); the views hold every row and column the
+    // kernel touches (rows `stride` apart, columns contiguous, `out` `tail` columns wider than
+    // `x`), and the assert bounds the weight rows and the tail's columns.
+    unsafe {
+        let (x, out) = (x.as_ptr(), out.as_mut_ptr());
+        avx512::channels(x, shape, words, k4, epilogues, store, out, Some(tail))
+    };
+}
+
+#[cfg(target_arch = "x86_64")]
+pub(super) mod avx512 {
     use std::arch::x86_64::*;
 
     use super::super::codes::SimdElement;
+    use super::super::planar_tail::avx512::dots as tail_dots;
+    use super::super::planar_tail::MAX_TAIL_PIXELS;
     use super::super::Epilogue;
 
     /// Activation bytes a block of tiles keeps in L1 while every output channel reads them.
@@ -273,10 +324,15 @@ mod avx512 {
     /// block's activations stay in L1 while every channel multiplies them (each weight
     /// broadcast feeds two `vpdpbusd`).
     ///
+    /// With `tail`, each block of channels then computes its `tail.pixels` further output
+    /// columns as dot products, after its tiles of the last block of pixels.
+    ///
     /// # Safety
     /// AVX-512F/BW/VNNI must be available; `x` points at `k4` runs of `shape.pixels` words,
     /// `shape.x_stride` apart, `w` at one row of `k4` words per epilogue, `out` at one run of
-    /// `shape.pixels` elements per epilogue, `shape.out_stride` apart, none of them aliased.
+    /// `shape.pixels` (plus `tail.pixels`) elements per epilogue, `shape.out_stride` apart, none
+    /// of them aliased; `tail.columns` holds `tail.pixels · k4` words.
+    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     pub unsafe fn channels<E: SimdElement>(
         x: *const u32,
@@ -286,6 +342,7 @@ mod avx512 {
         epilogues: &[Epilogue],
         store: E::Store,
         out: *mut E,
+        tail: Option<TailColumns<'_>>,
     ) {
         let mask = |lanes: usize| -> __mmask16 {
             if lanes >= 16 {
@@ -345,9 +402,34 @@ mod avx512 {
                     }
                     p += lanes;
                 }
+                if let Some(tail) = tail.filter(|_| end == pixels) {
+                    let mut sums = [[0i32; MAX_TAIL_PIXELS]; super::BLOCK_O];
+                    let sums = &mut sums[..rows];
+                    // SAFETY: AVX-512 is available; `w` holds `rows` rows of `k4` words.
+                    unsafe { tail_dots(tail.columns, w, k4, tail.pixels, sums) };
+                    for (r, sums) in sums.iter().enumerate() {
+                        // SAFETY: run `r` of `out` has `pixels + tail.pixels` elements, and
+                        // nothing else refers to its last `tail.pixels` while this slice lives.
+                        let dst = unsafe {
+                            std::slice::from_raw_parts_mut(
+                                out.add(r * out_stride + pixels),
+                                tail.pixels,
+                            )
+                        };
+                        let (e, sums) = (epilogues[o + r], &sums[..tail.pixels]);
+                        E::store_row(super::Isa::Avx512Vnni, sums, e, store, dst);
+                    }
+                }
                 o += rows;
             }
         }
+    }
+
+    /// The last few pixels of a plane as dot products: their operand columns, transposed.
+    #[derive(Debug, Clone, Copy)]
+    pub struct TailColumns<'a> {
+        pub columns: &'a [u32],
+        pub pixels: usize,
     }
 
     /// The (up to) 32 pixels from `p` the two masks select, for channels from the first row

@@ -63,13 +63,20 @@ pub fn conv_planar_with_tail<E: SimdElement>(
     }
     let whole = x.ncols() - tail;
     let (x, x_tail) = x.split_at(Axis(1), whole);
-    let (out, out_tail) = out.split_at(Axis(1), whole);
-    if whole > 0 {
-        conv_planar(isa, x, w, range.clone(), epilogues, store, out);
-    }
     let columns = &mut scratch[..tail * w.k4];
     for (column, t) in columns.chunks_exact_mut(w.k4).zip(0..) {
         column.iter_mut().zip(x_tail.column(t)).for_each(|(word, &x)| *word = x);
+    }
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512Vnni && whole > 0 {
+        // Each block of channels multiplies the tail right after its last tile, while its
+        // weight rows are still in cache (alone, the tail read ResNet18's 2.4 MB layer4 weights
+        // from memory once more for one pixel).
+        return super::planar::conv_planar_then_tail(x, columns, w, range, epilogues, store, out);
+    }
+    let (out, out_tail) = out.split_at(Axis(1), whole);
+    if whole > 0 {
+        conv_planar(isa, x, w, range.clone(), epilogues, store, out);
     }
     tail_dots(isa, columns, w, range, epilogues, store, out_tail);
 }
@@ -94,8 +101,8 @@ pub fn conv_planar_tail<E: SimdElement>(
 }
 
 /// Output channels whose dot products one pass computes together: their weight rows are
-/// contiguous, and with one tail pixel a single accumulator would wait on its own latency at
-/// every step (ResNet18's 7×7 layers took 5× the instruction count's time).
+/// contiguous, and with one tail pixel (a 7×7 plane) a single accumulator would wait on its own
+/// latency at every step.
 const CHANNELS_PER_PASS: usize = 8;
 
 /// [`conv_planar_tail`] with the columns as consecutive runs of `k4` words, one per column of
@@ -151,7 +158,7 @@ fn tail_dots<E: SimdElement>(
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx512 {
+pub(super) mod avx512 {
     use std::arch::x86_64::*;
 
     use super::MAX_TAIL_PIXELS;
@@ -316,6 +323,23 @@ mod tests {
             let mut scratch = vec![0u32; tail_scratch_len(pixels, k4)];
             conv_planar_with_tail(Isa::detect(), x.view(), &packed, 0..n, &exact, (), got.view_mut(), &mut scratch);
             prop_assert_eq!(got, want);
+            // Codes, for channels from the middle of the weights, into a column band of wider
+            // planes (how threads split a layer).
+            let first = n / 2;
+            let epilogues: Vec<Epilogue> = (first..n).map(|o| Epilogue {
+                offset: 3 * packed.column_sums[o],
+                scale: 2e-4 * (o + 1) as f32,
+                bias: 0.05 * o as f32 - 0.2,
+                activation: Activation::Clip(0.0, 6.0),
+            }).collect();
+            let codes = OutputCodes::from(ActivationQuant { scale: 0.02, zero_point: 9 });
+            let mut want_codes = Array2::<u8>::zeros((n - first, pixels));
+            conv_planar(Isa::Scalar, x.view(), &packed, first..n, &epilogues, codes, want_codes.view_mut());
+            let mut wide = Array2::<u8>::zeros((n - first, pixels + 2));
+            let band = wide.slice_mut(s![.., 1..1 + pixels]);
+            conv_planar_with_tail(Isa::detect(), x.view(), &packed, first..n, &epilogues, codes, band, &mut scratch);
+            prop_assert_eq!(wide.slice(s![.., 1..1 + pixels]), want_codes.view());
+            prop_assert!(wide.column(0).iter().chain(wide.column(pixels + 1)).all(|&c| c == 0), "wrote outside the band");
         }
     }
 }
