@@ -28,7 +28,7 @@ pub use gemm::{gemm_u8i8, gemm_u8i8_block, gemm_u8i8_reference, PackedWeights, B
 pub use im2col::{im2col_c4, im2col_c4_fills, im2col_c4_rows, PatchFill};
 pub use moments::{add_column_sums, add_pair_products};
 pub use planar::{
-    conv_planar, fill_words, quantize_c4, quantize_c4_channels, ConvGeometry, PlanarWeights,
+    conv_planar, fill_words, quantize_c4, quantize_c4_channels, ConvGeometry, PlanarWeights, Planes,
 };
 pub use planar_tail::{
     conv_planar_tail, conv_planar_with_tail, tail_pixels, tail_scratch_len, MAX_TAIL_PIXELS,

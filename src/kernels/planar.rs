@@ -82,26 +82,50 @@ impl PlanarWeights {
     }
 }
 
-/// Quantizes `channels` planes of `pixels` values (floats, or codes of `input` already) into C4
-/// layout (`ceil(channels/4)` planes of `pixels` words); missing channels of the last group hold
-/// the zero point.
+/// The first `pixels` values of `channels` planes that start `stride` values apart: whole planes
+/// (`stride == pixels`) or a band of each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Planes {
+    pub channels: usize,
+    pub pixels: usize,
+    pub stride: usize,
+}
+
+impl Planes {
+    /// `channels` whole planes of `pixels` values.
+    pub fn whole(channels: usize, pixels: usize) -> Self {
+        Planes { channels, pixels, stride: pixels }
+    }
+
+    /// Values of `image` these planes need.
+    fn extent(&self) -> usize {
+        self.channels.checked_sub(1).map_or(0, |c| c * self.stride + self.pixels)
+    }
+}
+
+/// Quantizes `planes` of values (floats, or codes of `input` already) into C4 layout
+/// (`ceil(channels/4)` planes of `pixels` words); missing channels of the last group hold the
+/// zero point.
 pub fn quantize_c4<E: Element>(
     isa: Isa,
     image: &[E],
-    channels: usize,
-    pixels: usize,
+    planes: Planes,
     input: ActivationQuant,
     dst: &mut [u32],
 ) {
+    let Planes { channels, pixels, stride } = planes;
     let groups = channels.div_ceil(4);
     let zero_point = input.zero_point;
-    assert!(image.len() >= channels * pixels && dst.len() >= groups * pixels);
+    assert!(
+        image.len() >= planes.extent() && stride >= pixels && dst.len() >= groups * pixels,
+        "quantize_c4: image, planes and words disagree"
+    );
     super::quant::multiversion!(isa, {
         for g in 0..groups {
             let out = &mut dst[g * pixels..(g + 1) * pixels];
             let plane = |j: usize| {
-                (4 * g + j < channels)
-                    .then(|| &image[(4 * g + j) * pixels..(4 * g + j + 1) * pixels])
+                let c = 4 * g + j;
+                (c < channels).then(|| &image[c * stride..c * stride + pixels])
             };
             let planes = [plane(0), plane(1), plane(2), plane(3)];
             // Four channels present (all groups but a ragged last one): one pass that builds
@@ -134,25 +158,33 @@ pub fn quantize_c4<E: Element>(
 }
 
 /// [`quantize_c4`] with each channel's own scale and zero point (an 8-bit input quantized on
-/// its per-channel lattice); missing channels of the last group hold 0 (their weights are 0).
+/// its per-channel lattice: `planes.channels` of each); missing channels of the last group hold
+/// 0 (their weights are 0).
 pub fn quantize_c4_channels<E: Element>(
     isa: Isa,
     image: &[E],
-    pixels: usize,
+    planes: Planes,
     scales: &[f32],
     zero_points: &[u8],
     dst: &mut [u32],
 ) {
-    let channels = scales.len().min(zero_points.len());
+    let Planes { channels, pixels, stride } = planes;
     let groups = channels.div_ceil(4);
-    assert!(image.len() >= channels * pixels && dst.len() >= groups * pixels);
+    assert!(
+        image.len() >= planes.extent()
+            && stride >= pixels
+            && scales.len() >= channels
+            && zero_points.len() >= channels
+            && dst.len() >= groups * pixels,
+        "quantize_c4_channels: image, planes, lattices and words disagree"
+    );
     super::quant::multiversion!(isa, {
         for g in 0..groups {
             let out = &mut dst[g * pixels..(g + 1) * pixels];
             out.fill(0);
             for c in 4 * g..(4 * g + 4).min(channels) {
                 let (scale, zp, shift) = (scales[c], zero_points[c], 8 * (c - 4 * g));
-                let values = &image[c * pixels..(c + 1) * pixels];
+                let values = &image[c * stride..c * stride + pixels];
                 for (word, &v) in out.iter_mut().zip(values) {
                     *word |=
                         u32::from(v.to_code(ActivationQuant { scale, zero_point: zp })) << shift;
@@ -580,8 +612,8 @@ mod tests {
             let floats: Vec<f32> = codes.iter().map(|&q| (f32::from(q) - f32::from(zp)) * 0.05).collect();
             let groups = channels.div_ceil(4) * pixels;
             let (mut from_codes, mut from_floats) = (vec![0u32; groups], vec![0u32; groups]);
-            quantize_c4(Isa::detect(), &codes, channels, pixels, input, &mut from_codes);
-            quantize_c4(Isa::detect(), &floats, channels, pixels, input, &mut from_floats);
+            quantize_c4(Isa::detect(), &codes, Planes::whole(channels, pixels), input, &mut from_codes);
+            quantize_c4(Isa::detect(), &floats, Planes::whole(channels, pixels), input, &mut from_floats);
             prop_assert_eq!(from_codes, from_floats);
         }
     }
@@ -597,9 +629,9 @@ mod tests {
             let zps: Vec<u8> = (0..channels).map(|_| (next() * 255.0) as u8).collect();
             let groups = channels.div_ceil(4);
             let mut dst = vec![0xdead_beef_u32; groups * pixels];
-            quantize_c4_channels(Isa::detect(), &image, pixels, &scales, &zps, &mut dst);
+            quantize_c4_channels(Isa::detect(), &image, Planes::whole(channels, pixels), &scales, &zps, &mut dst);
             let mut scalar = vec![0u32; groups * pixels];
-            quantize_c4_channels(Isa::Scalar, &image, pixels, &scales, &zps, &mut scalar);
+            quantize_c4_channels(Isa::Scalar, &image, Planes::whole(channels, pixels), &scales, &zps, &mut scalar);
             prop_assert_eq!(&dst, &scalar);
             for c in 0..4 * groups {
                 for p in 0..pixels {
@@ -607,12 +639,30 @@ mod tests {
                     prop_assert_eq!(dst[(c / 4) * pixels + p].to_le_bytes()[c % 4], want);
                 }
             }
+            // In two bands of pixels (planes read `pixels` apart), per channel and per tensor:
+            // each band's words are those of the whole planes.
+            let split = pixels / 2;
+            let tensor_q = ActivationQuant { scale: scales[0], zero_point: zps[0] };
+            let mut whole = vec![0u32; groups * pixels];
+            quantize_c4(Isa::detect(), &image, Planes::whole(channels, pixels), tensor_q, &mut whole);
+            for band in [0..split, split..pixels] {
+                let planes = Planes { channels, pixels: band.len(), stride: pixels };
+                let mut per_channel = vec![0u32; groups * band.len()];
+                quantize_c4_channels(Isa::detect(), &image[band.start..], planes, &scales, &zps, &mut per_channel);
+                let mut per_tensor = vec![0u32; groups * band.len()];
+                quantize_c4(Isa::detect(), &image[band.start..], planes, tensor_q, &mut per_tensor);
+                for g in 0..groups {
+                    let words = g * pixels + band.start..g * pixels + band.end;
+                    prop_assert_eq!(&per_channel[g * band.len()..][..band.len()], &dst[words.clone()]);
+                    prop_assert_eq!(&per_tensor[g * band.len()..][..band.len()], &whole[words]);
+                }
+            }
             // With one scale and zero point everywhere it is the per-tensor quantization.
             if channels % 4 == 0 {
                 let mut same = vec![0u32; groups * pixels];
-                quantize_c4_channels(Isa::detect(), &image, pixels, &vec![scales[0]; channels], &vec![zps[0]; channels], &mut same);
+                quantize_c4_channels(Isa::detect(), &image, Planes::whole(channels, pixels), &vec![scales[0]; channels], &vec![zps[0]; channels], &mut same);
                 let mut tensor = vec![0u32; groups * pixels];
-                quantize_c4(Isa::detect(), &image, channels, pixels, ActivationQuant { scale: scales[0], zero_point: zps[0] }, &mut tensor);
+                quantize_c4(Isa::detect(), &image, Planes::whole(channels, pixels), ActivationQuant { scale: scales[0], zero_point: zps[0] }, &mut tensor);
                 prop_assert_eq!(same, tensor);
             }
         }
@@ -623,7 +673,7 @@ mod tests {
         let image: Vec<f32> = (0..5 * 3).map(|i| i as f32).collect(); // 5 channels × 3 pixels
         let mut dst = vec![0u32; 2 * 3];
         let input = ActivationQuant { scale: 1.0, zero_point: 7 };
-        quantize_c4(Isa::detect(), &image, 5, 3, input, &mut dst);
+        quantize_c4(Isa::detect(), &image, Planes::whole(5, 3), input, &mut dst);
         assert_eq!(dst[1].to_le_bytes(), [8, 11, 14, 17]); // channels 0..4 at pixel 1, + zp 7
         assert_eq!(dst[3 + 2].to_le_bytes(), [21, 7, 7, 7]); // channel 4, then padding
     }

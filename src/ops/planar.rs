@@ -12,7 +12,8 @@ use super::parallel::{for_each_chunk, for_each_part, threads};
 use super::scratch;
 use crate::kernels::{
     conv_planar_with_tail, im2col_c4_rows, quantize_c4, quantize_c4_channels, tail_scratch_len,
-    ConvGeometry, Element, Epilogue, Isa, PatchFill, PlanarWeights, SimdElement, VECTOR_PIXELS,
+    ConvGeometry, Element, Epilogue, Isa, PatchFill, PlanarWeights, Planes, SimdElement,
+    VECTOR_PIXELS,
 };
 
 /// Fewest output channels per parallel task (one kernel block: a 16-channel projection still
@@ -44,28 +45,39 @@ impl Int8Conv {
         // An 8-bit input on per-channel lattices: each channel its own scale and zero point
         // (their accumulator offsets are in the layer's epilogues).
         let channel_input = w.channel_input.as_ref();
-        // Channel groups split across threads: on one thread this pass and im2col below were
-        // a fifth of a 3×3 layer's time at two threads.
-        let groups_per_task = g.channels.div_ceil(4).div_ceil(2 * threads()).max(1);
-        for_each_chunk(x, groups_per_task * pixels_in, |task, words| {
-            let first = 4 * task * groups_per_task;
-            let channels = (g.channels - first).min(4 * groups_per_task);
-            let image = &image[first * pixels_in..];
-            match channel_input {
+        let quantize =
+            |image: &[I], planes: Planes, first: usize, words: &mut [u32]| match channel_input {
                 Some(c) => {
                     let (scales, zps) = (&c.scales[first..], &c.zero_points[first..]);
-                    quantize_c4_channels(
-                        isa,
-                        image,
-                        pixels_in,
-                        &scales[..channels],
-                        &zps[..channels],
-                        words,
-                    )
+                    quantize_c4_channels(isa, image, planes, scales, zps, words)
                 }
-                None => quantize_c4(isa, image, channels, pixels_in, layer.input, words),
-            }
-        });
+                None => quantize_c4(isa, image, planes, layer.input, words),
+            };
+        let channel_groups = g.channels.div_ceil(4);
+        if channel_groups == 1 && threads() > 1 {
+            // One channel group (a stem's 3 channels): bands of its pixels, else one thread
+            // quantized the whole image while the other waited.
+            let band = pixels_in.div_ceil(threads());
+            for_each_chunk(&mut x[..pixels_in], band, |task, words| {
+                let planes =
+                    Planes { channels: g.channels, pixels: words.len(), stride: pixels_in };
+                quantize(&image[task * band..], planes, 0, words)
+            });
+        } else {
+            // Channel groups split across threads: on one thread this pass and im2col below
+            // were a fifth of a 3×3 layer's time at two threads.
+            let groups_per_task = channel_groups.div_ceil(2 * threads()).max(1);
+            for_each_chunk(x, groups_per_task * pixels_in, |task, words| {
+                let first = 4 * task * groups_per_task;
+                let channels = (g.channels - first).min(4 * groups_per_task);
+                quantize(
+                    &image[first * pixels_in..],
+                    Planes::whole(channels, pixels_in),
+                    first,
+                    words,
+                )
+            });
+        }
         let fill = match channel_input {
             Some(c) => PatchFill::PerGroup(&c.fills),
             None => PatchFill::ZeroPoint(layer.input.zero_point),
