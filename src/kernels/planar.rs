@@ -202,6 +202,35 @@ pub(crate) struct PlaneRun {
     pub out_stride: usize,
 }
 
+impl PlaneRun {
+    /// The run a product of `x` by the weight rows `range` computes into `out`, which holds
+    /// `tail` columns more than `x`; panics (naming `what`) when the views, the weights and
+    /// the epilogues disagree or a view's rows are not contiguous runs.
+    fn checked<E>(
+        x: &ArrayView2<'_, u32>,
+        w: &PlanarWeights,
+        range: &Range<usize>,
+        epilogues: &[Epilogue],
+        out: &ArrayViewMut2<'_, E>,
+        tail: usize,
+        what: &str,
+    ) -> PlaneRun {
+        let pixels = x.ncols();
+        assert!(
+            x.nrows() >= w.k4
+                && range.end <= w.n
+                && epilogues.len() == range.len()
+                && out.nrows() == range.len()
+                && out.ncols() == pixels + tail,
+            "{what}: operand, weights, epilogues and output disagree"
+        );
+        let (Some(x_stride), Some(out_stride)) = (row_stride(x), row_stride(out)) else {
+            panic!("{what}: planes must be contiguous rows");
+        };
+        PlaneRun { pixels, x_stride, out_stride }
+    }
+}
+
 /// The distance between the rows of a view whose rows are contiguous runs (column stride 1), or
 /// `None` for any other layout.
 fn row_stride<S: RawData>(view: &ArrayBase<S, Ix2>) -> Option<usize> {
@@ -241,24 +270,12 @@ pub fn conv_planar<E: SimdElement>(
     store: E::Store,
     mut out: ArrayViewMut2<'_, E>,
 ) {
-    let pixels = x.ncols();
-    let (x_stride, out_stride) = (row_stride(&x), row_stride(&out));
-    assert!(
-        x.nrows() >= w.k4
-            && range.end <= w.n
-            && epilogues.len() == range.len()
-            && out.nrows() == range.len()
-            && out.ncols() == pixels,
-        "conv_planar: operand, weights, epilogues and output disagree"
-    );
-    let (Some(x_stride), Some(out_stride)) = (x_stride, out_stride) else {
-        panic!("conv_planar: planes must be contiguous rows");
-    };
+    let shape = PlaneRun::checked(&x, w, &range, epilogues, &out, 0, "conv_planar");
+    let pixels = shape.pixels;
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512Vnni if pixels > 0 && !range.is_empty() => {
             let words = &w.words[range.start * w.k4..];
-            let shape = PlaneRun { pixels, x_stride, out_stride };
             // SAFETY: Isa::Avx512Vnni is only chosen on CPUs with these features; the views
             // hold every row and column the kernel touches (rows `stride` apart, columns
             // contiguous, checked above), and the assert bounds the weight rows.
@@ -305,30 +322,21 @@ pub(super) fn conv_planar_then_tail<E: SimdElement>(
     store: E::Store,
     mut out: ArrayViewMut2<'_, E>,
 ) {
-    let (pixels, k4) = (x.ncols(), w.k4);
+    let k4 = w.k4;
     let tail = columns.len() / k4.max(1);
-    let (x_stride, out_stride) = (row_stride(&x), row_stride(&out));
     assert!(
         Isa::detect() == Isa::Avx512Vnni
-            && x.nrows() >= k4
             && k4 > 0
             && columns.len() == tail * k4
             && (1..=super::MAX_TAIL_PIXELS).contains(&tail)
-            && pixels > 0
-            && range.end <= w.n
-            && epilogues.len() == range.len()
-            && out.nrows() == range.len()
-            && out.ncols() == pixels + tail,
+            && x.ncols() > 0,
         "conv_planar_then_tail: operand, columns, weights, epilogues and output disagree"
     );
-    let (Some(x_stride), Some(out_stride)) = (x_stride, out_stride) else {
-        panic!("conv_planar_then_tail: planes must be contiguous rows");
-    };
+    let shape = PlaneRun::checked(&x, w, &range, epilogues, &out, tail, "conv_planar_then_tail");
     if range.is_empty() {
         return;
     }
     let words = &w.words[range.start * k4..];
-    let shape = PlaneRun { pixels, x_stride, out_stride };
     let tail = avx512::TailColumns { columns, pixels: tail };
     // SAFETY: the CPU has AVX-512-VNNI (asserted); the views hold every row and column the
     // kernel touches (rows `stride` apart, columns contiguous, `out` `tail` columns wider than

@@ -21,38 +21,59 @@ pub fn link_int8_layers(model: &mut TypedModel) -> TractResult<usize> {
             continue;
         }
         let outlet = OutletId::new(id, 0);
-        let Some(codes) = shared_input_quant(model, outlet)? else { continue };
+        let Some(codes) = readers_quant(model, outlet, OtherReaders::Refused) else { continue };
         if outputs.contains(&outlet) {
             continue;
         }
         let consumers: Vec<usize> =
             model.outlet_successors(outlet).iter().map(|inlet| inlet.node).collect();
-        update_conv(model, id, |conv| conv.layer.links.output_codes = Some(codes));
+        store_codes(model, id, codes);
         for consumer in consumers {
             update_conv(model, consumer, |conv| conv.layer.links.input_codes = true);
         }
-        let fact = &mut model.node_mut(id).outputs[0].fact;
-        *fact = u8::fact(fact.shape.clone());
         linked += 1;
     }
     Ok(linked)
 }
 
-/// The input quantization all readers of `outlet` share, when every reader is an int8
-/// convolution reading it as its data input.
-fn shared_input_quant(
+/// Whether an outlet read by something else than int8 convolutions may still be linked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OtherReaders {
+    /// Every reader must be an int8 convolution (it then reads codes).
+    Refused,
+    /// Other readers are ignored (they read floats, as a max pool hands on).
+    Ignored,
+}
+
+/// The input quantization the int8 convolutions reading `outlet` (as their data input) share:
+/// `None` when there is none, when they disagree, or, if `others` are refused, when another op
+/// reads it too.
+fn readers_quant(
     model: &TypedModel,
     outlet: OutletId,
-) -> TractResult<Option<ActivationQuant>> {
+    others: OtherReaders,
+) -> Option<ActivationQuant> {
     let mut shared: Option<ActivationQuant> = None;
     for inlet in model.outlet_successors(outlet) {
-        let Some(conv) = model.node(inlet.node).op_as::<Int8Conv>() else { return Ok(None) };
+        let Some(conv) = model.node(inlet.node).op_as::<Int8Conv>() else {
+            match others {
+                OtherReaders::Refused => return None,
+                OtherReaders::Ignored => continue,
+            }
+        };
         if inlet.slot != 0 || shared.is_some_and(|q| q != conv.layer.input) {
-            return Ok(None);
+            return None;
         }
         shared = Some(conv.layer.input);
     }
-    Ok(shared)
+    shared
+}
+
+/// Makes int8 convolution `id` store u8 codes of `codes`, and its output fact say so.
+fn store_codes(model: &mut TypedModel, id: usize, codes: ActivationQuant) {
+    update_conv(model, id, |conv| conv.layer.links.output_codes = Some(codes));
+    let fact = &mut model.node_mut(id).outputs[0].fact;
+    *fact = u8::fact(fact.shape.clone());
 }
 
 /// Links each max pool whose input is an int8 convolution's alone (not a model output) and
@@ -79,27 +100,14 @@ pub fn link_max_pools(model: &mut TypedModel) -> TractResult<usize> {
         {
             continue;
         }
-        let Some(codes) = int8_readers_quant(model, pooled) else { continue };
-        update_conv(model, producer.node, |conv| conv.layer.links.output_codes = Some(codes));
-        let fact = &mut model.node_mut(producer.node).outputs[0].fact;
-        *fact = u8::fact(fact.shape.clone());
+        let Some(codes) = readers_quant(model, pooled, OtherReaders::Ignored) else { continue };
+        store_codes(model, producer.node, codes);
         if let Some(pool) = model.node_mut(id).op_as_mut::<MaxPool2d>() {
             pool.input_codes = Some(codes);
         }
         linked += 1;
     }
     Ok(linked)
-}
-
-/// The input quantization of the int8 convolutions reading `outlet` as data, if there is at
-/// least one and they all agree (other readers ignored).
-fn int8_readers_quant(model: &TypedModel, outlet: OutletId) -> Option<ActivationQuant> {
-    let mut readers = model.outlet_successors(outlet).iter().filter_map(|inlet| {
-        let conv = model.node(inlet.node).op_as::<Int8Conv>()?;
-        Some((inlet.slot == 0).then_some(conv.layer.input))
-    });
-    let first = readers.next()??;
-    readers.all(|q| q == Some(first)).then_some(first)
 }
 
 fn update_conv(model: &mut TypedModel, id: usize, change: impl FnOnce(&mut Int8Conv)) {
