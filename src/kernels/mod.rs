@@ -2,7 +2,8 @@
 //!
 //! Every kernel has a portable scalar reference; the AVX-512-VNNI paths (`vpdpbusd`, which
 //! multiplies u8 by i8 natively) are chosen at run time and checked against the scalar reference
-//! by property tests. Nothing here knows about tract or graphs.
+//! by property tests. Nothing here knows about graphs; `output.rs` allocates the tract tensors the
+//! kernels store into.
 
 mod codes;
 mod depthwise;
@@ -13,6 +14,7 @@ mod depthwise_windows;
 mod gemm;
 mod im2col;
 mod moments;
+mod output;
 mod planar;
 mod planar_tail;
 mod pool;
@@ -27,6 +29,7 @@ pub use depthwise_windows::WindowTable;
 pub use gemm::{gemm_u8i8, gemm_u8i8_block, gemm_u8i8_reference, PackedWeights, BLOCK_N};
 pub use im2col::{im2col_c4, im2col_c4_fills, im2col_c4_rows, PatchFill};
 pub use moments::{add_column_sums, add_pair_products};
+pub use output::{OutputPart, OutputTensor};
 pub use planar::{
     conv_planar, fill_words, quantize_c4, quantize_c4_channels, ConvGeometry, PlanarWeights, Planes,
 };

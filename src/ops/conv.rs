@@ -6,11 +6,12 @@ use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::cnn::PoolSpec;
 
 use super::depthwise::{DepthwiseLayout, LayoutCache};
-use ndarray::ArrayViewMut2;
 
-use super::parallel::for_each_item;
+use super::parallel::{for_each_item, threads};
 use super::{scratch, Int8Layer, Packed};
-use crate::kernels::{ActivationQuant, ConvGeometry, Element, OutputCodes, SimdElement};
+use crate::kernels::{
+    ActivationQuant, ConvGeometry, Element, OutputCodes, OutputPart, OutputTensor, SimdElement,
+};
 
 /// An int8 convolution replacing tract's `Conv` (+ a fused ReLU/Clip).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,19 +47,19 @@ pub(super) fn geometry(pool_spec: &PoolSpec, shape: &[usize]) -> TractResult<Con
 }
 
 impl Int8Conv {
-    /// One image; `depthwise` is the layout when the layer is depthwise.
+    /// One image into `out` (output channels × pixels); `depthwise` is the layout when the
+    /// layer is depthwise.
     fn run_image<I: Element, O: SimdElement>(
         &self,
         g: &ConvGeometry,
         depthwise: Option<&DepthwiseLayout>,
         image: &[I],
         store: O::Store,
-        out: &mut [O],
+        out: OutputPart<'_, O>,
     ) -> TractResult<()> {
         match (&self.layer.weights.packed, depthwise) {
             (Packed::Depthwise(taps), Some(layout)) => {
-                self.run_depthwise(g, layout, taps, image, store, out);
-                Ok(())
+                self.run_depthwise(g, layout, taps, image, store, out)
             }
             (Packed::Planar(groups), _) => {
                 let words = g.channels.div_ceil(4) * g.height * g.width;
@@ -86,7 +87,6 @@ impl Int8Conv {
         let data = contiguous.as_slice().context("Int8Conv input is not contiguous")?;
         let (batch, n) = (shape[0], self.layer.weights.n);
         let image_len = g.channels * g.height * g.width;
-        let out_len = n * g.out[0] * g.out[1];
         let depthwise = match &self.layer.weights.packed {
             Packed::Depthwise(_) => {
                 Some(self.layouts.get(&g, I::as_codes(&[]).is_some(), || {
@@ -96,18 +96,16 @@ impl Int8Conv {
             Packed::Rows(_) => bail!("Int8Conv holds linear weights"),
             Packed::Planar(_) => None,
         };
-        let mut tensor = Tensor::zero_dt(O::datum_type(), &[batch, n, g.out[0], g.out[1]])?;
-        {
-            let mut plain = tensor.try_as_plain_ram_mut()?;
-            let output = plain.as_slice_mut::<O>()?;
-            let images = ArrayViewMut2::from_shape((batch, out_len), output)?;
-            for_each_item(images, |i, out| {
-                let image = &data[i * image_len..(i + 1) * image_len];
-                let out = out.into_slice().context("Int8Conv output is not contiguous")?;
-                self.run_image(&g, depthwise.as_deref(), image, store, out)
-            })?;
-        }
-        Ok(tensor)
+        let mut output = OutputTensor::<O>::new(&[batch, n, g.out[0], g.out[1]])?;
+        for_each_item(output.parts(batch)?, |i, out| {
+            let image = &data[i * image_len..(i + 1) * image_len];
+            let out = out.reshape(n, g.out[0] * g.out[1])?;
+            // One thread on the whole image (one thread, or a batch shared out by images): its
+            // output zeroed in one fill; otherwise each thread zeroes the parts it stores.
+            let out = if threads() == 1 { out.zero_now() } else { out };
+            self.run_image(&g, depthwise.as_deref(), image, store, out)
+        })?;
+        output.into_tensor()
     }
 }
 

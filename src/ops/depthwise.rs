@@ -3,14 +3,16 @@
 
 use std::sync::{Arc, Mutex};
 
+use ndarray::Axis;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
 use super::conv::Int8Conv;
-use super::parallel::{for_each_chunk, threads};
+use super::parallel::{for_each_part, threads};
 use super::{scratch, DepthwiseTaps};
 use crate::kernels::{
-    BytePlane, ConvGeometry, Element, Epilogue, Isa, PhasedPlane, SimdElement, WindowTable,
+    BytePlane, ConvGeometry, Element, Epilogue, Isa, OutputPart, PhasedPlane, SimdElement,
+    WindowTable,
 };
 
 /// Most depthwise channels per parallel task (enough to amortise a task's start).
@@ -95,15 +97,15 @@ fn channels_per_task(g: &ConvGeometry) -> usize {
     g.channels.div_ceil(4 * threads()).clamp(1, MAX_DEPTHWISE_BATCH)
 }
 
-/// The (channel, output plane) pairs of task `task`'s chunk of output `planes`.
-fn task_channels<O>(
-    task: usize,
-    per_task: usize,
-    planes: &mut [O],
-    pixels: usize,
-) -> impl Iterator<Item = (usize, &mut [O])> {
-    let planes = planes.chunks_exact_mut(pixels.max(1)).enumerate();
-    planes.map(move |(i, plane)| (task * per_task + i, plane))
+/// The (channel, output plane) pairs of a task's output `planes` (`first`: its first channel),
+/// zeroed by the task's thread.
+fn zeroed_planes<'a, O: SimdElement>(
+    first: usize,
+    planes: OutputPart<'a, O>,
+) -> TractResult<impl Iterator<Item = (usize, &'a mut [O])>> {
+    let pixels = planes.dim().1.max(1);
+    let planes = planes.zero().into_slice().context("depthwise output is not contiguous")?;
+    Ok(planes.chunks_exact_mut(pixels).enumerate().map(move |(i, plane)| (first + i, plane)))
 }
 
 impl Int8Conv {
@@ -116,8 +118,8 @@ impl Int8Conv {
         taps: &DepthwiseTaps,
         image: &[I],
         store: O::Store,
-        out: &mut [O],
-    ) {
+        out: OutputPart<'_, O>,
+    ) -> TractResult<()> {
         let layer = &self.layer;
         let w = &*layer.weights;
         let isa = Isa::detect();
@@ -136,44 +138,50 @@ impl Int8Conv {
         match layout {
             DepthwiseLayout::Windows(table) => {
                 // Chosen only for inputs of codes (see `DepthwiseLayout::new`).
-                let Some(codes) = I::as_codes(image) else { return };
-                for_each_chunk(out, pixels * per_task, |task, planes| {
+                let codes = I::as_codes(image).context("window gathers need an input of codes")?;
+                for_each_part(out, Axis(0), per_task, |first, planes| {
+                    let planes = zeroed_planes(first, planes)?;
                     scratch::accumulators(table.flat_len, |acc| {
-                        for (c, plane) in task_channels(task, per_task, planes, pixels) {
+                        for (c, plane) in planes {
                             let codes = &codes[c * pixels_in..(c + 1) * pixels_in];
                             table.accumulate(isa, codes, input.zero_point, taps.words(c), acc);
                             O::store_row(isa, &acc[..pixels], raw_epilogue(c), store, plane);
                         }
-                    })
-                });
+                    });
+                    Ok(())
+                })
             }
             DepthwiseLayout::Bytes(layout) => {
-                for_each_chunk(out, pixels * per_task, |task, planes| {
+                for_each_part(out, Axis(0), per_task, |first, planes| {
+                    let planes = zeroed_planes(first, planes)?;
                     scratch::input_bytes(layout.buffer_len(), |x| {
                         scratch::accumulators(layout.flat_len, |acc| {
-                            for (c, plane) in task_channels(task, per_task, planes, pixels) {
+                            for (c, plane) in planes {
                                 layout.fill(isa, plane_of(c), input, x);
                                 layout.accumulate(isa, x, taps.words(c), acc);
                                 let e = raw_epilogue(c);
                                 O::store_rows(isa, acc, g.out, layout.pitch, e, store, plane);
                             }
                         })
-                    })
-                });
+                    });
+                    Ok(())
+                })
             }
             DepthwiseLayout::Floats(layout) => {
-                for_each_chunk(out, pixels * per_task, |task, planes| {
+                for_each_part(out, Axis(0), per_task, |first, planes| {
+                    let planes = zeroed_planes(first, planes)?;
                     scratch::plane(layout.buffer_len(), |x| {
                         scratch::flat_sums(layout.flat_len, |acc| {
-                            for (c, plane) in task_channels(task, per_task, planes, pixels) {
+                            for (c, plane) in planes {
                                 layout.fill(isa, plane_of(c), input, x);
                                 let filter = &taps.floats[c * per_channel..(c + 1) * per_channel];
                                 layout.accumulate(isa, x, filter, acc);
                                 layout.store(isa, acc, w.epilogues[c], store, plane);
                             }
                         })
-                    })
-                });
+                    });
+                    Ok(())
+                })
             }
         }
     }

@@ -4,6 +4,8 @@
 use ndarray::{ArrayBase, ArrayView2, ArrayViewMut2, Axis};
 use rayon::prelude::*;
 use tract_onnx::prelude::TractResult;
+
+use crate::kernels::OutputPart;
 use tract_onnx::tract_core::tract_linalg::multithread::{
     current_tract_executor, multithread_tract_scope, Executor,
 };
@@ -56,6 +58,21 @@ impl<T: Sync> SplitViews for ArrayView2<'_, T> {
 
     fn split_at(self, axis: Axis, index: usize) -> (Self, Self) {
         ArrayView2::split_at(self, axis, index)
+    }
+}
+
+impl<O: Copy + Default + Send> SplitViews for OutputPart<'_, O> {
+    fn len_of(&self, axis: Axis) -> usize {
+        let (rows, columns) = self.dim();
+        if axis == Axis(0) {
+            rows
+        } else {
+            columns
+        }
+    }
+
+    fn split_at(self, axis: Axis, index: usize) -> (Self, Self) {
+        OutputPart::split_at(self, axis, index)
     }
 }
 
@@ -119,17 +136,18 @@ pub fn for_each_part<V: SplitViews>(
     }
 }
 
-/// Calls `work(i, item)` for each row (a batch's image) of `items`, in parallel. When the items
+/// Calls `work(i, item)` for each row (a batch's image) of `items` (rows along `Axis(0)`), in
+/// parallel. When the items
 /// share out evenly among the threads, each runs on one thread alone, its own parallel sections
 /// serial: the image's quantized input, patches and output stay in that core's cache, with no
 /// hand-over between threads inside it. Otherwise (a batch of 1 or 3 on two threads) the items'
 /// work still splits across threads.
-pub fn for_each_item<T: Send>(
-    items: ArrayViewMut2<'_, T>,
-    work: impl Fn(usize, ArrayViewMut2<'_, T>) -> TractResult<()> + Sync,
+pub fn for_each_item<V: SplitViews>(
+    items: V,
+    work: impl Fn(usize, V) -> TractResult<()> + Sync,
 ) -> TractResult<()> {
     let threads = threads();
-    let alone = threads > 1 && items.nrows().is_multiple_of(threads);
+    let alone = threads > 1 && items.len_of(Axis(0)).is_multiple_of(threads);
     for_each_part(items, Axis(0), 1, |i, item| {
         if alone {
             multithread_tract_scope(Executor::SingleThread, || work(i, item))

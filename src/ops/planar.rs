@@ -12,8 +12,8 @@ use super::parallel::{for_each_chunk, for_each_part, threads};
 use super::scratch;
 use crate::kernels::{
     conv_planar_with_tail, im2col_c4_rows, quantize_c4, quantize_c4_channels, tail_scratch_len,
-    ConvGeometry, Element, Epilogue, Isa, PatchFill, PlanarWeights, Planes, SimdElement,
-    VECTOR_PIXELS,
+    ConvGeometry, Element, Epilogue, Isa, OutputPart, PatchFill, PlanarWeights, Planes,
+    SimdElement, VECTOR_PIXELS,
 };
 
 /// Fewest output channels per parallel task (one kernel block: a 16-channel projection still
@@ -28,6 +28,26 @@ const TILE_PIXELS: usize = 32;
 const PATCH_BLOCK_WORDS: usize = 96 * 1024;
 
 impl Int8Conv {
+    /// Quantizes `planes` of `image` (channels from `first`) into C4 `words` with the layer's
+    /// input parameters: per tensor, or each channel on its own 8-bit lattice (their
+    /// accumulator offsets are in the layer's epilogues).
+    fn quantize_planes<I: Element>(
+        &self,
+        isa: Isa,
+        image: &[I],
+        planes: Planes,
+        first: usize,
+        words: &mut [u32],
+    ) {
+        match &self.layer.weights.channel_input {
+            Some(c) => {
+                let (scales, zps) = (&c.scales[first..], &c.zero_points[first..]);
+                quantize_c4_channels(isa, image, planes, scales, zps, words)
+            }
+            None => quantize_c4(isa, image, planes, self.layer.input, words),
+        }
+    }
+
     /// Quantize the whole input into C4 words (`x`), then compute each convolution group.
     pub(super) fn run_planar<I: Element, O: SimdElement>(
         &self,
@@ -36,23 +56,13 @@ impl Int8Conv {
         image: &[I],
         x: &mut [u32],
         store: O::Store,
-        out: &mut [O],
+        out: OutputPart<'_, O>,
     ) -> TractResult<()> {
         let layer = &self.layer;
         let w = &*layer.weights;
         let isa = Isa::detect();
-        let (pixels_in, pixels) = (g.height * g.width, g.out[0] * g.out[1]);
-        // An 8-bit input on per-channel lattices: each channel its own scale and zero point
-        // (their accumulator offsets are in the layer's epilogues).
+        let pixels_in = g.height * g.width;
         let channel_input = w.channel_input.as_ref();
-        let quantize =
-            |image: &[I], planes: Planes, first: usize, words: &mut [u32]| match channel_input {
-                Some(c) => {
-                    let (scales, zps) = (&c.scales[first..], &c.zero_points[first..]);
-                    quantize_c4_channels(isa, image, planes, scales, zps, words)
-                }
-                None => quantize_c4(isa, image, planes, layer.input, words),
-            };
         let channel_groups = g.channels.div_ceil(4);
         if channel_groups == 1 && threads() > 1 {
             // One channel group (a stem's 3 channels): bands of its pixels, else one thread
@@ -61,7 +71,7 @@ impl Int8Conv {
             for_each_chunk(&mut x[..pixels_in], band, |task, words| {
                 let planes =
                     Planes { channels: g.channels, pixels: words.len(), stride: pixels_in };
-                quantize(&image[task * band..], planes, 0, words)
+                self.quantize_planes(isa, &image[task * band..], planes, 0, words)
             });
         } else {
             // Channel groups split across threads: on one thread this pass and im2col below
@@ -70,12 +80,8 @@ impl Int8Conv {
             for_each_chunk(x, groups_per_task * pixels_in, |task, words| {
                 let first = 4 * task * groups_per_task;
                 let channels = (g.channels - first).min(4 * groups_per_task);
-                quantize(
-                    &image[first * pixels_in..],
-                    Planes::whole(channels, pixels_in),
-                    first,
-                    words,
-                )
+                let planes = Planes::whole(channels, pixels_in);
+                self.quantize_planes(isa, &image[first * pixels_in..], planes, first, words)
             });
         }
         let fill = match channel_input {
@@ -85,7 +91,7 @@ impl Int8Conv {
         let unit = g.kernel == [1, 1] && g.stride == [1, 1] && g.pad == [0, 0];
         let per_group_out = w.n / self.group;
         let groups_per_conv_group = g.channels.div_ceil(4) / self.group;
-        let mut out = ArrayViewMut2::from_shape((w.n, pixels), out)?;
+        let mut rest = out;
         for (group, weights) in groups.iter().enumerate() {
             let first_group = group * groups_per_conv_group;
             let channels = group * per_group_out..(group + 1) * per_group_out;
@@ -99,7 +105,8 @@ impl Int8Conv {
                 epilogues: &w.epilogues[channels.clone()],
                 store,
             };
-            let out = out.slice_mut(s![channels, ..]);
+            let (out, after) = rest.split_at(Axis(0), per_group_out);
+            rest = after;
             if unit {
                 conv.unit(out)?;
             } else {
@@ -162,16 +169,17 @@ impl<O: SimdElement> GroupConv<'_, O> {
     }
 
     /// The product split by output channels, every part reading all of `x`.
-    fn by_channels(&self, x: ArrayView2<'_, u32>, out: ArrayViewMut2<'_, O>) -> TractResult<()> {
-        let per_part = channels_per_part(out.nrows());
+    fn by_channels(&self, x: ArrayView2<'_, u32>, out: OutputPart<'_, O>) -> TractResult<()> {
+        let per_part = channels_per_part(out.dim().0);
         for_each_part(out, Axis(0), per_part, |first, out| {
+            let out = out.zero();
             self.product(x.view(), first..first + out.nrows(), out);
             Ok(())
         })
     }
 
     /// A 1×1 convolution: the C4 words are the operand.
-    fn unit(&self, out: ArrayViewMut2<'_, O>) -> TractResult<()> {
+    fn unit(&self, out: OutputPart<'_, O>) -> TractResult<()> {
         let (channels, pixels) = out.dim();
         let x = ArrayView2::from_shape((self.g.channels.div_ceil(4), pixels), self.words)?;
         let x = x.slice_move(s![self.channel_groups.clone(), ..]);
@@ -181,7 +189,7 @@ impl<O: SimdElement> GroupConv<'_, O> {
             return self.by_channels(x, out);
         }
         for_each_part((x, out), Axis(1), band, |_, (x, out)| {
-            self.product(x, 0..channels, out);
+            self.product(x, 0..channels, out.zero());
             Ok(())
         })
     }
@@ -189,7 +197,7 @@ impl<O: SimdElement> GroupConv<'_, O> {
     /// A k×k (or strided, or padded) convolution: im2col patches for a block of output rows at
     /// a time, so that the product reads them from cache rather than memory (the whole matrix
     /// was 1.8 MB for a 56×56 3×3 layer).
-    fn patches(&self, mut out: ArrayViewMut2<'_, O>) -> TractResult<()> {
+    fn patches(&self, out: OutputPart<'_, O>) -> TractResult<()> {
         let (g, k4) = (self.g, self.weights.k4);
         let (out_height, out_width) = (g.out[0], g.out[1].max(1));
         let (channels, pixels) = out.dim();
@@ -199,19 +207,24 @@ impl<O: SimdElement> GroupConv<'_, O> {
         // them while they are in its cache.
         let rows_per_task = out_height.div_ceil(threads());
         if split_by_pixels(pixels, channels, rows_per_task * out_width) {
-            return for_each_part(out, Axis(1), rows_per_task * out_width, |first, mut out| {
-                let rows = out.ncols() / out_width;
+            return for_each_part(out, Axis(1), rows_per_task * out_width, |first, out| {
+                let rows = out.dim().1 / out_width;
                 let block_words = k4 * rows_per_block.min(rows) * out_width;
                 scratch::patch_words(block_words, |patches| {
+                    let mut rest = out;
                     for start in (0..rows).step_by(rows_per_block) {
                         let block = start..(start + rows_per_block).min(rows);
                         let first_row = first / out_width + start;
                         let out_rows = first_row..first_row + block.len();
-                        let columns = block.start * out_width..block.end * out_width;
-                        let patches = &mut patches[..k4 * columns.len()];
+                        let columns = block.len() * out_width;
+                        let patches = &mut patches[..k4 * columns];
                         self.im2col(out_rows, 0..k4, patches);
-                        let x = ArrayView2::from_shape((k4, columns.len()), &*patches)?;
-                        self.product(x, 0..channels, out.slice_mut(s![.., columns]));
+                        let x = ArrayView2::from_shape((k4, columns), &*patches)?;
+                        // Each block's outputs zeroed just before its stores, not the whole
+                        // band at once: those would leave the cache before their block's turn.
+                        let (block_out, after) = rest.split_at(Axis(1), columns);
+                        rest = after;
+                        self.product(x, 0..channels, block_out.zero());
                     }
                     Ok(())
                 })
@@ -220,6 +233,7 @@ impl<O: SimdElement> GroupConv<'_, O> {
         // Blocks shared by the threads: built in parallel by patch rows, then multiplied by
         // channels.
         scratch::patch_words(k4 * rows_per_block * out_width, |patches| {
+            let mut rest = out;
             for first_row in (0..out_height).step_by(rows_per_block) {
                 let out_rows = first_row..(first_row + rows_per_block).min(out_height);
                 let columns = out_rows.len() * out_width;
@@ -231,8 +245,9 @@ impl<O: SimdElement> GroupConv<'_, O> {
                     self.im2col(out_rows.clone(), rows, part);
                 });
                 let x = ArrayView2::from_shape((k4, columns), &*patches)?;
-                let band = first_row * out_width..first_row * out_width + columns;
-                self.by_channels(x, out.slice_mut(s![.., band]))?;
+                let (band, after) = rest.split_at(Axis(1), columns);
+                rest = after;
+                self.by_channels(x, band)?;
             }
             Ok(())
         })

@@ -3,14 +3,18 @@
 //! `quantize::tidy`). Fed u8 codes by the int8 layer before it (`quantize::link`), it pools
 //! the codes (a quarter of the bytes) and hands on the floats they stand for.
 
+use ndarray::Axis;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::cnn::PoolSpec;
 
 use super::conv::geometry;
-use super::parallel::for_each_chunk;
+use super::parallel::for_each_part;
 use super::scratch;
-use crate::kernels::{dequantize_codes, max_pool_plane, max_pool_row_len, ActivationQuant, Isa};
+use crate::kernels::{
+    dequantize_codes, max_pool_plane, max_pool_row_len, ActivationQuant, Isa, OutputPart,
+    OutputTensor,
+};
 
 /// Max pooling of an NCHW tensor over a 2-D window (no index output): of f32 values, or of u8
 /// codes of `input_codes`, the output then their values as f32.
@@ -45,17 +49,16 @@ impl EvalOp for MaxPool2d {
         let shape = input.shape();
         let g = geometry(&self.pool_spec, shape)?;
         let (plane_in, plane_out) = (g.height * g.width, g.out[0] * g.out[1]);
-        let mut output = Tensor::zero::<f32>(&[shape[0], shape[1], g.out[0], g.out[1]])?;
+        let mut output = OutputTensor::<f32>::new(&[shape[0], shape[1], g.out[0], g.out[1]])?;
         let isa = Isa::detect();
         let row_len = max_pool_row_len(&g);
         {
-            let mut plain = output.try_as_plain_ram_mut()?;
-            let out = plain.as_slice_mut::<f32>()?;
+            let out = output.parts(shape[0] * shape[1])?;
             match self.input_codes {
-                None => each_plane::<f32>(&input, plane_in, plane_out, out, |input, out| {
+                None => each_plane::<f32>(&input, plane_in, out, |input, out| {
                     scratch::flat_sums(row_len, |row| max_pool_plane(isa, &g, input, row, out))
                 })?,
-                Some(q) => each_plane::<u8>(&input, plane_in, plane_out, out, |input, out| {
+                Some(q) => each_plane::<u8>(&input, plane_in, out, |input, out| {
                     scratch::input_bytes(row_len + plane_out, |bytes| {
                         let (row, codes) = bytes.split_at_mut(row_len);
                         max_pool_plane(isa, &g, input, row, codes);
@@ -64,26 +67,27 @@ impl EvalOp for MaxPool2d {
                 })?,
             }
         }
-        Ok(tvec!(output.into_tvalue()))
+        Ok(tvec!(output.into_tensor()?.into_tvalue()))
     }
 }
 
 /// `pool(input plane, output plane)` for every plane of `input` (`T` values, `plane_in` each)
-/// and of `out` (`plane_out` each), planes shared among the threads.
+/// and of `out` (one plane per row), planes shared among the threads.
 fn each_plane<T: Datum>(
     input: &Tensor,
     plane_in: usize,
-    plane_out: usize,
-    out: &mut [f32],
+    out: OutputPart<'_, f32>,
     pool: impl Fn(&[T], &mut [f32]) + Sync,
 ) -> TractResult<()> {
     let view = input.to_plain_array_view::<T>()?;
     let contiguous = view.as_standard_layout();
     let data = contiguous.as_slice().context("MaxPool2d input is not contiguous")?;
-    for_each_chunk(out, plane_out.max(1), |plane, out| {
-        pool(&data[plane * plane_in..(plane + 1) * plane_in], out)
-    });
-    Ok(())
+    for_each_part(out, Axis(0), 1, |plane, out| {
+        let mut out = out.zero();
+        let out = out.as_slice_mut().context("MaxPool2d output is not contiguous")?;
+        pool(&data[plane * plane_in..(plane + 1) * plane_in], out);
+        Ok(())
+    })
 }
 
 impl TypedOp for MaxPool2d {
