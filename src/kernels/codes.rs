@@ -128,18 +128,39 @@ fn store_each_row<E: Element, S: SimdSum>(
     }
 }
 
+/// How float results are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FloatStore {
+    /// Each result replaces what the output holds.
+    #[default]
+    Replace,
+    /// Each result is added to what the output holds before the activation,
+    /// `act(affine(sum) + dst)`: a residual connection's other branch, copied in beforehand, so
+    /// the `Add` (and the ReLU after it) cost no pass of their own. The same float operations
+    /// in the same order as storing the layer's result and adding the branch after it.
+    AddTo,
+}
+
 impl Element for f32 {
-    type Store = ();
+    type Store = FloatStore;
     #[inline(always)]
     fn to_code(self, input: ActivationQuant) -> u8 {
         quantize_value(self, input.scale, input.zero_point)
     }
-    fn store_row<S: SimdSum>(isa: Isa, sums: &[S], e: Epilogue, _: (), dst: &mut [f32]) {
+    fn store_row<S: SimdSum>(
+        isa: Isa,
+        sums: &[S],
+        e: Epilogue,
+        store: FloatStore,
+        dst: &mut [f32],
+    ) {
         let (low, high) = e.activation.bounds();
+        let add = store == FloatStore::AddTo;
         multiversion!(isa, {
             for (o, &s) in dst.iter_mut().zip(sums) {
-                // `clamp`-like without NaN handling (sums are finite): plain vmaxps/vminps.
                 let v = s.affine(&e);
+                let v = if add { v + *o } else { v };
+                // `clamp`-like without NaN handling (sums are finite): plain vmaxps/vminps.
                 let v = if v < low { low } else { v };
                 *o = if v > high { high } else { v };
             }
@@ -329,7 +350,7 @@ impl<E: Element> SimdElement for E {}
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{CodeFinish, Element, Epilogue, OutputCodes, Sum};
+    use super::{CodeFinish, Element, Epilogue, FloatStore, OutputCodes, Sum};
 
     /// Elements a SIMD kernel stores straight from registers.
     pub trait SimdElement: Element {
@@ -338,10 +359,11 @@ mod avx512 {
         /// The finisher of sums finished by `e` and stored with `store`.
         fn finisher(e: &Epilogue, store: Self::Store) -> Self::Finish;
         /// Finishes 32 i32 sums (`sums[0]` first) with `f` and stores the lanes `masks`
-        /// select at `dst`.
+        /// select at `dst` (adding to them first, for [`FloatStore::AddTo`]).
         ///
         /// # Safety
-        /// AVX-512F/BW must be available and the selected elements at `dst` writable.
+        /// AVX-512F/BW must be available and the selected elements at `dst` readable and
+        /// writable.
         unsafe fn finish32(
             sums: [__m512i; 2],
             f: &Self::Finish,
@@ -351,26 +373,53 @@ mod avx512 {
     }
 
     impl SimdElement for f32 {
-        type Finish = Epilogue;
-        fn finisher(e: &Epilogue, _: ()) -> Epilogue {
-            *e
+        type Finish = (Epilogue, FloatStore);
+        fn finisher(e: &Epilogue, store: FloatStore) -> (Epilogue, FloatStore) {
+            (*e, store)
         }
         #[inline(always)]
-        unsafe fn finish32(sums: [__m512i; 2], e: &Epilogue, masks: [__mmask16; 2], dst: *mut f32) {
-            let (low, high) = e.activation.bounds();
-            let finish = |sums: __m512i| {
-                let centred = _mm512_sub_epi32(sums, _mm512_set1_epi32(e.offset));
-                // Separate multiply and add, as the scalar reference rounds them.
-                let v = _mm512_mul_ps(_mm512_cvtepi32_ps(centred), _mm512_set1_ps(e.scale));
-                let v = _mm512_add_ps(v, _mm512_set1_ps(e.bias));
-                _mm512_min_ps(_mm512_max_ps(v, _mm512_set1_ps(low)), _mm512_set1_ps(high))
-            };
-            // SAFETY: as the caller guarantees; masked-off lanes are never written.
+        unsafe fn finish32(
+            sums: [__m512i; 2],
+            (e, store): &(Epilogue, FloatStore),
+            masks: [__mmask16; 2],
+            dst: *mut f32,
+        ) {
+            let add = *store == FloatStore::AddTo;
+            // SAFETY: as the caller guarantees; masked-off lanes are never read or written.
             unsafe {
-                _mm512_mask_storeu_ps(dst, masks[0], finish(sums[0]));
-                _mm512_mask_storeu_ps(dst.wrapping_add(16), masks[1], finish(sums[1]));
+                let high_half = dst.wrapping_add(16);
+                let low = finish16(sums[0], e, add, masks[0], dst);
+                _mm512_mask_storeu_ps(dst, masks[0], low);
+                let high = finish16(sums[1], e, add, masks[1], high_half);
+                _mm512_mask_storeu_ps(high_half, masks[1], high);
             }
         }
+    }
+
+    /// 16 sums finished as floats by `e`, added to the lanes `mask` selects at `dst` first when
+    /// `add` ([`FloatStore::AddTo`]). A function rather than a closure: always inlined into the
+    /// kernel, so the intrinsics are too (a closure compiled apart called each one).
+    ///
+    /// # Safety
+    /// AVX-512F must be available and, when `add`, the selected lanes at `dst` readable.
+    #[inline(always)]
+    unsafe fn finish16(
+        sums: __m512i,
+        e: &Epilogue,
+        add: bool,
+        mask: __mmask16,
+        dst: *const f32,
+    ) -> __m512 {
+        let (low, high) = e.activation.bounds();
+        let centred = _mm512_sub_epi32(sums, _mm512_set1_epi32(e.offset));
+        // Separate multiply and add, as the scalar reference rounds them.
+        let v = _mm512_mul_ps(_mm512_cvtepi32_ps(centred), _mm512_set1_ps(e.scale));
+        let mut v = _mm512_add_ps(v, _mm512_set1_ps(e.bias));
+        if add {
+            // SAFETY: the selected lanes are readable (the caller's contract).
+            v = _mm512_add_ps(v, unsafe { _mm512_maskz_loadu_ps(mask, dst) });
+        }
+        _mm512_min_ps(_mm512_max_ps(v, _mm512_set1_ps(low)), _mm512_set1_ps(high))
     }
 
     impl SimdElement for u8 {
@@ -545,7 +594,7 @@ mod tests {
             let codes = OutputCodes::from(ActivationQuant { scale: out_scale, zero_point });
             let floats_in: Vec<f32> = sums.iter().map(|&s| s as f32).collect();
             let mut values = vec![0f32; sums.len()];
-            f32::store_row(Isa::Scalar, &sums, e, (), &mut values);
+            f32::store_row(Isa::Scalar, &sums, e, FloatStore::Replace, &mut values);
             for isa in [Isa::Scalar, Isa::detect()] {
                 let (mut from_i32, mut from_f32) = (vec![7u8; sums.len() + 1], vec![7u8; sums.len() + 1]);
                 u8::store_row(isa, &sums, e, codes, &mut from_i32);

@@ -235,7 +235,7 @@ fn chunk_sums<const N: usize>(
 mod tests {
     use super::*;
     use crate::kernels::depthwise_cases::Case;
-    use crate::kernels::Activation;
+    use crate::kernels::{Activation, FloatStore};
     use proptest::prelude::*;
 
     proptest! {
@@ -265,7 +265,7 @@ mod tests {
                 layout.accumulate(isa, &buffer, &taps, &mut acc);
                 let mut out = vec![f32::NAN; out[0] * out[1]];
                 let e = Epilogue { offset: 0, scale: 1.0, bias: 0.0, activation: Activation::Identity };
-                layout.store(isa, &acc, e, (), &mut out);
+                layout.store(isa, &acc, e, FloatStore::Replace, &mut out);
                 let got: Vec<i32> = out.iter().map(|&v| v as i32).collect();
                 prop_assert_eq!(&got, &want, "{:?}", isa);
                 // Stored as codes: the same bytes on every ISA, each the quantized sum.

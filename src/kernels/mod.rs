@@ -22,7 +22,7 @@ mod quant;
 
 use std::sync::OnceLock;
 
-pub use codes::{Element, Epilogue, OutputCodes, SimdElement, SimdSum, Sum};
+pub use codes::{Element, Epilogue, FloatStore, OutputCodes, SimdElement, SimdSum, Sum};
 pub use depthwise::{PhasedPlane, MAX_DEPTHWISE_STRIDE, MAX_DEPTHWISE_TAPS};
 pub use depthwise_bytes::{byte_kernel_fits, tap_words, BytePlane, MAX_TAP_WORDS};
 pub use depthwise_windows::WindowTable;

@@ -533,7 +533,7 @@ pub(super) mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::{quantize_value, Activation, OutputCodes};
+    use crate::kernels::{quantize_value, Activation, FloatStore, OutputCodes};
     use proptest::prelude::*;
 
     /// `data` as planes of `columns`.
@@ -557,9 +557,9 @@ mod tests {
             // Exact sums first (scale 1, no offset, bias or clamp: integers below 2^24 as f32).
             let exact = Epilogue { offset: 0, scale: 1.0, bias: 0.0, activation: Activation::Identity };
             let mut simd = vec![0f32; n * pixels];
-            conv_planar(Isa::detect(), view(&x, pixels), &packed, 0..n, &vec![exact; n], (), view_mut(&mut simd, pixels));
+            conv_planar(Isa::detect(), view(&x, pixels), &packed, 0..n, &vec![exact; n], FloatStore::Replace, view_mut(&mut simd, pixels));
             let mut scalar = vec![0f32; n * pixels];
-            conv_planar(Isa::Scalar, view(&x, pixels), &packed, 0..n, &vec![exact; n], (), view_mut(&mut scalar, pixels));
+            conv_planar(Isa::Scalar, view(&x, pixels), &packed, 0..n, &vec![exact; n], FloatStore::Replace, view_mut(&mut scalar, pixels));
             prop_assert_eq!(&simd, &scalar);
             let (o, p) = (n - 1, pixels - 1);
             let want: i32 = (0..k4 * 4).map(|k| i32::from(x[(k / 4) * pixels + p].to_le_bytes()[k % 4]) * i32::from(w[o * k4 * 4 + k])).sum();
@@ -576,9 +576,25 @@ mod tests {
             let codes = OutputCodes::from(ActivationQuant { scale: 0.03, zero_point: zp / 2 });
             let count = n - first;
             let (mut simd, mut scalar) = (vec![0f32; count * pixels], vec![0f32; count * pixels]);
-            conv_planar(Isa::detect(), view(&x, pixels), &packed, first..n, &epilogues, (), view_mut(&mut simd[..count * pixels], pixels));
-            conv_planar(Isa::Scalar, view(&x, pixels), &packed, first..n, &epilogues, (), view_mut(&mut scalar[..count * pixels], pixels));
+            conv_planar(Isa::detect(), view(&x, pixels), &packed, first..n, &epilogues, FloatStore::Replace, view_mut(&mut simd[..count * pixels], pixels));
+            conv_planar(Isa::Scalar, view(&x, pixels), &packed, first..n, &epilogues, FloatStore::Replace, view_mut(&mut scalar[..count * pixels], pixels));
             prop_assert_eq!(&simd, &scalar);
+            // Added to a residual branch before the ReLU6: the same on every path, and without
+            // the clip exactly the replaced results plus the branch.
+            let residual: Vec<f32> = (0..count * pixels).map(|i| (i % 13) as f32 * 0.37 - 2.0).collect();
+            let replaced = scalar;
+            let (mut simd, mut scalar) = (residual.clone(), residual.clone());
+            conv_planar(Isa::detect(), view(&x, pixels), &packed, first..n, &epilogues, FloatStore::AddTo, view_mut(&mut simd, pixels));
+            conv_planar(Isa::Scalar, view(&x, pixels), &packed, first..n, &epilogues, FloatStore::AddTo, view_mut(&mut scalar, pixels));
+            prop_assert_eq!(&simd, &scalar);
+            let unclipped: Vec<Epilogue> = epilogues.iter().map(|e| Epilogue { activation: Activation::Identity, ..*e }).collect();
+            let mut plain = vec![0f32; count * pixels];
+            conv_planar(Isa::Scalar, view(&x, pixels), &packed, first..n, &unclipped, FloatStore::Replace, view_mut(&mut plain, pixels));
+            let mut added = residual.clone();
+            conv_planar(Isa::detect(), view(&x, pixels), &packed, first..n, &unclipped, FloatStore::AddTo, view_mut(&mut added, pixels));
+            let want: Vec<f32> = plain.iter().zip(&residual).map(|(p, r)| p + r).collect();
+            prop_assert_eq!(&added, &want);
+            prop_assert!(replaced.iter().zip(&simd).all(|(r, s)| (0.0..=6.0).contains(r) && (0.0..=6.0).contains(s)));
             let (mut simd, mut scalar) = (vec![0u8; count * pixels + 1], vec![0u8; count * pixels + 1]);
             conv_planar(Isa::detect(), view(&x, pixels), &packed, first..n, &epilogues, codes, view_mut(&mut simd[..count * pixels], pixels));
             conv_planar(Isa::Scalar, view(&x, pixels), &packed, first..n, &epilogues, codes, view_mut(&mut scalar[..count * pixels], pixels));

@@ -148,7 +148,9 @@ fn tail_dots<E: SimdElement>(
             match dst.as_slice_mut() {
                 Some(dst) => E::store_row(isa, sums, *e, store, dst),
                 None => {
+                    // What the plane holds first: a float store may add to it.
                     let mut stored = [E::default(); MAX_TAIL_PIXELS];
+                    stored.iter_mut().zip(dst.iter()).for_each(|(s, d)| *s = *d);
                     E::store_row(isa, sums, *e, store, &mut stored[..pixels]);
                     dst.iter_mut().zip(stored).for_each(|(d, s)| *d = s);
                 }
@@ -262,7 +264,7 @@ pub(super) mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::{conv_planar, Activation, ActivationQuant, OutputCodes};
+    use crate::kernels::{conv_planar, Activation, ActivationQuant, FloatStore, OutputCodes};
     use ndarray::{s, Array2, Axis};
     use proptest::prelude::*;
 
@@ -288,12 +290,12 @@ mod tests {
             }).collect();
             let codes = OutputCodes::from(ActivationQuant { scale: 0.03, zero_point: zp / 2 });
             let mut want = Array2::<f32>::zeros((n, pixels));
-            conv_planar(Isa::Scalar, x.view(), &packed, 0..n, &vec![exact; n], (), want.view_mut());
+            conv_planar(Isa::Scalar, x.view(), &packed, 0..n, &vec![exact; n], FloatStore::Replace, want.view_mut());
             let mut want_codes = Array2::<u8>::zeros((n - first, pixels));
             conv_planar(Isa::Scalar, x.view(), &packed, first..n, &epilogues, codes, want_codes.view_mut());
             for isa in [Isa::Scalar, Isa::detect()] {
                 let mut sums = Array2::<f32>::zeros((n, pixels));
-                conv_planar_tail(isa, columns.view(), &packed, 0..n, &vec![exact; n], (), sums.view_mut());
+                conv_planar_tail(isa, columns.view(), &packed, 0..n, &vec![exact; n], FloatStore::Replace, sums.view_mut());
                 prop_assert_eq!(&sums, &want, "{:?}", isa);
                 // Into a column band of wider planes (rows not contiguous with each other).
                 let mut wide = Array2::<u8>::zeros((n - first, pixels + 3));
@@ -318,10 +320,10 @@ mod tests {
             let packed = PlanarWeights::pack(&w, n, k4);
             let exact = vec![Epilogue { offset: 0, scale: 1.0, bias: 0.0, activation: Activation::Identity }; n];
             let mut want = Array2::<f32>::zeros((n, pixels));
-            conv_planar(Isa::Scalar, x.view(), &packed, 0..n, &exact, (), want.view_mut());
+            conv_planar(Isa::Scalar, x.view(), &packed, 0..n, &exact, FloatStore::Replace, want.view_mut());
             let mut got = Array2::<f32>::zeros((n, pixels));
             let mut scratch = vec![0u32; tail_scratch_len(pixels, k4)];
-            conv_planar_with_tail(Isa::detect(), x.view(), &packed, 0..n, &exact, (), got.view_mut(), &mut scratch);
+            conv_planar_with_tail(Isa::detect(), x.view(), &packed, 0..n, &exact, FloatStore::Replace, got.view_mut(), &mut scratch);
             prop_assert_eq!(got, want);
             // Codes, for channels from the middle of the weights, into a column band of wider
             // planes (how threads split a layer).
@@ -340,6 +342,14 @@ mod tests {
             conv_planar_with_tail(Isa::detect(), x.view(), &packed, first..n, &epilogues, codes, band, &mut scratch);
             prop_assert_eq!(wide.slice(s![.., 1..1 + pixels]), want_codes.view());
             prop_assert!(wide.column(0).iter().chain(wide.column(pixels + 1)).all(|&c| c == 0), "wrote outside the band");
+            // Floats added to a residual branch, into a column band (the tail's strided store).
+            let residual = Array2::from_shape_fn((n - first, pixels + 2), |(o, p)| (o * 7 + p) as f32 * 0.25 - 3.0);
+            let mut want_sums = residual.clone();
+            conv_planar(Isa::Scalar, x.view(), &packed, first..n, &epilogues, FloatStore::AddTo, want_sums.slice_mut(s![.., 1..1 + pixels]));
+            let mut wide = residual.clone();
+            let band = wide.slice_mut(s![.., 1..1 + pixels]);
+            conv_planar_with_tail(Isa::detect(), x.view(), &packed, first..n, &epilogues, FloatStore::AddTo, band, &mut scratch);
+            prop_assert_eq!(&wide, &want_sums);
         }
     }
 }

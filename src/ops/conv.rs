@@ -10,7 +10,8 @@ use super::depthwise::{DepthwiseLayout, LayoutCache};
 use super::parallel::{for_each_item, threads};
 use super::{scratch, Int8Layer, Packed};
 use crate::kernels::{
-    ActivationQuant, ConvGeometry, Element, OutputCodes, OutputPart, OutputTensor, SimdElement,
+    ActivationQuant, ConvGeometry, Element, FloatStore, OutputCodes, OutputPart, OutputTensor,
+    SimdElement,
 };
 
 /// An int8 convolution replacing tract's `Conv` (+ a fused ReLU/Clip).
@@ -24,6 +25,10 @@ pub struct Int8Conv {
     pub depthwise: bool,
     /// The depthwise kernel's layout for the input shape last seen.
     pub layouts: LayoutCache,
+    /// A second input of the output's shape (f32) is added to the layer's results before its
+    /// activation: the residual `Add` (and the ReLU after it) fused into the store
+    /// (`quantize::residual`). The layer then stores floats.
+    pub residual: bool,
 }
 
 /// The 2-D geometry of `pool_spec` (a convolution's or a pool's) on an NCHW input of `shape`.
@@ -74,10 +79,12 @@ impl Int8Conv {
         OutputCodes::from(q).with_activation(self.layer.activation)
     }
 
-    /// The whole batch, read as `I` and stored as `O`.
+    /// The whole batch, read as `I` and stored as `O`, into outputs starting as zeros or as
+    /// `initial` (the residual branch a float store adds to).
     fn run_batch<I: Element + Datum, O: SimdElement + Datum>(
         &self,
         input: &Tensor,
+        initial: Option<&Tensor>,
         store: O::Store,
     ) -> TractResult<Tensor> {
         let shape = input.shape();
@@ -96,13 +103,26 @@ impl Int8Conv {
             Packed::Rows(_) => bail!("Int8Conv holds linear weights"),
             Packed::Planar(_) => None,
         };
-        let mut output = OutputTensor::<O>::new(&[batch, n, g.out[0], g.out[1]])?;
-        for_each_item(output.parts(batch)?, |i, out| {
+        let out_shape = [batch, n, g.out[0], g.out[1]];
+        let initial = match initial {
+            Some(residual) => {
+                ensure!(
+                    residual.shape() == out_shape,
+                    "{}: residual input of shape {:?}, expected {out_shape:?}",
+                    self.layer.name,
+                    residual.shape()
+                );
+                Some(residual.try_as_plain_ram()?.as_slice::<O>()?)
+            }
+            None => None,
+        };
+        let mut output = OutputTensor::<O>::new(&out_shape)?;
+        for_each_item(output.parts(batch, initial)?, |i, out| {
             let image = &data[i * image_len..(i + 1) * image_len];
             let out = out.reshape(n, g.out[0] * g.out[1])?;
             // One thread on the whole image (one thread, or a batch shared out by images): its
-            // output zeroed in one fill; otherwise each thread zeroes the parts it stores.
-            let out = if threads() == 1 { out.zero_now() } else { out };
+            // output initialised in one pass; otherwise each thread initialises the parts it stores.
+            let out = if threads() == 1 { out.initialize_now() } else { out };
             self.run_image(&g, depthwise.as_deref(), image, store, out)
         })?;
         output.into_tensor()
@@ -129,9 +149,24 @@ impl Op for Int8Conv {
 impl EvalOp for Int8Conv {
     op_out_of_plan!();
 
-    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let input = args_1!(inputs);
+    fn eval(&self, _ctx: &EvalContext, mut inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let links = self.layer.links;
+        let wanted = if self.residual { 2 } else { 1 };
+        let name = &self.layer.name;
+        ensure!(inputs.len() == wanted, "{name}: {} inputs, expected {wanted}", inputs.len());
+        let residual = if self.residual { inputs.pop() } else { None };
+        let input = args_1!(inputs);
+        if let Some(residual) = &residual {
+            ensure!(
+                residual.datum_type() == f32::datum_type() && links.output_codes.is_none(),
+                "{name}: a residual input is added to float outputs (got {:?})",
+                residual.datum_type()
+            );
+        }
+        let (residual, floats) = match residual.as_deref() {
+            Some(r) => (Some(r), FloatStore::AddTo),
+            None => (None, FloatStore::Replace),
+        };
         let expected = if links.input_codes { u8::datum_type() } else { f32::datum_type() };
         ensure!(
             input.datum_type() == expected,
@@ -140,10 +175,14 @@ impl EvalOp for Int8Conv {
             input.datum_type()
         );
         let output = match (links.input_codes, links.output_codes) {
-            (false, None) => self.run_batch::<f32, f32>(&input, ())?,
-            (false, Some(codes)) => self.run_batch::<f32, u8>(&input, self.output_codes(codes))?,
-            (true, None) => self.run_batch::<u8, f32>(&input, ())?,
-            (true, Some(codes)) => self.run_batch::<u8, u8>(&input, self.output_codes(codes))?,
+            (false, None) => self.run_batch::<f32, f32>(&input, residual, floats)?,
+            (false, Some(codes)) => {
+                self.run_batch::<f32, u8>(&input, None, self.output_codes(codes))?
+            }
+            (true, None) => self.run_batch::<u8, f32>(&input, residual, floats)?,
+            (true, Some(codes)) => {
+                self.run_batch::<u8, u8>(&input, None, self.output_codes(codes))?
+            }
         };
         Ok(tvec!(output.into_tvalue()))
     }
@@ -167,12 +206,23 @@ impl TypedOp for Int8Conv {
         } else {
             f32::datum_type()
         };
-        Ok(tvec!(dt.fact([
+        let fact = dt.fact([
             shape[0].clone(),
             self.layer.weights.n.to_dim(),
             padded[0].convoluted.to_dim(),
-            padded[1].convoluted.to_dim()
-        ])))
+            padded[1].convoluted.to_dim(),
+        ]);
+        if self.residual {
+            let residual = inputs.get(1).context("Int8Conv: residual input missing")?;
+            ensure!(
+                residual.datum_type == f32::datum_type()
+                    && residual.shape == fact.shape
+                    && dt == f32::datum_type(),
+                "Int8Conv {}: residual {residual:?} does not match the float output {fact:?}",
+                self.layer.name
+            );
+        }
+        Ok(tvec!(fact))
     }
 
     as_op!();

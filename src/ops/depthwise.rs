@@ -98,13 +98,13 @@ fn channels_per_task(g: &ConvGeometry) -> usize {
 }
 
 /// The (channel, output plane) pairs of a task's output `planes` (`first`: its first channel),
-/// zeroed by the task's thread.
-fn zeroed_planes<'a, O: SimdElement>(
+/// initialised by the task's thread.
+fn initialized_planes<'a, O: SimdElement>(
     first: usize,
     planes: OutputPart<'a, O>,
 ) -> TractResult<impl Iterator<Item = (usize, &'a mut [O])>> {
     let pixels = planes.dim().1.max(1);
-    let planes = planes.zero().into_slice().context("depthwise output is not contiguous")?;
+    let planes = planes.initialize().into_slice().context("depthwise output is not contiguous")?;
     Ok(planes.chunks_exact_mut(pixels).enumerate().map(move |(i, plane)| (first + i, plane)))
 }
 
@@ -140,7 +140,7 @@ impl Int8Conv {
                 // Chosen only for inputs of codes (see `DepthwiseLayout::new`).
                 let codes = I::as_codes(image).context("window gathers need an input of codes")?;
                 for_each_part(out, Axis(0), per_task, |first, planes| {
-                    let planes = zeroed_planes(first, planes)?;
+                    let planes = initialized_planes(first, planes)?;
                     scratch::accumulators(table.flat_len, |acc| {
                         for (c, plane) in planes {
                             let codes = &codes[c * pixels_in..(c + 1) * pixels_in];
@@ -153,7 +153,7 @@ impl Int8Conv {
             }
             DepthwiseLayout::Bytes(layout) => {
                 for_each_part(out, Axis(0), per_task, |first, planes| {
-                    let planes = zeroed_planes(first, planes)?;
+                    let planes = initialized_planes(first, planes)?;
                     scratch::input_bytes(layout.buffer_len(), |x| {
                         scratch::accumulators(layout.flat_len, |acc| {
                             for (c, plane) in planes {
@@ -169,7 +169,7 @@ impl Int8Conv {
             }
             DepthwiseLayout::Floats(layout) => {
                 for_each_part(out, Axis(0), per_task, |first, planes| {
-                    let planes = zeroed_planes(first, planes)?;
+                    let planes = initialized_planes(first, planes)?;
                     scratch::plane(layout.buffer_len(), |x| {
                         scratch::flat_sums(layout.flat_len, |acc| {
                             for (c, plane) in planes {

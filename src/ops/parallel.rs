@@ -61,7 +61,7 @@ impl<T: Sync> SplitViews for ArrayView2<'_, T> {
     }
 }
 
-impl<O: Copy + Default + Send> SplitViews for OutputPart<'_, O> {
+impl<O: Copy + Default + Send + Sync> SplitViews for OutputPart<'_, O> {
     fn len_of(&self, axis: Axis) -> usize {
         let (rows, columns) = self.dim();
         if axis == Axis(0) {

@@ -172,7 +172,7 @@ impl<O: SimdElement> GroupConv<'_, O> {
     fn by_channels(&self, x: ArrayView2<'_, u32>, out: OutputPart<'_, O>) -> TractResult<()> {
         let per_part = channels_per_part(out.dim().0);
         for_each_part(out, Axis(0), per_part, |first, out| {
-            let out = out.zero();
+            let out = out.initialize();
             self.product(x.view(), first..first + out.nrows(), out);
             Ok(())
         })
@@ -189,7 +189,7 @@ impl<O: SimdElement> GroupConv<'_, O> {
             return self.by_channels(x, out);
         }
         for_each_part((x, out), Axis(1), band, |_, (x, out)| {
-            self.product(x, 0..channels, out.zero());
+            self.product(x, 0..channels, out.initialize());
             Ok(())
         })
     }
@@ -220,11 +220,11 @@ impl<O: SimdElement> GroupConv<'_, O> {
                         let patches = &mut patches[..k4 * columns];
                         self.im2col(out_rows, 0..k4, patches);
                         let x = ArrayView2::from_shape((k4, columns), &*patches)?;
-                        // Each block's outputs zeroed just before its stores, not the whole
+                        // Each block's outputs initialised just before its stores, not the whole
                         // band at once: those would leave the cache before their block's turn.
                         let (block_out, after) = rest.split_at(Axis(1), columns);
                         rest = after;
-                        self.product(x, 0..channels, block_out.zero());
+                        self.product(x, 0..channels, block_out.initialize());
                     }
                     Ok(())
                 })

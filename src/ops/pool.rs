@@ -53,7 +53,7 @@ impl EvalOp for MaxPool2d {
         let isa = Isa::detect();
         let row_len = max_pool_row_len(&g);
         {
-            let out = output.parts(shape[0] * shape[1])?;
+            let out = output.parts(shape[0] * shape[1], None)?;
             match self.input_codes {
                 None => each_plane::<f32>(&input, plane_in, out, |input, out| {
                     scratch::flat_sums(row_len, |row| max_pool_plane(isa, &g, input, row, out))
@@ -83,7 +83,7 @@ fn each_plane<T: Datum>(
     let contiguous = view.as_standard_layout();
     let data = contiguous.as_slice().context("MaxPool2d input is not contiguous")?;
     for_each_part(out, Axis(0), 1, |plane, out| {
-        let mut out = out.zero();
+        let mut out = out.initialize();
         let out = out.as_slice_mut().context("MaxPool2d output is not contiguous")?;
         pool(&data[plane * plane_in..(plane + 1) * plane_in], out);
         Ok(())

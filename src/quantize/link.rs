@@ -17,7 +17,8 @@ pub fn link_int8_layers(model: &mut TypedModel) -> TractResult<usize> {
     let outputs = model.output_outlets()?.to_vec();
     let mut linked = 0;
     for id in 0..model.nodes().len() {
-        if model.node(id).op_as::<Int8Conv>().is_none() {
+        // A residual convolution adds floats to floats (`quantize::residual`): no codes.
+        if model.node(id).op_as::<Int8Conv>().is_none_or(|conv| conv.residual) {
             continue;
         }
         let outlet = OutletId::new(id, 0);
@@ -55,13 +56,15 @@ fn readers_quant(
 ) -> Option<ActivationQuant> {
     let mut shared: Option<ActivationQuant> = None;
     for inlet in model.outlet_successors(outlet) {
-        let Some(conv) = model.node(inlet.node).op_as::<Int8Conv>() else {
+        // A residual convolution's second input is read as floats, like other ops' inputs.
+        let conv = model.node(inlet.node).op_as::<Int8Conv>().filter(|_| inlet.slot == 0);
+        let Some(conv) = conv else {
             match others {
                 OtherReaders::Refused => return None,
                 OtherReaders::Ignored => continue,
             }
         };
-        if inlet.slot != 0 || shared.is_some_and(|q| q != conv.layer.input) {
+        if shared.is_some_and(|q| q != conv.layer.input) {
             return None;
         }
         shared = Some(conv.layer.input);
@@ -93,7 +96,7 @@ pub fn link_max_pools(model: &mut TypedModel) -> TractResult<usize> {
         let sole_reader = model.outlet_successors(producer).len() == 1;
         let pooled = OutletId::new(id, 0);
         if pool.input_codes.is_some()
-            || conv.is_none_or(|c| c.layer.links.output_codes.is_some())
+            || conv.is_none_or(|c| c.layer.links.output_codes.is_some() || c.residual)
             || !sole_reader
             || outputs.contains(&producer)
             || outputs.contains(&pooled)

@@ -6,6 +6,7 @@ pub mod input;
 mod link;
 pub mod qparams;
 mod report;
+mod residual;
 mod rewrite;
 pub mod rounding;
 pub mod save;
@@ -208,6 +209,9 @@ fn linked(mut quantized: Quantized) -> Result<Quantized> {
     let folded = tidy::fold_downsamples(&mut quantized.typed)
         .map_err(|e| Error::Calibration(format!("folding downsamples: {}", chain(&e))))?;
     log::debug!("{folded} strided 1×1 convolutions read their input directly");
+    let fused = residual::fuse_residual_adds(&mut quantized.typed)
+        .map_err(|e| Error::Calibration(format!("fusing residual adds: {}", chain(&e))))?;
+    log::debug!("{fused} residual adds are added by the int8 layer before them");
     let count = link::link_int8_layers(&mut quantized.typed)
         .map_err(|e| Error::Calibration(format!("linking int8 layers: {}", chain(&e))))?;
     log::debug!("{count} int8 layer outputs pass u8 codes to the next int8 layers");
@@ -325,6 +329,7 @@ pub fn build_op(
             group: *group,
             depthwise: *depthwise,
             layouts: Default::default(),
+            residual: false,
         }),
         LayerKind::Linear { kept_axes } => {
             Box::new(Int8Linear { layer: int8, kept_axes: *kept_axes })

@@ -380,7 +380,10 @@ fn einsum_layer(
 }
 
 /// The single consumer of `outlet`, unless the outlet is a model output or feeds several nodes.
-fn only_successor(model: &TypedModel, outlet: OutletId) -> TractResult<Option<&TypedNode>> {
+pub(super) fn only_successor(
+    model: &TypedModel,
+    outlet: OutletId,
+) -> TractResult<Option<&TypedNode>> {
     if model.output_outlets()?.contains(&outlet) {
         return Ok(None);
     }
@@ -391,10 +394,10 @@ fn only_successor(model: &TypedModel, outlet: OutletId) -> TractResult<Option<&T
 }
 
 /// A binary op's name, and its constant operand's values and shape.
-type ConstOperand<'m> = (&'m str, Vec<f32>, TVec<usize>);
+pub(super) type ConstOperand<'m> = (&'m str, Vec<f32>, TVec<usize>);
 
 /// The other operand of a binary node reading `outlet`, when it is a constant.
-fn binary_with_const<'m>(
+pub(super) fn binary_with_const<'m>(
     model: &'m TypedModel,
     node: &'m TypedNode,
     outlet: OutletId,
@@ -447,12 +450,17 @@ fn fuse_successors(model: &TypedModel, layer: &mut Candidate) -> TractResult<()>
         }
         layer.output = OutletId::new(next.id, 0);
     }
-    layer.activation = match (low, high) {
+    layer.activation = clip_activation(low, high);
+    Ok(())
+}
+
+/// The activation clipping values to `[low, high]`.
+pub(super) fn clip_activation(low: f32, high: f32) -> Activation {
+    match (low, high) {
         (l, h) if l == f32::NEG_INFINITY && h == f32::INFINITY => Activation::Identity,
         (l, h) if l == 0.0 && h == f32::INFINITY => Activation::Relu,
         (l, h) => Activation::Clip(l, h),
-    };
-    Ok(())
+    }
 }
 
 /// Replaces the layer's fused chain in `model` by `op` reading the same input. `replaced` maps
