@@ -147,9 +147,15 @@ impl<'a, O: Copy + Default> OutputPart<'a, O> {
                 Some(contiguous) => contiguous.fill(zero),
                 None => self.view.rows_mut().into_iter().for_each(|mut row| row.fill(zero)),
             },
-            Some(initial) => {
-                Zip::from(&mut self.view).and(initial).for_each(|d, &v| *d = MaybeUninit::new(v))
-            }
+            Some(initial) => match (self.view.as_slice_mut(), initial.as_slice()) {
+                // One copy of a contiguous run (a whole image's planes, a run of channels).
+                (Some(elements), Some(values)) => {
+                    elements.iter_mut().zip(values).for_each(|(d, &v)| *d = MaybeUninit::new(v))
+                }
+                _ => Zip::from(&mut self.view)
+                    .and(initial)
+                    .for_each(|d, &v| *d = MaybeUninit::new(v)),
+            },
         }
         self.counted.fetch_add(self.view.len(), Ordering::Relaxed);
     }
