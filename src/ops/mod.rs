@@ -208,6 +208,16 @@ impl PartialEq for Int8Layer {
 }
 impl Eq for Int8Layer {}
 
+impl Int8Layer {
+    /// This layer with `activation` applied by its stores: the layer's and each channel's
+    /// epilogue's (updates rebuild the epilogues from the layer's activation).
+    pub fn with_activation(&self, activation: Activation) -> Int8Layer {
+        let mut weights = (*self.weights).clone();
+        weights.epilogues.iter_mut().for_each(|e| e.activation = activation);
+        Int8Layer { activation, weights: Arc::new(weights), ..self.clone() }
+    }
+}
+
 /// The int8 layer inside `op`, if it is one of the project's int8 ops.
 pub fn int8_layer(op: &dyn TypedOp) -> Option<&Int8Layer> {
     if let Some(conv) = op.downcast_ref::<Int8Conv>() {
@@ -217,11 +227,17 @@ pub fn int8_layer(op: &dyn TypedOp) -> Option<&Int8Layer> {
 }
 
 /// A copy of the int8 op `op` running `layer` (new weights after an update) with `op`'s links
-/// to its neighbours kept; `None` if `op` is not an int8 op.
+/// to its neighbours kept, and a residual convolution's activation (the ReLU after the `Add` it
+/// took over, which `layer`, built from the model's layer, does not have); `None` if `op` is
+/// not an int8 op.
 pub fn with_layer(op: &dyn TypedOp, layer: &Int8Layer) -> Option<Box<dyn TypedOp>> {
     let relinked = |old: &Int8Layer| Int8Layer { links: old.links, ..layer.clone() };
     if let Some(conv) = op.downcast_ref::<Int8Conv>() {
-        return Some(Box::new(Int8Conv { layer: relinked(&conv.layer), ..conv.clone() }));
+        let mut layer = relinked(&conv.layer);
+        if conv.residual && layer.activation != conv.layer.activation {
+            layer = layer.with_activation(conv.layer.activation);
+        }
+        return Some(Box::new(Int8Conv { layer, ..conv.clone() }));
     }
     op.downcast_ref::<Int8Linear>().map(|linear| {
         Box::new(Int8Linear { layer: relinked(&linear.layer), ..linear.clone() })

@@ -6,14 +6,12 @@
 //! one thread, 3.5 % on two). The float operations are the same, in the same order, so the
 //! results are bit-identical.
 
-use std::sync::Arc;
-
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::binary::TypedBinOp;
 
 use super::rewrite::{binary_with_const, clip_activation, only_successor};
 use crate::kernels::Activation;
-use crate::ops::{Int8Conv, Int8Layer, Packed};
+use crate::ops::{Int8Conv, Packed};
 
 /// Fuses every float `Add` of two same-shape tensors, one of them a planar int8 convolution's
 /// output read by nothing else (no activation of its own, not a model output), into that
@@ -27,7 +25,7 @@ pub fn fuse_residual_adds(model: &mut TypedModel) -> TractResult<usize> {
         let Some(op) = conv_node.op_as::<Int8Conv>() else { continue };
         let mut op = op.clone();
         op.residual = true;
-        op.layer = with_activation(&op.layer, activation);
+        op.layer = op.layer.with_activation(activation);
         let mut patch = TypedModelPatch::default();
         let input = patch.tap_model(model, conv_node.inputs[0])?;
         let residual = patch.tap_model(model, residual)?;
@@ -90,17 +88,11 @@ fn trailing_clips(model: &TypedModel, outlet: OutletId) -> TractResult<(OutletId
     Ok((end, clip_activation(low, high)))
 }
 
-/// `layer` with `activation` applied by its stores (and kept through weight updates, which
-/// rebuild the epilogues from the layer's activation).
-fn with_activation(layer: &Int8Layer, activation: Activation) -> Int8Layer {
-    let mut weights = (*layer.weights).clone();
-    weights.epilogues.iter_mut().for_each(|e| e.activation = activation);
-    Int8Layer { activation, weights: Arc::new(weights), ..layer.clone() }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tract_onnx::tract_core::internal::*;
+
     use crate::quantize::build_op;
     use crate::quantize::link::tests::{conv, run, values};
     use crate::quantize::qparams::ActivationQuant;
@@ -139,6 +131,17 @@ mod tests {
         assert!(want.contains(&0.0) && want.iter().any(|&v| v > 0.0), "the ReLU clips some");
         let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&want), bits(&got));
+        // An update rebuilds the layer from the model's convolution, without the ReLU: the op
+        // keeps applying it after the add.
+        let node =
+            fused.nodes().iter().position(|n| n.op_as::<Int8Conv>().is_some_and(|c| c.residual));
+        let node = node.context("no residual conv")?;
+        let rebuilt = build_op(&second, &second.weights, q(0.0, 6.0), true);
+        let layer = crate::ops::int8_layer(rebuilt.as_ref()).context("not an int8 op")?;
+        assert_eq!(layer.activation, Activation::Identity);
+        let updated = crate::ops::with_layer(fused.node(node).op.as_ref(), layer);
+        fused.node_mut(node).op = updated.context("not an int8 op")?;
+        assert_eq!(bits(&run(&fused, &input)?), bits(&want), "the update dropped the ReLU");
         Ok(())
     }
 
