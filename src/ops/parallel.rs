@@ -4,11 +4,11 @@
 use ndarray::{ArrayBase, ArrayView2, ArrayViewMut2, Axis};
 use rayon::prelude::*;
 use tract_onnx::prelude::TractResult;
-
-use crate::kernels::OutputPart;
 use tract_onnx::tract_core::tract_linalg::multithread::{
     current_tract_executor, multithread_tract_scope, Executor,
 };
+
+use crate::kernels::OutputPart;
 
 /// Calls `work(chunk_index, chunk)` for each `chunk_len`-sized chunk of `data`, in parallel when
 /// the running plan has a multi-threaded executor.
@@ -137,10 +137,9 @@ pub fn for_each_part<V: SplitViews>(
 }
 
 /// Calls `work(i, item)` for each row (a batch's image) of `items` (rows along `Axis(0)`), in
-/// parallel. When the items
-/// share out evenly among the threads, each runs on one thread alone, its own parallel sections
-/// serial: the image's quantized input, patches and output stay in that core's cache, with no
-/// hand-over between threads inside it. Otherwise (a batch of 1 or 3 on two threads) the items'
+/// parallel. When the items share out evenly among the threads, each runs on one thread alone,
+/// its own parallel sections serial: the image's quantized input, patches and output stay in
+/// that core's cache, with no hand-over between threads inside it. Otherwise (a batch of 1 or 3 on two threads) the items'
 /// work still splits across threads.
 pub fn for_each_item<V: SplitViews>(
     items: V,
