@@ -19,6 +19,7 @@ mod planar;
 mod planar_tail;
 mod pool;
 mod quant;
+mod shifted;
 
 use std::sync::OnceLock;
 
@@ -42,6 +43,7 @@ pub use quant::{
     abs_max, dequantize_codes, dequantize_rows, quantize_i8_symmetric, quantize_u8, quantize_value,
     round_half_even, saturate_i8, saturate_u8, Activation, ActivationQuant,
 };
+pub use shifted::{conv_shifted, ShiftedOperand, ShiftedPlanes};
 
 /// The instruction set the int8 kernels use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

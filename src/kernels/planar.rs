@@ -233,7 +233,7 @@ impl PlaneRun {
 
 /// The distance between the rows of a view whose rows are contiguous runs (column stride 1), or
 /// `None` for any other layout.
-fn row_stride<S: RawData>(view: &ArrayBase<S, Ix2>) -> Option<usize> {
+pub(super) fn row_stride<S: RawData>(view: &ArrayBase<S, Ix2>) -> Option<usize> {
     let [rows, columns] = [view.nrows(), view.ncols()];
     let [row, column] = [view.strides()[0], view.strides()[1]];
     let unit_columns = columns <= 1 || column == 1;
@@ -280,8 +280,8 @@ pub fn conv_planar<E: SimdElement>(
             // hold every row and column the kernel touches (rows `stride` apart, columns
             // contiguous, checked above), and the assert bounds the weight rows.
             unsafe {
-                let (x, out) = (x.as_ptr(), out.as_mut_ptr());
-                avx512::channels(x, shape, words, w.k4, epilogues, store, out, None)
+                let x = avx512::Operand::dense(x.as_ptr(), shape.x_stride, w.k4);
+                avx512::channels(&x, shape, words, w.k4, epilogues, store, out.as_mut_ptr(), None)
             };
         }
         _ => {
@@ -342,8 +342,8 @@ pub(super) fn conv_planar_then_tail<E: SimdElement>(
     // kernel touches (rows `stride` apart, columns contiguous, `out` `tail` columns wider than
     // `x`), and the assert bounds the weight rows and the tail's columns.
     unsafe {
-        let (x, out) = (x.as_ptr(), out.as_mut_ptr());
-        avx512::channels(x, shape, words, k4, epilogues, store, out, Some(tail))
+        let x = avx512::Operand::dense(x.as_ptr(), shape.x_stride, k4);
+        avx512::channels(&x, shape, words, k4, epilogues, store, out.as_mut_ptr(), Some(tail))
     };
 }
 
@@ -359,6 +359,88 @@ pub(super) mod avx512 {
     /// Activation bytes a block of tiles keeps in L1 while every output channel reads them.
     const L1_TILE_BYTES: usize = 16 * 1024;
 
+    use super::super::shifted::MAX_SHIFTED_COLUMNS as MAX_KERNEL_COLUMNS;
+
+    /// One tap of an operand: its rows start `offset` words from the operand's origin, and for a
+    /// shifted operand it reads kernel column `column` (whose lanes outside the row read the fill).
+    #[derive(Debug, Clone, Copy, Default)]
+    pub struct Tap {
+        pub offset: isize,
+        pub column: usize,
+    }
+
+    /// Where a shifted operand's taps fall in the rows of the plane: a plane `width` pixels wide,
+    /// the run's first pixel at column `first`, kernel column `c` reading `shifts[c]` columns
+    /// away.
+    #[derive(Debug, Clone, Copy)]
+    pub struct RowColumns<'a> {
+        pub width: usize,
+        pub first: usize,
+        pub shifts: &'a [isize],
+    }
+
+    /// The operand a GEMM multiplies: `taps.len() · groups` rows of words (k4 = that product,
+    /// tap-major), row `(tap, group)` of run pixel `p` at `x + taps[tap].offset + group · x_stride
+    /// + p`. A dense operand (C4 words, im2col patches) is one tap at offset 0; a shifted one is
+    /// an input plane read in place by each kernel position of a stride-1 convolution (see
+    /// `shifted.rs`), lanes whose input column lies outside the row reading `fill`.
+    #[derive(Debug, Clone, Copy)]
+    pub struct Operand<'a> {
+        pub x: *const u32,
+        pub x_stride: usize,
+        pub groups: usize,
+        pub taps: &'a [Tap],
+        pub fill: u32,
+        pub columns: Option<RowColumns<'a>>,
+    }
+
+    const DENSE: [Tap; 1] = [Tap { offset: 0, column: 0 }];
+
+    impl Operand<'static> {
+        /// `k4` rows of words `x_stride` apart from `x`.
+        pub fn dense(x: *const u32, x_stride: usize, k4: usize) -> Self {
+            Operand { x, x_stride, groups: k4, taps: &DENSE, fill: 0, columns: None }
+        }
+    }
+
+    impl Operand<'_> {
+        /// Per kernel column, the lanes of the tile of `masks` from run pixel `p` whose input
+        /// column lies inside the row (all of them for a dense operand).
+        #[inline(always)]
+        unsafe fn column_masks(
+            &self,
+            p: usize,
+            masks: [__mmask16; 2],
+        ) -> [[__mmask16; 2]; MAX_KERNEL_COLUMNS] {
+            let mut out = [masks; MAX_KERNEL_COLUMNS];
+            let Some(RowColumns { width, first, shifts }) = self.columns else { return out };
+            let lanes = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+            let w = _mm512_set1_epi32(width as i32);
+            let start = ((first + p) % width) as i32;
+            // Each lane's column: its offset from the tile's first column, wrapped into the row
+            // (a 7-wide plane wraps a 16-lane vector twice).
+            let column = |from: i32| {
+                let mut c = _mm512_add_epi32(lanes, _mm512_set1_epi32(from));
+                loop {
+                    let over = _mm512_cmpge_epi32_mask(c, w);
+                    if over == 0 {
+                        return c;
+                    }
+                    c = _mm512_mask_sub_epi32(c, over, c, w);
+                }
+            };
+            let columns = [column(start), column(start + 16)];
+            for (masks, &shift) in out.iter_mut().zip(shifts) {
+                let shift = _mm512_set1_epi32(shift as i32);
+                for (mask, c) in masks.iter_mut().zip(columns) {
+                    // Unsigned: a column shifted left of the row wraps to a huge value.
+                    *mask &= _mm512_cmplt_epu32_mask(_mm512_add_epi32(c, shift), w);
+                }
+            }
+            out
+        }
+    }
+
     /// `epilogues.len()` output channels over all pixels: blocks of tiles of 32 pixels (two
     /// vectors) outside, channel blocks of 8 inside them, then the block's tiles, so the
     /// block's activations stay in L1 while every channel multiplies them (each weight
@@ -368,14 +450,15 @@ pub(super) mod avx512 {
     /// columns as dot products, after its tiles of the last block of pixels.
     ///
     /// # Safety
-    /// AVX-512F/BW/VNNI must be available; `x` points at `k4` runs of `shape.pixels` words,
-    /// `shape.x_stride` apart, `w` at one row of `k4` words per epilogue, `out` at one run of
-    /// `shape.pixels` (plus `tail.pixels`) elements per epilogue, `shape.out_stride` apart, none
-    /// of them aliased; `tail.columns` holds `tail.pixels · k4` words.
+    /// AVX-512F/BW/VNNI must be available; `x` describes `k4` rows that hold the run's
+    /// `shape.pixels` words (for a shifted operand, every word each tap reads from them, lanes
+    /// outside the row excepted), `w` holds one row of `k4` words per epilogue, `out` points at
+    /// one run of `shape.pixels` (plus `tail.pixels`) elements per epilogue, `shape.out_stride`
+    /// apart, none of them aliased; `tail.columns` holds `tail.pixels · k4` words.
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     pub unsafe fn channels<E: SimdElement>(
-        x: *const u32,
+        x: &Operand<'_>,
         shape: super::PlaneRun,
         w: &[i32],
         k4: usize,
@@ -392,7 +475,7 @@ pub(super) mod avx512 {
             }
         };
         let count = epilogues.len();
-        let super::PlaneRun { pixels, x_stride, out_stride } = shape;
+        let super::PlaneRun { pixels, out_stride, .. } = shape;
         // Blocks of tiles whose activations fit L1 (one tile for wide layers): each block of
         // output channels runs over the whole block, so it writes whole cache lines of its
         // planes in one pass (tile-major order left each line half written between passes),
@@ -413,8 +496,10 @@ pub(super) mod avx512 {
                 while p < end {
                     let lanes = (end - p).min(32);
                     let masks = [mask(lanes), mask(lanes.saturating_sub(16))];
+                    // SAFETY: AVX-512 is available.
+                    let columns = unsafe { x.column_masks(p, masks) };
                     let tile =
-                        Tile { x, x_stride, out_stride, w, k4, p, masks, finishers: &finishers };
+                        Tile { x, out_stride, w, k4, p, masks, columns, finishers: &finishers };
                     // SAFETY: as for this function; rows `o..o + rows` exist in `w`, `out` and
                     // `epilogues`.
                     unsafe {
@@ -475,13 +560,15 @@ pub(super) mod avx512 {
     /// The (up to) 32 pixels from `p` the two masks select, for channels from the first row
     /// of `w`, `out` and `epilogues`.
     struct Tile<'a, F> {
-        x: *const u32,
-        x_stride: usize,
+        x: &'a Operand<'a>,
         out_stride: usize,
         w: &'a [i32],
         k4: usize,
         p: usize,
         masks: [__mmask16; 2],
+        /// Per kernel column, the lanes of the tile each tap of it reads (see
+        /// [`Operand::column_masks`]).
+        columns: [[__mmask16; 2]; MAX_KERNEL_COLUMNS],
         /// Per channel, what finishes its sums (prepared once per block of tiles).
         finishers: &'a [F],
     }
@@ -493,29 +580,39 @@ pub(super) mod avx512 {
             &self,
             out: *mut E,
         ) {
-            let (xp, wp, op) = (self.x, self.w.as_ptr(), out);
-            let (x_stride, k4, masks) = (self.x_stride, self.k4, self.masks);
+            let (wp, op, k4, masks) = (self.w.as_ptr(), out, self.k4, self.masks);
+            let Operand { x, x_stride, groups, taps, fill, .. } = *self.x;
+            let fill = _mm512_set1_epi32(fill as i32);
             let mut low = [_mm512_setzero_si512(); O];
             let mut high = [_mm512_setzero_si512(); O];
-            for kk in 0..k4 {
-                // SAFETY: run `kk` of `x` has the tile's pixels; the masks keep the loads inside
-                // it (a masked-off lane is never read).
-                unsafe {
-                    let plane = xp.add(kk * x_stride + self.p);
-                    let x0 = _mm512_maskz_loadu_epi32(masks[0], plane.cast());
-                    if VECTORS == 1 {
-                        for (o, sum) in low.iter_mut().enumerate() {
-                            let wv = _mm512_set1_epi32(*wp.add(o * k4 + kk));
-                            *sum = _mm512_dpbusd_epi32(*sum, x0, wv);
+            let mut kk = 0;
+            for tap in taps {
+                let [m0, m1] = self.columns[tap.column];
+                // The tap's rows may start before the operand's origin (a shifted plane's
+                // guard words), hence wrapping arithmetic; every lane read is inside the rows.
+                let origin = x.wrapping_offset(tap.offset).wrapping_add(self.p);
+                for g in 0..groups {
+                    // SAFETY: row `kk` of `x` has the tile's pixels; the masks keep the loads
+                    // inside it (a masked-off lane is never read).
+                    unsafe {
+                        let plane = origin.wrapping_add(g * x_stride);
+                        let x0 = _mm512_mask_loadu_epi32(fill, m0, plane.cast());
+                        if VECTORS == 1 {
+                            for (o, sum) in low.iter_mut().enumerate() {
+                                let wv = _mm512_set1_epi32(*wp.add(o * k4 + kk));
+                                *sum = _mm512_dpbusd_epi32(*sum, x0, wv);
+                            }
+                            kk += 1;
+                            continue;
                         }
-                        continue;
+                        let x1 = _mm512_mask_loadu_epi32(fill, m1, plane.wrapping_add(16).cast());
+                        for o in 0..O {
+                            let wv = _mm512_set1_epi32(*wp.add(o * k4 + kk));
+                            low[o] = _mm512_dpbusd_epi32(low[o], x0, wv);
+                            high[o] = _mm512_dpbusd_epi32(high[o], x1, wv);
+                        }
                     }
-                    let x1 = _mm512_maskz_loadu_epi32(masks[1], plane.wrapping_add(16).cast());
-                    for o in 0..O {
-                        let wv = _mm512_set1_epi32(*wp.add(o * k4 + kk));
-                        low[o] = _mm512_dpbusd_epi32(low[o], x0, wv);
-                        high[o] = _mm512_dpbusd_epi32(high[o], x1, wv);
-                    }
+                    kk += 1;
                 }
             }
             for o in 0..O {

@@ -67,7 +67,10 @@ impl Int8Conv {
                 self.run_depthwise(g, layout, taps, image, store, out)
             }
             (Packed::Planar(groups), _) => {
-                let words = g.channels.div_ceil(4) * g.height * g.width;
+                let words = match self.shifted_layout(g) {
+                    Some(layout) => layout.len(),
+                    None => g.channels.div_ceil(4) * g.height * g.width,
+                };
                 scratch::input_words(words, |x| self.run_planar(g, groups, image, x, store, out))
             }
             _ => bail!("{}: weights not packed for a convolution", self.layer.name),

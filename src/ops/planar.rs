@@ -11,9 +11,9 @@ use super::conv::Int8Conv;
 use super::parallel::{for_each_chunk, for_each_part, threads};
 use super::scratch;
 use crate::kernels::{
-    conv_planar_with_tail, im2col_c4_rows, quantize_c4, quantize_c4_channels, tail_scratch_len,
-    ConvGeometry, Element, Epilogue, Isa, OutputPart, PatchFill, PlanarWeights, Planes,
-    SimdElement, VECTOR_PIXELS,
+    conv_planar_with_tail, conv_shifted, im2col_c4_rows, quantize_c4, quantize_c4_channels,
+    tail_scratch_len, ConvGeometry, Element, Epilogue, Isa, OutputPart, PatchFill, PlanarWeights,
+    Planes, ShiftedOperand, ShiftedPlanes, SimdElement, VECTOR_PIXELS,
 };
 
 /// Fewest output channels per parallel task (one kernel block: a 16-channel projection still
@@ -48,6 +48,37 @@ impl Int8Conv {
         }
     }
 
+    /// The layout of this layer's C4 input when its k×k product reads the planes in place
+    /// ([`conv_shifted`]): stride-1 "same" kernels on the AVX-512 path, with one zero point for
+    /// the whole tensor (its fill word); `None` when im2col builds the patches.
+    pub(super) fn shifted_layout(&self, g: &ConvGeometry) -> Option<ShiftedPlanes> {
+        let per_tensor = self.layer.weights.channel_input.is_none();
+        (per_tensor && Isa::detect() == Isa::Avx512Vnni).then(|| ShiftedPlanes::for_conv(g))?
+    }
+
+    /// Quantizes the input into `layout`'s planes of `x`, their guards holding the zero point,
+    /// channel groups split across threads.
+    fn quantize_shifted<I: Element>(
+        &self,
+        isa: Isa,
+        image: &[I],
+        layout: ShiftedPlanes,
+        x: &mut [u32],
+    ) {
+        let (pixels, stride) = (layout.pixels, layout.plane_stride());
+        let fill = u32::from_le_bytes([self.layer.input.zero_point; 4]);
+        let channels = image.len() / pixels.max(1);
+        let groups_per_task = layout.groups.div_ceil(2 * threads()).max(1);
+        for_each_chunk(&mut x[..layout.len()], groups_per_task * stride, |task, words| {
+            for (j, group_words) in words.chunks_exact_mut(stride).enumerate() {
+                let first = 4 * (task * groups_per_task + j);
+                let planes = Planes::whole((channels - first).min(4), pixels);
+                let plane = layout.plane_mut(group_words, fill);
+                self.quantize_planes(isa, &image[first * pixels..], planes, first, plane);
+            }
+        });
+    }
+
     /// Quantize the whole input into C4 words (`x`), then compute each convolution group.
     pub(super) fn run_planar<I: Element, O: SimdElement>(
         &self,
@@ -64,7 +95,10 @@ impl Int8Conv {
         let pixels_in = g.height * g.width;
         let channel_input = w.channel_input.as_ref();
         let channel_groups = g.channels.div_ceil(4);
-        if channel_groups == 1 && threads() > 1 {
+        let shifted = self.shifted_layout(g);
+        if let Some(layout) = shifted {
+            self.quantize_shifted(isa, image, layout, x);
+        } else if channel_groups == 1 && threads() > 1 {
             // One channel group (a stem's 3 channels): bands of its pixels, else one thread
             // quantized the whole image while the other waited.
             let band = pixels_in.div_ceil(threads());
@@ -107,7 +141,9 @@ impl Int8Conv {
             };
             let (out, after) = rest.split_at(Axis(0), per_group_out);
             rest = after;
-            if unit {
+            if let Some(layout) = shifted {
+                conv.in_place(layout, out)?;
+            } else if unit {
                 conv.unit(out)?;
             } else {
                 conv.patches(out)?;
@@ -190,6 +226,46 @@ impl<O: SimdElement> GroupConv<'_, O> {
         }
         for_each_part((x, out), Axis(1), band, |_, (x, out)| {
             self.product(x, 0..channels, out.initialize());
+            Ok(())
+        })
+    }
+
+    /// A stride-1 "same" k×k convolution reading its planes in place (`x` laid out as
+    /// `layout`): split by bands of pixels or by output channels as a 1×1 product is.
+    fn in_place(&self, layout: ShiftedPlanes, out: OutputPart<'_, O>) -> TractResult<()> {
+        let (channels, pixels) = out.dim();
+        let fill = match self.fill {
+            PatchFill::ZeroPoint(zp) => u32::from_le_bytes([zp; 4]),
+            PatchFill::PerGroup(_) => {
+                tract_onnx::tract_core::internal::bail!("a shifted product needs one zero point")
+            }
+        };
+        let operand = ShiftedOperand {
+            words: self.words,
+            layout,
+            geometry: self.g,
+            groups: self.channel_groups.clone(),
+            fill,
+        };
+        let (isa, w, store, k4) = (self.isa, self.weights, self.store, self.weights.k4);
+        let product = |pixels: Range<usize>, channels: Range<usize>, out: ArrayViewMut2<'_, O>| {
+            let epilogues = &self.epilogues[channels.clone()];
+            scratch::tail_columns(tail_scratch_len(pixels.len(), k4), |columns| {
+                conv_shifted(isa, &operand, pixels, w, channels, epilogues, store, out, columns)
+            })
+        };
+        let band = pixels.div_ceil(threads()).next_multiple_of(VECTOR_PIXELS);
+        if split_by_pixels(pixels, channels, band) {
+            return for_each_part(out, Axis(1), band, |first, out| {
+                let out = out.initialize();
+                product(first..first + out.ncols(), 0..channels, out);
+                Ok(())
+            });
+        }
+        let per_part = channels_per_part(channels);
+        for_each_part(out, Axis(0), per_part, |first, out| {
+            let out = out.initialize();
+            product(0..pixels, first..first + out.nrows(), out);
             Ok(())
         })
     }
