@@ -11,18 +11,21 @@ use super::conv::Int8Conv;
 use super::parallel::{for_each_part, threads};
 use super::{scratch, DepthwiseTaps};
 use crate::kernels::{
-    BytePlane, ConvGeometry, Element, Epilogue, Isa, OutputPart, PhasedPlane, SimdElement,
-    WindowTable,
+    BytePlane, ConvGeometry, Element, Epilogue, Isa, LanePlanes, OutputPart, PhasedPlane,
+    SimdElement, WindowTable, LANE_CHANNELS, MAX_DEPTHWISE_TAPS,
 };
 
 /// Most depthwise channels per parallel task (enough to amortise a task's start).
 const MAX_DEPTHWISE_BATCH: usize = 32;
 
-/// How a depthwise layer runs on this CPU. With AVX-512 VNNI and VBMI, on u8 codes with
-/// `vpdpbusd`: small planes of codes by gathers from the plane itself ([`WindowTable`]), the
-/// others through a padded copy ([`BytePlane`]); elsewhere on f32 codes ([`PhasedPlane`]).
+/// How a depthwise layer runs on this CPU. With AVX-512, planes up to 58×58 padded with 16
+/// channels in the lanes of a vector ([`LanePlanes`]); with AVX-512 VNNI and VBMI, on u8 codes
+/// with `vpdpbusd`: other small planes of codes by gathers from the plane itself
+/// ([`WindowTable`]), the rest through a padded copy ([`BytePlane`]); elsewhere on f32 codes
+/// ([`PhasedPlane`]).
 #[derive(Debug)]
 pub enum DepthwiseLayout {
+    Lanes(LanePlanes),
     Windows(WindowTable),
     Bytes(BytePlane),
     Floats(PhasedPlane),
@@ -32,6 +35,9 @@ impl DepthwiseLayout {
     /// The fastest layout for `g`; `codes`: the input is u8 codes (gathers need them).
     fn new(g: &ConvGeometry, codes: bool) -> Option<Self> {
         let isa = Isa::detect();
+        if let Some(lanes) = LanePlanes::new(isa, g) {
+            return Some(DepthwiseLayout::Lanes(lanes));
+        }
         let windows = codes.then(|| WindowTable::new(isa, g)).flatten();
         let layout = match (windows, BytePlane::new(isa, g)) {
             (Some(table), _) => DepthwiseLayout::Windows(table),
@@ -136,6 +142,39 @@ impl Int8Conv {
             Epilogue { offset: zero_point * tap_sum, ..w.epilogues[c] }
         };
         match layout {
+            DepthwiseLayout::Lanes(layout) => {
+                // Tasks of whole blocks of 16 channels (each block one vector's lanes).
+                let per_task = per_task.next_multiple_of(LANE_CHANNELS);
+                let (rows_len, out_pixels) = (layout.rows_len(), layout.out_pixels());
+                for_each_part(out, Axis(0), per_task, |first, planes| {
+                    let count = planes.dim().0;
+                    let planes = planes.initialize();
+                    let planes =
+                        planes.into_slice().context("depthwise output is not contiguous")?;
+                    scratch::plane(layout.plane_len(), |x| {
+                        layout.clear(x);
+                        scratch::flat_sums(rows_len + layout.sums_len(), |buffer| {
+                            let (rows, sums) = buffer.split_at_mut(rows_len);
+                            for block in (0..count).step_by(LANE_CHANNELS) {
+                                let (c, n) = (first + block, (count - block).min(LANE_CHANNELS));
+                                let inputs = &image[c * pixels_in..(c + n) * pixels_in];
+                                layout.fill(isa, inputs, input, rows, x);
+                                let weights = taps.lane_block(c / LANE_CHANNELS);
+                                layout.accumulate(isa, x, weights, sums);
+                                layout.channel_rows(isa, sums, rows);
+                                let outputs = &mut planes[block * out_pixels..];
+                                let channels = rows.chunks_exact(out_pixels.max(1));
+                                let stores =
+                                    channels.zip(outputs.chunks_exact_mut(out_pixels.max(1)));
+                                for (j, (sums, plane)) in stores.take(n).enumerate() {
+                                    O::store_row(isa, sums, w.epilogues[c + j], store, plane);
+                                }
+                            }
+                        })
+                    });
+                    Ok(())
+                })
+            }
             DepthwiseLayout::Windows(table) => {
                 // Chosen only for inputs of codes (see `DepthwiseLayout::new`).
                 let codes = I::as_codes(image).context("window gathers need an input of codes")?;
@@ -172,9 +211,11 @@ impl Int8Conv {
                     let planes = initialized_planes(first, planes)?;
                     scratch::plane(layout.buffer_len(), |x| {
                         scratch::flat_sums(layout.flat_len, |acc| {
+                            let mut filter = [0f32; MAX_DEPTHWISE_TAPS];
                             for (c, plane) in planes {
                                 layout.fill(isa, plane_of(c), input, x);
-                                let filter = &taps.floats[c * per_channel..(c + 1) * per_channel];
+                                let filter = &mut filter[..per_channel];
+                                taps.filter(c, filter);
                                 layout.accumulate(isa, x, filter, acc);
                                 layout.store(isa, acc, w.epilogues[c], store, plane);
                             }

@@ -21,7 +21,8 @@ pub use linear::Int8Linear;
 pub use pool::MaxPool2d;
 
 use crate::kernels::{
-    byte_kernel_fits, tap_words, Activation, Epilogue, PackedWeights, PlanarWeights, MAX_TAP_WORDS,
+    byte_kernel_fits, tap_words, Activation, Epilogue, PackedWeights, PlanarWeights, LANE_CHANNELS,
+    MAX_TAP_WORDS,
 };
 use crate::quantize::input::ChannelInput;
 use crate::quantize::qparams::ActivationQuant;
@@ -65,8 +66,11 @@ pub enum Layout {
 /// A depthwise layer's filters in the forms its kernels read.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DepthwiseTaps {
-    /// `n` rows of the kernel's taps (row-major) as f32, exact: the f32 kernel's operand.
-    pub floats: Vec<f32>,
+    /// The kernel's taps (row-major) as f32, exact, in blocks of 16 channels: each tap's 16
+    /// channel weights together (channels past `n` 0), the lane kernel's operand.
+    lanes: Vec<f32>,
+    /// Taps per channel.
+    taps: usize,
     /// The byte kernels' weight words ([`tap_words`]), `per_channel` per channel, packed once
     /// here rather than per channel and call (empty for kernels wider than those take).
     words: Vec<i32>,
@@ -77,18 +81,25 @@ pub struct DepthwiseTaps {
 
 impl DepthwiseTaps {
     fn new(codes: &[i8], n: usize, kernel: [usize; 2]) -> Self {
-        let floats: Vec<f32> = codes.iter().map(|&c| f32::from(c)).collect();
         let taps = kernel[0] * kernel[1];
+        let mut lanes = vec![0f32; n.div_ceil(LANE_CHANNELS) * taps * LANE_CHANNELS];
+        for (c, filter) in codes.chunks_exact(taps.max(1)).take(n).enumerate() {
+            let block = (c / LANE_CHANNELS) * taps * LANE_CHANNELS;
+            for (t, &v) in filter.iter().enumerate() {
+                lanes[block + t * LANE_CHANNELS + c % LANE_CHANNELS] = f32::from(v);
+            }
+        }
         let per_channel = kernel[0] * kernel[1].div_ceil(4);
         let (mut words, mut sums) = (Vec::new(), Vec::new());
         if byte_kernel_fits(kernel) {
             let mut filter_words = [0; MAX_TAP_WORDS];
-            for filter in floats.chunks_exact(taps).take(n) {
-                sums.push(tap_words(kernel, filter, &mut filter_words));
+            for filter in codes.chunks_exact(taps.max(1)).take(n) {
+                let filter: Vec<f32> = filter.iter().map(|&v| f32::from(v)).collect();
+                sums.push(tap_words(kernel, &filter, &mut filter_words));
                 words.extend_from_slice(&filter_words[..per_channel]);
             }
         }
-        DepthwiseTaps { floats, words, per_channel, sums }
+        DepthwiseTaps { lanes, taps, words, per_channel, sums }
     }
 
     /// Channel `c`'s weight words, as the byte kernels take them.
@@ -96,9 +107,23 @@ impl DepthwiseTaps {
         &self.words[c * self.per_channel..(c + 1) * self.per_channel]
     }
 
+    /// The weights of the 16 channels from `16 · block`, as the lane kernel takes them.
+    pub fn lane_block(&self, block: usize) -> &[f32] {
+        let len = self.taps * LANE_CHANNELS;
+        &self.lanes[block * len..(block + 1) * len]
+    }
+
+    /// Channel `c`'s taps (row-major) into `filter` (at least one per tap), as the f32 plane
+    /// kernel takes them.
+    pub fn filter(&self, c: usize, filter: &mut [f32]) {
+        let block = self.lane_block(c / LANE_CHANNELS);
+        let lane = block.iter().skip(c % LANE_CHANNELS).step_by(LANE_CHANNELS);
+        filter.iter_mut().zip(lane).for_each(|(f, &w)| *f = w);
+    }
+
     /// Bytes held.
     fn bytes(&self) -> usize {
-        (self.floats.len() + self.words.len() + self.sums.len()) * 4
+        (self.lanes.len() + self.words.len() + self.sums.len()) * 4
     }
 }
 
