@@ -69,3 +69,18 @@ impl Case {
         pixels.map(|(oy, ox)| g.window(oy, ox).map(|(t, i)| x[i] * tap(t)).sum()).collect()
     }
 }
+
+/// One channel of a `side × side` plane under a "same"-padded `k × k` kernel of stride `s`: the
+/// shape of the models' depthwise layers.
+pub fn square_plane(side: usize, k: usize, s: usize) -> ConvGeometry {
+    ConvGeometry {
+        channels: 1,
+        height: side,
+        width: side,
+        kernel: [k, k],
+        stride: [s, s],
+        dilation: [1, 1],
+        pad: [k / 2, k / 2],
+        out: [(side - 1) / s + 1; 2],
+    }
+}

@@ -215,7 +215,7 @@ mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::depthwise_cases::Case;
+    use crate::kernels::depthwise_cases::{square_plane, Case};
     use proptest::prelude::*;
 
     proptest! {
@@ -257,16 +257,7 @@ mod tests {
 
     #[test]
     fn the_models_small_planes_have_tables() {
-        let plane = |side: usize, k: usize, s: usize| ConvGeometry {
-            channels: 1,
-            height: side,
-            width: side,
-            kernel: [k, k],
-            stride: [s, s],
-            dilation: [1, 1],
-            pad: [k / 2, k / 2],
-            out: [(side - 1) / s + 1; 2],
-        };
+        let plane = square_plane;
         for (side, k, s) in [(7, 3, 1), (7, 5, 1), (14, 3, 1), (14, 5, 2), (28, 3, 1), (28, 3, 2)] {
             assert!(WindowTable::for_geometry(&plane(side, k, s)).is_some(), "{side} {k} {s}");
         }
