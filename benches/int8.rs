@@ -12,7 +12,8 @@
 //!   registers (16 lanes × 4 u8·i8 products each), nothing loaded or stored: the ceiling of one
 //!   core that the kernels are measured against.
 //! - `layers/…`: one thread, the int8 part of each layer as `Int8Conv` / `Int8Linear` run it
-//!   through the public kernel API — patches (`im2col_c4`, skipped for unit 1×1 convolutions)
+//!   through the public kernel API — `conv_shifted` for stride-1 "same" k×k layers (their planes
+//!   read in place), else patches (`im2col_c4`, skipped for unit 1×1 convolutions)
 //!   and `conv_planar` for convolutions (a 7×7 or 14×14 plane's last `pixels mod 16` by
 //!   `conv_planar_tail`, through `conv_planar_with_tail` as the runtime does), `PhasedPlane::fill`, `accumulate` and `store` per
 //!   channel for depthwise ones, reading and storing u8 codes as linked int8 layers do;
@@ -34,9 +35,10 @@ use std::time::Duration;
 use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use jarvis_performance::kernels::{
-    conv_planar, conv_planar_with_tail, gemm_u8i8, im2col_c4, tail_scratch_len, tap_words,
-    Activation, ActivationQuant, BytePlane, ConvGeometry, Element, Epilogue, Isa, OutputCodes,
-    PackedWeights, PhasedPlane, PlanarWeights, WindowTable, MAX_TAP_WORDS,
+    conv_planar, conv_planar_with_tail, conv_shifted, gemm_u8i8, im2col_c4, tail_scratch_len,
+    tap_words, Activation, ActivationQuant, BytePlane, ConvGeometry, Element, Epilogue, Isa,
+    OutputCodes, PackedWeights, PhasedPlane, PlanarWeights, ShiftedOperand, ShiftedPlanes,
+    WindowTable, MAX_TAP_WORDS,
 };
 use jarvis_performance::quantize::qparams::quantize_weights;
 use jarvis_performance::quantize::QuantizeOptions;
@@ -229,6 +231,33 @@ fn bench_layer(b: &mut criterion::Bencher<'_, ThreadCpu>, isa: Isa, layer: &Laye
             // The last few pixels of a plane (a 7×7 plane's 49th) as dot products, as the
             // runtime runs them, their operand columns transposed into scratch first.
             let mut scratch = vec![0u32; tail_scratch_len(pixels, k4)];
+            // A stride-1 "same" layer reads its planes in place, as the runtime does.
+            if let Some(layout) = ShiftedPlanes::for_conv(&g).filter(|_| isa == Isa::Avx512Vnni) {
+                let (fill, mut words) = (u32::from_le_bytes([3; 4]), vec![0u32; layout.len()]);
+                for (chunk, plane) in
+                    words.chunks_exact_mut(layout.plane_stride()).zip(x.chunks_exact(pixels_in))
+                {
+                    layout.plane_mut(chunk, fill).copy_from_slice(plane);
+                }
+                let operand =
+                    ShiftedOperand { words: &words, layout, geometry: &g, groups: 0..groups, fill };
+                return b.iter(|| {
+                    let out_planes = planes_mut(&mut out, layer.cout, pixels);
+                    let (e, codes) = (&epilogues, codes());
+                    conv_shifted(
+                        isa,
+                        black_box(&operand),
+                        0..pixels,
+                        &packed,
+                        0..layer.cout,
+                        e,
+                        codes,
+                        out_planes,
+                        &mut scratch,
+                    );
+                    black_box(&out);
+                });
+            }
             b.iter(|| {
                 let operand: &[u32] = if unit {
                     &x
