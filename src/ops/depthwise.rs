@@ -18,9 +18,10 @@ use crate::kernels::{
 /// Most depthwise channels per parallel task (enough to amortise a task's start).
 const MAX_DEPTHWISE_BATCH: usize = 32;
 
-/// How a depthwise layer runs on this CPU. With AVX-512, planes up to 58×58 padded with 16
-/// channels in the lanes of a vector ([`LanePlanes`]); with AVX-512 VNNI and VBMI, on u8 codes
-/// with `vpdpbusd`: other small planes of codes by gathers from the plane itself
+/// How a depthwise layer runs on this CPU. With AVX-512, stride-1 kernels of 5×5 or more on
+/// planes up to 14×14 with 16 channels in the lanes of a vector ([`LanePlanes`]); with AVX-512
+/// VNNI and VBMI, on u8 codes with `vpdpbusd`: other small planes of codes by gathers from the
+/// plane itself
 /// ([`WindowTable`]), the rest through a padded copy ([`BytePlane`]); elsewhere on f32 codes
 /// ([`PhasedPlane`]).
 #[derive(Debug)]
