@@ -27,6 +27,10 @@ const LANES: usize = 16;
 /// channel, and the padded copy is faster there.
 const MAX_STEPS: usize = 256;
 
+/// Most channels [`WindowTable::accumulate_channels`] gathers together (four sums of 16 outputs
+/// in registers for each of their even and odd steps).
+pub const MAX_GATHER_CHANNELS: usize = 4;
+
 /// One gather: 16 outputs × one word of a kernel row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Step {
@@ -129,19 +133,67 @@ impl WindowTable {
         words: &[i32],
         acc: &mut [i32],
     ) {
-        assert!(plane.len() >= self.plane_len && acc.len() >= self.flat_len);
-        let (plane, acc) = (&plane[..self.plane_len], &mut acc[..self.flat_len]);
+        let plane = &plane[..self.plane_len.min(plane.len())];
+        let words = &words[..self.steps_per_vector.min(words.len())];
+        self.accumulate_channels(isa, plane, zero_point, words, acc)
+    }
+
+    /// [`Self::accumulate`] for up to [`MAX_GATHER_CHANNELS`] channels at once: `planes` holds
+    /// their planes one after the other, `words` their tap words (one run per channel) and
+    /// `acc` their accumulators (`flat_len` each). Each gather's step is loaded once for all of
+    /// them.
+    pub fn accumulate_channels(
+        &self,
+        isa: Isa,
+        planes: &[u8],
+        zero_point: u8,
+        words: &[i32],
+        acc: &mut [i32],
+    ) {
         let per_vector = self.steps_per_vector;
-        let words = &words[..per_vector];
+        let channels = planes.len() / self.plane_len.max(1);
+        assert!(
+            (1..=MAX_GATHER_CHANNELS).contains(&channels)
+                && planes.len() == channels * self.plane_len
+                && words.len() == channels * per_vector
+                && acc.len() >= channels * self.flat_len,
+            "WindowTable::accumulate: planes, words and accumulators disagree"
+        );
         #[cfg(target_arch = "x86_64")]
         if has_byte_permutes(isa) {
+            let (table, flat_len) = (&self.steps[..], self.flat_len);
             // SAFETY: the CPU has the features (checked); every step reads only bytes at input
-            // indices of the plane (built so), and `acc` has one vector per `per_vector` steps.
+            // indices of a plane (built so), and each channel's `acc` has one vector per
+            // `per_vector` steps.
             return unsafe {
-                avx512::accumulate(&self.steps, per_vector, plane, zero_point, words, acc)
+                match channels {
+                    4 => avx512::accumulate::<4>(
+                        table, per_vector, planes, zero_point, words, acc, flat_len,
+                    ),
+                    3 => avx512::accumulate::<3>(
+                        table, per_vector, planes, zero_point, words, acc, flat_len,
+                    ),
+                    2 => avx512::accumulate::<2>(
+                        table, per_vector, planes, zero_point, words, acc, flat_len,
+                    ),
+                    _ => avx512::accumulate::<1>(
+                        table, per_vector, planes, zero_point, words, acc, flat_len,
+                    ),
+                }
             };
         }
-        let _ = isa;
+        let plane_len = self.plane_len;
+        for c in 0..channels {
+            let plane = &planes[c * plane_len..(c + 1) * plane_len];
+            let words = &words[c * per_vector..(c + 1) * per_vector];
+            let acc = &mut acc[c * self.flat_len..(c + 1) * self.flat_len];
+            self.accumulate_scalar(plane, zero_point, words, acc);
+        }
+    }
+
+    /// The scalar reference of one channel.
+    fn accumulate_scalar(&self, plane: &[u8], zero_point: u8, words: &[i32], acc: &mut [i32]) {
+        let per_vector = self.steps_per_vector;
         for (chunk, steps) in acc.chunks_exact_mut(LANES).zip(self.steps.chunks_exact(per_vector)) {
             for (i, a) in chunk.iter_mut().enumerate() {
                 *a = steps.iter().zip(words).fold(0, |sum, (step, word)| {
@@ -165,49 +217,62 @@ mod avx512 {
 
     use super::Step;
 
-    /// The sums of every vector of outputs over its `per_vector` steps.
+    /// The sums of every vector of outputs over its `per_vector` steps, for `N` channels.
     ///
     /// # Safety
     /// The CPU must support AVX-512F/BW/VBMI/VNNI; every step's `window` bytes from `start`
-    /// lie inside `plane`; `steps` holds `per_vector` steps per 16 accumulators of `acc`.
+    /// lie inside each of the `N` planes (`planes.len() / N` bytes each); `words` holds
+    /// `per_vector` words per channel and `acc` `flat_len` sums per channel, `steps` holding
+    /// `per_vector` steps per 16 of them.
     #[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx512vnni")]
-    pub unsafe fn accumulate(
+    pub unsafe fn accumulate<const N: usize>(
         steps: &[Step],
         per_vector: usize,
-        plane: &[u8],
+        planes: &[u8],
         zero_point: u8,
         words: &[i32],
         acc: &mut [i32],
+        flat_len: usize,
     ) {
         let zero_points = _mm512_set1_epi8(zero_point as i8);
-        // `sum + codes · word` for the 16 outputs of one step.
-        let gather = |sum: __m512i, step: &Step, word: i32| {
-            // SAFETY: the load reads only the `window` bytes, inside `plane` (the caller's
+        let plane_len = planes.len() / N;
+        // `sums[c] + codes_c · word_c` for the 16 outputs of one step, the step's index and
+        // masks loaded once for every channel.
+        let gather = |sums: &mut [__m512i; N], step: &Step, s: usize| {
+            // SAFETY: each load reads only the `window` bytes of its plane (the caller's
             // contract); `start` is inside it or 0 with an empty window.
             unsafe {
-                let from = plane.as_ptr().wrapping_add(step.start);
-                let window = _mm512_maskz_loadu_epi8(step.window, from.cast());
                 let index = _mm512_loadu_si512(step.index.as_ptr().cast());
-                let codes = _mm512_mask_permutexvar_epi8(zero_points, step.inside, index, window);
-                _mm512_dpbusd_epi32(sum, codes, _mm512_set1_epi32(word))
+                for (c, sum) in sums.iter_mut().enumerate() {
+                    let from = planes.as_ptr().wrapping_add(c * plane_len + step.start);
+                    let window = _mm512_maskz_loadu_epi8(step.window, from.cast());
+                    let codes =
+                        _mm512_mask_permutexvar_epi8(zero_points, step.inside, index, window);
+                    let word = _mm512_set1_epi32(words[c * per_vector + s]);
+                    *sum = _mm512_dpbusd_epi32(*sum, codes, word);
+                }
             }
         };
-        for (out, steps) in acc.chunks_exact_mut(16).zip(steps.chunks_exact(per_vector)) {
-            // Even and odd gathers in two sums, held in registers: one chain of ten `vpdpbusd`
-            // (a 5×5 kernel) was bound by the instruction's latency, and indexing an array of
-            // two sums by `i % 2` kept them on the stack, each step waiting for the last one's
-            // store.
-            let (mut even, mut odd) = (_mm512_setzero_si512(), _mm512_setzero_si512());
-            let pairs = steps.chunks_exact(2).zip(words.chunks_exact(2));
-            for (steps, words) in pairs {
-                even = gather(even, &steps[0], words[0]);
-                odd = gather(odd, &steps[1], words[1]);
+        for (v, steps) in steps.chunks_exact(per_vector).enumerate() {
+            // Even and odd gathers in two sums per channel, held in registers: one chain of
+            // ten `vpdpbusd` (a 5×5 kernel) was bound by the instruction's latency, and indexing
+            // an array of two sums by `i % 2` kept them on the stack, each step waiting for the
+            // last one's store.
+            let (mut even, mut odd) = ([_mm512_setzero_si512(); N], [_mm512_setzero_si512(); N]);
+            for (pair, steps) in steps.chunks_exact(2).enumerate() {
+                gather(&mut even, &steps[0], 2 * pair);
+                gather(&mut odd, &steps[1], 2 * pair + 1);
             }
-            if let (1, Some(step), Some(&word)) = (per_vector % 2, steps.last(), words.last()) {
-                even = gather(even, step, word);
+            if let (1, Some(step)) = (per_vector % 2, steps.last()) {
+                gather(&mut even, step, per_vector - 1);
             }
-            // SAFETY: `out` is 16 i32.
-            unsafe { _mm512_storeu_si512(out.as_mut_ptr().cast(), _mm512_add_epi32(even, odd)) };
+            for c in 0..N {
+                let out = &mut acc[c * flat_len + 16 * v..][..16];
+                // SAFETY: `out` is 16 i32.
+                unsafe {
+                    _mm512_storeu_si512(out.as_mut_ptr().cast(), _mm512_add_epi32(even[c], odd[c]))
+                };
+            }
         }
     }
 }
@@ -246,6 +311,24 @@ mod tests {
                 let got: Vec<i32> =
                     acc[..want.len()].iter().map(|&a| a - i32::from(zp) * tap_sum).collect();
                 prop_assert_eq!(&got, &want, "{:?}", isa);
+                // Up to four channels gathered together: each the same as alone.
+                for channels in 1..=MAX_GATHER_CHANNELS {
+                    let planes: Vec<u8> = (0..channels)
+                        .flat_map(|c| codes.iter().map(move |&q| q.wrapping_add(37 * c as u8)))
+                        .collect();
+                    let all_words: Vec<i32> = (0..channels)
+                        .flat_map(|c| words[..table.steps_per_vector].iter().map(move |&w| w.rotate_left(8 * c as u32)))
+                        .collect();
+                    let mut together = vec![i32::MIN; channels * table.flat_len];
+                    table.accumulate_channels(isa, &planes, zp, &all_words, &mut together);
+                    for c in 0..channels {
+                        let mut alone = vec![i32::MIN; table.flat_len];
+                        let plane = &planes[c * codes.len()..(c + 1) * codes.len()];
+                        let words = &all_words[c * table.steps_per_vector..(c + 1) * table.steps_per_vector];
+                        table.accumulate(Isa::Scalar, plane, zp, words, &mut alone);
+                        prop_assert_eq!(&together[c * table.flat_len..(c + 1) * table.flat_len], &alone[..], "{:?} {} channels", isa, channels);
+                    }
+                }
                 if isa == Isa::Scalar {
                     scalar = acc;
                 } else {

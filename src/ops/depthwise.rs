@@ -12,7 +12,7 @@ use super::parallel::{for_each_part, threads};
 use super::{scratch, DepthwiseTaps};
 use crate::kernels::{
     BytePlane, ConvGeometry, Element, Epilogue, Isa, LanePlanes, OutputPart, PhasedPlane,
-    SimdElement, WindowTable, LANE_CHANNELS, MAX_DEPTHWISE_TAPS,
+    SimdElement, WindowTable, LANE_CHANNELS, MAX_DEPTHWISE_TAPS, MAX_GATHER_CHANNELS,
 };
 
 /// Most depthwise channels per parallel task (enough to amortise a task's start).
@@ -179,13 +179,31 @@ impl Int8Conv {
             DepthwiseLayout::Windows(table) => {
                 // Chosen only for inputs of codes (see `DepthwiseLayout::new`).
                 let codes = I::as_codes(image).context("window gathers need an input of codes")?;
+                // A few channels per gather pass: each step's index and masks are loaded once
+                // for all of them.
+                let flat_len = table.flat_len;
                 for_each_part(out, Axis(0), per_task, |first, planes| {
-                    let planes = initialized_planes(first, planes)?;
-                    scratch::accumulators(table.flat_len, |acc| {
-                        for (c, plane) in planes {
-                            let codes = &codes[c * pixels_in..(c + 1) * pixels_in];
-                            table.accumulate(isa, codes, input.zero_point, taps.words(c), acc);
-                            O::store_row(isa, &acc[..pixels], raw_epilogue(c), store, plane);
+                    let count = planes.dim().0;
+                    let planes = planes.initialize();
+                    let planes =
+                        planes.into_slice().context("depthwise output is not contiguous")?;
+                    scratch::accumulators(MAX_GATHER_CHANNELS * flat_len, |acc| {
+                        for block in (0..count).step_by(MAX_GATHER_CHANNELS) {
+                            let (c, n) = (first + block, (count - block).min(MAX_GATHER_CHANNELS));
+                            let inputs = &codes[c * pixels_in..(c + n) * pixels_in];
+                            let words = taps.words_of(c..c + n);
+                            table.accumulate_channels(isa, inputs, input.zero_point, words, acc);
+                            let outputs = planes[block * pixels..].chunks_exact_mut(pixels.max(1));
+                            let sums = acc.chunks_exact(flat_len.max(1));
+                            for (j, (sums, plane)) in sums.zip(outputs).take(n).enumerate() {
+                                O::store_row(
+                                    isa,
+                                    &sums[..pixels],
+                                    raw_epilogue(c + j),
+                                    store,
+                                    plane,
+                                );
+                            }
                         }
                     });
                     Ok(())

@@ -107,6 +107,11 @@ impl DepthwiseTaps {
         &self.words[c * self.per_channel..(c + 1) * self.per_channel]
     }
 
+    /// The weight words of `channels`, one run per channel.
+    pub fn words_of(&self, channels: std::ops::Range<usize>) -> &[i32] {
+        &self.words[channels.start * self.per_channel..channels.end * self.per_channel]
+    }
+
     /// The weights of the 16 channels from `16 · block`, as the lane kernel takes them.
     pub fn lane_block(&self, block: usize) -> &[f32] {
         let len = self.taps * LANE_CHANNELS;
