@@ -196,13 +196,13 @@ impl Int8Conv {
                             let outputs = planes[block * pixels..].chunks_exact_mut(pixels.max(1));
                             let sums = acc.chunks_exact(flat_len.max(1));
                             for (j, (sums, plane)) in sums.zip(outputs).take(n).enumerate() {
-                                O::store_row(
-                                    isa,
-                                    &sums[..pixels],
-                                    raw_epilogue(c + j),
-                                    store,
-                                    plane,
-                                );
+                                let e = raw_epilogue(c + j);
+                                match table.pitch() {
+                                    p if p == g.out[1] => {
+                                        O::store_row(isa, &sums[..pixels], e, store, plane)
+                                    }
+                                    p => O::store_rows(isa, sums, g.out, p, e, store, plane),
+                                }
                             }
                         }
                     });
