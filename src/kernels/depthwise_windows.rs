@@ -1,18 +1,21 @@
-//! Depthwise convolution of small planes (7×7 to 28×28) straight from the input codes: no
-//! padded copy of the plane and no per-row work.
+//! Depthwise convolution of small planes (7×7 to 28×28) and of strided 3×3 layers straight
+//! from the input codes: no padded copy of the plane and no per-row work.
 //!
 //! Outputs are taken 16 at a time in row-major order, across output rows. For each such vector
 //! and each word (four taps) of a kernel row, a precomputed [`Step`] says where the 16 windows
 //! lie in the input plane: one masked 64-byte load covers them, a byte permutation (`vpermb`)
 //! builds the 16 words of four codes — the zero point where a tap falls in the padding — and
 //! one `vpdpbusd` multiplies them by the word's taps. The steps are the same for every channel
-//! of a layer. The sums come out in output order, so one store finishes the plane.
+//! of a layer, and four channels share each step's loads. The sums come out in output order,
+//! so one store finishes the plane.
 //!
 //! On 7×7 and 14×14 planes the padded-copy kernel ([`super::BytePlane`]) spent most of its
 //! time on per-row work (a fill and a store per row of 7 to 16 codes); here a 7×7 plane with a
-//! 3×3 kernel is 12 gathers and one store. Geometries whose 16 windows span more than 64 bytes
-//! (strided layers on wide rows) or whose table outgrows L1 (56×56 planes, 28×28 ones with
-//! 5×5 kernels) are left to [`super::BytePlane`], whose rows are long enough to pay for it.
+//! 3×3 kernel is 12 gathers and one store. A strided 3×3 layer's 16 consecutive outputs span
+//! four input rows, more than one load: its vectors stay within one output row instead (each
+//! row a multiple of 16 sums long, stored row by row). Other geometries whose windows span more
+//! than 64 bytes, or whose table outgrows L1 (56×56 stride-1 planes, 28×28 ones with 5×5
+//! kernels), are left to [`super::BytePlane`], whose rows are long enough to pay for it.
 
 use super::depthwise_bytes::{byte_kernel_fits, has_byte_permutes};
 #[cfg(test)]
