@@ -140,6 +140,16 @@ class Figures:
                 f"({self.server_errors} 5xx), {self.hung_threads} hung threads")
 
 
+# numpy parses .npy headers with ``ast.literal_eval``, which CPython 3.11 does not make safe
+# across threads (a spurious SystemError, CPython gh-106905): the readers parse one at a time.
+_NPY_PARSE_LOCK = threading.Lock()
+
+
+def _load_npy(content: bytes) -> np.ndarray:
+    with _NPY_PARSE_LOCK:
+        return np.load(io.BytesIO(content))
+
+
 def _post_delta(client: httpx.Client, deltas: dict[str, np.ndarray]) -> httpx.Response:
     return client.post("/v1/update", json={"deltas": {n: d.tolist() for n, d in deltas.items()}})
 
@@ -169,7 +179,7 @@ def run(url: str, work: Workload, seconds: float, readers: int = 4,
                     if index % 2:
                         r = client.post("/v1/infer", content=npy_body,
                                         headers={"content-type": "application/x-npy"})
-                        got = np.load(io.BytesIO(r.content)) if r.status_code == 200 else None
+                        got = _load_npy(r.content) if r.status_code == 200 else None
                     else:
                         r = client.post("/v1/infer", json=json_body)
                         got = (np.asarray(r.json()["outputs"]["output"], np.float32)

@@ -48,6 +48,12 @@ from ._native import ConfigError, ImageError, InputError, JarvisError, Runtime, 
 log = logging.getLogger(__name__)
 
 NPY_TYPES = ("application/x-npy", "application/npy", "application/octet-stream")
+
+# numpy parses a .npy header with ``ast.literal_eval``, and CPython 3.11's AST constructor can
+# raise a spurious ``SystemError: AST constructor recursion depth mismatch`` when threads parse
+# at once (CPython gh-106905): a request thread answered 500 under concurrent .npy requests.
+# Headers are parsed one at a time.
+_NPY_PARSE_LOCK = threading.Lock()
 PATHS = ("/v1/infer", "/v1/infer/image", "/v1/update", "/v1/rollback", "/v1/status", "/healthz",
          "/metrics")
 
@@ -106,7 +112,8 @@ class Service:
 
     def infer_npy(self, body: bytes, input_name: str | None, output_name: str | None) -> bytes:
         try:
-            x = np.load(io.BytesIO(body), allow_pickle=False)
+            with _NPY_PARSE_LOCK:
+                x = np.load(io.BytesIO(body), allow_pickle=False)
         except (ValueError, OSError, EOFError) as e:
             raise BadRequest(f"the body is not a .npy array: {e}") from e
         if input_name is None:
