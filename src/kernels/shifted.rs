@@ -96,10 +96,17 @@ impl ShiftedOperand<'_> {
 
     /// Words from a pixel to the one kernel position `(ky, kx)` reads, and the column shift.
     fn shift(&self, ky: usize, kx: usize) -> (isize, isize) {
+        let [dy, dx] = self.offsets(ky, kx);
+        (dy * self.geometry.width as isize + dx, dx)
+    }
+
+    /// Rows and columns from a pixel to the one kernel position `(ky, kx)` reads.
+    fn offsets(&self, ky: usize, kx: usize) -> [isize; 2] {
         let g = self.geometry;
-        let dy = (ky * g.dilation[0]) as isize - g.pad[0] as isize;
-        let dx = (kx * g.dilation[1]) as isize - g.pad[1] as isize;
-        (dy * g.width as isize + dx, dx)
+        [
+            (ky * g.dilation[0]) as isize - g.pad[0] as isize,
+            (kx * g.dilation[1]) as isize - g.pad[1] as isize,
+        ]
     }
 
     /// Row `kk` (tap-major, channel groups within a tap) of the operand at pixel `p`: the input
@@ -109,8 +116,7 @@ impl ShiftedOperand<'_> {
         let (tap, group) = (kk / self.groups.len(), self.groups.start + kk % self.groups.len());
         let (ky, kx) = (tap / g.kernel[1], tap % g.kernel[1]);
         let (y, x) = ((p / g.width) as isize, (p % g.width) as isize);
-        let (_, dx) = self.shift(ky, kx);
-        let dy = (ky * g.dilation[0]) as isize - g.pad[0] as isize;
+        let [dy, dx] = self.offsets(ky, kx);
         let (iy, ix) = (y + dy, x + dx);
         if iy < 0 || ix < 0 || iy >= g.height as isize || ix >= g.width as isize {
             return self.fill;

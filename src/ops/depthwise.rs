@@ -104,6 +104,11 @@ fn channels_per_task(g: &ConvGeometry) -> usize {
     g.channels.div_ceil(4 * threads()).clamp(1, MAX_DEPTHWISE_BATCH)
 }
 
+/// A task's output `planes`, initialised by the task's thread, as one run of channel planes.
+fn initialized_slice<O: SimdElement>(planes: OutputPart<'_, O>) -> TractResult<&mut [O]> {
+    planes.initialize().into_slice().context("depthwise output is not contiguous")
+}
+
 /// The (channel, output plane) pairs of a task's output `planes` (`first`: its first channel),
 /// initialised by the task's thread.
 fn initialized_planes<'a, O: SimdElement>(
@@ -111,7 +116,7 @@ fn initialized_planes<'a, O: SimdElement>(
     planes: OutputPart<'a, O>,
 ) -> TractResult<impl Iterator<Item = (usize, &'a mut [O])>> {
     let pixels = planes.dim().1.max(1);
-    let planes = planes.initialize().into_slice().context("depthwise output is not contiguous")?;
+    let planes = initialized_slice(planes)?;
     Ok(planes.chunks_exact_mut(pixels).enumerate().map(move |(i, plane)| (first + i, plane)))
 }
 
@@ -149,9 +154,7 @@ impl Int8Conv {
                 let (rows_len, out_pixels) = (layout.rows_len(), layout.out_pixels());
                 for_each_part(out, Axis(0), per_task, |first, planes| {
                     let count = planes.dim().0;
-                    let planes = planes.initialize();
-                    let planes =
-                        planes.into_slice().context("depthwise output is not contiguous")?;
+                    let planes = initialized_slice(planes)?;
                     scratch::plane(layout.plane_len(), |x| {
                         layout.clear(x);
                         scratch::flat_sums(rows_len + layout.sums_len(), |buffer| {
@@ -184,9 +187,7 @@ impl Int8Conv {
                 let flat_len = table.flat_len;
                 for_each_part(out, Axis(0), per_task, |first, planes| {
                     let count = planes.dim().0;
-                    let planes = planes.initialize();
-                    let planes =
-                        planes.into_slice().context("depthwise output is not contiguous")?;
+                    let planes = initialized_slice(planes)?;
                     scratch::accumulators(MAX_GATHER_CHANNELS * flat_len, |acc| {
                         for block in (0..count).step_by(MAX_GATHER_CHANNELS) {
                             let (c, n) = (first + block, (count - block).min(MAX_GATHER_CHANNELS));
