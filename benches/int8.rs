@@ -38,7 +38,7 @@ use jarvis_performance::kernels::{
     conv_planar, conv_planar_with_tail, conv_shifted, gemm_u8i8, im2col_c4, tail_scratch_len,
     tap_words, Activation, ActivationQuant, BytePlane, ConvGeometry, Element, Epilogue, Isa,
     OutputCodes, PackedWeights, PhasedPlane, PlanarWeights, ShiftedOperand, ShiftedPlanes,
-    WindowTable, MAX_TAP_WORDS,
+    StripPlan, MAX_TAP_WORDS,
 };
 use jarvis_performance::quantize::qparams::quantize_weights;
 use jarvis_performance::quantize::QuantizeOptions;
@@ -287,8 +287,8 @@ fn bench_layer(b: &mut criterion::Bencher<'_, ThreadCpu>, isa: Isa, layer: &Laye
             let x: Vec<u8> = bytes(layer.cin * pixels_in, 3).collect();
             let w: Vec<f32> = bytes(layer.cin * taps, 4).map(|v| f32::from(v as i8)).collect();
             let mut out = vec![0u8; pixels];
-            // The kernel the runtime picks for an input of codes: gathers for small planes,
-            // else a padded copy, on codes with `vpdpbusd` where the CPU has it.
+            // The kernel the runtime picks for an input of codes: strips sliding down the
+            // plane where the CPU has VNNI and VBMI, else a padded copy or f32 codes.
             let shape = [layer.out_side(), layer.out_side()];
             // Weight words and epilogues packed beforehand, as the runtime does.
             let (codes, zero_point) = (codes(), i32::from(CODES.zero_point));
@@ -299,15 +299,16 @@ fn bench_layer(b: &mut criterion::Bencher<'_, ThreadCpu>, isa: Isa, layer: &Laye
                     (words, Epilogue { offset: sum * zero_point, ..EPILOGUE })
                 })
                 .collect();
-            if let Some(table) = WindowTable::new(isa, &g) {
-                let mut acc = vec![0i32; table.flat_len];
+            if let Some(plan) = StripPlan::new(isa, &g) {
+                // All channels in one call, as a task of the runtime runs them.
+                let words: Vec<i32> =
+                    filters.iter().flat_map(|(w, _)| w[..plan.words_len()].to_vec()).collect();
+                let epilogues: Vec<Epilogue> = filters.iter().map(|(_, e)| *e).collect();
+                let mut out = vec![0u8; layer.cin * pixels];
                 b.iter(|| {
-                    for (c, (words, e)) in filters.iter().enumerate() {
-                        let input = &x[c * pixels_in..(c + 1) * pixels_in];
-                        table.accumulate(isa, black_box(input), CODES.zero_point, words, &mut acc);
-                        u8::store_row(isa, &acc[..pixels], *e, codes, &mut out);
-                        black_box(&out);
-                    }
+                    let input = black_box(&x[..]);
+                    plan.run(isa, input, CODES.zero_point, &words, &epilogues, codes, &mut out);
+                    black_box(&out);
                 });
                 return;
             }

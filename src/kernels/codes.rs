@@ -370,6 +370,11 @@ mod avx512 {
             masks: [__mmask16; 2],
             dst: *mut Self,
         );
+        /// [`Self::finish32`] of 16 sums: the lanes `mask` selects stored at `dst`.
+        ///
+        /// # Safety
+        /// As for [`Self::finish32`].
+        unsafe fn finish16(sums: __m512i, f: &Self::Finish, mask: __mmask16, dst: *mut Self);
     }
 
     impl SimdElement for f32 {
@@ -393,6 +398,17 @@ mod avx512 {
                 let high = finish16(sums[1], e, add, masks[1], high_half);
                 _mm512_mask_storeu_ps(high_half, masks[1], high);
             }
+        }
+        #[inline(always)]
+        unsafe fn finish16(
+            sums: __m512i,
+            (e, store): &(Epilogue, FloatStore),
+            mask: __mmask16,
+            dst: *mut f32,
+        ) {
+            let add = *store == FloatStore::AddTo;
+            // SAFETY: as the caller guarantees; masked-off lanes are never read or written.
+            unsafe { _mm512_mask_storeu_ps(dst, mask, finish16(sums, e, add, mask, dst)) }
         }
     }
 
@@ -448,6 +464,18 @@ mod avx512 {
                 let bytes = _mm512_permutexvar_epi32(order, bytes);
                 let mask = u64::from(masks[0]) | (u64::from(masks[1]) << 16);
                 _mm512_mask_storeu_epi8(dst.cast(), mask, bytes);
+            }
+        }
+        #[inline(always)]
+        unsafe fn finish16(sums: __m512i, finish: &CodeFinish, mask: __mmask16, dst: *mut u8) {
+            // SAFETY: as the caller guarantees; masked-off bytes are never written.
+            unsafe {
+                let centred =
+                    _mm512_cvtepi32_ps(_mm512_sub_epi32(sums, _mm512_set1_epi32(finish.offset)));
+                // Codes are in [0, 255] already: the narrowing only drops zero bytes.
+                let bytes = _mm512_castsi128_si512(_mm512_cvtepi32_epi8(code16(centred, finish)));
+                // The 512-bit store: its 128-bit form needs AVX-512VL besides.
+                _mm512_mask_storeu_epi8(dst.cast(), u64::from(mask), bytes);
             }
         }
     }

@@ -28,7 +28,7 @@ const MAX_KERNEL: usize = 8;
 /// Weight words of one channel: up to [`MAX_KERNEL`] rows of two words.
 pub const MAX_TAP_WORDS: usize = MAX_KERNEL * 2;
 
-/// Whether the byte kernels ([`BytePlane`], [`super::WindowTable`]) take a `kernel`: both
+/// Whether the byte kernels ([`BytePlane`], [`super::StripPlan`]) take a `kernel`: both
 /// sides from 1 to 8, so its weight words fit [`MAX_TAP_WORDS`].
 pub fn byte_kernel_fits(kernel: [usize; 2]) -> bool {
     kernel.iter().all(|&side| (1..=MAX_KERNEL).contains(&side))

@@ -11,7 +11,7 @@ mod depthwise_bytes;
 #[cfg(test)]
 mod depthwise_cases;
 mod depthwise_lanes;
-mod depthwise_windows;
+mod depthwise_strips;
 mod gemm;
 mod im2col;
 mod moments;
@@ -28,7 +28,7 @@ pub use codes::{Element, Epilogue, FloatStore, OutputCodes, SimdElement, SimdSum
 pub use depthwise::{PhasedPlane, MAX_DEPTHWISE_STRIDE, MAX_DEPTHWISE_TAPS};
 pub use depthwise_bytes::{byte_kernel_fits, tap_words, BytePlane, MAX_TAP_WORDS};
 pub use depthwise_lanes::{LanePlanes, LANE_CHANNELS};
-pub use depthwise_windows::{WindowTable, MAX_GATHER_CHANNELS};
+pub use depthwise_strips::StripPlan;
 pub use gemm::{gemm_u8i8, gemm_u8i8_block, gemm_u8i8_reference, PackedWeights, BLOCK_N};
 pub use im2col::{im2col_c4, im2col_c4_fills, im2col_c4_rows, PatchFill};
 pub use moments::{add_column_sums, add_pair_products};

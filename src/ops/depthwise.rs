@@ -12,46 +12,47 @@ use super::parallel::{for_each_part, threads};
 use super::{scratch, DepthwiseTaps};
 use crate::kernels::{
     BytePlane, ConvGeometry, Element, Epilogue, Isa, LanePlanes, OutputPart, PhasedPlane,
-    SimdElement, WindowTable, LANE_CHANNELS, MAX_DEPTHWISE_TAPS, MAX_GATHER_CHANNELS,
+    SimdElement, StripPlan, LANE_CHANNELS, MAX_DEPTHWISE_TAPS,
 };
 
 /// Most depthwise channels per parallel task (enough to amortise a task's start).
 const MAX_DEPTHWISE_BATCH: usize = 32;
 
-/// How a depthwise layer runs on this CPU. With AVX-512, stride-1 kernels of 5×5 or more on
-/// planes up to 14×14 with 16 channels in the lanes of a vector ([`LanePlanes`]); with AVX-512
-/// VNNI and VBMI, on u8 codes with `vpdpbusd`: other small planes of codes by gathers from the
-/// plane itself
-/// ([`WindowTable`]), the rest through a padded copy ([`BytePlane`]); elsewhere on f32 codes
+/// How a depthwise layer runs on this CPU. With AVX-512 VNNI and VBMI, an input of u8 codes
+/// straight into the output plane, strips of outputs sliding down the rows ([`StripPlan`]: every
+/// undilated layer). Otherwise, with AVX-512, stride-1 kernels of 5×5 or more on planes up to
+/// 14×14 with 16 channels in the lanes of a vector ([`LanePlanes`]); with VNNI and VBMI (float
+/// inputs) through a padded copy of codes ([`BytePlane`]); elsewhere on f32 codes
 /// ([`PhasedPlane`]).
 #[derive(Debug)]
 pub enum DepthwiseLayout {
+    Strips(StripPlan),
     Lanes(LanePlanes),
-    Windows(WindowTable),
     Bytes(BytePlane),
     Floats(PhasedPlane),
 }
 
 impl DepthwiseLayout {
-    /// The fastest layout for `g`; `codes`: the input is u8 codes (gathers need them).
+    /// The fastest layout for `g`; `codes`: the input is u8 codes (strips need them).
     fn new(g: &ConvGeometry, codes: bool) -> Option<Self> {
         let isa = Isa::detect();
+        if let Some(plan) = codes.then(|| StripPlan::new(isa, g)).flatten() {
+            return Some(DepthwiseLayout::Strips(plan));
+        }
         if let Some(lanes) = LanePlanes::new(isa, g) {
             return Some(DepthwiseLayout::Lanes(lanes));
         }
-        let windows = codes.then(|| WindowTable::new(isa, g)).flatten();
-        let layout = match (windows, BytePlane::new(isa, g)) {
-            (Some(table), _) => DepthwiseLayout::Windows(table),
-            (None, Some(bytes)) => DepthwiseLayout::Bytes(bytes),
-            (None, None) => DepthwiseLayout::Floats(PhasedPlane::new(g)?),
+        let layout = match BytePlane::new(isa, g) {
+            Some(bytes) => DepthwiseLayout::Bytes(bytes),
+            None => DepthwiseLayout::Floats(PhasedPlane::new(g)?),
         };
         Some(layout)
     }
 }
 
-/// The depthwise layout of the last input shape an op ran on, built once: a window table
-/// takes longer to build than its layer takes to run. A cache, not part of the op's identity:
-/// clones start empty and every cache compares equal.
+/// The depthwise layout of the last input shape an op ran on, built once: building one
+/// allocates its tables, which an inference after warm-up must not. A cache, not part of the
+/// op's identity: clones start empty and every cache compares equal.
 #[derive(Default)]
 pub struct LayoutCache(Mutex<Option<(ConvGeometry, bool, Arc<DepthwiseLayout>)>>);
 
@@ -135,7 +136,7 @@ impl Int8Conv {
         let layer = &self.layer;
         let w = &*layer.weights;
         let isa = Isa::detect();
-        let (pixels_in, pixels) = (g.height * g.width, g.out[0] * g.out[1]);
+        let pixels_in = g.height * g.width;
         let per_channel = g.kernel[0] * g.kernel[1];
         let per_task = channels_per_task(g);
         let input = layer.input;
@@ -148,6 +149,26 @@ impl Int8Conv {
             Epilogue { offset: zero_point * tap_sum, ..w.epilogues[c] }
         };
         match layout {
+            DepthwiseLayout::Strips(plan) => {
+                // Chosen only for inputs of codes (see `DepthwiseLayout::new`).
+                let codes = I::as_codes(image).context("strip kernels need an input of codes")?;
+                let plane_len = plan.plane_len();
+                for_each_part(out, Axis(0), per_task, |first, planes| {
+                    let count = planes.dim().0;
+                    let planes = initialized_slice(planes)?;
+                    // Tasks hold at most MAX_DEPTHWISE_BATCH channels (`channels_per_task`).
+                    let mut epilogues = [raw_epilogue(first); MAX_DEPTHWISE_BATCH];
+                    let epilogues = &mut epilogues[..count.min(MAX_DEPTHWISE_BATCH)];
+                    for (j, e) in epilogues.iter_mut().enumerate() {
+                        *e = raw_epilogue(first + j);
+                    }
+                    let channels = first..first + count;
+                    let inputs = &codes[channels.start * plane_len..channels.end * plane_len];
+                    let words = taps.words_of(channels);
+                    plan.run(isa, inputs, input.zero_point, words, epilogues, store, planes);
+                    Ok(())
+                })
+            }
             DepthwiseLayout::Lanes(layout) => {
                 // Tasks of whole blocks of 16 channels (each block one vector's lanes).
                 let per_task = per_task.next_multiple_of(LANE_CHANNELS);
@@ -175,37 +196,6 @@ impl Int8Conv {
                                 }
                             }
                         })
-                    });
-                    Ok(())
-                })
-            }
-            DepthwiseLayout::Windows(table) => {
-                // Chosen only for inputs of codes (see `DepthwiseLayout::new`).
-                let codes = I::as_codes(image).context("window gathers need an input of codes")?;
-                // A few channels per gather pass: each step's index and masks are loaded once
-                // for all of them.
-                let flat_len = table.flat_len;
-                for_each_part(out, Axis(0), per_task, |first, planes| {
-                    let count = planes.dim().0;
-                    let planes = initialized_slice(planes)?;
-                    scratch::accumulators(MAX_GATHER_CHANNELS * flat_len, |acc| {
-                        for block in (0..count).step_by(MAX_GATHER_CHANNELS) {
-                            let (c, n) = (first + block, (count - block).min(MAX_GATHER_CHANNELS));
-                            let inputs = &codes[c * pixels_in..(c + n) * pixels_in];
-                            let words = taps.words_of(c..c + n);
-                            table.accumulate_channels(isa, inputs, input.zero_point, words, acc);
-                            let outputs = planes[block * pixels..].chunks_exact_mut(pixels.max(1));
-                            let sums = acc.chunks_exact(flat_len.max(1));
-                            for (j, (sums, plane)) in sums.zip(outputs).take(n).enumerate() {
-                                let e = raw_epilogue(c + j);
-                                match table.pitch() {
-                                    p if p == g.out[1] => {
-                                        O::store_row(isa, &sums[..pixels], e, store, plane)
-                                    }
-                                    p => O::store_rows(isa, sums, g.out, p, e, store, plane),
-                                }
-                            }
-                        }
                     });
                     Ok(())
                 })
