@@ -40,7 +40,7 @@ pub use planar_tail::{
     conv_planar_tail, conv_planar_with_tail, tail_pixels, tail_scratch_len, MAX_TAIL_PIXELS,
     VECTOR_PIXELS,
 };
-pub use pool::{max_pool_plane, max_pool_row_len, PoolValue};
+pub use pool::{max_pool_plane, max_pool_row_len, CodePool, PoolValue};
 pub use quant::{
     abs_max, dequantize_codes, dequantize_rows, quantize_i8_symmetric, quantize_u8, quantize_value,
     round_half_even, saturate_i8, saturate_u8, Activation, ActivationQuant,

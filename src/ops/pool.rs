@@ -12,7 +12,7 @@ use super::conv::geometry;
 use super::parallel::for_each_part;
 use super::scratch;
 use crate::kernels::{
-    dequantize_codes, max_pool_plane, max_pool_row_len, ActivationQuant, Isa, OutputPart,
+    dequantize_codes, max_pool_plane, max_pool_row_len, ActivationQuant, CodePool, Isa, OutputPart,
     OutputTensor,
 };
 
@@ -58,13 +58,19 @@ impl EvalOp for MaxPool2d {
                 None => each_plane::<f32>(&input, plane_in, out, |input, out| {
                     scratch::flat_sums(row_len, |row| max_pool_plane(isa, &g, input, row, out))
                 })?,
-                Some(q) => each_plane::<u8>(&input, plane_in, out, |input, out| {
-                    scratch::input_bytes(row_len + plane_out, |bytes| {
-                        let (row, codes) = bytes.split_at_mut(row_len);
-                        max_pool_plane(isa, &g, input, row, codes);
-                        dequantize_codes(isa, codes, q, out);
-                    })
-                })?,
+                Some(q) => {
+                    let permuted = CodePool::new(isa, &g);
+                    each_plane::<u8>(&input, plane_in, out, |input, out| {
+                        scratch::input_bytes(row_len + plane_out, |bytes| {
+                            let (row, codes) = bytes.split_at_mut(row_len);
+                            match &permuted {
+                                Some(pool) => pool.run(input, codes),
+                                None => max_pool_plane(isa, &g, input, row, codes),
+                            }
+                            dequantize_codes(isa, codes, q, out);
+                        })
+                    })?
+                }
             }
         }
         Ok(tvec!(output.into_tensor()?.into_tvalue()))
