@@ -635,8 +635,9 @@ mod tests {
             }
         }
 
-        /// The finished codes and floats the kernel stores equal the scalar path's, for one
-        /// to three channels per call, each with its own plane, taps and epilogue.
+        /// The finished codes and floats (replacing the output or added to it) the kernel stores
+        /// equal the scalar path's, for one to three channels per call, each with its own plane,
+        /// taps and epilogue.
         #[test]
         fn stores_equal_the_scalar_path(
             side in 1usize..40, k in 1usize..8, s in 1usize..3, channels in 1usize..4,
@@ -670,10 +671,15 @@ mod tests {
                 let mut floats = vec![0f32; len];
                 let store = crate::kernels::FloatStore::Replace;
                 plan.run(isa, &planes, zp, &all_words, &epilogues, store, &mut floats);
-                outputs.push((bytes, floats));
+                // Added to a residual branch already in the output.
+                let mut added: Vec<f32> = (0..len).map(|i| (i % 7) as f32 * 0.25 - 0.5).collect();
+                let store = crate::kernels::FloatStore::AddTo;
+                plan.run(isa, &planes, zp, &all_words, &epilogues, store, &mut added);
+                outputs.push((bytes, floats, added));
             }
             prop_assert_eq!(&outputs[0].0, &outputs[1].0);
             prop_assert_eq!(&outputs[0].1, &outputs[1].1);
+            prop_assert_eq!(&outputs[0].2, &outputs[1].2);
         }
     }
 
