@@ -143,11 +143,6 @@ impl StripPlan {
         Some(Strip { first, lanes, load_start, load_len, index, pair_index })
     }
 
-    /// The geometry planned for.
-    pub fn geometry(&self) -> &ConvGeometry {
-        &self.geometry
-    }
-
     /// Input codes per channel.
     pub fn plane_len(&self) -> usize {
         self.geometry.height * self.geometry.width
@@ -255,7 +250,7 @@ impl StripPlan {
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{Strip, StripPlan, LANES};
+    use super::{Strip, StripPlan, LANES, MAX_ROW_WORDS};
     use crate::kernels::codes::{Epilogue, SimdElement};
 
     /// Where the sums go: per channel, a [`ChannelSink`].
@@ -539,7 +534,7 @@ mod avx512 {
         let advance = per_vector * g.stride[0];
         for strip in &plan.strips {
             // SAFETY: each index row is 64 bytes.
-            let load = |index: &[[u8; 64]; 2]| -> [__m512i; WORDS] {
+            let load = |index: &[[u8; 64]; MAX_ROW_WORDS]| -> [__m512i; WORDS] {
                 std::array::from_fn(|q| unsafe { _mm512_loadu_si512(index[q].as_ptr().cast()) })
             };
             let upper = lane_mask(2 * strip.lanes) & !lane_mask(strip.lanes);

@@ -100,7 +100,7 @@ impl Int8Conv {
         let unit = g.kernel == [1, 1] && g.stride == [1, 1] && g.pad == [0, 0];
         if unit && self.group == 1 {
             let (n, pixels) = out.dim();
-            let band = pixels.div_ceil(threads()).next_multiple_of(VECTOR_PIXELS);
+            let band = pixel_band(pixels);
             if split_by_pixels(pixels, n, band) {
                 return self.unit_by_bands(g, &groups[0], image, x, band, store, out);
             }
@@ -212,6 +212,12 @@ fn channels_per_part(channels: usize) -> usize {
     channels.div_ceil(threads()).next_multiple_of(4).max(MIN_CHANNELS_PER_TASK)
 }
 
+/// Pixels per part when threads split a product by pixels: one band per thread, in whole
+/// vectors of pixels.
+fn pixel_band(pixels: usize) -> usize {
+    pixels.div_ceil(threads()).next_multiple_of(VECTOR_PIXELS)
+}
+
 /// Whether threads split a product of `channels` × `pixels` by pixels, in bands of `band`,
 /// rather than by output channels. The split whose largest part is smaller wins (196 pixels in
 /// bands of 112 + 84 would leave one thread idle an eighth of the time, 96 channels split
@@ -271,8 +277,7 @@ impl<O: SimdElement> GroupConv<'_, O> {
         let (channels, pixels) = out.dim();
         let x = ArrayView2::from_shape((self.g.channels.div_ceil(4), pixels), self.words)?;
         let x = x.slice_move(s![self.channel_groups.clone(), ..]);
-        // Bands of whole vectors of pixels.
-        let band = pixels.div_ceil(threads()).next_multiple_of(VECTOR_PIXELS);
+        let band = pixel_band(pixels);
         if !split_by_pixels(pixels, channels, band) {
             return self.by_channels(x, out);
         }
@@ -306,7 +311,7 @@ impl<O: SimdElement> GroupConv<'_, O> {
                 conv_shifted(isa, &operand, pixels, w, channels, epilogues, store, out, columns)
             })
         };
-        let band = pixels.div_ceil(threads()).next_multiple_of(VECTOR_PIXELS);
+        let band = pixel_band(pixels);
         if split_by_pixels(pixels, channels, band) {
             return for_each_part(out, Axis(1), band, |first, out| {
                 let out = out.initialize();
