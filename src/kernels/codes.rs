@@ -231,9 +231,11 @@ impl Element for u8 {
             Isa::Avx512Vnni => unsafe { avx512::codes(sums, &e, codes, dst) },
             _ => {
                 let finish = codes.finish(&e);
-                for (d, &s) in dst.iter_mut().zip(sums) {
-                    *d = finish.code(s.centred(finish.offset));
-                }
+                multiversion!(isa, {
+                    for (d, &s) in dst.iter_mut().zip(sums) {
+                        *d = finish.code(s.centred(finish.offset));
+                    }
+                })
             }
         }
     }
@@ -623,7 +625,7 @@ mod tests {
             let floats_in: Vec<f32> = sums.iter().map(|&s| s as f32).collect();
             let mut values = vec![0f32; sums.len()];
             f32::store_row(Isa::Scalar, &sums, e, FloatStore::Replace, &mut values);
-            for isa in [Isa::Scalar, Isa::detect()] {
+            for isa in Isa::reference_first() {
                 let (mut from_i32, mut from_f32) = (vec![7u8; sums.len() + 1], vec![7u8; sums.len() + 1]);
                 u8::store_row(isa, &sums, e, codes, &mut from_i32);
                 u8::store_row(isa, &floats_in, Epilogue { offset: 0, ..e }, codes, &mut from_f32);
@@ -665,7 +667,7 @@ mod tests {
         let e = epilogue(0, 1.0, 0.0, false);
         let codes = OutputCodes::from(ActivationQuant { scale: 1.0, zero_point: 10 });
         let want: Vec<u8> = sums.iter().map(|&v| quantize_value(v, 1.0, 10)).collect();
-        for isa in [Isa::Scalar, Isa::detect()] {
+        for isa in Isa::reference_first() {
             let mut got = vec![0u8; sums.len()];
             u8::store_row(isa, &sums, e, codes, &mut got);
             assert_eq!(got, want, "{isa:?}");

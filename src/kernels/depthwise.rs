@@ -257,7 +257,7 @@ mod tests {
             let layout = PhasedPlane::new(&g).expect("a valid geometry");
             let taps = case.taps();
             let mut scalar_codes = Vec::new();
-            for isa in [Isa::Scalar, Isa::detect()] {
+            for isa in Isa::reference_first() {
                 let mut buffer = vec![f32::NAN; layout.buffer_len()];
                 // Scale 1 and the zero point given: quantizing `plane` gives back `codes`.
                 layout.fill(isa, &plane, ActivationQuant { scale: 1.0, zero_point: zp }, &mut buffer);

@@ -342,7 +342,7 @@ mod tests {
             let input = ActivationQuant { scale: 1.0, zero_point: zp };
             let floats: Vec<f32> = codes.iter().map(|&q| f32::from(q) - f32::from(zp)).collect();
             let mut scalar = Vec::new();
-            for isa in [Isa::Scalar, Isa::detect()] {
+            for isa in Isa::reference_first() {
                 let mut buffer = vec![0xa5u8; layout.buffer_len()];
                 if float_input {
                     layout.fill(isa, &floats, input, &mut buffer);

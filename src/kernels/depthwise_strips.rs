@@ -620,7 +620,7 @@ mod tests {
             let mut words = [0; MAX_TAP_WORDS];
             let tap_sum = tap_words(case.g.kernel, &case.taps(), &mut words);
             let words = &words[..kh * kw.div_ceil(4)];
-            for isa in [Isa::Scalar, Isa::detect()] {
+            for isa in Isa::reference_first() {
                 let got: Vec<i32> = plan
                     .sums(isa, &case.codes, zp, words)
                     .iter()
@@ -660,7 +660,7 @@ mod tests {
             let codes = OutputCodes::from(quant).with_activation(activation);
             let len = channels * plan.out_len();
             let mut outputs = Vec::new();
-            for isa in [Isa::Scalar, Isa::detect()] {
+            for isa in Isa::reference_first() {
                 let mut bytes = vec![0u8; len];
                 plan.run(isa, &planes, zp, &all_words, &epilogues, codes, &mut bytes);
                 let mut floats = vec![0f32; len];

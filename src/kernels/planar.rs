@@ -284,6 +284,27 @@ pub fn conv_planar<E: SimdElement>(
                 avx512::channels(&x, shape, words, w.k4, epilogues, store, out.as_mut_ptr(), None)
             };
         }
+        #[cfg(target_arch = "x86_64")]
+        Isa::AvxVnni | Isa::Avx2 if pixels > 0 && !range.is_empty() => {
+            let words = &w.words[range.start * w.k4..];
+            // SAFETY: the AVX2 instruction sets are only chosen on CPUs that run them; the
+            // views hold every row and column the kernel touches (checked above), and the
+            // assert bounds the weight rows.
+            unsafe {
+                super::planar_avx2::channels(
+                    isa,
+                    x.as_ptr(),
+                    shape.x_stride,
+                    pixels,
+                    words,
+                    w.k4,
+                    epilogues,
+                    store,
+                    out.as_mut_ptr(),
+                    shape.out_stride,
+                )
+            };
+        }
         _ => {
             for (o, (mut plane, e)) in range.zip(out.rows_mut().into_iter().zip(epilogues)) {
                 let row = &w.words[o * w.k4..(o + 1) * w.k4];
@@ -654,71 +675,74 @@ mod tests {
             let x: Vec<u32> = (0..k4 * pixels).map(|_| next()).collect();
             let w: Vec<i8> = (0..n * k4 * 4).map(|_| next() as i8).collect();
             let packed = PlanarWeights::pack(&w, n, k4);
-            // Exact sums first (scale 1, no offset, bias or clamp: integers below 2^24 as f32).
-            let exact = Epilogue { offset: 0, scale: 1.0, bias: 0.0, activation: Activation::Identity };
-            let mut simd = vec![0f32; n * pixels];
-            conv_planar(Isa::detect(), view(&x, pixels), &packed, 0..n, &vec![exact; n], FloatStore::Replace, view_mut(&mut simd, pixels));
-            let mut scalar = vec![0f32; n * pixels];
-            conv_planar(Isa::Scalar, view(&x, pixels), &packed, 0..n, &vec![exact; n], FloatStore::Replace, view_mut(&mut scalar, pixels));
-            prop_assert_eq!(&simd, &scalar);
-            let (o, p) = (n - 1, pixels - 1);
-            let want: i32 = (0..k4 * 4).map(|k| i32::from(x[(k / 4) * pixels + p].to_le_bytes()[k % 4]) * i32::from(w[o * k4 * 4 + k])).sum();
-            prop_assert_eq!(scalar[o * pixels + p], want as f32);
-            // Then real epilogues (per-channel offset, scale, bias, ReLU6), floats and codes,
-            // on a channel range that does not start at 0.
-            let first = n / 3;
-            let epilogues: Vec<Epilogue> = (first..n).map(|o| Epilogue {
-                offset: i32::from(zp) * packed.column_sums[o],
-                scale: 1e-4 * (o + 1) as f32,
-                bias: 0.1 * o as f32 - 0.5,
-                activation: Activation::Clip(0.0, 6.0),
-            }).collect();
-            let codes = OutputCodes::from(ActivationQuant { scale: 0.03, zero_point: zp / 2 });
-            let count = n - first;
-            let (mut simd, mut scalar) = (vec![0f32; count * pixels], vec![0f32; count * pixels]);
-            conv_planar(Isa::detect(), view(&x, pixels), &packed, first..n, &epilogues, FloatStore::Replace, view_mut(&mut simd[..count * pixels], pixels));
-            conv_planar(Isa::Scalar, view(&x, pixels), &packed, first..n, &epilogues, FloatStore::Replace, view_mut(&mut scalar[..count * pixels], pixels));
-            prop_assert_eq!(&simd, &scalar);
-            // Added to a residual branch before the ReLU6: the same on every path, and without
-            // the clip exactly the replaced results plus the branch.
-            let residual: Vec<f32> = (0..count * pixels).map(|i| (i % 13) as f32 * 0.37 - 2.0).collect();
-            let replaced = scalar;
-            let (mut simd, mut scalar) = (residual.clone(), residual.clone());
-            conv_planar(Isa::detect(), view(&x, pixels), &packed, first..n, &epilogues, FloatStore::AddTo, view_mut(&mut simd, pixels));
-            conv_planar(Isa::Scalar, view(&x, pixels), &packed, first..n, &epilogues, FloatStore::AddTo, view_mut(&mut scalar, pixels));
-            prop_assert_eq!(&simd, &scalar);
-            let unclipped: Vec<Epilogue> = epilogues.iter().map(|e| Epilogue { activation: Activation::Identity, ..*e }).collect();
-            let mut plain = vec![0f32; count * pixels];
-            conv_planar(Isa::Scalar, view(&x, pixels), &packed, first..n, &unclipped, FloatStore::Replace, view_mut(&mut plain, pixels));
-            let mut added = residual.clone();
-            conv_planar(Isa::detect(), view(&x, pixels), &packed, first..n, &unclipped, FloatStore::AddTo, view_mut(&mut added, pixels));
-            let want: Vec<f32> = plain.iter().zip(&residual).map(|(p, r)| p + r).collect();
-            prop_assert_eq!(&added, &want);
-            prop_assert!(replaced.iter().zip(&simd).all(|(r, s)| (0.0..=6.0).contains(r) && (0.0..=6.0).contains(s)));
-            let (mut simd, mut scalar) = (vec![0u8; count * pixels + 1], vec![0u8; count * pixels + 1]);
-            conv_planar(Isa::detect(), view(&x, pixels), &packed, first..n, &epilogues, codes, view_mut(&mut simd[..count * pixels], pixels));
-            conv_planar(Isa::Scalar, view(&x, pixels), &packed, first..n, &epilogues, codes, view_mut(&mut scalar[..count * pixels], pixels));
-            prop_assert_eq!(&simd, &scalar);
-            prop_assert_eq!(simd[count * pixels], 0, "wrote past the planes");
-            // In two blocks of pixels, as blocked im2col runs it (each block its own patch
-            // columns) and as threads split the pixels (column bands of the same planes): the
-            // same codes.
-            let split = pixels / 2;
-            for isa in [Isa::Scalar, Isa::detect()] {
-                let mut blocked = vec![0u8; count * pixels + 1];
-                let mut banded = vec![0u8; count * pixels + 1];
-                for block in [0..split, split..pixels].into_iter().filter(|b| !b.is_empty()) {
-                    let columns: Vec<u32> = (0..k4).flat_map(|kk| x[kk * pixels..][block.clone()].to_vec()).collect();
-                    let mut out = view_mut(&mut blocked[..count * pixels], pixels);
-                    let out = out.slice_mut(s![.., block.clone()]);
-                    conv_planar(isa, view(&columns, block.len()), &packed, first..n, &epilogues, codes, out);
-                    let x = view(&x, pixels);
-                    let mut out = view_mut(&mut banded[..count * pixels], pixels);
-                    let out = out.slice_mut(s![.., block.clone()]);
-                    conv_planar(isa, x.slice(s![.., block.clone()]), &packed, first..n, &epilogues, codes, out);
+            // Every SIMD instruction set this CPU runs against the scalar reference.
+            for simd_isa in Isa::supported().filter(|&isa| isa != Isa::Scalar) {
+                // Exact sums first (scale 1, no offset, bias or clamp: integers below 2^24 as f32).
+                let exact = Epilogue { offset: 0, scale: 1.0, bias: 0.0, activation: Activation::Identity };
+                let mut simd = vec![0f32; n * pixels];
+                conv_planar(simd_isa, view(&x, pixels), &packed, 0..n, &vec![exact; n], FloatStore::Replace, view_mut(&mut simd, pixels));
+                let mut scalar = vec![0f32; n * pixels];
+                conv_planar(Isa::Scalar, view(&x, pixels), &packed, 0..n, &vec![exact; n], FloatStore::Replace, view_mut(&mut scalar, pixels));
+                prop_assert_eq!(&simd, &scalar, "{:?}", simd_isa);
+                let (o, p) = (n - 1, pixels - 1);
+                let want: i32 = (0..k4 * 4).map(|k| i32::from(x[(k / 4) * pixels + p].to_le_bytes()[k % 4]) * i32::from(w[o * k4 * 4 + k])).sum();
+                prop_assert_eq!(scalar[o * pixels + p], want as f32);
+                // Then real epilogues (per-channel offset, scale, bias, ReLU6), floats and codes,
+                // on a channel range that does not start at 0.
+                let first = n / 3;
+                let epilogues: Vec<Epilogue> = (first..n).map(|o| Epilogue {
+                    offset: i32::from(zp) * packed.column_sums[o],
+                    scale: 1e-4 * (o + 1) as f32,
+                    bias: 0.1 * o as f32 - 0.5,
+                    activation: Activation::Clip(0.0, 6.0),
+                }).collect();
+                let codes = OutputCodes::from(ActivationQuant { scale: 0.03, zero_point: zp / 2 });
+                let count = n - first;
+                let (mut simd, mut scalar) = (vec![0f32; count * pixels], vec![0f32; count * pixels]);
+                conv_planar(simd_isa, view(&x, pixels), &packed, first..n, &epilogues, FloatStore::Replace, view_mut(&mut simd[..count * pixels], pixels));
+                conv_planar(Isa::Scalar, view(&x, pixels), &packed, first..n, &epilogues, FloatStore::Replace, view_mut(&mut scalar[..count * pixels], pixels));
+                prop_assert_eq!(&simd, &scalar, "{:?}", simd_isa);
+                // Added to a residual branch before the ReLU6: the same on every path, and without
+                // the clip exactly the replaced results plus the branch.
+                let residual: Vec<f32> = (0..count * pixels).map(|i| (i % 13) as f32 * 0.37 - 2.0).collect();
+                let replaced = scalar;
+                let (mut simd, mut scalar) = (residual.clone(), residual.clone());
+                conv_planar(simd_isa, view(&x, pixels), &packed, first..n, &epilogues, FloatStore::AddTo, view_mut(&mut simd, pixels));
+                conv_planar(Isa::Scalar, view(&x, pixels), &packed, first..n, &epilogues, FloatStore::AddTo, view_mut(&mut scalar, pixels));
+                prop_assert_eq!(&simd, &scalar, "{:?}", simd_isa);
+                let unclipped: Vec<Epilogue> = epilogues.iter().map(|e| Epilogue { activation: Activation::Identity, ..*e }).collect();
+                let mut plain = vec![0f32; count * pixels];
+                conv_planar(Isa::Scalar, view(&x, pixels), &packed, first..n, &unclipped, FloatStore::Replace, view_mut(&mut plain, pixels));
+                let mut added = residual.clone();
+                conv_planar(simd_isa, view(&x, pixels), &packed, first..n, &unclipped, FloatStore::AddTo, view_mut(&mut added, pixels));
+                let want: Vec<f32> = plain.iter().zip(&residual).map(|(p, r)| p + r).collect();
+                prop_assert_eq!(&added, &want);
+                prop_assert!(replaced.iter().zip(&simd).all(|(r, s)| (0.0..=6.0).contains(r) && (0.0..=6.0).contains(s)));
+                let (mut simd, mut scalar) = (vec![0u8; count * pixels + 1], vec![0u8; count * pixels + 1]);
+                conv_planar(simd_isa, view(&x, pixels), &packed, first..n, &epilogues, codes, view_mut(&mut simd[..count * pixels], pixels));
+                conv_planar(Isa::Scalar, view(&x, pixels), &packed, first..n, &epilogues, codes, view_mut(&mut scalar[..count * pixels], pixels));
+                prop_assert_eq!(&simd, &scalar, "{:?}", simd_isa);
+                prop_assert_eq!(simd[count * pixels], 0, "wrote past the planes");
+                // In two blocks of pixels, as blocked im2col runs it (each block its own patch
+                // columns) and as threads split the pixels (column bands of the same planes): the
+                // same codes.
+                let split = pixels / 2;
+                for isa in [Isa::Scalar, simd_isa] {
+                    let mut blocked = vec![0u8; count * pixels + 1];
+                    let mut banded = vec![0u8; count * pixels + 1];
+                    for block in [0..split, split..pixels].into_iter().filter(|b| !b.is_empty()) {
+                        let columns: Vec<u32> = (0..k4).flat_map(|kk| x[kk * pixels..][block.clone()].to_vec()).collect();
+                        let mut out = view_mut(&mut blocked[..count * pixels], pixels);
+                        let out = out.slice_mut(s![.., block.clone()]);
+                        conv_planar(isa, view(&columns, block.len()), &packed, first..n, &epilogues, codes, out);
+                        let x = view(&x, pixels);
+                        let mut out = view_mut(&mut banded[..count * pixels], pixels);
+                        let out = out.slice_mut(s![.., block.clone()]);
+                        conv_planar(isa, x.slice(s![.., block.clone()]), &packed, first..n, &epilogues, codes, out);
+                    }
+                    prop_assert_eq!(&banded, &simd, "{:?}", isa);
+                    prop_assert_eq!(&blocked, &simd, "{:?}", isa);
                 }
-                prop_assert_eq!(&banded, &simd, "{:?}", isa);
-                prop_assert_eq!(&blocked, &simd, "{:?}", isa);
             }
         }
 

@@ -4,6 +4,9 @@ judged against the float model on other views."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -150,3 +153,38 @@ def test_two_threads_compute_the_same_bits_as_one(
     assert (one.get_status()["threads"], two.get_status()["threads"]) == (1, 2)
     for batch in (x[:4], x[4:7], x[7:8]):
         np.testing.assert_array_equal(two.infer(batch), one.infer(batch))
+
+
+_INFER_WITH_ISA = """
+import sys, numpy as np, jarvis_performance as jp
+runtime = jp.Runtime.load(sys.argv[1], threads=1)
+np.save(sys.argv[3], runtime.infer(np.load(sys.argv[2])))
+print(runtime.get_status()["isa"])
+"""
+
+
+@pytest.mark.parametrize("isa", ["avx_vnni", "avx2", "scalar"])
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "resnet18"])
+def test_every_instruction_set_computes_the_same_bits(
+    name: str, isa: str, model_path: Callable[[str], Path],
+    photo_views: tuple[np.ndarray, np.ndarray], tmp_path: Path,
+) -> None:
+    """The 256-bit kernels (laptops without AVX-512: AVX-VNNI, or AVX2 alone) and the scalar
+    reference compute every output bit for bit as the CPU's best instruction set does, on a
+    saved int8 model of real photos. ``JARVIS_PERF_ISA`` picks the instruction set, in a process
+    of its own (the choice is made once per process)."""
+    calib, x = photo_views
+    saved, images = tmp_path / f"{name}_int8.onnx", tmp_path / "x.npy"
+    jp.Runtime.load(model_path(name), quantize="int8", calibration=calib[:16]).save(saved)
+    batch = x[:3] if isa != "scalar" else x[:1]  # the scalar reference is ~150x slower
+    np.save(images, batch)
+    expected = jp.Runtime.load(saved, threads=1).infer(batch)
+    out = tmp_path / "out.npy"
+    env = {**os.environ, "JARVIS_PERF_ISA": isa}
+    result = subprocess.run([sys.executable, "-c", _INFER_WITH_ISA, str(saved), str(images), str(out)],
+                            capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr
+    ran = result.stdout.split()[-1]
+    if ran != isa:
+        pytest.skip(f"this CPU cannot run {isa} (the runtime used {ran})")
+    np.testing.assert_array_equal(np.load(out), expected)
