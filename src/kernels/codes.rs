@@ -229,6 +229,10 @@ impl Element for u8 {
             // SAFETY: Isa::Avx512Vnni is only chosen on CPUs with AVX-512F/BW; `dst` holds as
             // many elements as `sums` (asserted).
             Isa::Avx512Vnni => unsafe { avx512::codes(sums, &e, codes, dst) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the AVX2 instruction sets are only chosen on CPUs with AVX2 and FMA;
+            // `dst` holds as many elements as `sums` (asserted).
+            Isa::AvxVnni | Isa::Avx2 => unsafe { super::codes_avx2::codes(sums, &e, codes, dst) },
             _ => {
                 let finish = codes.finish(&e);
                 multiversion!(isa, {
@@ -495,7 +499,7 @@ mod avx512 {
     }
 
     /// Sums the AVX-512 store loads 16 at a time.
-    pub trait SimdSum: Sum {
+    pub trait SimdSum: Sum + super::super::codes_avx2::SimdSum8 {
         /// `sum − offset` as f32 ([`Sum::centred`]) of the lanes `mask` selects (others 0).
         ///
         /// # Safety

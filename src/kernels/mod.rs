@@ -6,6 +6,8 @@
 //! kernels store into.
 
 mod codes;
+#[cfg(target_arch = "x86_64")]
+mod codes_avx2;
 mod depthwise;
 mod depthwise_bytes;
 #[cfg(test)]
