@@ -166,7 +166,8 @@ class Runtime:
         (``None`` before the first); ``threads`` (now) and ``max_threads``; ``throttled``:
         the CPU cap held work back in the last 2 s; ``cpu_limit``, ``cpu_budget`` (after
         backing off for other processes), ``other_cpu_usage``, ``load_average``; ``isa``:
-        the int8 kernels' instruction set.
+        the int8 kernels' instruction set (``avx512_vnni``, ``avx_vnni``, ``avx2`` or
+        ``scalar``; ``JARVIS_PERF_ISA`` picks a lower one).
         """
     def set_cpu_limit(self, percent: float | None) -> None:
         """Cap this process's CPU at ``percent`` of one core while inference runs; ``None``

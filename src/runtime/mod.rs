@@ -187,6 +187,13 @@ impl Runtime {
         float: Plans,
         quantized: Option<Quantized>,
     ) -> Result<Self> {
+        if quantized.is_some() && crate::kernels::Isa::detect() == crate::kernels::Isa::Scalar {
+            log::warn!(
+                "{}: this CPU has neither AVX-512 VNNI nor AVX2, so the int8 layers run the \
+                 portable scalar kernels, far slower than the float model",
+                model.source
+            );
+        }
         let masters = Arc::new(weights::float_weights(&model.onnx)?);
         if let Some(expected) = weights::metadata(&model.onnx, CHECKSUM_KEY)? {
             let actual = weights::checksum(&masters);

@@ -4,7 +4,10 @@ printed."""
 from __future__ import annotations
 
 import logging
+import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -25,7 +28,7 @@ def test_load_announces_the_layer(caplog: pytest.LogCaptureFixture,
     messages = [r.getMessage() for r in ours]
     active = [m for m in messages if m.startswith("Rust performance layer active")]
     assert len(active) == 1
-    assert re.fullmatch(r"Rust performance layer active: int8 \((avx512_vnni|scalar)\), "
+    assert re.fullmatch(r"Rust performance layer active: int8 \((avx512_vnni|avx_vnni|avx2|scalar)\), "
                         r"2 threads, .*digits_cnn\.onnx", active[0]), active[0]
     assert any(re.search(r"3/4 layers int8 \(percentile.* calibration on 256 samples", m)
                for m in messages), messages
@@ -46,3 +49,25 @@ def test_float_load_and_levels(caplog: pytest.LogCaptureFixture) -> None:
     assert any(m.startswith("Rust performance layer active: float32 (tract kernels), 1 thread,")
                for m in messages), messages
     assert any("CPU capped at 30% of one core" in m for m in messages), messages
+
+
+_LOAD_INT8_WITH_LOGS = """
+import logging, sys, numpy as np, jarvis_performance as jp
+logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(levelname)s %(message)s")
+jp.Runtime.load(sys.argv[1], quantize="int8", calibration=np.load(sys.argv[2]), threads=1)
+"""
+
+
+@pytest.mark.parametrize(("isa", "warned"), [("scalar", True), ("avx2", False)])
+def test_int8_on_the_scalar_kernels_is_a_warning(isa: str, warned: bool) -> None:
+    """A CPU without AVX-512 VNNI or AVX2 (forced here with ``JARVIS_PERF_ISA``, which applies
+    per process) runs int8 layers on the portable kernels: the load says so as a warning and
+    names the instruction set in the log line."""
+    env = {**os.environ, "JARVIS_PERF_ISA": isa}
+    result = subprocess.run([sys.executable, "-c", _LOAD_INT8_WITH_LOGS, str(DIGITS),
+                             str(MODELS / "digits_calib.npy")],
+                            capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr
+    assert f"int8 ({isa})" in result.stdout, result.stdout
+    warning = "WARNING " + f"{DIGITS}: this CPU has neither AVX-512 VNNI nor AVX2"
+    assert (warning in result.stdout) == warned, result.stdout
