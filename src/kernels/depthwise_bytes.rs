@@ -37,13 +37,13 @@ pub fn byte_kernel_fits(kernel: [usize; 2]) -> bool {
 /// Where each kernel row reads in a [`BytePlane`] buffer, and the buffer's shape.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BytePlane {
-    geometry: ConvGeometry,
+    pub(super) geometry: ConvGeometry,
     /// Row and column strides.
-    stride: [usize; 2],
+    pub(super) stride: [usize; 2],
     /// Rows of one row phase.
-    rows: usize,
+    pub(super) rows: usize,
     /// Bytes per padded row (`pitch · column stride`).
-    row_bytes: usize,
+    pub(super) row_bytes: usize,
     /// Row pitch of the flat accumulators (outputs per row, plus columns no output uses).
     pub pitch: usize,
     /// Byte offset of each (kernel row, word)'s window for output 0, kernel row-major.
@@ -54,10 +54,10 @@ pub struct BytePlane {
 
 impl BytePlane {
     /// The layout for `geometry` (one channel) when this CPU has the instructions (AVX-512 VNNI
-    /// and VBMI) and the geometry fits: no dilation, a column stride of 1 or 2, kernel sides up
-    /// to 8. `None` otherwise: [`super::PhasedPlane`] takes those.
+    /// and VBMI, or AVX2) and the geometry fits: no dilation, a column stride of 1 or 2, kernel
+    /// sides up to 8. `None` otherwise: [`super::PhasedPlane`] takes those.
     pub fn new(isa: Isa, geometry: &ConvGeometry) -> Option<Self> {
-        if !has_byte_permutes(isa) {
+        if !byte_kernel_runs(isa) {
             return None;
         }
         Self::for_geometry(geometry)
@@ -101,7 +101,7 @@ impl BytePlane {
     }
 
     /// Bytes of the row phases.
-    fn planes_len(&self) -> usize {
+    pub(super) fn planes_len(&self) -> usize {
         self.stride[0] * self.rows * self.row_bytes
     }
 
@@ -126,6 +126,13 @@ impl BytePlane {
             // SAFETY: the CPU has AVX-512F/BW (checked); the slices hold the plane and the
             // buffer (asserted), and the kernel indexes rows within both.
             return unsafe { avx512::fill(self, codes, zero_point, &mut dst[..self.buffer_len()]) };
+        }
+        #[cfg(target_arch = "x86_64")]
+        if let (Some(codes), true) = (E::as_codes(plane), isa.is_avx2()) {
+            // SAFETY: the AVX2 instruction sets are only chosen on CPUs with AVX2; the slices
+            // hold the plane and the buffer (asserted).
+            let dst = &mut dst[..self.buffer_len()];
+            return unsafe { super::depthwise_bytes_avx2::fill(self, codes, zero_point, dst) };
         }
         let rows = self.rows;
         let phase_rows = (0..sy).flat_map(|py| (0..rows).map(move |qy| qy * sy + py));
@@ -155,6 +162,16 @@ impl BytePlane {
             // the furthest starts at max(word_offsets) + sx · (flat_len − 16) and reads 64
             // bytes, which `buffer_len` (asserted) covers.
             return unsafe { avx512::accumulate(x, &self.word_offsets, words, sx, acc) };
+        }
+        #[cfg(target_arch = "x86_64")]
+        if isa.is_avx2() {
+            // SAFETY: the AVX2 instruction sets are only chosen on CPUs that run them; every
+            // window read is inside `x`: the furthest starts at max(word_offsets) +
+            // sx · (flat_len − 8) + 4 · sx and reads 16 bytes, short of the 64 bytes from
+            // max(word_offsets) + sx · (flat_len − 16) that `buffer_len` (asserted) covers.
+            return unsafe {
+                super::depthwise_bytes_avx2::accumulate(isa, x, &self.word_offsets, words, sx, acc)
+            };
         }
         let _ = isa;
         for (i, a) in acc.iter_mut().enumerate() {
@@ -188,6 +205,12 @@ pub fn tap_words(kernel: [usize; 2], taps: &[f32], words: &mut [i32; MAX_TAP_WOR
         }
     }
     sum
+}
+
+/// Whether `isa` runs [`BytePlane`]'s SIMD accumulation: AVX-512 with VBMI's byte permutation,
+/// or the 256-bit instruction sets (byte shuffles within 128-bit lanes).
+fn byte_kernel_runs(isa: Isa) -> bool {
+    has_byte_permutes(isa) || isa.is_avx2()
 }
 
 /// Whether `isa` runs the byte kernel here: AVX-512 VNNI plus VBMI's byte permutation.
@@ -341,7 +364,7 @@ mod tests {
             // Scale 1 and the zero point given: quantizing the floats gives back `codes`.
             let input = ActivationQuant { scale: 1.0, zero_point: zp };
             let floats: Vec<f32> = codes.iter().map(|&q| f32::from(q) - f32::from(zp)).collect();
-            let mut scalar = Vec::new();
+            let (mut scalar, mut scalar_buffer) = (Vec::new(), Vec::new());
             for isa in Isa::reference_first() {
                 let mut buffer = vec![0xa5u8; layout.buffer_len()];
                 if float_input {
@@ -356,11 +379,13 @@ mod tests {
                     .map(|(oy, ox)| acc[oy * layout.pitch + ox] - i32::from(zp) * tap_sum)
                     .collect();
                 prop_assert_eq!(&got, &want, "{:?}", isa);
-                // Every accumulator, used or not, is the same on every ISA.
+                // Every accumulator, used or not, and every byte of the padded copy are the
+                // same on every ISA.
                 if isa == Isa::Scalar {
-                    scalar = acc;
+                    (scalar, scalar_buffer) = (acc, buffer);
                 } else {
-                    prop_assert_eq!(&acc, &scalar);
+                    prop_assert_eq!(&acc, &scalar, "{:?}", isa);
+                    prop_assert_eq!(&buffer, &scalar_buffer, "{:?}", isa);
                 }
             }
         }

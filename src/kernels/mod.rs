@@ -10,6 +10,8 @@ mod codes;
 mod codes_avx2;
 mod depthwise;
 mod depthwise_bytes;
+#[cfg(target_arch = "x86_64")]
+mod depthwise_bytes_avx2;
 #[cfg(test)]
 mod depthwise_cases;
 mod depthwise_lanes;

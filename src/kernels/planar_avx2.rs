@@ -23,8 +23,9 @@ const CHUNK_PIXELS: usize = 4 * TILE_PIXELS;
 /// half an L2 of 1 MB, as the AVX-512 kernel's blocks (laptop L2s are 1.25–2 MB).
 const CHUNK_BLOCK_BYTES: usize = 512 * 1024;
 
-/// How four u8 codes times four i8 weights add into an i32 lane.
-trait Dot {
+/// How four u8 codes times four i8 weights add into an i32 lane (the depthwise byte kernel's
+/// too).
+pub(super) trait Dot {
     /// An operand vector as the products read it (prepared once, used by every channel).
     type X: Copy;
     /// A weight word broadcast as the products read it.
@@ -35,7 +36,7 @@ trait Dot {
 }
 
 /// AVX-VNNI: one `vpdpbusd` per vector.
-struct Vnni;
+pub(super) struct Vnni;
 
 impl Dot for Vnni {
     type X = __m256i;
@@ -61,7 +62,7 @@ impl Dot for Vnni {
 /// AVX2: the even and the odd bytes of each word widened to 16 bits (codes zero-extended,
 /// weights sign-extended), then one `vpmaddwd` each: `x0·w0 + x2·w2` and `x1·w1 + x3·w3`, at
 /// most 65,280 in magnitude, exact in i32.
-struct Widened;
+pub(super) struct Widened;
 
 impl Dot for Widened {
     type X = [__m256i; 2];
