@@ -10,7 +10,9 @@
 //!
 //! - `vnni peak/vpdpbusd zmm, 1 thread`: 16 independent chains of `vpdpbusd` on 512-bit
 //!   registers (16 lanes × 4 u8·i8 products each), nothing loaded or stored: the ceiling of one
-//!   core that the kernels are measured against.
+//!   core that the kernels are measured against (`vpdpbusd ymm` when the kernels run on
+//!   AVX-VNNI: `JARVIS_PERF_ISA=avx_vnni cargo bench` times every group on the 256-bit
+//!   kernels).
 //! - `layers/…`: one thread, the int8 part of each layer as `Int8Conv` / `Int8Linear` run it
 //!   through the public kernel API — `conv_shifted` for stride-1 "same" k×k layers (their planes
 //!   read in place), else patches (`im2col_c4`, skipped for unit 1×1 convolutions)
@@ -412,6 +414,27 @@ mod peak {
         let sum = acc.iter().fold(_mm512_setzero_si512(), |s, &r| _mm512_add_epi32(s, r));
         _mm512_reduce_add_epi32(sum)
     }
+
+    /// [`run`] on 256-bit registers with AVX-VNNI (`vpdpbusd ymm`: half the lanes), the
+    /// ceiling of the `avx_vnni` kernels.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and AVX-VNNI.
+    #[target_feature(enable = "avx2,avxvnni")]
+    pub unsafe fn run_ymm(iterations: usize, a: i32, b: i32) -> i32 {
+        let (av, bv) = (_mm256_set1_epi32(a), _mm256_set1_epi32(b));
+        let mut acc = [_mm256_setzero_si256(); CHAINS];
+        for _ in 0..iterations {
+            for r in acc.iter_mut() {
+                *r = _mm256_dpbusd_avx_epi32(*r, av, bv);
+            }
+        }
+        let sum = acc.iter().fold(_mm256_setzero_si256(), |s, &r| _mm256_add_epi32(s, r));
+        let mut lanes = [0i32; 8];
+        // SAFETY: 8 lanes stored into an 8-element array.
+        unsafe { _mm256_storeu_si256(lanes.as_mut_ptr().cast(), sum) };
+        lanes.iter().sum()
+    }
 }
 
 fn vnni_peak(c: &mut Criterion<ThreadCpu>) {
@@ -428,7 +451,22 @@ fn vnni_peak(c: &mut Criterion<ThreadCpu>) {
         group.finish();
         return;
     }
-    eprintln!("vnni peak: this CPU has no AVX-512-VNNI; nothing to measure");
+    #[cfg(target_arch = "x86_64")]
+    if Isa::detect() == Isa::AvxVnni {
+        // The 256-bit kernels' ceiling (`JARVIS_PERF_ISA=avx_vnni cargo bench` on this machine).
+        let mut group = c.benchmark_group("vnni peak");
+        group.sample_size(20).measurement_time(Duration::from_secs(1));
+        let iterations = 1 << 12;
+        let ops = (iterations * peak::CHAINS) as u64 * peak::OPS / 2;
+        group.throughput(Throughput::Elements(ops));
+        group.bench_function("vpdpbusd ymm, 1 thread", |b| {
+            // SAFETY: Isa::AvxVnni is chosen only on CPUs with AVX2 and AVX-VNNI.
+            b.iter(|| unsafe { peak::run_ymm(iterations, black_box(0x0102_0304), black_box(-3)) })
+        });
+        group.finish();
+        return;
+    }
+    eprintln!("vnni peak: this CPU (or JARVIS_PERF_ISA) has no VNNI; nothing to measure");
     let _ = c;
 }
 
@@ -478,7 +516,7 @@ fn kernels(c: &mut Criterion) {
     let mut out = vec![0u8; n * pixels];
     let epilogues = vec![EPILOGUE; n];
     let mut group = c.benchmark_group("conv_planar 96x24x3136");
-    for isa in [Isa::Scalar, Isa::detect()] {
+    for isa in Isa::supported() {
         group.bench_function(isa.name(), |b| {
             b.iter(|| {
                 let x = planes(black_box(&x), k4, pixels);

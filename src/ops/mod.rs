@@ -18,6 +18,7 @@ use tract_onnx::prelude::TypedOp;
 
 pub use conv::Int8Conv;
 pub use linear::Int8Linear;
+pub use parallel::SpinningWorkers;
 pub use pool::MaxPool2d;
 
 use crate::kernels::{

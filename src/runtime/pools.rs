@@ -100,6 +100,7 @@ pub(super) fn run_with_workers_awake<R: Send>(
                     }
                 });
             }
+            let _spinning = crate::ops::SpinningWorkers::start();
             // Set even if `work` panics (the caller catches panics), so the scope can end.
             struct Finish<'a>(&'a AtomicBool);
             impl Drop for Finish<'_> {
