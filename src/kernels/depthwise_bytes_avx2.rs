@@ -1,7 +1,8 @@
-//! [`BytePlane::accumulate`](super::BytePlane::accumulate) on 256-bit vectors: each output's
-//! four-tap word gathered from its padded input row by a byte shuffle within 128-bit lanes
-//! (AVX2 has no permutation across them), then multiplied as the planar GEMM does
-//! (`vpdpbusd ymm` with AVX-VNNI, 16-bit products with AVX2 alone).
+//! [`BytePlane`](super::BytePlane)'s padded copy and accumulation on 256-bit vectors: the copy
+//! in 32-byte pieces blended with the zero point, then each output's four-tap word gathered
+//! from its padded input row by a byte shuffle within 128-bit lanes (AVX2 has no permutation
+//! across them), multiplied as the planar GEMM does (`vpdpbusd ymm` with AVX-VNNI, 16-bit
+//! products with AVX2 alone).
 
 use std::arch::x86_64::*;
 
