@@ -81,6 +81,9 @@ class SystemResult:
     #: jarvis only: model memory the runtime holds (``get_status()["memory_allocated_mb"]``:
     #: ONNX bytes, float masters kept for live updates, plan constants, int8 weights).
     held_mb: float | None = None
+    #: jarvis int8 only: the instruction set its kernels ran on (``get_status()["isa"]``:
+    #: ``avx512_vnni``, ``avx_vnni``, ``avx2`` or ``scalar``; ``JARVIS_PERF_ISA`` picks a lower one).
+    isa: str | None = None
     #: The worker process that ran it.
     pid: int | None = None
     error: str | None = None
@@ -225,6 +228,7 @@ def measure(art: Artifacts, systems: list[str], *, batch: int, threads: int, rou
                 pid=w.process.pid,
                 weights_mb=_weights_mb(art, system, w.load_info),
                 held_mb=w.load_info.get("held_mb"),
+                isa=w.load_info.get("isa") if system == "jarvis int8" else None,
             )
     finally:
         for w in workers.values():
@@ -233,7 +237,7 @@ def measure(art: Artifacts, systems: list[str], *, batch: int, threads: int, rou
 
 
 HEADER = (f"{'model':<20}{'batch':>6}{'thr':>4}  {'system':<20}{'median ms':>11}{'p99 ms':>10}"
-          f"{'peak RSS MB':>13}{'weights MB':>12}{'held MB':>9}")
+          f"{'peak RSS MB':>13}{'weights MB':>12}{'held MB':>9}  int8 kernels")
 
 
 def _cell(value: float | None, width: int, digits: int) -> str:
@@ -253,7 +257,8 @@ def format_row(row: Row) -> str:
             continue
         lines.append(f"{lead}  {LABELS[system]:<20}{_cell(r.median_ms, 11, 2)}"
                      f"{_cell(r.p99_ms, 10, 2)}{_cell(r.peak_rss_mb, 13, 0)}"
-                     f"{_cell(r.weights_mb, 12, 2)}{_cell(r.held_mb, 9, 1)}")
+                     f"{_cell(r.weights_mb, 12, 2)}{_cell(r.held_mb, 9, 1)}"
+                     + (f"  {r.isa}" if r.isa else ""))
     ratios = row.ratios
     parts = [f"{name} {value:.2f}" for name, value in ratios.items()
              if value is not None and not name.startswith("pytorch")]

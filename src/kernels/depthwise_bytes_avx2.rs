@@ -120,7 +120,8 @@ impl Windows<'_> {
 
 /// [`BytePlane::fill`](super::BytePlane::fill) from codes: each padded row in 32-byte pieces,
 /// loaded from the input row (only up to the plane's end) and blended with the zero point
-/// outside its columns; only the first row's left padding is gathered byte by byte.
+/// outside its columns; only a piece that would start before the plane (the left padding of
+/// its first row) is gathered byte by byte.
 ///
 /// # Safety
 /// AVX2 must be available; `codes` holds the `height × width` plane and `dst` is
@@ -151,7 +152,7 @@ pub unsafe fn fill(layout: &super::BytePlane, codes: &[u8], zero_point: u8, dst:
                         Ok(from) => unsafe {
                             load_prefix(codes.as_ptr().add(from), (codes.len() - from).min(32))
                         },
-                        // Left padding of the plane's first row.
+                        // Before the plane: the left padding of its first row.
                         Err(_) => {
                             let mut bytes = [zero_point; 32];
                             for (c, b) in bytes.iter_mut().enumerate().take(end - start) {

@@ -4,8 +4,8 @@
 //! byte product `vpmaddubsw` would saturate its 16-bit pair sums (255 · 127 · 2 > 32,767).
 //!
 //! Tiles of 4 output channels × 16 pixels sum in registers. A chunk of up to 64 pixels of each
-//! channel is then finished and stored in one [`Element::store_row`] call (vectorised for AVX2
-//! by `multiversion!`), rather than one call per tile.
+//! channel is then finished and stored in one [`Element::store_row`] call (codes by
+//! `codes_avx2.rs`, floats by the `multiversion!` loop), rather than one call per tile.
 
 use std::arch::x86_64::*;
 

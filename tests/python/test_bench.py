@@ -59,6 +59,8 @@ def test_table_has_every_system_with_figures_and_ratios(capsys: pytest.CaptureFi
         float_mb = weights["onnxruntime fp32"]
         assert weights["jarvis fp32"] == float_mb and weights["PyTorch eager fp32"] >= float_mb
         assert weights["jarvis int8"] < 0.35 * float_mb and weights["onnxruntime int8"] < 0.35 * float_mb
+        # The jarvis int8 line names the instruction set its kernels ran on.
+        assert block[4].split()[-1] in {"avx512_vnni", "avx_vnni", "avx2", "scalar"}, block[4]
         assert block[5].strip().startswith("ratios: jarvis int8 / onnxruntime int8 ")
         ratio = float(block[5].split("onnxruntime int8 ")[1].split(";")[0])
         expected = medians["jarvis int8"] / medians["onnxruntime int8"]
@@ -76,6 +78,8 @@ def test_json_rows_one_process_per_system(capsys: pytest.CaptureFixture[str]) ->
     results = row["results"]
     assert list(results) == ["onnxruntime fp32", "onnxruntime int8", "jarvis fp32", "jarvis int8"]
     assert all(r["error"] is None and r["samples"] >= 2 for r in results.values())
+    assert results["jarvis int8"]["isa"] in {"avx512_vnni", "avx_vnni", "avx2", "scalar"}
+    assert results["jarvis fp32"]["isa"] is None
     pids = {r["pid"] for r in results.values()}
     assert len(pids) == 4 and os.getpid() not in pids
     ratios = row["ratios"]
