@@ -46,7 +46,7 @@ impl Drop for SetOnDrop<'_> {
 /// thread spins until `b` finishes when another thread took it, instead of waiting in rayon:
 /// a waiting rayon thread yields its core (a `sched_yield` per round, ~90 per EfficientNet-Lite0
 /// call) and falls asleep on a futex after 32 rounds, to be woken when the part is done. With
-/// the spin, two-thread batch-1 calls ran 2.5–3.5 % faster. The spin lasts only while `b` runs on
+/// the spin, two-thread batch-1 calls ran 1.5–3.5 % faster. The spin lasts only while `b` runs on
 /// another thread; when no thread took `b`, the caller runs it as rayon does.
 fn join<RA: Send, RB: Send>(
     a: impl FnOnce() -> RA + Send,
