@@ -213,6 +213,12 @@ impl Element for u8 {
             Isa::Avx512Vnni => unsafe {
                 avx512::codes_rows(sums, [rows, width], pitch, &e, codes, dst)
             },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the AVX2 instruction sets are only chosen on CPUs with AVX2 and FMA;
+            // slices bound every row read and written (asserted).
+            Isa::AvxVnni | Isa::Avx2 => unsafe {
+                super::codes_avx2::codes_rows(sums, [rows, width], pitch, &e, codes, dst)
+            },
             _ => store_each_row(isa, sums, [rows, width], pitch, e, codes, dst),
         }
     }
@@ -661,6 +667,35 @@ mod tests {
             let mut from_floats = vec![9f32; codes.len() + 1];
             f32::centred_row(Isa::detect(), &floats, input, &mut from_floats);
             prop_assert_eq!(&from_floats, &scalar);
+        }
+    }
+
+    proptest! {
+        /// Rows of flat sums (a depthwise kernel's, `pitch` apart) stored at once equal one
+        /// scalar row store per row, on every instruction set, and nothing is written past them.
+        #[test]
+        fn row_stores_equal_one_store_per_row(
+            rows in 1usize..6, width in 1usize..70, slack in 0usize..20, seed in any::<u64>(),
+            zero_point in any::<u8>(), relu6 in any::<bool>(),
+        ) {
+            let pitch = width + slack;
+            let mut state = seed;
+            let sums: Vec<i32> = (0..rows * pitch).map(|_| {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                (state >> 48) as i32 - (1 << 15)
+            }).collect();
+            let e = epilogue(1234, 3e-5, 0.25, relu6);
+            let codes = OutputCodes::from(ActivationQuant { scale: 0.02, zero_point });
+            let mut want = vec![7u8; rows * width];
+            for (r, dst) in want.chunks_exact_mut(width).enumerate() {
+                u8::store_row(Isa::Scalar, &sums[r * pitch..r * pitch + width], e, codes, dst);
+            }
+            for isa in Isa::reference_first() {
+                let mut got = vec![7u8; rows * width + 1];
+                u8::store_rows(isa, &sums, [rows, width], pitch, e, codes, &mut got[..rows * width]);
+                prop_assert_eq!(&got[..rows * width], &want[..], "{:?}", isa);
+                prop_assert_eq!(got[rows * width], 7, "{:?} wrote past the rows", isa);
+            }
         }
     }
 

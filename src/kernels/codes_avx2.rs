@@ -74,27 +74,51 @@ unsafe fn code8(centred: __m256, f: &CodeFinish) -> __m256i {
 /// AVX2 and FMA must be available; `dst.len() ≥ sums.len()`.
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn codes<S: SimdSum8>(sums: &[S], e: &Epilogue, codes: OutputCodes, dst: &mut [u8]) {
+    // SAFETY: as the caller guarantees; one row of all the sums.
+    unsafe { codes_rows(sums, [1, sums.len()], sums.len(), e, codes, dst) }
+}
+
+/// [`codes`] of `rows` rows of `width` sums, `pitch` apart in `sums`, into consecutive rows of
+/// `dst` (a depthwise kernel's flat sums), the finish prepared once for all of them.
+///
+/// # Safety
+/// AVX2 and FMA must be available; the rows fit `sums` and `dst` (`Element::store_rows`'s
+/// check).
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn codes_rows<S: SimdSum8>(
+    sums: &[S],
+    [rows, width]: [usize; 2],
+    pitch: usize,
+    e: &Epilogue,
+    codes: OutputCodes,
+    dst: &mut [u8],
+) {
     let finish = codes.finish(e);
     // The packs interleave 128-bit lanes: dword 4j + k holds values 8k + 4j .. + 3.
     let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-    for (start, chunk) in (0..sums.len()).step_by(CHUNK).zip(sums.chunks(CHUNK)) {
-        let code = |i: usize| {
-            let lanes = chunk.len().saturating_sub(8 * i);
-            if lanes == 0 {
-                return _mm256_setzero_si256();
-            }
-            // SAFETY: `lanes` sums from `8 · i` are inside `chunk`; AVX2 is enabled.
-            unsafe { code8(S::centred8(chunk.as_ptr().add(8 * i), lanes, e.offset), &finish) }
-        };
-        let words = [_mm256_packs_epi32(code(0), code(1)), _mm256_packs_epi32(code(2), code(3))];
-        let bytes = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(words[0], words[1]), order);
-        // SAFETY: `dst` holds `sums.len()` bytes (the caller's contract), so the chunk's.
-        unsafe {
-            let at = dst.as_mut_ptr().add(start);
-            if chunk.len() == CHUNK {
-                _mm256_storeu_si256(at.cast(), bytes);
-            } else {
-                store_prefix(at, bytes, chunk.len());
+    let lines = sums.chunks(pitch.max(1)).zip(dst.chunks_exact_mut(width.max(1)));
+    for (sums, dst) in lines.take(rows) {
+        let sums = &sums[..width.min(sums.len())];
+        for (start, chunk) in (0..sums.len()).step_by(CHUNK).zip(sums.chunks(CHUNK)) {
+            let code = |i: usize| {
+                let lanes = chunk.len().saturating_sub(8 * i);
+                if lanes == 0 {
+                    return _mm256_setzero_si256();
+                }
+                // SAFETY: `lanes` sums from `8 · i` are inside `chunk`; AVX2 is enabled.
+                unsafe { code8(S::centred8(chunk.as_ptr().add(8 * i), lanes, e.offset), &finish) }
+            };
+            let words =
+                [_mm256_packs_epi32(code(0), code(1)), _mm256_packs_epi32(code(2), code(3))];
+            let bytes = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(words[0], words[1]), order);
+            // SAFETY: `dst` holds the row's `sums.len()` bytes, so the chunk's.
+            unsafe {
+                let at = dst.as_mut_ptr().add(start);
+                if chunk.len() == CHUNK {
+                    _mm256_storeu_si256(at.cast(), bytes);
+                } else {
+                    store_prefix(at, bytes, chunk.len());
+                }
             }
         }
     }
