@@ -23,7 +23,7 @@ pub trait SimdSum8: Sum {
 
 /// Lanes `0..lanes` set (for masked loads).
 #[inline(always)]
-unsafe fn lane_mask(lanes: usize) -> __m256i {
+pub(super) unsafe fn lane_mask(lanes: usize) -> __m256i {
     let index = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     _mm256_cmpgt_epi32(_mm256_set1_epi32(lanes.min(8) as i32), index)
 }

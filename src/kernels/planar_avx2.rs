@@ -10,6 +10,7 @@
 use std::arch::x86_64::*;
 
 use super::codes::Element;
+use super::codes_avx2::lane_mask;
 use super::{Epilogue, Isa};
 
 /// Output channels of a tile (4 × 2 accumulators, and for the widened products 4 prepared
@@ -204,11 +205,7 @@ impl<E: Element> Run<'_, E> {
         sums: &mut [[i32; CHUNK_PIXELS]; O],
         at: usize,
     ) {
-        let index = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-        let lane_mask = |from: usize| {
-            _mm256_cmpgt_epi32(_mm256_set1_epi32(lanes.saturating_sub(from) as i32), index)
-        };
-        let masks = [lane_mask(0), lane_mask(8)];
+        let masks = [lane_mask(lanes), lane_mask(lanes.saturating_sub(8))];
         let whole = lanes == 8 * V;
         let mut acc = [[_mm256_setzero_si256(); V]; O];
         let w = self.w.as_ptr().wrapping_add(o * self.k4);

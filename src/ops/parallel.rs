@@ -73,37 +73,18 @@ fn join<RA: Send, RB: Send>(
 }
 
 /// Calls `work(chunk_index, chunk)` for each `chunk_len`-sized chunk of `data`, in parallel when
-/// the running plan has a multi-threaded executor.
+/// the running plan has a multi-threaded executor (halved as [`for_each_part`] halves views).
 pub fn for_each_chunk<T: Send>(
     data: &mut [T],
     chunk_len: usize,
     work: impl Fn(usize, &mut [T]) + Sync,
 ) {
-    /// Halves on chunk boundaries, each half on its own task.
-    fn halves<T: Send>(
-        data: &mut [T],
-        first: usize,
-        chunk_len: usize,
-        work: &(impl Fn(usize, &mut [T]) + Sync),
-    ) {
-        let chunks = data.len().div_ceil(chunk_len);
-        if chunks <= 1 {
-            return work(first, data);
-        }
-        let (low, high) = data.split_at_mut(chunks / 2 * chunk_len);
-        join(
-            || halves(low, first, chunk_len, work),
-            || halves(high, first + chunks / 2, chunk_len, work),
-        );
-    }
-
     let chunk_len = chunk_len.max(1);
-    match current_tract_executor() {
-        Executor::MultiThread(pool) if data.len() > chunk_len => {
-            pool.install(|| halves(data, 0, chunk_len, &work))
-        }
-        _ => data.chunks_mut(chunk_len).enumerate().for_each(|(i, c)| work(i, c)),
-    }
+    // Infallible: `work` reports no error.
+    let _ = for_each_part(data, Axis(0), chunk_len, |first, chunk| {
+        work(first / chunk_len, chunk);
+        Ok(())
+    });
 }
 
 /// Threads the running plan's executor has (1 outside a multi-threaded plan).
@@ -120,6 +101,17 @@ pub trait SplitViews: Send + Sized {
     /// The length of `axis` (the same in every view split together).
     fn len_of(&self, axis: Axis) -> usize;
     fn split_at(self, axis: Axis, index: usize) -> (Self, Self);
+}
+
+/// A slice: one axis.
+impl<T: Send> SplitViews for &mut [T] {
+    fn len_of(&self, _: Axis) -> usize {
+        self.len()
+    }
+
+    fn split_at(self, _: Axis, index: usize) -> (Self, Self) {
+        self.split_at_mut(index)
+    }
 }
 
 impl<T: Send> SplitViews for ArrayViewMut2<'_, T> {
