@@ -22,6 +22,26 @@ use crate::model::TensorSpec;
 use crate::plan::Plans;
 use crate::runtime::bind_inputs;
 
+/// `model` with the outputs of the nodes named in `observed` (name, output slot) added after
+/// its own.
+fn with_observed_outputs(
+    mut model: TypedModel,
+    observed: &[(String, usize)],
+) -> Result<TypedModel> {
+    let mut outputs = model.output_outlets().map_err(|e| Error::Calibration(chain(&e)))?.to_vec();
+    for (name, slot) in observed {
+        let node = model.node_by_name(name).map_err(|_| {
+            Error::Calibration(format!(
+                "tensor {name:?} observed at the first calibration shape is not in the graph \
+                 typed for this batch's shape; calibrate with batches of one shape"
+            ))
+        })?;
+        outputs.push(OutletId::new(node.id, *slot));
+    }
+    model.select_output_outlets(&outputs).map_err(|e| Error::Calibration(chain(&e)))?;
+    Ok(model)
+}
+
 /// Observes chosen outlets of a decluttered graph over calibration batches.
 #[derive(Debug)]
 pub struct Calibrator {
@@ -43,20 +63,31 @@ pub struct Calibrator {
 }
 
 impl Calibrator {
-    /// Prepares a plan of `decluttered` whose outputs are the model's own plus `observed`.
+    /// Prepares plans of the float model whose outputs are the model's own plus `observed`,
+    /// outlets of `reference` (the float graph typed for the first batch). A graph typed per
+    /// signature finds the observed tensors in each signature's graph by node name.
     pub fn new(
-        decluttered: &TypedModel,
+        float: &Plans,
+        reference: &TypedModel,
         inputs: &[TensorSpec],
         observed: &[OutletId],
         executor: Executor,
     ) -> Result<Self> {
-        let mut model = decluttered.clone();
-        let mut outputs =
-            model.output_outlets().map_err(|e| Error::Calibration(chain(&e)))?.to_vec();
-        let skip = outputs.len();
-        outputs.extend_from_slice(observed);
-        model.select_output_outlets(&outputs).map_err(|e| Error::Calibration(chain(&e)))?;
-        let plans = Plans::new(&model, Some(executor.clone()), "calibration")?;
+        let skip = reference.output_outlets().map_err(|e| Error::Calibration(chain(&e)))?.len();
+        let plans = if float.per_signature_typing() {
+            let named: Vec<(String, usize)> =
+                observed.iter().map(|o| (reference.node(o.node).name.clone(), o.slot)).collect();
+            let observe: crate::plan::Transform =
+                std::sync::Arc::new(move |model| with_observed_outputs(model, &named));
+            float.on_executor(Some(executor.clone())).with_transform(observe)?
+        } else {
+            let mut model = reference.clone();
+            let mut outputs =
+                model.output_outlets().map_err(|e| Error::Calibration(chain(&e)))?.to_vec();
+            outputs.extend_from_slice(observed);
+            model.select_output_outlets(&outputs).map_err(|e| Error::Calibration(chain(&e)))?;
+            Plans::new(&model, Some(executor.clone()), "calibration")?
+        };
         Ok(Calibrator {
             plans,
             inputs: inputs.to_vec(),
@@ -76,7 +107,7 @@ impl Calibrator {
         let bindings =
             bind_inputs(&self.inputs, &batch).map_err(|e| Error::Calibration(e.to_string()))?;
         self.samples += batch.first().and_then(|t| t.shape().first().copied()).unwrap_or(1);
-        let plan = self.plans.get(bindings)?;
+        let plan = self.plans.get(&bindings, &batch)?;
         let values: TVec<TValue> = batch.into_iter().map(TValue::from).collect();
         let outputs = catch_panics("calibration", || {
             plan.run(values).map_err(|e| Error::Calibration(chain(&e)))

@@ -219,8 +219,11 @@ fn inspect(path: &std::path::Path, graph: bool) -> Result<()> {
         Err(err) => println!("preprocessing (stored) unusable: {err}"),
     }
     if graph {
+        let Some(typed) = runtime.decluttered() else {
+            println!("tract graph: typed per input signature (no graph until shapes are known)");
+            return Ok(());
+        };
         println!("tract graph (decluttered)");
-        let typed = runtime.decluttered();
         for node in typed.nodes() {
             let inputs: Vec<String> = node.inputs.iter().map(|o| format!("#{}", o.node)).collect();
             let facts: Vec<String> = node.outputs.iter().map(|o| format!("{:?}", o.fact)).collect();

@@ -1,6 +1,8 @@
 //! Loading ONNX files through tract: decoding, operator support, graph analysis, and the names
 //! and shapes of inputs and outputs.
 
+pub mod graph;
+mod onnx_ops;
 pub mod saved;
 mod spec;
 mod summary;
@@ -11,6 +13,7 @@ use std::path::Path;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::unimpl::UnimplementedOp;
 
+pub use graph::{Graph, Signature};
 pub use spec::{ElementType, TensorSpec};
 pub use summary::ModelSummary;
 
@@ -22,8 +25,9 @@ use crate::error::{catch_load_panics, chain, Error, Result};
 pub struct OnnxModel {
     /// Where the model came from, for messages.
     pub source: String,
-    /// The typed graph; labels of its outlets are the ONNX tensor names.
-    pub typed: TypedModel,
+    /// The graph, typed with symbolic axes or kept for typing per call signature; labels of
+    /// its outlets are the ONNX tensor names.
+    pub graph: Graph,
     pub inputs: Vec<TensorSpec>,
     pub outputs: Vec<TensorSpec>,
     pub summary: ModelSummary,
@@ -35,6 +39,8 @@ pub struct OnnxModel {
     /// The preprocessing stored with the model (JSON, `crate::vision::stored`), unparsed:
     /// a bad record fails the image calls that need it, not the model's loading.
     pub preprocessing: Option<String>,
+    /// Where external-data files live, for re-reading the model with other weights.
+    pub dir: Option<String>,
 }
 
 impl OnnxModel {
@@ -62,7 +68,8 @@ impl OnnxModel {
         if bytes.is_empty() {
             return Err(load_error("the file is empty".into()));
         }
-        let onnx = tract_onnx::onnx().with_ignore_output_shapes(true);
+        let mut onnx = tract_onnx::onnx().with_ignore_output_shapes(true);
+        onnx_ops::register(&mut onnx.op_register);
         let mut proto = onnx
             .proto_model_for_read(&mut &bytes[..])
             .map_err(|e| load_error(format!("not a valid ONNX protobuf ({})", chain(&e))))?;
@@ -88,32 +95,49 @@ impl OnnxModel {
                 parsed.unresolved_inputs.join(", ")
             )));
         }
-        reject_unimplemented(&parsed.model)?;
-        let typed = parsed.model.into_typed().map_err(|e| load_error(chain(&e)))?;
+        let mut decoded = parsed.model;
+        reject_unimplemented(&decoded)?;
+        graph::name_open_axes(&mut decoded).map_err(|e| load_error(chain(&e)))?;
         let initializers: Vec<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
-        let input_names = graph
+        let input_names: Vec<String> = graph
             .input
             .iter()
             .map(|i| i.name.clone())
             .filter(|name| !initializers.contains(&name.as_str()))
             .collect();
-        let output_names = graph.output.iter().map(|o| o.name.clone()).collect();
-        let outlets = typed.input_outlets().map_err(|e| load_error(chain(&e)))?;
-        let inputs = interface(&typed, outlets, input_names)?;
-        let outlets = typed.output_outlets().map_err(|e| load_error(chain(&e)))?;
-        let outputs = interface(&typed, outlets, output_names)?;
+        let output_names: Vec<String> = graph.output.iter().map(|o| o.name.clone()).collect();
+        let (graph, inputs, outputs) = match graph::type_symbolically(&decoded) {
+            Ok(typed) => {
+                let outlets = typed.input_outlets().map_err(|e| load_error(chain(&e)))?;
+                let inputs = interface(&typed, outlets, input_names)?;
+                let outlets = typed.output_outlets().map_err(|e| load_error(chain(&e)))?;
+                let outputs = interface(&typed, outlets, output_names)?;
+                (Graph::Symbolic(typed), inputs, outputs)
+            }
+            Err(reason) if graph::can_specialise(&decoded) => {
+                log::debug!(
+                    "{source}: tract cannot type the graph with symbolic axes ({reason}); it is \
+                     typed for each input signature"
+                );
+                let inputs = decoded_interface(&decoded, input_names)?;
+                let outputs = declared_outputs(graph, output_names.len());
+                (Graph::PerSignature(std::sync::Arc::new(decoded)), inputs, outputs)
+            }
+            Err(reason) => return Err(load_error(reason)),
+        };
         if outputs.is_empty() {
             return Err(load_error("the graph has no outputs".into()));
         }
         Ok(OnnxModel {
             source: source.to_string(),
-            typed,
+            graph,
             inputs,
             outputs,
             summary,
             onnx: std::sync::Arc::new(float_bytes),
             saved_int8,
             preprocessing,
+            dir: dir.map(str::to_owned),
         })
     }
 
@@ -176,4 +200,28 @@ fn interface(
             Ok(TensorSpec::from_fact(name, fact))
         })
         .collect()
+}
+
+/// Specs of the inputs of a graph kept for typing per signature, from its decoded facts (open
+/// axes already named by [`graph::name_open_axes`]).
+fn decoded_interface(model: &InferenceModel, onnx_names: Vec<String>) -> Result<Vec<TensorSpec>> {
+    let use_onnx_names = onnx_names.len() == model.inputs.len();
+    (0..model.inputs.len())
+        .map(|ix| {
+            let name = if use_onnx_names {
+                onnx_names[ix].clone()
+            } else {
+                model.node(model.inputs[ix].node).name.clone()
+            };
+            let fact = model
+                .input_fact(ix)
+                .map_err(|e| Error::ModelLoad { path: name.clone(), reason: chain(&e) })?;
+            Ok(TensorSpec::from_inference_fact(name, fact))
+        })
+        .collect()
+}
+
+/// Specs of the outputs as the file declares them (tract knows them only per signature).
+fn declared_outputs(graph: &tract_onnx::pb::GraphProto, count: usize) -> Vec<TensorSpec> {
+    graph.output.iter().take(count).map(TensorSpec::from_value_info).collect()
 }

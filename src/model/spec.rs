@@ -3,6 +3,7 @@
 use std::fmt;
 
 use tract_onnx::prelude::*;
+use tract_onnx::tract_hir::infer::Factoid;
 
 /// Element types the runtime exchanges with callers, named as NumPy names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -127,6 +128,66 @@ impl TensorSpec {
             symbols,
             element_type: ElementType::from_datum_type(fact.datum_type),
             datum_type: fact.datum_type,
+        }
+    }
+
+    /// The spec of an input of a graph typed per signature, from tract's decoded fact.
+    pub(crate) fn from_inference_fact(name: String, fact: &InferenceFact) -> Self {
+        let dims: Vec<Option<TDim>> = fact.shape.dims().map(|d| d.concretize()).collect();
+        let shape = dims
+            .iter()
+            .map(|d| d.as_ref().and_then(|d| d.to_i64().ok()).and_then(|n| usize::try_from(n).ok()))
+            .collect();
+        let symbols = dims
+            .iter()
+            .map(|d| match d {
+                Some(TDim::Sym(symbol)) => Some(symbol.to_string()),
+                _ => None,
+            })
+            .collect();
+        let datum_type = fact.datum_type.concretize().unwrap_or(DatumType::F32);
+        TensorSpec {
+            name,
+            shape,
+            symbols,
+            element_type: ElementType::from_datum_type(datum_type),
+            datum_type,
+        }
+    }
+
+    /// The spec of an output as the ONNX file declares it (`None` for axes it leaves open).
+    pub(crate) fn from_value_info(info: &tract_onnx::pb::ValueInfoProto) -> Self {
+        use tract_onnx::pb::tensor_shape_proto::dimension::Value;
+        use tract_onnx::pb::type_proto::Value as TypeValue;
+        let tensor = info.r#type.as_ref().and_then(|t| match &t.value {
+            Some(TypeValue::TensorType(tensor)) => Some(tensor),
+            _ => None,
+        });
+        let dims = tensor.and_then(|t| t.shape.as_ref()).map(|s| s.dim.clone()).unwrap_or_default();
+        let shape = dims
+            .iter()
+            .map(|d| match d.value {
+                Some(Value::DimValue(v)) if v > 0 => usize::try_from(v).ok(),
+                _ => None,
+            })
+            .collect();
+        let symbols = dims
+            .iter()
+            .map(|d| match &d.value {
+                Some(Value::DimParam(p)) if !p.is_empty() => Some(p.clone()),
+                _ => None,
+            })
+            .collect();
+        let datum_type = tensor
+            .and_then(|t| tract_onnx::pb::tensor_proto::DataType::try_from(t.elem_type).ok())
+            .and_then(|t| DatumType::try_from(t).ok())
+            .unwrap_or(DatumType::F32);
+        TensorSpec {
+            name: info.name.clone(),
+            shape,
+            symbols,
+            element_type: ElementType::from_datum_type(datum_type),
+            datum_type,
         }
     }
 

@@ -70,11 +70,12 @@ impl PyRuntime {
     /// `quantize="int8"`, calibrates on `calibration` and runs Conv/Gemm/MatMul layers in int8.
     /// `max_memory_mb` refuses calls whose tensors would need more memory, before allocating;
     /// NaN/Inf in float inputs raise `InputError` unless `allow_non_finite`. `max_cpu_percent`
-    /// caps this process's CPU while inference runs (100 = one core).
+    /// caps this process's CPU while inference runs (100 = one core). `max_plans` bounds the
+    /// cache of plans specialised per input signature (default 8, least recently used first).
     #[staticmethod]
     #[pyo3(
-        signature = (path, *, threads = None, quantize = None, calibration = None, method = None, per_channel = true, exclude = Vec::new(), max_memory_mb = None, allow_non_finite = false, max_cpu_percent = None),
-        text_signature = "(path, *, threads=None, quantize=None, calibration=None, method=None, per_channel=True, exclude=(), max_memory_mb=None, allow_non_finite=False, max_cpu_percent=None)"
+        signature = (path, *, threads = None, quantize = None, calibration = None, method = None, per_channel = true, exclude = Vec::new(), max_memory_mb = None, allow_non_finite = false, max_cpu_percent = None, max_plans = None),
+        text_signature = "(path, *, threads=None, quantize=None, calibration=None, method=None, per_channel=True, exclude=(), max_memory_mb=None, allow_non_finite=False, max_cpu_percent=None, max_plans=None)"
     )]
     #[allow(clippy::too_many_arguments)]
     fn load(
@@ -89,9 +90,11 @@ impl PyRuntime {
         max_memory_mb: Option<f64>,
         allow_non_finite: bool,
         max_cpu_percent: Option<f64>,
+        max_plans: Option<usize>,
     ) -> PyResult<Self> {
         let max_memory_bytes = memory_limit(max_memory_mb)?;
-        let options = LoadOptions { threads, max_memory_bytes, allow_non_finite, max_cpu_percent };
+        let options =
+            LoadOptions { threads, max_memory_bytes, allow_non_finite, max_cpu_percent, max_plans };
         let runtime = match quantize.as_deref() {
             None => {
                 if calibration.is_some() || method.is_some() {
@@ -134,7 +137,7 @@ impl PyRuntime {
     /// runtime's bytes rebuild the same int8 plan without calibration data. `source` names the
     /// model in messages and logs; the other options are those of `load`.
     #[staticmethod]
-    #[pyo3(signature = (data, *, source = None, threads = None, max_cpu_percent = None, max_memory_mb = None, allow_non_finite = false))]
+    #[pyo3(signature = (data, *, source = None, threads = None, max_cpu_percent = None, max_memory_mb = None, allow_non_finite = false, max_plans = None))]
     fn from_bytes(
         py: Python<'_>,
         data: &[u8],
@@ -143,9 +146,11 @@ impl PyRuntime {
         max_cpu_percent: Option<f64>,
         max_memory_mb: Option<f64>,
         allow_non_finite: bool,
+        max_plans: Option<usize>,
     ) -> PyResult<Self> {
         let max_memory_bytes = memory_limit(max_memory_mb)?;
-        let options = LoadOptions { threads, max_cpu_percent, max_memory_bytes, allow_non_finite };
+        let options =
+            LoadOptions { threads, max_cpu_percent, max_memory_bytes, allow_non_finite, max_plans };
         let source = source.unwrap_or_else(|| "<bytes>".to_string());
         let runtime = without_gil(py, move || Runtime::from_bytes(data, &source, &options))?;
         Ok(PyRuntime::new(runtime))

@@ -43,14 +43,15 @@ pub fn reduce<'py>(py: Python<'py>, runtime: &Runtime) -> PyResult<Bound<'py, Py
         options.max_cpu_percent,
         options.max_memory_bytes,
         options.allow_non_finite,
+        options.max_plans,
     );
     PyTuple::new(py, [restore, args.into_pyobject(py)?.into_any()])
 }
 
-/// Rebuilds a pickled `Runtime` (the target of `Runtime.__reduce__`). The last two arguments
-/// have defaults so that pickles written before they existed still load.
+/// Rebuilds a pickled `Runtime` (the target of `Runtime.__reduce__`). The arguments after `data`
+/// and `source` have defaults so that pickles written before they existed still load.
 #[pyfunction]
-#[pyo3(signature = (data, source, threads = None, max_cpu_percent = None, max_memory_bytes = None, allow_non_finite = false))]
+#[pyo3(signature = (data, source, threads = None, max_cpu_percent = None, max_memory_bytes = None, allow_non_finite = false, max_plans = None))]
 pub fn _restore_runtime(
     py: Python<'_>,
     data: &[u8],
@@ -59,8 +60,10 @@ pub fn _restore_runtime(
     max_cpu_percent: Option<f64>,
     max_memory_bytes: Option<u64>,
     allow_non_finite: bool,
+    max_plans: Option<usize>,
 ) -> PyResult<PyRuntime> {
-    let options = LoadOptions { threads, max_cpu_percent, max_memory_bytes, allow_non_finite };
+    let options =
+        LoadOptions { threads, max_cpu_percent, max_memory_bytes, allow_non_finite, max_plans };
     let runtime = without_gil(py, move || Runtime::from_bytes(data, &source, &options))?;
     Ok(PyRuntime::new(runtime))
 }

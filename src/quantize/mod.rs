@@ -26,6 +26,7 @@ use crate::calibrate::{Calibrator, Method};
 use crate::error::{chain, Error, Result};
 use crate::model::TensorSpec;
 use crate::ops::{int8_layer, Int8Conv, Int8Layer, Int8Linear, LayerWeights, Layout};
+use crate::plan::{Plans, Transform};
 use input::{InputStats, InputStatsByLayer};
 use qparams::{quantize_weights, ActivationQuant};
 
@@ -80,34 +81,36 @@ pub struct Quantized {
     pub layers: Vec<(Candidate, ActivationQuant)>,
 }
 
-/// Calibrates `decluttered` on `batches` and returns the int8 graph with its report.
+/// Calibrates the float model of `float` on `batches` and returns the int8 graph with its
+/// report. The layers are found in the float graph typed for the first batch (the symbolic
+/// graph, or that batch's signature for a graph typed per signature); the returned graph and
+/// report are of that graph.
 pub fn quantize(
-    decluttered: &TypedModel,
+    float: &Plans,
     inputs: &[TensorSpec],
     batches: &mut BatchSource<'_>,
     options: &QuantizeOptions,
     executor: Executor,
 ) -> Result<Quantized> {
     let calibration = |e: TractError| Error::Calibration(chain(&e));
+    let Some(first_batch) = batches()? else {
+        return Err(Error::Calibration("no calibration data: the source yielded nothing".into()));
+    };
+    let reference = float.typed_for(&first_batch)?;
+    let decluttered = &reference;
     let (mut candidates, skipped) =
         find_layers(decluttered, &options.exclude).map_err(calibration)?;
     let observed: Vec<OutletId> = candidates.iter().map(|c| c.input).collect();
-    let mut calibrator = Calibrator::new(decluttered, inputs, &observed, executor.clone())?;
+    let mut calibrator = Calibrator::new(float, decluttered, inputs, &observed, executor.clone())?;
     calibrator.track_means(&candidates.iter().map(bias::mean_layout).collect::<Vec<_>>());
     calibrator.track_lattices(
         &candidates.iter().map(|c| input::lattice_eligible(decluttered, c)).collect::<Vec<_>>(),
     );
     calibrator.track_patches(candidates.iter().map(rounding::patch_layout).collect());
-    let mut first_batch = None;
+    calibrator.observe(first_batch.clone())?;
     while let Some(batch) = batches()? {
-        if first_batch.is_none() {
-            first_batch = Some(batch.clone());
-        }
         calibrator.observe(batch)?;
     }
-    let Some(first_batch) = first_batch else {
-        return Err(Error::Calibration("no calibration data: the source yielded nothing".into()));
-    };
     let (batch_count, samples) = calibrator.seen();
     log::info!("calibrated on {samples} samples in {batch_count} batches ({})", options.method);
 
@@ -201,6 +204,39 @@ pub fn quantize_with_saved(
     };
     let layers = candidates.into_iter().zip(activations).collect();
     linked(Quantized { typed: rewritten.typed, summary, layers })
+}
+
+/// The rewrite that gives each graph typed for a signature the int8 layers of `summary` (its
+/// saved or calibrated parameters, by layer name): how a graph typed per signature runs int8
+/// at every shape with one calibration.
+pub fn per_signature_rewrite(summary: &QuantizationSummary) -> Transform {
+    let activations = summary.activations.clone();
+    let stats = summary.input_stats.clone();
+    let options = QuantizeOptions { exclude: Vec::new(), ..summary.options.clone() };
+    Arc::new(move |typed: TypedModel| {
+        Ok(quantize_with_saved(&typed, &activations, &stats, &options)?.typed)
+    })
+}
+
+/// The summary of int8 parameters read from a file, for a graph typed per signature (whose
+/// layers are only found once a signature types it): each saved layer reported int8.
+pub fn summary_from_saved(
+    saved: &[(String, ActivationQuant)],
+    stats: &InputStatsByLayer,
+    options: &QuantizeOptions,
+) -> QuantizationSummary {
+    QuantizationSummary {
+        options: options.clone(),
+        report: saved.iter().map(|(name, _)| LayerReport::saved(name)).collect(),
+        batches: 0,
+        samples: 0,
+        calibration_bytes: 0,
+        float_weight_bytes: 0,
+        int8_weight_bytes: 0,
+        activations: saved.to_vec(),
+        linked_outputs: 0,
+        input_stats: stats.clone(),
+    }
 }
 
 /// `quantized` with its consecutive int8 layers linked and its max pools on the project's

@@ -59,6 +59,22 @@ impl LayerReport {
         }
     }
 
+    /// A layer a saved file quantizes, before any graph of it is typed (kind and rounding are
+    /// only known per signature).
+    pub(crate) fn saved(name: &str) -> Self {
+        LayerReport {
+            name: name.to_string(),
+            kind: "int8".into(),
+            int8: true,
+            reason: None,
+            sqnr_db: None,
+            cosine: None,
+            input: None,
+            bias_corrected: false,
+            rounding: None,
+        }
+    }
+
     /// A layer left in float, and why.
     pub(crate) fn float(skipped: &Skipped) -> Self {
         LayerReport {
@@ -123,7 +139,7 @@ fn run_with_outputs(
     let mut model = model.clone();
     model.select_output_outlets(outputs).map_err(|e| Error::Calibration(chain(&e)))?;
     let plans = Plans::new(&model, Some(executor), "quantization report")?;
-    let plan = plans.get(bind_inputs(inputs, &batch)?)?;
+    let plan = plans.get(&bind_inputs(inputs, &batch)?, &batch)?;
     let values = catch_panics("quantization report", || {
         plan.run(batch.into_iter().map(TValue::from).collect())
             .map_err(|e| Error::Calibration(chain(&e)))

@@ -30,7 +30,7 @@ use crate::learn::{Int8Input, Slots, Version, Versions};
 use crate::model::weights::{self, OnnxLayer, Weights};
 use crate::model::{OnnxModel, TensorSpec};
 use crate::monitor::Monitor;
-use crate::plan::Plans;
+use crate::plan::{Plans, DEFAULT_MAX_PLANS};
 use crate::quantize::qparams::ActivationQuant;
 use crate::quantize::{BatchSource, QuantizationSummary, QuantizeOptions, Quantized};
 use pools::Pools;
@@ -58,6 +58,25 @@ pub struct LoadOptions {
     /// Keep this process's CPU at or under this percent of one core while inference runs
     /// (fewer threads, then pauses; see [`crate::monitor::Throttle`]). `None`: no cap.
     pub max_cpu_percent: Option<f64>,
+    /// Most concrete plans kept (one per input signature: batch size, image size, sequence
+    /// length, …), least recently used dropped first; `None`: [`DEFAULT_MAX_PLANS`].
+    pub max_plans: Option<usize>,
+}
+
+impl LoadOptions {
+    /// The plan cache's bound.
+    pub fn plan_capacity(&self) -> usize {
+        self.max_plans.unwrap_or(DEFAULT_MAX_PLANS)
+    }
+}
+
+/// What a runtime runs besides its float plans.
+pub(super) enum Prepared {
+    Float,
+    /// The int8 graph of a symbolically typed model, rewritten once.
+    Int8(Quantized),
+    /// The int8 parameters of a model typed per signature, applied to each signature's graph.
+    Int8PerSignature(QuantizationSummary),
 }
 
 /// A loaded model ready to run. `Runtime` is `Send + Sync`: any number of threads may call
@@ -96,9 +115,11 @@ impl Runtime {
         catch_panics("preparing the model", || {
             let threads = resolve_threads(options.threads)?;
             check_cpu_limit(options.max_cpu_percent)?;
-            let float = Plans::new(&model.typed, None, &model.source)?;
-            let quantized = match model.saved_int8.clone() {
-                None => None,
+            check_max_plans(options.max_plans)?;
+            let float =
+                Plans::from_graph(&model.graph, None, &model.source, options.plan_capacity())?;
+            let prepared = match model.saved_int8.clone() {
+                None => Prepared::Float,
                 Some(saved) => {
                     let method = saved.method.parse().unwrap_or(crate::calibrate::Method::DEFAULT);
                     let options = QuantizeOptions {
@@ -119,17 +140,21 @@ impl Runtime {
                         .iter()
                         .map(|l| (l.name.clone(), Arc::new(l.input.clone())))
                         .collect();
-                    let q = crate::quantize::quantize_with_saved(
-                        float.decluttered(),
-                        &layers,
-                        &stats,
-                        &options,
-                    )?;
-                    Some(q)
+                    match float.decluttered() {
+                        Some(decluttered) => Prepared::Int8(crate::quantize::quantize_with_saved(
+                            decluttered,
+                            &layers,
+                            &stats,
+                            &options,
+                        )?),
+                        None => Prepared::Int8PerSignature(crate::quantize::summary_from_saved(
+                            &layers, &stats, &options,
+                        )),
+                    }
                 }
             };
             log::debug!("prepared {} with {threads} thread(s)", model.source);
-            Self::assemble(model, options, Pools::new(threads), float, quantized)
+            Self::assemble(model, options, Pools::new(threads), float, prepared)
         })
     }
 
@@ -145,7 +170,9 @@ impl Runtime {
         Self::from_model_quantized(model, options, quantize, batches)
     }
 
-    /// Calibrates an analysed model on `batches` and prepares its int8 plan.
+    /// Calibrates an analysed model on `batches` and prepares its int8 plan. A model typed per
+    /// signature is calibrated at the shapes the batches have; its parameters (by layer name)
+    /// then quantize the graph of every signature it runs at.
     pub fn from_model_quantized(
         model: OnnxModel,
         options: &LoadOptions,
@@ -155,17 +182,13 @@ impl Runtime {
         catch_panics("quantizing the model", || {
             let threads = resolve_threads(options.threads)?;
             check_cpu_limit(options.max_cpu_percent)?;
-            let float = Plans::new(&model.typed, None, &model.source)?;
+            check_max_plans(options.max_plans)?;
+            let float =
+                Plans::from_graph(&model.graph, None, &model.source, options.plan_capacity())?;
             let start = Instant::now();
             let pools = Pools::new(threads);
             let executor = pools.get(threads)?;
-            let q = crate::quantize::quantize(
-                float.decluttered(),
-                &model.inputs,
-                batches,
-                quantize,
-                executor,
-            )?;
+            let q = crate::quantize::quantize(&float, &model.inputs, batches, quantize, executor)?;
             let report = &q.summary.report;
             log::info!(
                 "{}: {}/{} layers int8 after {:?} ({} samples)",
@@ -175,19 +198,25 @@ impl Runtime {
                 start.elapsed(),
                 q.summary.samples
             );
-            Self::assemble(model, options, pools, float, Some(q))
+            let prepared = if float.per_signature_typing() {
+                Prepared::Int8PerSignature(q.summary)
+            } else {
+                Prepared::Int8(q)
+            };
+            Self::assemble(model, options, pools, float, prepared)
         })
     }
 
-    /// The runtime around the float plans, or the int8 graph when `quantized`.
+    /// The runtime around the float plans, or the int8 ones `prepared` describes.
     fn assemble(
         model: OnnxModel,
         options: &LoadOptions,
         pools: Pools,
         float: Plans,
-        quantized: Option<Quantized>,
+        prepared: Prepared,
     ) -> Result<Self> {
-        if quantized.is_some() && crate::kernels::Isa::detect() == crate::kernels::Isa::Scalar {
+        let int8 = !matches!(prepared, Prepared::Float);
+        if int8 && crate::kernels::Isa::detect() == crate::kernels::Isa::Scalar {
             log::warn!(
                 "{}: this CPU has neither AVX-512 VNNI nor AVX2, so the int8 layers run the \
                  portable scalar kernels, far slower than the float model",
@@ -208,26 +237,7 @@ impl Runtime {
             }
         }
         let onnx_layers = weights::onnx_layers(&model.onnx)?;
-        let (plans, slots, quantization) = match quantized {
-            None => {
-                let slots =
-                    Slots::new(float.decluttered(), &onnx_layers, &masters, &HashMap::new(), true)?;
-                (float, slots, None)
-            }
-            Some(q) => {
-                let int8: HashMap<String, Int8Input> = q
-                    .layers
-                    .iter()
-                    .map(|(c, a)| (c.name.clone(), (*a, c.input_stats.clone())))
-                    .collect();
-                let per_channel = q.summary.options.per_channel;
-                let slots =
-                    Slots::new(float.decluttered(), &onnx_layers, &masters, &int8, per_channel)?;
-                drop(float);
-                let plans = Plans::new(&q.typed, None, &model.source)?;
-                (plans, slots, Some(q.summary))
-            }
-        };
+        let (plans, slots, quantization) = prepare(float, prepared, &onnx_layers, &masters)?;
         let number = weights::metadata(&model.onnx, VERSION_KEY)?
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(0);
@@ -337,8 +347,8 @@ impl Runtime {
 
     /// The decluttered tract graph (BatchNorm folded, reshapes simplified) the current plans
     /// run, with the int8 ops in place for an int8 runtime.
-    pub fn decluttered(&self) -> TypedModel {
-        self.versions.current().plans.decluttered().clone()
+    pub fn decluttered(&self) -> Option<TypedModel> {
+        self.versions.current().plans.decluttered().cloned()
     }
 
     pub fn inputs(&self) -> &[TensorSpec] {
@@ -367,7 +377,7 @@ impl Runtime {
         }
         if let Some(limit) = self.max_memory_bytes {
             let bindings = bind_inputs(&self.model.inputs, &inputs)?;
-            let needed = version.plans.tensor_bytes(&bindings);
+            let needed = version.plans.tensor_bytes(&bindings, &inputs)?;
             if needed > u128::from(limit) {
                 return Err(Error::config(
                     "max_memory_mb",
@@ -487,7 +497,7 @@ fn run_plans_with(
         Executor::MultiThread(pool) => Some(pool.clone()),
         _ => None,
     };
-    let plan = plans.get(bindings)?;
+    let plan = plans.get(&bindings, &inputs)?;
     let run = move || {
         catch_panics("inference", || {
             let values: TVec<TValue> = inputs.into_iter().map(TValue::from).collect();
@@ -519,6 +529,52 @@ pub fn resolve_threads(requested: Option<usize>) -> Result<usize> {
         return Err(Error::config("threads", format!("{threads} is not in 1..=1024")));
     }
     Ok(threads)
+}
+
+/// The plans a runtime runs, the slots updates reach, and the int8 summary, from the float
+/// plans and what was prepared besides them.
+pub(super) fn prepare(
+    float: Plans,
+    prepared: Prepared,
+    onnx_layers: &[OnnxLayer],
+    masters: &Weights,
+) -> Result<(Plans, Slots, Option<QuantizationSummary>)> {
+    match prepared {
+        Prepared::Float => {
+            let slots = match float.decluttered() {
+                Some(graph) => Slots::new(graph, onnx_layers, masters, &HashMap::new(), true)?,
+                // Updates of a graph typed per signature rebuild it: no layer is swapped alone.
+                None => Slots::default(),
+            };
+            Ok((float, slots, None))
+        }
+        Prepared::Int8(q) => {
+            let int8: HashMap<String, Int8Input> = q
+                .layers
+                .iter()
+                .map(|(c, a)| (c.name.clone(), (*a, c.input_stats.clone())))
+                .collect();
+            let per_channel = q.summary.options.per_channel;
+            let graph = float
+                .decluttered()
+                .ok_or_else(|| Error::Internal("int8 graph of a per-signature model".into()))?;
+            let slots = Slots::new(graph, onnx_layers, masters, &int8, per_channel)?;
+            let plans = Plans::new(&q.typed, None, float.name())?;
+            Ok((plans, slots, Some(q.summary)))
+        }
+        Prepared::Int8PerSignature(summary) => {
+            let plans = float.with_transform(crate::quantize::per_signature_rewrite(&summary))?;
+            Ok((plans, Slots::default(), Some(summary)))
+        }
+    }
+}
+
+/// Refuses a plan cache that could hold no plan.
+fn check_max_plans(max_plans: Option<usize>) -> Result<()> {
+    match max_plans {
+        Some(0) => Err(Error::config("max_plans", "0: the cache must hold at least one plan")),
+        _ => Ok(()),
+    }
 }
 
 /// Refuses a CPU cap that is not a positive, finite percentage.

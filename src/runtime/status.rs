@@ -75,7 +75,10 @@ impl Runtime {
     /// however many versions or plans share it.
     pub fn held_bytes(&self) -> usize {
         let mut seen = HashSet::new();
-        let mut bytes = self.model.onnx.len() + graph_bytes(&self.model.typed, &mut seen);
+        let mut bytes = self.model.onnx.len();
+        if let Some(typed) = self.model.graph.symbolic() {
+            bytes += graph_bytes(typed, &mut seen);
+        }
         let masters = |weights: &crate::model::weights::Weights, seen: &mut HashSet<usize>| {
             weights
                 .values()

@@ -5,14 +5,14 @@ use std::sync::Arc;
 
 use tract_onnx::prelude::*;
 
-use super::{run_plans, Runtime};
+use super::{prepare, run_plans, Prepared, Runtime};
 use crate::error::{catch_panics, Error, Result};
 use crate::kernels::Activation;
-use crate::learn::{apply_deltas, check_enabled, head_gradient, Int8Input, Slots, Version};
+use crate::learn::{apply_deltas, check_enabled, head_gradient, Slots, Version};
 use crate::model::weights::{self, Weights};
 use crate::model::OnnxModel;
 use crate::plan::Plans;
-use crate::quantize::{BatchSource, LayerKind, QuantizationSummary, QuantizeOptions, Quantized};
+use crate::quantize::{BatchSource, LayerKind, QuantizationSummary, QuantizeOptions};
 
 /// What an update did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -274,15 +274,21 @@ impl Runtime {
                 exclude,
             };
             let quantized = crate::quantize::quantize(
-                float.decluttered(),
+                &float,
                 &self.model.inputs,
                 batches,
                 &options,
                 self.executor_now()?,
             )?;
-            let (plans, slots) = self.int8_plans(&float, &current.masters, &quantized)?;
+            let prepared = if float.per_signature_typing() {
+                Prepared::Int8PerSignature(quantized.summary)
+            } else {
+                Prepared::Int8(quantized)
+            };
+            let (plans, slots, summary) =
+                prepare(float, prepared, &self.onnx_layers, &current.masters)?;
             let number = history.next_number();
-            let summary = Some(Arc::new(quantized.summary));
+            let summary = summary.map(Arc::new);
             let version = Version::new(
                 number,
                 current.masters.clone(),
@@ -298,8 +304,8 @@ impl Runtime {
     fn float_plans(&self, masters: &Weights) -> Result<Plans> {
         let changed = self.changed_since_load(masters);
         let bytes = weights::with_weights(&self.model.onnx, &changed, &[])?;
-        let model = OnnxModel::from_bytes(&bytes, &self.model.source, None)?;
-        Plans::new(&model.typed, None, &model.source)
+        let model = OnnxModel::from_bytes(&bytes, &self.model.source, self.model.dir.as_deref())?;
+        Plans::from_graph(&model.graph, None, &model.source, self.options.plan_capacity())
     }
 
     /// Plans and slots for `masters`, rebuilt from the ONNX weights as a fresh load would,
@@ -310,37 +316,20 @@ impl Runtime {
         quantization: Option<&QuantizationSummary>,
     ) -> Result<(Plans, Slots)> {
         let float = self.float_plans(masters)?;
-        let Some(q) = quantization else {
-            let slots =
-                Slots::new(float.decluttered(), &self.onnx_layers, masters, &HashMap::new(), true)?;
-            return Ok((float, slots));
+        let prepared = match (quantization, float.decluttered()) {
+            (None, _) => Prepared::Float,
+            (Some(q), Some(decluttered)) => {
+                let options = QuantizeOptions { exclude: Vec::new(), ..q.options.clone() };
+                Prepared::Int8(crate::quantize::quantize_with_saved(
+                    decluttered,
+                    &q.activations,
+                    &q.input_stats,
+                    &options,
+                )?)
+            }
+            (Some(q), None) => Prepared::Int8PerSignature(q.clone()),
         };
-        let options = QuantizeOptions { exclude: Vec::new(), ..q.options.clone() };
-        let quantized = crate::quantize::quantize_with_saved(
-            float.decluttered(),
-            &q.activations,
-            &q.input_stats,
-            &options,
-        )?;
-        self.int8_plans(&float, masters, &quantized)
-    }
-
-    /// The int8 plans of `quantized` and the slots binding `masters` to its layers.
-    fn int8_plans(
-        &self,
-        float: &Plans,
-        masters: &Weights,
-        quantized: &Quantized,
-    ) -> Result<(Plans, Slots)> {
-        let int8: HashMap<String, Int8Input> = quantized
-            .layers
-            .iter()
-            .map(|(c, a)| (c.name.clone(), (*a, c.input_stats.clone())))
-            .collect();
-        let per_channel = quantized.summary.options.per_channel;
-        let slots =
-            Slots::new(float.decluttered(), &self.onnx_layers, masters, &int8, per_channel)?;
-        let plans = Plans::new(&quantized.typed, None, &self.model.source)?;
+        let (plans, slots, _) = prepare(float, prepared, &self.onnx_layers, masters)?;
         Ok((plans, slots))
     }
 }
