@@ -105,8 +105,15 @@ class Runtime:
         max_memory_mb: float | None = None,
         allow_non_finite: bool = False,
         max_cpu_percent: float | None = None,
+        max_plans: int | None = None,
     ) -> Runtime:
         """Load an ONNX file, optionally quantized to INT8.
+
+        A graph tract cannot type with symbolic axes (a ``Resize`` to a computed size, an
+        ``If`` on a sample-rate input) still loads: it is typed for each input signature (every
+        input's shape, and the value of small integer inputs) on the first call with it, and
+        int8 parameters, calibrated at whatever shapes the calibration data has, apply to
+        every signature.
 
         Args:
             path: the ``.onnx`` file.
@@ -129,6 +136,9 @@ class Runtime:
             max_cpu_percent: keep this process's CPU at or under this percent of one core
                 while inference runs (100 = one core): fewer threads first, then pauses
                 before calls; less when other processes keep the machine busy.
+            max_plans: most plans kept, one per input signature, least recently used
+                dropped first (default 8); the first call with a new signature builds its
+                plan (logged at DEBUG), later ones reuse it.
 
         Raises:
             FileNotFoundError: the file does not exist.
@@ -147,6 +157,7 @@ class Runtime:
         max_cpu_percent: float | None = None,
         max_memory_mb: float | None = None,
         allow_non_finite: bool = False,
+        max_plans: int | None = None,
     ) -> Runtime:
         """Make a runtime from bytes ``to_bytes`` (or a file ``save``) produced; an int8
         runtime's bytes rebuild the same int8 plan without calibration data. ``source`` names
@@ -167,7 +178,9 @@ class Runtime:
         the CPU cap held work back in the last 2 s; ``cpu_limit``, ``cpu_budget`` (after
         backing off for other processes), ``other_cpu_usage``, ``load_average``; ``isa``:
         the int8 kernels' instruction set (``avx512_vnni``, ``avx_vnni``, ``avx2`` or
-        ``scalar``; ``JARVIS_PERF_ISA`` picks a lower one).
+        ``scalar``; ``JARVIS_PERF_ISA`` picks a lower one); ``plans_cached`` / ``max_plans``:
+        plans specialised per input signature (shapes, small integer input values) kept now and
+        at most; ``plan_cache_mb``: the weights those plans hold of their own.
         """
     def set_cpu_limit(self, percent: float | None) -> None:
         """Cap this process's CPU at ``percent`` of one core while inference runs; ``None``
@@ -444,6 +457,7 @@ def _restore_runtime(
     max_cpu_percent: float | None = None,
     max_memory_bytes: int | None = None,
     allow_non_finite: bool = False,
+    max_plans: int | None = None,
 ) -> Runtime:
     """Rebuild a pickled ``Runtime`` (the target of ``Runtime.__reduce__``) with every load
     option; the last two default so that older four-argument pickles still load."""

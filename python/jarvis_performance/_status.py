@@ -24,3 +24,6 @@ class Status(TypedDict):
     other_cpu_usage: float | None
     load_average: float | None
     isa: str
+    plans_cached: int
+    max_plans: int
+    plan_cache_mb: float

@@ -5,6 +5,7 @@
         --batch 1 8 --threads 1 2 --int8 --torch [--json]
     python -m jarvis_performance.bench --learning            # update/learn (learning_bench)
     python -m jarvis_performance.bench --vision              # image preprocessing (vision_bench)
+    python -m jarvis_performance.bench --zoo [--zoo-models ID ...]  # third-party models (zoo_bench)
 
 Model names are shipped models (``digits_cnn``, ``digits_mlp``), ``.onnx`` paths, or names that
 :func:`jarvis_performance.export.load_module` understands (exported once into the model cache;
@@ -370,7 +371,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="time update/learn instead (see jarvis_performance.learning_bench)")
     parser.add_argument("--vision", action="store_true",
                         help="time image preprocessing (jp.preprocess) against Pillow + NumPy instead")
+    parser.add_argument("--zoo", action="store_true",
+                        help="time the third-party model zoo instead (see jarvis_performance.zoo_bench)")
+    parser.add_argument("--zoo-models", nargs="+", help="zoo model ids (default: the default set)")
+    parser.add_argument("--calls", type=int, default=30, help="--zoo: timed calls after the first")
     args = parser.parse_args(argv)
+    if args.zoo:
+        from .zoo_bench import format_table, run as run_zoo
+
+        threads = args.threads if args.threads != parser.get_default("threads") else [1]
+        rows = run_zoo(args.zoo_models, threads=threads[0], calls=args.calls)
+        sys.stdout.write(format_table(rows) + "\n")
+        return 0
     if args.learning:
         from . import learning_bench
 

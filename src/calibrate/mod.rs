@@ -22,30 +22,12 @@ use crate::model::TensorSpec;
 use crate::plan::Plans;
 use crate::runtime::bind_inputs;
 
-/// `model` with the outputs of the nodes named in `observed` (name, output slot) added after
-/// its own.
-fn with_observed_outputs(
-    mut model: TypedModel,
-    observed: &[(String, usize)],
-) -> Result<TypedModel> {
-    let mut outputs = model.output_outlets().map_err(|e| Error::Calibration(chain(&e)))?.to_vec();
-    for (name, slot) in observed {
-        let node = model.node_by_name(name).map_err(|_| {
-            Error::Calibration(format!(
-                "tensor {name:?} observed at the first calibration shape is not in the graph \
-                 typed for this batch's shape; calibrate with batches of one shape"
-            ))
-        })?;
-        outputs.push(OutletId::new(node.id, *slot));
-    }
-    model.select_output_outlets(&outputs).map_err(|e| Error::Calibration(chain(&e)))?;
-    Ok(model)
-}
-
 /// Observes chosen outlets of a decluttered graph over calibration batches.
 #[derive(Debug)]
 pub struct Calibrator {
     plans: Plans,
+    /// The calibration graph's input shapes (concrete but for symbolic axes).
+    fixed: Vec<ShapeFact>,
     inputs: Vec<TensorSpec>,
     observers: Vec<Observer>,
     /// Per-channel means of the observed tensors (bias correction), once `track_means` ran.
@@ -64,32 +46,31 @@ pub struct Calibrator {
 
 impl Calibrator {
     /// Prepares plans of the float model whose outputs are the model's own plus `observed`,
-    /// outlets of `reference` (the float graph typed for the first batch). A graph typed per
-    /// signature finds the observed tensors in each signature's graph by node name.
+    /// outlets of `reference` (the float graph typed for the first batch). For a graph typed
+    /// per signature, `reference` has that batch's shapes (but for a symbolic batch axis), and
+    /// every later batch must have them too.
     pub fn new(
-        float: &Plans,
         reference: &TypedModel,
         inputs: &[TensorSpec],
         observed: &[OutletId],
         executor: Executor,
     ) -> Result<Self> {
-        let skip = reference.output_outlets().map_err(|e| Error::Calibration(chain(&e)))?.len();
-        let plans = if float.per_signature_typing() {
-            let named: Vec<(String, usize)> =
-                observed.iter().map(|o| (reference.node(o.node).name.clone(), o.slot)).collect();
-            let observe: crate::plan::Transform =
-                std::sync::Arc::new(move |model| with_observed_outputs(model, &named));
-            float.on_executor(Some(executor.clone())).with_transform(observe)?
-        } else {
-            let mut model = reference.clone();
-            let mut outputs =
-                model.output_outlets().map_err(|e| Error::Calibration(chain(&e)))?.to_vec();
-            outputs.extend_from_slice(observed);
-            model.select_output_outlets(&outputs).map_err(|e| Error::Calibration(chain(&e)))?;
-            Plans::new(&model, Some(executor.clone()), "calibration")?
-        };
+        let mut model = reference.clone();
+        let mut outputs =
+            model.output_outlets().map_err(|e| Error::Calibration(chain(&e)))?.to_vec();
+        let skip = outputs.len();
+        outputs.extend_from_slice(observed);
+        model.select_output_outlets(&outputs).map_err(|e| Error::Calibration(chain(&e)))?;
+        let fixed = model
+            .input_outlets()
+            .and_then(|outlets| {
+                outlets.iter().map(|&o| Ok(model.outlet_fact(o)?.shape.clone())).collect()
+            })
+            .map_err(|e| Error::Calibration(chain(&e)))?;
+        let plans = Plans::new(&model, Some(executor.clone()), "calibration")?;
         Ok(Calibrator {
             plans,
+            fixed,
             inputs: inputs.to_vec(),
             observers: vec![Observer::default(); observed.len()],
             means: Vec::new(),
@@ -106,6 +87,22 @@ impl Calibrator {
     pub fn observe(&mut self, batch: Vec<Tensor>) -> Result<()> {
         let bindings =
             bind_inputs(&self.inputs, &batch).map_err(|e| Error::Calibration(e.to_string()))?;
+        for ((spec, tensor), shape) in self.inputs.iter().zip(&batch).zip(&self.fixed) {
+            let fits = shape.len() == tensor.rank()
+                && shape
+                    .iter()
+                    .zip(tensor.shape())
+                    .all(|(d, &n)| d.to_i64().map_or(true, |d| d == n as i64));
+            if !fits {
+                return Err(Error::Calibration(format!(
+                    "input {:?} has shape {:?}, but the graph is typed per input shape and was \
+                     typed for {shape:?}: give every calibration batch the first batch's shape \
+                     (the batch size may vary)",
+                    spec.name,
+                    tensor.shape()
+                )));
+            }
+        }
         self.samples += batch.first().and_then(|t| t.shape().first().copied()).unwrap_or(1);
         let plan = self.plans.get(&bindings, &batch)?;
         let values: TVec<TValue> = batch.into_iter().map(TValue::from).collect();

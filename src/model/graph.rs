@@ -33,12 +33,21 @@ impl Graph {
     }
 }
 
+/// Most elements of an integer input whose values specialise a graph typed per signature
+/// (axes, sizes, a sample rate, a target shape: what `Resize`, `Reshape`, `Slice` and `If`
+/// need as constants).
+pub const MAX_VALUE_ELEMENTS: usize = 16;
+
+/// Most elements of a float input whose values specialise such a graph (scales, pad values):
+/// fewer than for integers, as small float inputs are more often data.
+pub const MAX_FLOAT_VALUE_ELEMENTS: usize = 4;
+
 /// The concrete inputs of one call, as far as they shape the plan: every input's shape, and the
-/// value of the inputs whose value specialises the graph (`None` for the others).
+/// values of the inputs whose values specialise the graph (`None` for the others).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Signature {
     pub shapes: Vec<Vec<usize>>,
-    pub values: Vec<Option<i64>>,
+    pub values: Vec<Option<Vec<i64>>>,
 }
 
 impl Signature {
@@ -49,8 +58,9 @@ impl Signature {
             .iter()
             .enumerate()
             .map(|(ix, t)| {
-                let counts = by_value.get(ix).copied().unwrap_or(false) && t.len() == 1;
-                counts.then(|| scalar_value(t)).flatten()
+                let counts =
+                    by_value.get(ix).copied().unwrap_or(false) && t.len() <= MAX_VALUE_ELEMENTS;
+                counts.then(|| integer_values(t)).flatten()
             })
             .collect();
         Signature { shapes, values }
@@ -68,7 +78,7 @@ impl Signature {
                 let dims: Vec<String> = shape.iter().map(usize::to_string).collect();
                 let dims = if dims.is_empty() { "scalar".to_string() } else { dims.join("x") };
                 match value {
-                    Some(v) => format!("{name}={dims} (value {v})"),
+                    Some(v) => format!("{name}={dims} (values {v:?})"),
                     None => format!("{name}={dims}"),
                 }
             })
@@ -77,18 +87,47 @@ impl Signature {
     }
 }
 
-/// The one value of a one-element integer tensor.
-fn scalar_value(tensor: &Tensor) -> Option<i64> {
-    tensor.cast_to_scalar::<i64>().ok()
+/// The values of a small tensor as i64: integers and booleans as they are, floats by the bits
+/// of their f64 value (exact for f16, f32 and f64), so a signature compares them bit for bit.
+fn integer_values(tensor: &Tensor) -> Option<Vec<i64>> {
+    if tensor.datum_type().is_float() {
+        let values = tensor.cast_to_dt(DatumType::F64).ok()?;
+        let view = values.to_plain_array_view::<f64>().ok()?;
+        return Some(view.iter().map(|v| v.to_bits() as i64).collect());
+    }
+    let values = tensor.cast_to_dt(DatumType::I64).ok()?;
+    Some(values.to_plain_array_view::<i64>().ok()?.iter().copied().collect())
 }
 
-/// Whether a declared input is one whose value should specialise the graph: an integer with at
-/// most one element (a sample rate, a step count, a flag), which `If` and `Range` often read.
+/// The tensor `integer_values` read, of type `dt` and `shape`.
+fn tensor_of_values(values: &[i64], dt: DatumType, shape: &[usize]) -> TractResult<Tensor> {
+    let wide = if dt.is_float() {
+        tensor1(&values.iter().map(|&bits| f64::from_bits(bits as u64)).collect::<Vec<_>>())
+    } else {
+        tensor1(values)
+    };
+    wide.cast_to_dt(dt)?.into_owned().into_shape(shape)
+}
+
+/// Whether a declared input is one whose values should specialise the graph: a number of a
+/// fixed shape with at most [`MAX_VALUE_ELEMENTS`] elements (integers: a sample rate, axes, a
+/// target size) or [`MAX_FLOAT_VALUE_ELEMENTS`] (floats: scales, a pad value), which `If`,
+/// `Resize`, `Reshape`, `Slice`, `Pad` and `QuantizeLinear` need as constants to be typed.
 pub fn specialises_by_value(fact: &InferenceFact) -> bool {
-    let integer = fact.datum_type.concretize().is_some_and(|dt| dt.is_integer());
-    let at_most_one = fact.shape.dims().all(|d| d.concretize().is_some_and(|d| d.is_one()))
-        && !fact.shape.is_open();
-    integer && at_most_one
+    let Some(dt) = fact.datum_type.concretize() else { return false };
+    let limit = if dt.is_integer() || dt == DatumType::Bool {
+        MAX_VALUE_ELEMENTS
+    } else if dt.is_float() {
+        MAX_FLOAT_VALUE_ELEMENTS
+    } else {
+        return false;
+    };
+    if fact.shape.is_open() {
+        return false;
+    }
+    let dims: Option<Vec<i64>> =
+        fact.shape.dims().map(|d| d.concretize().and_then(|d| d.to_i64().ok())).collect();
+    dims.is_some_and(|dims| dims.iter().product::<i64>() <= limit as i64)
 }
 
 /// Whether typing per signature can help a graph that failed to type symbolically: some input
@@ -142,25 +181,61 @@ fn symbol_name(input: &str, axis: usize) -> String {
     format!("{clean}_{axis}")
 }
 
-/// The graph typed and decluttered for one signature: every input's shape fixed, and each input
-/// with a value in the signature replaced by that constant (so conditions on it fold).
+/// The graph typed and decluttered for one signature, each input with a value in the signature
+/// replaced by that constant (so conditions on it fold). Every axis is fixed but a leading
+/// (batch) axis the file declares symbolic, which stays symbolic where the graph still types
+/// that way: decluttering a batch of one would fold the batch axis away, and the int8 rewrite
+/// recognises convolutions by their batch axis. [`bind_symbols`] then fixes it.
 pub fn specialise(model: &InferenceModel, signature: &Signature) -> TractResult<TypedModel> {
+    specialise_keeping(model, signature, true)
+        .or_else(|_| specialise_keeping(model, signature, false))
+}
+
+/// `typed` with its remaining symbols (a batch axis [`specialise`] kept) set from the concrete
+/// input shapes of `signature`.
+pub fn bind_symbols(typed: TypedModel, signature: &Signature) -> TractResult<TypedModel> {
+    let mut subs = std::collections::HashMap::new();
+    for (ix, outlet) in typed.input_outlets()?.iter().enumerate() {
+        let fact = typed.outlet_fact(*outlet)?;
+        let Some(shape) = signature.shapes.get(ix) else { continue };
+        for (dim, &size) in fact.shape.iter().zip(shape) {
+            if let TDim::Sym(symbol) = dim {
+                subs.insert(symbol.clone(), TDim::Val(size as i64));
+            }
+        }
+    }
+    if subs.is_empty() {
+        return Ok(typed);
+    }
+    typed.set_symbols(&subs)
+}
+
+fn specialise_keeping(
+    model: &InferenceModel,
+    signature: &Signature,
+    keep_batch: bool,
+) -> TractResult<TypedModel> {
     let mut model = model.clone();
     let mut values = SymbolValues::default();
     for (ix, (shape, value)) in signature.shapes.iter().zip(&signature.values).enumerate() {
         let declared = model.input_fact(ix)?.clone();
-        for (dim, &size) in declared.shape.dims().zip(shape) {
+        let mut dims: TVec<TDim> = shape.iter().map(|&d| TDim::Val(d as i64)).collect();
+        for (axis, (dim, &size)) in declared.shape.dims().zip(shape).enumerate() {
             if let Some(TDim::Sym(symbol)) = dim.concretize() {
-                values = values.with(&symbol, size as i64);
+                if keep_batch && axis == 0 && value.is_none() && shape.len() > 1 {
+                    dims[0] = TDim::Sym(symbol);
+                } else {
+                    values = values.with(&symbol, size as i64);
+                }
             }
         }
         let dt = declared
             .datum_type
             .concretize()
             .ok_or_else(|| TractError::msg(format!("input {ix} declares no element type")))?;
-        model.set_input_fact(ix, InferenceFact::dt_shape(dt, shape.clone()))?;
-        if let Some(value) = value {
-            let constant = tensor0(*value).cast_to_dt(dt)?.into_owned().into_shape(shape)?;
+        model.set_input_fact(ix, InferenceFact::dt_shape(dt, ShapeFactoid::from(dims)))?;
+        if let Some(values) = value {
+            let constant = tensor_of_values(values, dt, shape)?;
             let source = model.inputs[ix];
             let name = format!("{}.value", model.node(source.node).name);
             let konst = model.add_const(name, constant)?;
@@ -191,7 +266,7 @@ fn settle_declared_shapes(model: &mut InferenceModel, values: &SymbolValues) {
                 .shape
                 .dims()
                 .map(|dim| match dim.concretize().map(|d| d.eval(values)) {
-                    Some(d) if d.to_i64().is_ok() => DimFact::from(d),
+                    Some(d) if d.to_i64().is_ok() || matches!(d, TDim::Sym(_)) => DimFact::from(d),
                     _ => DimFact::default(),
                 })
                 .collect();

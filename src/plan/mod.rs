@@ -19,7 +19,7 @@ use tract_onnx::tract_core::tract_linalg::mmm::{EagerPackedInput, PackedMatrixSt
 use tract_onnx::tract_core::tract_linalg::multithread::Executor;
 
 use crate::error::{catch_load_panics, catch_panics, chain, Error, Result};
-use crate::model::graph::{specialise, specialises_by_value, Graph, Signature};
+use crate::model::graph::{bind_symbols, specialise, specialises_by_value, Graph, Signature};
 use cache::Lru;
 
 /// Concrete plans kept per runtime unless told otherwise (each holds its own packed weights).
@@ -430,7 +430,12 @@ impl Plans {
                     })
                 })?
             }
-            (PlanKey::Signature(signature), _) => self.type_signature(signature)?,
+            (PlanKey::Signature(signature), _) => {
+                let typed = self.type_signature(signature)?;
+                bind_symbols(typed, signature).map_err(|e| {
+                    Error::Inference(format!("preparing {}: {}", self.describe(key), chain(&e)))
+                })?
+            }
             (PlanKey::Symbols(_), Source::PerSignature { .. }) => {
                 return Err(Error::Internal("symbol bindings for a per-signature graph".into()))
             }

@@ -27,6 +27,9 @@ pub fn status_to_py<'py>(py: Python<'py>, s: &Status) -> PyResult<Bound<'py, PyD
     d.set_item("other_cpu_usage", s.other_cpu_usage)?;
     d.set_item("load_average", s.load_average)?;
     d.set_item("isa", s.isa)?;
+    d.set_item("plans_cached", s.plans_cached)?;
+    d.set_item("max_plans", s.max_plans)?;
+    d.set_item("plan_cache_mb", s.plan_cache_mb)?;
     Ok(d)
 }
 

@@ -101,7 +101,7 @@ pub fn quantize(
     let (mut candidates, skipped) =
         find_layers(decluttered, &options.exclude).map_err(calibration)?;
     let observed: Vec<OutletId> = candidates.iter().map(|c| c.input).collect();
-    let mut calibrator = Calibrator::new(float, decluttered, inputs, &observed, executor.clone())?;
+    let mut calibrator = Calibrator::new(decluttered, inputs, &observed, executor.clone())?;
     calibrator.track_means(&candidates.iter().map(bias::mean_layout).collect::<Vec<_>>());
     calibrator.track_lattices(
         &candidates.iter().map(|c| input::lattice_eligible(decluttered, c)).collect::<Vec<_>>(),
@@ -114,19 +114,16 @@ pub fn quantize(
     let (batch_count, samples) = calibrator.seen();
     log::info!("calibrated on {samples} samples in {batch_count} batches ({})", options.method);
 
-    let activations: Vec<ActivationQuant> = calibrator
-        .observers()
-        .iter()
-        .map(|observer| {
-            let (low, high) = observer.range(options.method);
-            ActivationQuant::from_range(low, high)
-        })
-        .collect();
+    let mut ranges: Vec<(f32, f32)> =
+        calibrator.observers().iter().map(|observer| observer.range(options.method)).collect();
     let stats = calibrator.means().into_iter().zip(calibrator.lattices());
     let stats = stats.zip(calibrator.patch_moments());
     for (candidate, ((means, lattice), moments)) in candidates.iter_mut().zip(stats) {
         candidate.input_stats = Arc::new(InputStats { means, lattice, moments });
     }
+    share_split_layers(&mut candidates, &mut ranges);
+    let activations: Vec<ActivationQuant> =
+        ranges.iter().map(|&(low, high)| ActivationQuant::from_range(low, high)).collect();
     let rewritten = rewrite_layers(decluttered, &candidates, &activations, options.per_channel)?;
     let report = measure_layers(
         decluttered,
@@ -154,6 +151,30 @@ pub fn quantize(
     linked(Quantized { typed: rewritten.typed, summary, layers })
 }
 
+/// Gives the parts of an ONNX layer that tract split in several (a convolution whose output
+/// a `Split` cuts, or whose input a `Concat` joins) one input range, their union, and no
+/// per-channel statistics: the saved file holds one quantization per ONNX node, and the int8
+/// graph rebuilt from it must be the one calibrated.
+fn share_split_layers(candidates: &mut [Candidate], ranges: &mut [(f32, f32)]) {
+    let mut union: HashMap<String, (f32, f32, usize)> = HashMap::new();
+    for (candidate, &(low, high)) in candidates.iter().zip(ranges.iter()) {
+        let entry = union.entry(save::onnx_node_name(&candidate.name).to_string()).or_insert((
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            0,
+        ));
+        *entry = (entry.0.min(low), entry.1.max(high), entry.2 + 1);
+    }
+    for (candidate, range) in candidates.iter_mut().zip(ranges.iter_mut()) {
+        if let Some(&(low, high, parts)) = union.get(save::onnx_node_name(&candidate.name)) {
+            if parts > 1 {
+                *range = (low, high);
+                candidate.input_stats = Arc::new(InputStats::default());
+            }
+        }
+    }
+}
+
 /// Rebuilds the int8 graph from saved activation parameters and input means (by layer name):
 /// no calibration, and the same weights give the same codes, so the plan is bit-identical to
 /// the one saved.
@@ -167,11 +188,18 @@ pub fn quantize_with_saved(
     let (all, mut skipped) = find_layers(decluttered, &options.exclude).map_err(calibration)?;
     // Files from other quantizers name layers by ONNX node; ours by tract node: compare both
     // without tract's expansion suffixes.
+    // A layer tract split into parts (`….einsum.split-over-1.0..32`) keeps its own name: look
+    // the exact name up first, so the parts do not share one part's parameters.
+    let exact: HashMap<&str, ActivationQuant> =
+        saved.iter().map(|(n, q)| (n.as_str(), *q)).collect();
     let by_name: HashMap<&str, ActivationQuant> =
         saved.iter().map(|(n, q)| (save::onnx_node_name(n), *q)).collect();
     let (mut candidates, mut activations) = (Vec::new(), Vec::new());
     for mut layer in all {
-        match by_name.get(save::onnx_node_name(&layer.name)) {
+        let found = exact
+            .get(layer.name.as_str())
+            .or_else(|| by_name.get(save::onnx_node_name(&layer.name)));
+        match found {
             Some(q) => {
                 if let Some(s) = stats.get(&layer.name) {
                     layer.input_stats = s.clone();

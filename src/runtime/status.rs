@@ -42,14 +42,20 @@ pub struct Status {
     pub other_cpu_usage: Option<f64>,
     /// The machine's one-minute load average.
     pub load_average: Option<f64>,
-    /// Instruction set of the int8 kernels (`avx512_vnni` or `scalar`).
+    /// Instruction set of the int8 kernels (`avx512_vnni`, `avx_vnni`, `avx2` or `scalar`).
     pub isa: &'static str,
+    /// Concrete plans cached now (one per input signature), the most kept, and the weights
+    /// they hold beyond the rest of the runtime's, in MiB.
+    pub plans_cached: usize,
+    pub max_plans: usize,
+    pub plan_cache_mb: f64,
 }
 
 impl Runtime {
     /// Measures the runtime's figures now.
     pub fn status(&self) -> Status {
         let latency = self.monitor.latencies.percentiles();
+        let (plans_cached, max_plans) = self.versions.current().plans.cached();
         let throttle = self.monitor.throttle.status();
         Status {
             cpu_usage: self.monitor.cpu.percent(),
@@ -68,6 +74,9 @@ impl Runtime {
             other_cpu_usage: throttle.other_cores.map(|c| c * 100.0),
             load_average: system::load_average(),
             isa: Isa::detect().name(),
+            plans_cached,
+            max_plans,
+            plan_cache_mb: self.plan_cache_bytes() as f64 / MB,
         }
     }
 
@@ -95,6 +104,18 @@ impl Runtime {
             }
         }
         bytes
+    }
+
+    /// Bytes of weights held by the current version's cached concrete plans alone (tract packs
+    /// constants anew per plan; int8 layers and constants shared with the float graph are not
+    /// counted).
+    pub fn plan_cache_bytes(&self) -> usize {
+        let version = self.versions.current();
+        let mut seen = HashSet::new();
+        if let Some(decluttered) = version.plans.decluttered() {
+            graph_bytes(decluttered, &mut seen);
+        }
+        version.plans.cache_bytes(&mut seen)
     }
 
     /// Logs, through `log` (Python's `logging` under the bindings), that the runtime is ready:

@@ -14,7 +14,8 @@ from conftest import MODELS
 DIGITS = MODELS / "digits_cnn.onnx"
 KEYS = {"cpu_usage", "memory_allocated_mb", "rss_mb", "inferences", "latency_ms_p50",
         "latency_ms_p99", "quantized", "version", "threads", "max_threads", "throttled",
-        "cpu_limit", "cpu_budget", "other_cpu_usage", "load_average", "isa"}
+        "cpu_limit", "cpu_budget", "other_cpu_usage", "load_average", "isa", "plans_cached",
+        "max_plans", "plan_cache_mb"}
 
 
 def test_status_counts_calls_and_measures_latency() -> None:
