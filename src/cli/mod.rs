@@ -199,6 +199,9 @@ fn inspect(path: &std::path::Path, graph: bool) -> Result<()> {
     println!("model      {}", path.display());
     println!("producer   {} (opset {})", summary.producer, summary.opset);
     println!("parameters {} in {} tensors", summary.parameters, summary.weight_tensors);
+    if model.graph.symbolic().is_none() {
+        println!("typing     per input signature (tract cannot type it with symbolic axes)");
+    }
     println!("inputs");
     for spec in &model.inputs {
         println!("  {spec}");

@@ -138,6 +138,7 @@ impl PyRuntime {
     /// model in messages and logs; the other options are those of `load`.
     #[staticmethod]
     #[pyo3(signature = (data, *, source = None, threads = None, max_cpu_percent = None, max_memory_mb = None, allow_non_finite = false, max_plans = None))]
+    #[allow(clippy::too_many_arguments)] // Python keyword options, as in `load`
     fn from_bytes(
         py: Python<'_>,
         data: &[u8],

@@ -55,6 +55,7 @@ pub fn reduce<'py>(py: Python<'py>, runtime: &Runtime) -> PyResult<Bound<'py, Py
 /// and `source` have defaults so that pickles written before they existed still load.
 #[pyfunction]
 #[pyo3(signature = (data, source, threads = None, max_cpu_percent = None, max_memory_bytes = None, allow_non_finite = false, max_plans = None))]
+#[allow(clippy::too_many_arguments)] // the pickled options, each a keyword with a default
 pub fn _restore_runtime(
     py: Python<'_>,
     data: &[u8],

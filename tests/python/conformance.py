@@ -39,7 +39,10 @@ def _read_tensor(path: Path) -> np.ndarray:
     proto.ParseFromString(path.read_bytes())
     if not proto.dims and not proto.raw_data and proto.data_type == 0:
         raise CaseFailure("input is a sequence/optional value, not a tensor")
-    return numpy_helper.to_array(proto)
+    try:
+        return numpy_helper.to_array(proto)
+    except ValueError as err:  # a sequence or optional value parsed as a tensor
+        raise CaseFailure(f"input is not a plain tensor ({err})") from err
 
 
 def _sorted_pbs(folder: Path, prefix: str) -> list[Path]:

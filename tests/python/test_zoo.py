@@ -234,3 +234,28 @@ def test_saved_int8_reloads_bit_identically_at_other_shapes(
     before, after = int8_rt.infer(feed), reloaded.infer(feed)
     for name in before:
         np.testing.assert_array_equal(before[name], after[name])
+
+
+def test_cli_inspects_runs_and_benchmarks_a_model_typed_per_signature(
+    zoo_model: Callable[[str], Path], tmp_path: Path
+) -> None:
+    from test_cli import jarvis_perf
+
+    silero = str(zoo_model("silero_vad_v5"))
+    inspected = jarvis_perf("inspect", silero)
+    assert inspected.returncode == 0, inspected.stderr
+    assert "typing     per input signature" in inspected.stdout
+    assert "sr: int64 []" in inspected.stdout
+    feed = zoo.make_feed(MODELS["silero_vad_v5"], 0)
+    args = []
+    for name, value in feed.items():
+        np.save(tmp_path / f"{name}.npy", value)
+        args += ["--input", f"{name}={tmp_path / f'{name}.npy'}"]
+    ran = jarvis_perf("run", silero, *args, "--output", str(tmp_path / "out.npy"))
+    assert ran.returncode == 0, ran.stderr
+    want = jp.Runtime.load(silero).infer(feed)["output"]
+    np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), want)
+    bench = jarvis_perf("bench", str(zoo_model("ppocr4_det")), "--shape", "x=1x3x320x320",
+                        "--iterations", "3")
+    assert bench.returncode == 0, bench.stderr
+    assert "inputs [1, 3, 320, 320]" in bench.stdout
