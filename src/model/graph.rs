@@ -109,8 +109,8 @@ fn tensor_of_values(values: &[i64], dt: DatumType, shape: &[usize]) -> TractResu
     wide.cast_to_dt(dt)?.into_owned().into_shape(shape)
 }
 
-/// Whether a declared input is one whose values should specialise the graph: a number of a
-/// fixed shape with at most [`MAX_VALUE_ELEMENTS`] elements (integers: a sample rate, axes, a
+/// Whether a declared input is one whose values should specialise the graph: a scalar or vector
+/// of a fixed shape with at most [`MAX_VALUE_ELEMENTS`] elements (integers: a sample rate, axes, a
 /// target size) or [`MAX_FLOAT_VALUE_ELEMENTS`] (floats: scales, a pad value), which `If`,
 /// `Resize`, `Reshape`, `Slice`, `Pad` and `QuantizeLinear` need as constants to be typed.
 pub fn specialises_by_value(fact: &InferenceFact) -> bool {
@@ -122,7 +122,8 @@ pub fn specialises_by_value(fact: &InferenceFact) -> bool {
     } else {
         return false;
     };
-    if fact.shape.is_open() {
+    // Scalars and vectors only: parameters (axes, sizes, scales) are; data rarely is.
+    if fact.shape.is_open() || fact.shape.dims().count() > 1 {
         return false;
     }
     let dims: Option<Vec<i64>> =
