@@ -166,17 +166,6 @@ impl Plans {
         })
     }
 
-    /// The same plans (sharing every built plan) running on `executor`.
-    pub fn on_executor(&self, executor: Option<Executor>) -> Plans {
-        let capacity = self.lock_cache().capacity();
-        Plans {
-            source: self.source.clone(),
-            options: RunOptions { executor, ..Default::default() },
-            concrete: Mutex::new(Lru::new(capacity)),
-            name: self.name.clone(),
-        }
-    }
-
     /// The decluttered (float, un-optimised) graph with symbolic axes the plans are built
     /// from; `None` for a graph typed per signature.
     pub fn decluttered(&self) -> Option<&TypedModel> {

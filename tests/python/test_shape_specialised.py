@@ -44,7 +44,7 @@ def test_a_graph_no_signature_can_type_names_the_node_and_the_shapes(tmp_path: P
     message = str(err.value)
     assert "x=6" in message and "shape=20" in message, message
     assert "the_reshape" in message and "Reshape" in message, message
-    # The runtime is unchanged: a call it can serve still fails the same way, nothing cached.
+    # Nothing half-built is kept.
     assert runtime.get_status()["plans_cached"] == 0
 
 

@@ -156,7 +156,6 @@ def test_float_matches_onnxruntime(
 def test_shape_specialised_plans_are_cached_and_bounded(zoo_model: Callable[[str], Path]) -> None:
     """A model tract types only per signature serves each new shape from a plan of its own; the
     cache keeps at most ``max_plans`` and reports itself in ``get_status()``."""
-    model = MODELS["ppocr4_det"]
     runtime = jp.Runtime.load(zoo_model("ppocr4_det"), max_plans=2)
     assert runtime.inputs[0].shape == (None, 3, None, None)
     outputs = []
@@ -168,7 +167,6 @@ def test_shape_specialised_plans_are_cached_and_bounded(zoo_model: Callable[[str
         assert status["plan_cache_mb"] > 0
     assert [o.shape[2:] for o in outputs] == [(64, 96), (96, 64), (128, 128), (64, 96)]
     np.testing.assert_array_equal(outputs[0], outputs[3])  # rebuilt after eviction: same bits
-    assert model.family == "ocr"
 
 
 @pytest.mark.parametrize("model_id", sorted(INT8))
