@@ -196,6 +196,31 @@ def test_int8_agrees_with_float_at_other_shapes(
             assert cosine >= want_cosine, f"{model_id} test {test} {name}: cosine {cosine:.4f}"
 
 
+@pytest.mark.parametrize("model_id", sorted(INT8))
+def test_int8_calibrates_on_batches_of_several_shapes(
+    zoo_model: Callable[[str], Path], model_id: str
+) -> None:
+    """Calibration data may mix input shapes (photos of different sizes): each shape's batches
+    run on the float graph typed for it, and the layers' statistics add up by layer name. The
+    int8 model then agrees with float at both shapes."""
+    model = MODELS[model_id]
+    shapes = INT8[model_id]
+    path = zoo_model(model_id)
+    calibration = [
+        zoo.make_feed(model, test, seed=s, image=photo(s)) for s in range(2) for test in shapes
+    ]
+    float_rt = jp.Runtime.load(path)
+    int8_rt = jp.Runtime.load(path, quantize="int8", calibration=calibration)
+    assert sum(layer["int8"] for layer in int8_rt.quantization_report()) >= 1
+    for test in shapes:
+        feed = zoo.make_feed(model, test, seed=5, image=photo(3))
+        want, have = float_rt.infer(feed), int8_rt.infer(feed)
+        for name, w in want.items():
+            h, w = have[name].astype(np.float64).ravel(), w.astype(np.float64).ravel()
+            cosine = float(h @ w / (np.linalg.norm(h) * np.linalg.norm(w) + 1e-12))
+            assert cosine >= MIN_COSINE.get(model_id, 0.98), f"{model_id} {name}: {cosine:.4f}"
+
+
 #: Saving int8 as QDQ: models whose saved file does not yet reload to the same int8 graph.
 SAVE_NOT_YET = {
     "ppocr4_det": "opset 12: per-channel QDQ needs opset 13 (save refuses with a clear error)",
