@@ -4,6 +4,7 @@
 //!
 //! - `If` whose condition is known once the inputs are ([`constant_if`]).
 //! - `BatchNormalization` with computed statistics ([`batch_norm`]).
+//! - `Loop` whose loop-carried values keep their shapes ([`loop_op`]).
 //! - `Squeeze` of opset < 13 without `axes`: squeezes every unit axis, as the spec says.
 //! - `Attention` options tract refuses ([`attention`]), and `LinearAttention`
 //!   ([`linear_attention`]).
@@ -18,6 +19,7 @@ mod computed;
 mod constant_if;
 mod layout;
 mod linear_attention;
+mod loop_op;
 mod loss;
 mod numeric;
 mod pool;
@@ -38,6 +40,7 @@ static TRACT_OPS: LazyLock<OnnxOpRegister> = LazyLock::new(|| tract_onnx::onnx()
 /// Puts the project's parsers in front of tract's.
 pub fn register(ops: &mut OnnxOpRegister) {
     ops.insert("If", constant_if::constant_if);
+    ops.insert("Loop", loop_op::onnx_loop);
     ops.insert("BatchNormalization", batch_norm::batch_normalization);
     ops.insert("Squeeze", squeeze);
     ops.insert("NegativeLogLikelihoodLoss", loss::negative_log_likelihood_loss);
