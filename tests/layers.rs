@@ -129,7 +129,7 @@ fn group_heads(group: &str) -> Vec<String> {
 }
 
 /// The top-level modules `code` names through `crate::` paths (`use crate::{a::x, b}` too);
-/// a `crate::name!` macro resolves to the module whose file defines it.
+/// an exported macro resolves to the module whose file defines it.
 fn crate_references(code: &str, macros: &[(String, String)]) -> BTreeSet<String> {
     let mut found = BTreeSet::new();
     for (at, _) in code.match_indices("crate::") {
@@ -143,13 +143,11 @@ fn crate_references(code: &str, macros: &[(String, String)]) -> BTreeSet<String>
             continue;
         }
         let name = identifier(rest);
-        if rest[name.len()..].starts_with('!') {
-            if let Some((_, module)) = macros.iter().find(|(m, _)| m == name) {
-                found.insert(module.clone());
-            }
-            continue;
-        }
-        found.insert(name.to_string());
+        // `#[macro_export]` macros live at the crate root (`crate::name!`, `use crate::name`).
+        match macros.iter().find(|(m, _)| m == name) {
+            Some((_, module)) => found.insert(module.clone()),
+            None => found.insert(name.to_string()),
+        };
     }
     found
 }
@@ -231,7 +229,7 @@ fn the_check_finds_an_upward_edge() {
         "// crate::quantize in a comment is not an edge\nconst S: &str = \"crate::quantize\";\n\
          use crate::{error::Error, quantize::{qdq, input}};\n",
     );
-    write("quantize/mod.rs", "use crate::model::OnnxModel; crate::probe!();");
+    write("quantize/mod.rs", "use crate::model::OnnxModel; use crate::probe; crate::probe!();");
     write("vision/mod.rs", "#[macro_export] macro_rules! probe { () => {} }\nuse crate::files;");
     write("monitor/mod.rs", "fn f() { crate::runtime::THREADS_ENV; }");
     let found = violations(dir.path());
