@@ -6,6 +6,7 @@ mod images;
 mod outputs;
 mod pools;
 mod profile;
+mod save;
 mod status;
 mod update;
 
@@ -19,6 +20,7 @@ use tract_onnx::tract_core::tract_linalg::multithread::{multithread_tract_scope,
 
 pub use images::{image_geometry, image_tensor};
 pub use profile::NodeTime;
+pub use save::SaveMode;
 pub use status::Status;
 pub use update::{LearnStep, UpdateOutcome};
 
@@ -28,24 +30,13 @@ use crate::model::weights::{self, OnnxLayer, Weights};
 use crate::model::{bind_inputs, OnnxModel, TensorSpec};
 use crate::monitor::Monitor;
 use crate::plan::{Plans, DEFAULT_MAX_PLANS};
-use crate::quantize::qdq::{self, SavedModel, SavedOptions, CHECKSUM_KEY, VERSION_KEY};
+use crate::quantize::qdq::{SavedModel, CHECKSUM_KEY, VERSION_KEY};
 use crate::quantize::qparams::ActivationQuant;
 use crate::quantize::{BatchSource, QuantizationSummary, QuantizeOptions, Quantized};
 use pools::Pools;
 
 /// Environment variable that sets the default thread count.
 pub const THREADS_ENV: &str = "JARVIS_PERF_THREADS";
-
-/// What [`Runtime::save_as`] keeps of an int8 runtime.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum SaveMode {
-    /// The float master weights and calibration statistics too: a reload can be updated.
-    #[default]
-    Learnable,
-    /// Only what inference needs (int8 codes, scales, biases): about a quarter of the float
-    /// file; it reloads bit-identically but cannot be updated.
-    Deployable,
-}
 
 /// Options of [`Runtime::load`].
 #[derive(Debug, Clone, Default)]
@@ -285,68 +276,6 @@ impl Runtime {
         catch_panics("loading the model", || {
             Self::from_saved(SavedModel::from_bytes(bytes, source, None)?, options)
         })
-    }
-
-    /// Writes the model to `path` atomically (a temporary file in the same folder, then a
-    /// rename): the float ONNX for a float runtime; for an int8 runtime, standard ONNX in QDQ
-    /// form (int8 weights, scales, zero points) that onnxruntime runs, carrying the float master
-    /// weights and the calibrated parameters so `Runtime::load` rebuilds the same int8 plan.
-    /// The current version's weights and number are what is written.
-    pub fn save(&self, path: &Path) -> Result<()> {
-        self.save_as(path, SaveMode::Learnable)
-    }
-
-    /// [`Runtime::save`], keeping the float masters or not (see [`SaveMode`]; a float runtime
-    /// writes its float model either way).
-    pub fn save_as(&self, path: &Path, mode: SaveMode) -> Result<()> {
-        crate::files::write_atomically(path, &self.to_bytes_as(mode)?)
-    }
-
-    /// The bytes [`Runtime::save`] writes.
-    pub fn to_bytes(&self) -> Result<Vec<u8>> {
-        self.to_bytes_as(SaveMode::Learnable)
-    }
-
-    /// The bytes [`Runtime::save_as`] writes.
-    pub fn to_bytes_as(&self, mode: SaveMode) -> Result<Vec<u8>> {
-        if self.deployable {
-            return match mode {
-                // Nothing can have changed: the file as it came.
-                SaveMode::Deployable => Ok(self.model.onnx.to_vec()),
-                SaveMode::Learnable => Err(Error::Save(format!(
-                    "{} was loaded from a deployable file (learnable=False), which has no float \
-                     master weights to save; save it with learnable=False",
-                    self.model.source
-                ))),
-            };
-        }
-        let version = self.versions.current();
-        let changed = self.changed_since_load(&version.masters);
-        let unchanged = changed.is_empty() && version.number == self.loaded_version;
-        if unchanged && version.quantization.is_none() {
-            return Ok(self.model.onnx.to_vec()); // nothing learned: the float model as it came
-        }
-        let deployable = mode == SaveMode::Deployable && version.quantization.is_some();
-        let mut metadata = vec![(VERSION_KEY, version.number.to_string())];
-        if !deployable {
-            metadata.push((CHECKSUM_KEY, weights::checksum(&version.masters)));
-        }
-        let proto = OnnxModel::decode(&self.model.onnx, &self.model.source)?;
-        let float = weights::with_weights(proto, &changed, &metadata)?;
-        let Some(q) = &version.quantization else {
-            return Ok(prost::Message::encode_to_vec(&float));
-        };
-        let computed = version.slots.computed_layers(&version.masters)?;
-        let options = SavedOptions {
-            method: q.options.method.to_string(),
-            per_channel: q.options.per_channel,
-        };
-        qdq::to_qdq(float, &q.activations, &q.input_stats, &options, &computed, deployable)
-    }
-
-    /// Whether the runtime came from a deployable file (no float masters: no updates).
-    pub fn deployable(&self) -> bool {
-        self.deployable
     }
 
     /// The options this runtime was loaded with, the CPU cap as it is now.
