@@ -80,7 +80,7 @@ def measure(path: Path, x: np.ndarray, *, int8: bool, rounds: int) -> dict[str, 
 
 def main(models: list[str], *, rounds: int) -> int:
     """Prints one row per model and precision."""
-    from . import resolve_model
+    from .compare import resolve_model
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     sys.stdout.write(f"# {os.cpu_count()} cores, load average {load:.1f}; medians in ms (wall, then "

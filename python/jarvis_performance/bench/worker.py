@@ -61,7 +61,7 @@ def _load(spec: SystemSpec) -> tuple[Callable[[], object], dict[str, Any]]:
 
     x = timed_input(spec.shape)
     if spec.system.startswith("jarvis"):
-        from ._native import Runtime
+        from .._native import Runtime
 
         rt = Runtime.load(spec.model, threads=spec.threads)
         if rt.quantized != spec.system.endswith("int8"):

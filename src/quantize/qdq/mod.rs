@@ -118,6 +118,10 @@ impl SavedModel {
     /// becomes its float graph and saved quantization; a QDQ file from another quantizer, the
     /// float graph of its quantized layers and their parameters; any other model, itself.
     pub fn from_bytes(bytes: &[u8], source: &str, dir: Option<&str>) -> Result<Self> {
+        crate::error::catch_load_panics(source, || Self::read(bytes, source, dir))
+    }
+
+    fn read(bytes: &[u8], source: &str, dir: Option<&str>) -> Result<Self> {
         let mut proto = OnnxModel::decode(bytes, source)?;
         let load_error = |e: crate::error::Error| crate::error::Error::ModelLoad {
             path: source.to_string(),
