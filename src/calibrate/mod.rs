@@ -9,6 +9,8 @@ mod means;
 mod observer;
 mod patches;
 
+use std::sync::Arc;
+
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::tract_linalg::multithread::Executor;
 
@@ -20,14 +22,18 @@ pub use patches::{packed_len, PatchLayout, PatchMoments, MAX_PATCH_LEN};
 use crate::error::{catch_panics, chain, Error, Result};
 use crate::model::bind_inputs;
 use crate::model::TensorSpec;
-use crate::plan::Plans;
+use crate::plan::{Lru, Plans, DEFAULT_MAX_PLANS};
 
 /// Observes chosen outlets of a decluttered graph over calibration batches.
 #[derive(Debug)]
 pub struct Calibrator {
-    plans: Plans,
+    plans: Arc<Plans>,
     /// The calibration graph's input shapes (concrete but for symbolic axes).
     fixed: Vec<ShapeFact>,
+    /// Where each observed outlet is, by names, to find it in a graph typed for another shape.
+    observed_names: Vec<OutletName>,
+    /// Calibration plans of graphs typed for batches of other shapes, by input shapes.
+    retyped: Lru<Vec<Vec<usize>>, Arc<Plans>>,
     inputs: Vec<TensorSpec>,
     observers: Vec<Observer>,
     /// Per-channel means of the observed tensors (bias correction), once `track_means` ran.
@@ -47,30 +53,29 @@ pub struct Calibrator {
 impl Calibrator {
     /// Prepares plans of the float model whose outputs are the model's own plus `observed`,
     /// outlets of `reference` (the float graph typed for the first batch). For a graph typed
-    /// per signature, `reference` has that batch's shapes (but for a symbolic batch axis), and
-    /// every later batch must have them too.
+    /// per signature, `reference` has that batch's shapes (but for a symbolic batch axis);
+    /// batches of other shapes go through [`Calibrator::observe_retyped`].
     pub fn new(
         reference: &TypedModel,
         inputs: &[TensorSpec],
         observed: &[OutletId],
         executor: Executor,
     ) -> Result<Self> {
-        let mut model = reference.clone();
-        let mut outputs =
-            model.output_outlets().map_err(|e| Error::Calibration(chain(&e)))?.to_vec();
-        let skip = outputs.len();
-        outputs.extend_from_slice(observed);
-        model.select_output_outlets(&outputs).map_err(|e| Error::Calibration(chain(&e)))?;
+        let observed_names = observed.iter().map(|&o| OutletName::of(reference, o)).collect();
+        let model = with_observed_outputs(reference, observed)?;
         let fixed = model
             .input_outlets()
             .and_then(|outlets| {
                 outlets.iter().map(|&o| Ok(model.outlet_fact(o)?.shape.clone())).collect()
             })
             .map_err(|e| Error::Calibration(chain(&e)))?;
-        let plans = Plans::new(&model, Some(executor.clone()), "calibration")?;
+        let skip = reference.output_outlets().map_err(|e| Error::Calibration(chain(&e)))?.len();
+        let plans = Arc::new(Plans::new(&model, Some(executor.clone()), "calibration")?);
         Ok(Calibrator {
             plans,
             fixed,
+            observed_names,
+            retyped: Lru::new(DEFAULT_MAX_PLANS),
             inputs: inputs.to_vec(),
             observers: vec![Observer::default(); observed.len()],
             means: Vec::new(),
@@ -83,28 +88,80 @@ impl Calibrator {
         })
     }
 
-    /// Runs one batch (inputs in model order) and records every observed tensor.
+    /// Whether `batch` has the shapes the reference graph was typed for.
+    pub fn fits(&self, batch: &[Tensor]) -> bool {
+        batch.len() == self.fixed.len()
+            && batch.iter().zip(&self.fixed).all(|(tensor, shape)| {
+                shape.len() == tensor.rank()
+                    && shape
+                        .iter()
+                        .zip(tensor.shape())
+                        .all(|(d, &n)| d.to_i64().map_or(true, |d| d == n as i64))
+            })
+    }
+
+    /// Runs a batch whose shapes the reference graph was not typed for, on `retype(batch)`:
+    /// the float graph typed for it (built once per distinct shape, a few kept). The observed
+    /// tensors are found there by node name, so their statistics add up across shapes.
+    pub fn observe_retyped(
+        &mut self,
+        batch: Vec<Tensor>,
+        retype: impl FnOnce(&[Tensor]) -> Result<TypedModel>,
+    ) -> Result<()> {
+        self.check_inputs(&batch)?;
+        let key: Vec<Vec<usize>> = batch.iter().map(|t| t.shape().to_vec()).collect();
+        let plans = match self.retyped.get(&key) {
+            Some(plans) => plans,
+            None => {
+                let typed = retype(&batch)?;
+                let observed = self
+                    .observed_names
+                    .iter()
+                    .map(|name| {
+                        name.find(&typed).ok_or_else(|| {
+                            Error::Calibration(format!(
+                                "calibration batch of shapes {key:?}: tensor {:?} of the first \
+                                 batch's graph is not in the graph typed for these shapes",
+                                name.producer.0
+                            ))
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let model = with_observed_outputs(&typed, &observed)?;
+                let plans = Plans::new(&model, Some(self.executor.clone()), "calibration")?;
+                self.retyped.insert(key, Arc::new(plans)).0
+            }
+        };
+        self.run_and_record(&plans, batch)
+    }
+
+    /// Runs one batch of the first batch's shapes (the batch size may vary) and records every
+    /// observed tensor.
     pub fn observe(&mut self, batch: Vec<Tensor>) -> Result<()> {
+        self.check_inputs(&batch)?;
+        if !self.fits(&batch) {
+            let shapes: Vec<&[usize]> = batch.iter().map(|t| t.shape()).collect();
+            return Err(Error::Calibration(format!(
+                "calibration batch of shapes {shapes:?} does not fit the graph typed for {:?}",
+                self.fixed
+            )));
+        }
+        let plans = Arc::clone(&self.plans);
+        self.run_and_record(&plans, batch)
+    }
+
+    /// Checks the batch against the model's inputs (names, ranks, types, fixed axes).
+    fn check_inputs(&self, batch: &[Tensor]) -> Result<()> {
+        bind_inputs(&self.inputs, batch).map_err(|e| Error::Calibration(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Runs `batch` on `plans` and adds every observed tensor to the statistics.
+    fn run_and_record(&mut self, plans: &Plans, batch: Vec<Tensor>) -> Result<()> {
         let bindings =
             bind_inputs(&self.inputs, &batch).map_err(|e| Error::Calibration(e.to_string()))?;
-        for ((spec, tensor), shape) in self.inputs.iter().zip(&batch).zip(&self.fixed) {
-            let fits = shape.len() == tensor.rank()
-                && shape
-                    .iter()
-                    .zip(tensor.shape())
-                    .all(|(d, &n)| d.to_i64().map_or(true, |d| d == n as i64));
-            if !fits {
-                return Err(Error::Calibration(format!(
-                    "input {:?} has shape {:?}, but the graph is typed per input shape and was \
-                     typed for {shape:?}: give every calibration batch the first batch's shape \
-                     (the batch size may vary)",
-                    spec.name,
-                    tensor.shape()
-                )));
-            }
-        }
         self.samples += batch.first().and_then(|t| t.shape().first().copied()).unwrap_or(1);
-        let plan = self.plans.get(&bindings, &batch)?;
+        let plan = plans.get(&bindings, &batch)?;
         let values: TVec<TValue> = batch.into_iter().map(TValue::from).collect();
         let outputs = catch_panics("calibration", || {
             plan.run(values).map_err(|e| Error::Calibration(chain(&e)))
@@ -195,5 +252,46 @@ impl Calibrator {
     /// Upper bound of the observers' memory, whatever the amount of data.
     pub fn memory_bound_bytes(&self) -> usize {
         self.observers.len() * Observer::bytes()
+    }
+}
+
+/// `model` with `observed` added after its own outputs.
+fn with_observed_outputs(model: &TypedModel, observed: &[OutletId]) -> Result<TypedModel> {
+    let mut model = model.clone();
+    let mut outputs = model.output_outlets().map_err(|e| Error::Calibration(chain(&e)))?.to_vec();
+    outputs.extend_from_slice(observed);
+    model.select_output_outlets(&outputs).map_err(|e| Error::Calibration(chain(&e)))?;
+    Ok(model)
+}
+
+/// An outlet by names: its producer's, and its consumers' with their input slots. tract names
+/// the nodes it makes while decluttering after the ONNX node (`….silu.2`), and the numbering
+/// can differ between graphs typed for different shapes; the consumers (the int8 layers, named
+/// by the file) are found by name when the producer is not.
+#[derive(Debug, Clone)]
+struct OutletName {
+    producer: (String, usize),
+    consumers: Vec<(String, usize)>,
+}
+
+impl OutletName {
+    fn of(model: &TypedModel, outlet: OutletId) -> OutletName {
+        let consumers = model
+            .outlet_successors(outlet)
+            .iter()
+            .map(|inlet| (model.node(inlet.node).name.clone(), inlet.slot));
+        OutletName {
+            producer: (model.node(outlet.node).name.clone(), outlet.slot),
+            consumers: consumers.collect(),
+        }
+    }
+
+    fn find(&self, model: &TypedModel) -> Option<OutletId> {
+        if let Ok(node) = model.node_by_name(&self.producer.0) {
+            return Some(OutletId::new(node.id, self.producer.1));
+        }
+        self.consumers.iter().find_map(|(name, slot)| {
+            model.node_by_name(name).ok().and_then(|node| node.inputs.get(*slot).copied())
+        })
     }
 }

@@ -195,8 +195,8 @@ impl TypedOp for Int8Conv {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
         let shape = &inputs[0].shape;
         ensure!(shape.rank() == 4, "Int8Conv expects NCHW input");
-        let spatial: Vec<usize> =
-            shape.iter().skip(2).map(|d| Ok(d.to_usize()?)).collect::<TractResult<_>>()?;
+        // Symbolic sizes stay symbolic (a width known only per call); the kernels see numbers.
+        let spatial: Vec<TDim> = shape.iter().skip(2).cloned().collect();
         let kernel = [self.pool_spec.kernel_shape[0], self.pool_spec.kernel_shape[1]];
         let padded = self.pool_spec.padding.compute(
             &spatial,
@@ -212,8 +212,8 @@ impl TypedOp for Int8Conv {
         let fact = dt.fact([
             shape[0].clone(),
             self.layer.weights.n.to_dim(),
-            padded[0].convoluted.to_dim(),
-            padded[1].convoluted.to_dim(),
+            padded[0].convoluted.clone(),
+            padded[1].convoluted.clone(),
         ]);
         if self.residual {
             let residual = inputs.get(1).context("Int8Conv: residual input missing")?;

@@ -9,6 +9,8 @@
 
 mod cache;
 
+pub(crate) use cache::Lru;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
@@ -20,7 +22,6 @@ use tract_onnx::tract_core::tract_linalg::multithread::Executor;
 
 use crate::error::{catch_load_panics, catch_panics, chain, Error, Result};
 use crate::model::graph::{bind_symbols, specialise, specialises_by_value, Graph, Signature};
-use cache::Lru;
 
 /// Concrete plans kept per runtime unless told otherwise (each holds its own packed weights).
 pub const DEFAULT_MAX_PLANS: usize = 8;

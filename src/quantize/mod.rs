@@ -110,7 +110,11 @@ pub fn quantize(
     calibrator.track_patches(candidates.iter().map(rounding::patch_layout).collect());
     calibrator.observe(first_batch.clone())?;
     while let Some(batch) = batches()? {
-        calibrator.observe(batch)?;
+        if calibrator.fits(&batch) {
+            calibrator.observe(batch)?;
+        } else {
+            calibrator.observe_retyped(batch, |batch| float.typed_for(batch))?;
+        }
     }
     let (batch_count, samples) = calibrator.seen();
     log::info!("calibrated on {samples} samples in {batch_count} batches ({})", options.method);

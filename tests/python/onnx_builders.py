@@ -92,3 +92,30 @@ def conv_batchnorm_classifier(path: Path, seed: int = 0) -> Path:
         initializer=initializers,
     )
     return save(graph, path)
+
+
+def class_loss(path: Path) -> Path:
+    """Inputs ``scores`` float32 [batch, 5] and ``labels`` int64 [batch]: the per-sample
+    ``SoftmaxCrossEntropyLoss`` ``loss`` and its ``log_prob`` (an operator tract lacks, computed
+    by the project), as a model exported with its training head evaluates it."""
+    graph = helper.make_graph(
+        [
+            helper.make_node(
+                "SoftmaxCrossEntropyLoss",
+                ["scores", "labels"],
+                ["loss", "log_prob"],
+                reduction="none",
+                name="cross_entropy",
+            )
+        ],
+        "class_loss",
+        [
+            helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", 5]),
+            helper.make_tensor_value_info("labels", TensorProto.INT64, ["batch"]),
+        ],
+        [
+            helper.make_tensor_value_info("loss", TensorProto.FLOAT, ["batch"]),
+            helper.make_tensor_value_info("log_prob", TensorProto.FLOAT, ["batch", 5]),
+        ],
+    )
+    return save(graph, path)

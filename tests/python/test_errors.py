@@ -6,9 +6,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 from conftest import SHIPPED, random_input
-from onnx_builders import gather_where, unsupported_op
+from onnx_builders import class_loss, gather_where, unsupported_op
 
 import jarvis_performance as jp
 
@@ -111,6 +112,21 @@ def test_truncated_model(model_path: Callable[[str], Path], tmp_path: Path, frac
 def test_unsupported_op_names_node_and_op(tmp_path: Path) -> None:
     with pytest.raises(jp.UnsupportedOpError, match=r'FrobnicateTensor at node "frobnicate_1"'):
         jp.Runtime.load(unsupported_op(tmp_path / "unsupported.onnx"))
+
+
+def test_project_op_bad_data_names_the_operator(tmp_path: Path) -> None:
+    """An operator the project computes (tract has none) checks its data: a label outside the
+    classes is an error naming the operator, and the runtime keeps working."""
+    path = class_loss(tmp_path / "loss.onnx")
+    rt = jp.Runtime.load(path)
+    scores = np.random.default_rng(0).normal(size=(3, 5)).astype(np.float32)
+    with pytest.raises(jp.JarvisError, match=r"SoftmaxCrossEntropyLoss: target 7 is not a class index"):
+        rt.infer({"scores": scores, "labels": np.array([0, 7, 1])})
+    labels = np.array([0, 4, 1])
+    got = rt.infer({"scores": scores, "labels": labels})
+    want = ort.InferenceSession(str(path)).run(None, {"scores": scores, "labels": labels})
+    np.testing.assert_allclose(got["loss"], want[0], rtol=1e-5)
+    np.testing.assert_allclose(got["log_prob"], want[1], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("threads", [0, 5000])

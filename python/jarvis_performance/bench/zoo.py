@@ -155,7 +155,7 @@ def bench_model(model: zoo.ZooModel, *, threads: int, calls: int, folder: Path) 
     for system in SYSTEMS:
         target = files[system]
         if system == "jarvis int8" and isinstance(target, str) and "cannot save" in target:
-            # No QDQ file for this model (opset < 13): calibrate in the timed process, so its
+            # No QDQ file could be saved for this model: calibrate in the timed process, so its
             # load time includes calibration.
             calibration = [zoo.make_feed(model, 0, seed=s) for s in range(CALIBRATION_SAMPLES)]
             row.timings[system] = time_alone(system, path, feed, threads=threads, calls=calls,
@@ -203,7 +203,7 @@ def format_table(rows: list[ZooRow]) -> str:
         ]
         lines.append("| " + " | ".join(cells) + " |")
     if any(row.calibrated_in_process for row in rows):
-        notes.insert(0, "* jarvis int8 load includes calibration on 4 inputs (no QDQ file: opset < 13)")
+        notes.insert(0, "* jarvis int8 load includes calibration on 4 inputs (no QDQ file could be saved)")
     if notes:
         lines.append("")
         lines += [f"- {note}" for note in notes]

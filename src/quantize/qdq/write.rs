@@ -1,6 +1,7 @@
 //! Writing an int8 runtime as a standard ONNX file in QDQ form: each int8 layer's activation goes
 //! through QuantizeLinear→DequantizeLinear (u8, the calibrated parameters) and its weight through
-//! DequantizeLinear of per-channel int8 codes, so onnxruntime and other QDQ-aware runtimes run it.
+//! DequantizeLinear of per-channel int8 codes, so onnxruntime and other QDQ-aware runtimes run it
+//! (models older than opset 13 get onnxruntime's `com.microsoft` Q/DQ, which take `axis`).
 //! Metadata records what was added so `Runtime::load` restores the float graph and the exact
 //! int8 plan. A layer whose numbers the runtime computed (see [`DeployedLayer`]) is written with
 //! exactly those codes and that bias; a deployable file leaves out its float master weight.
@@ -39,6 +40,9 @@ pub struct DeployedLayer {
     pub bias_is_input: bool,
 }
 
+/// onnxruntime's operator domain, whose Q/DQ take `axis` at any opset.
+const CONTRIB_DOMAIN: &str = "com.microsoft";
+
 /// Builds the QDQ file from the float model `proto` and each int8 layer's activation
 /// parameters and input statistics. `computed` holds, by ONNX node, the numbers of the layers
 /// the runtime can state in the node's own layout; other layers are quantized here from their
@@ -58,21 +62,27 @@ pub fn to_qdq(
         .iter()
         .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
         .map_or(0, |o| o.version);
-    if opset < 13 {
-        return Err(fail(format!(
-            "per-channel QDQ needs opset 13 or later; the model has {opset}"
-        )));
+    if opset < 10 {
+        return Err(fail(format!("QDQ needs opset 10 or later; the model has {opset}")));
+    }
+    // Per-channel QuantizeLinear (`axis`) came with opset 13. Older models get onnxruntime's
+    // contrib Q/DQ, which has had `axis` from the start, rather than an opset upgrade that
+    // would change the meaning of their other nodes.
+    let domain = if opset < 13 { CONTRIB_DOMAIN } else { "" };
+    if !domain.is_empty() && !proto.opset_import.iter().any(|o| o.domain == domain) {
+        proto.opset_import.push(pb::OperatorSetIdProto { domain: domain.into(), version: 1 });
     }
     let Some(graph) = proto.graph.as_mut() else {
         return Err(fail("the model has no graph".into()));
     };
+    constants_to_initializers(graph);
     let by_node: HashMap<String, ActivationQuant> =
         layers.iter().map(|(name, q)| (onnx_node_name(name).to_string(), *q)).collect();
     let stats_by_node: HashMap<&str, &InputStats> =
         stats.iter().map(|(name, s)| (onnx_node_name(name), &**s)).collect();
     let initializers: HashMap<String, usize> =
         graph.initializer.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
-    let mut added = Added::default();
+    let mut added = Added { domain: domain.into(), ..Added::default() };
     let mut deployed: Vec<String> = Vec::new();
     let mut nodes = Vec::with_capacity(graph.node.len() + 3 * layers.len());
     let original_nodes = std::mem::take(&mut graph.node);
@@ -230,6 +240,26 @@ fn stats_tensors(node: &str, stats: &InputStats) -> Vec<pb::TensorProto> {
     tensors
 }
 
+/// Turns `Constant` nodes holding a tensor into initializers of the same name (exporters such as
+/// paddle2onnx write weights that way), so the weights they feed are quantized like any other.
+fn constants_to_initializers(graph: &mut pb::GraphProto) {
+    let nodes = std::mem::take(&mut graph.node);
+    for node in nodes {
+        let value = (node.op_type == "Constant"
+            && node.domain.is_empty()
+            && node.output.len() == 1)
+            .then(|| node.attribute.iter().find(|a| a.name == "value").and_then(|a| a.t.clone()))
+            .flatten();
+        match value {
+            Some(mut tensor) => {
+                tensor.name = node.output[0].clone();
+                graph.initializer.push(tensor);
+            }
+            None => graph.node.push(node),
+        }
+    }
+}
+
 /// The axis of a weight that indexes output channels.
 pub(super) fn weight_axis(node: &pb::NodeProto, weight: &pb::TensorProto) -> usize {
     match node.op_type.as_str() {
@@ -254,6 +284,8 @@ struct Added {
     rewired: Vec<String>,
     /// Activations already quantized, with the dequantized tensor's name.
     activations: HashMap<String, String>,
+    /// The operator domain of the Q/DQ nodes (empty: the standard one).
+    domain: String,
     weights: HashSet<String>,
 }
 
@@ -289,6 +321,7 @@ impl Added {
         nodes.push(pb::NodeProto {
             name,
             op_type: op.into(),
+            domain: self.domain.clone(),
             input: inputs,
             output: vec![output],
             attribute,
