@@ -22,7 +22,7 @@ from onnxruntime.quantization import (
 
 import jarvis_performance as jp
 from jarvis_performance.export import cached_export
-from jarvis_performance.photos import agreement, photos, softmax, views
+from jarvis_performance.bench.photos import agreement, photos, softmax, views
 
 
 def scores(float_logits: np.ndarray, logits: np.ndarray) -> str:

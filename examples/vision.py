@@ -19,7 +19,7 @@ from PIL import Image
 
 import jarvis_performance as jp
 from jarvis_performance.export import cached_export
-from jarvis_performance.photos import MEAN, STD, photos
+from jarvis_performance.bench.photos import MEAN, STD, photos
 
 
 def pil_preprocess(images: list[np.ndarray]) -> np.ndarray:

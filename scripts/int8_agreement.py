@@ -29,7 +29,7 @@ from onnxruntime.quantization import (
 
 import jarvis_performance as jp
 from jarvis_performance.export import cached_export
-from jarvis_performance.photos import agreement, photos, views
+from jarvis_performance.bench.photos import agreement, photos, views
 
 
 def show(m: dict[str, float]) -> str:

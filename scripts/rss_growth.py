@@ -16,7 +16,7 @@ import time
 
 import jarvis_performance as jp
 from jarvis_performance.export import cached_export
-from jarvis_performance.photos import photos, views
+from jarvis_performance.bench.photos import photos, views
 
 
 def rss_mb() -> float:

@@ -42,6 +42,11 @@ pub enum Error {
     #[error("calibration: {0}")]
     Calibration(String),
 
+    /// Rewriting the float graph with int8 ops failed (finding the layers, substituting them,
+    /// linking them): a limit or bug of the rewrite, not a fault of the calibration data.
+    #[error("int8 rewrite: {0}")]
+    Rewrite(String),
+
     /// A weight update (or rollback, or learning step) was refused; the model is unchanged.
     #[error("update refused: {0}")]
     Update(String),

@@ -1,15 +1,21 @@
 //! jarvis-performance: an ONNX runtime built on tract, with its own INT8 calibration, quantization
 //! and kernels, and a Python facade.
 //!
-//! The layers, from the bottom: [`kernels`] (u8×i8 SIMD loops, no tract); [`model`] loads ONNX
-//! through tract; [`plan`] holds the runnable plans; [`calibrate`] observes activation ranges;
-//! [`ops`] are the int8 tract ops; [`quantize`] rewrites graphs with them, reports and saves;
-//! [`monitor`] measures CPU, memory and latency and throttles CPU; [`runtime`] is what users hold; `python` (cargo feature `python`) is the PyO3 facade; [`cli`]
-//! is the `jarvis-perf` command.
+//! The layers, from the bottom; each uses only those before it (`tests/layers.rs` checks it):
+//! [`kernels`] (u8×i8 SIMD loops, no tract); [`ops`], the int8 tract ops and their data;
+//! [`model`] loads float ONNX through tract and binds a call's inputs; [`plan`] holds the
+//! runnable plans; [`calibrate`] observes activation ranges; [`quantize`] rewrites graphs with
+//! the int8 ops, reports, and reads and writes the saved int8 format (`quantize::qdq`);
+//! [`learn`] keeps versions of the weights; [`runtime`] is what users hold; [`cli`] is the
+//! `jarvis-perf` command and `python` (cargo feature `python`) the PyO3 facade. Leaves any
+//! layer may use: [`error`], [`files`] (reads, atomic writes), [`vision`] (images in) and
+//! [`monitor`] (CPU, memory, latency, the CPU throttle).
 
 pub mod calibrate;
+#[cfg(feature = "cli")]
 pub mod cli;
 pub mod error;
+pub mod files;
 pub mod kernels;
 pub mod learn;
 pub mod model;
@@ -29,4 +35,4 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 pub use error::{Error, Result};
 pub use model::{ElementType, ModelSummary, OnnxModel, TensorSpec};
-pub use runtime::{LoadOptions, Runtime};
+pub use runtime::{LoadOptions, Runtime, SaveMode};

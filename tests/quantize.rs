@@ -72,3 +72,28 @@ fn no_calibration_data_is_an_error() {
     .unwrap_err();
     assert!(matches!(err, Error::Calibration(_)), "{err}");
 }
+
+#[test]
+fn deployable_bytes_reload_bit_identically_and_refuse_updates(
+) -> Result<(), Box<dyn std::error::Error>> {
+    use jarvis_performance::SaveMode;
+
+    let rt = quantized(Method::DEFAULT)?;
+    let options = LoadOptions { threads: Some(1), ..Default::default() };
+    let learnable = rt.to_bytes_as(SaveMode::Learnable)?;
+    let deployable = rt.to_bytes_as(SaveMode::Deployable)?;
+    assert!(deployable.len() * 2 < learnable.len(), "{} vs {}", deployable.len(), learnable.len());
+    let reloaded = Runtime::from_bytes(&deployable, "deployable", &options)?;
+    assert!(reloaded.quantized() && reloaded.deployable() && !rt.deployable());
+    let bits = |t: Tensor| -> Result<Vec<u32>, Box<dyn std::error::Error>> {
+        Ok(t.to_plain_array_view::<f32>()?.iter().map(|v| v.to_bits()).collect())
+    };
+    let want = bits(rt.run(vec![sample()])?.remove(0))?;
+    assert_eq!(bits(reloaded.run(vec![sample()])?.remove(0))?, want);
+    let delta = Tensor::from(ndarray::Array1::<f32>::zeros(10).into_dyn());
+    let err = reloaded.update(&[("fc.bias".to_string(), delta)], 1.0).unwrap_err();
+    assert!(matches!(&err, Error::Update(m) if m.contains("deployable")), "{err}");
+    assert!(matches!(reloaded.to_bytes_as(SaveMode::Learnable), Err(Error::Save(_))));
+    assert_eq!(reloaded.to_bytes_as(SaveMode::Deployable)?, deployable);
+    Ok(())
+}

@@ -98,7 +98,7 @@ fn zero_threads_is_a_config_error() {
 
 /// The fuzzer's Conv-kernel-rank input makes tract panic while analysing the graph. Found first
 /// through `Runtime::load`; the second `load_model` run found the same bytes through
-/// `OnnxModel::from_bytes` (what the fuzz target calls), which was unguarded, so the fuzz
+/// `OnnxModel::from_bytes` (the fuzz target's way in at the time), which was unguarded, so the fuzz
 /// process aborted, `Runtime::from_bytes` reported an internal error and the CLI's int8 path
 /// crashed. Every way in must give `ModelLoad`.
 #[test]

@@ -3,7 +3,6 @@
 #![no_main]
 
 use jarvis_performance::error::Error;
-use jarvis_performance::model::OnnxModel;
 use jarvis_performance::runtime::{LoadOptions, Runtime};
 use libfuzzer_sys::fuzz_target;
 use tract_onnx::prelude::*;
@@ -23,9 +22,8 @@ fuzz_target!(|data: &[u8]| {
         max_memory_bytes: Some(64 << 20),
         ..Default::default()
     };
-    let runtime = match OnnxModel::from_bytes(data, "fuzz", None)
-        .and_then(|model| Runtime::from_model(model, &options))
-    {
+    // Through the saved-format reader too: arbitrary bytes may claim to be a saved int8 file.
+    let runtime = match Runtime::from_bytes(data, "fuzz", &options) {
         Ok(runtime) => runtime,
         Err(Error::Internal(message)) => { eprintln!("caught panic while loading: {message}"); std::process::abort() },
         Err(_) => return,

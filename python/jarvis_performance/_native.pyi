@@ -162,8 +162,8 @@ class Runtime:
         """Make a runtime from bytes ``to_bytes`` (or a file ``save``) produced; an int8
         runtime's bytes rebuild the same int8 plan without calibration data. ``source`` names
         the model in messages and logs; the other options are those of ``load``."""
-    def to_bytes(self) -> bytes:
-        """The model as ONNX bytes: what ``save`` writes."""
+    def to_bytes(self, *, learnable: bool = True) -> bytes:
+        """The model as ONNX bytes: what ``save`` writes (``learnable`` as there)."""
     def __reduce__(self) -> tuple[Any, ...]:
         """Pickle by the saved bytes and every load option (threads, CPU cap, memory limit,
         ``allow_non_finite``)."""
@@ -192,11 +192,22 @@ class Runtime:
     @property
     def cpu_limit(self) -> float | None:
         """The CPU cap in percent of one core, or ``None``."""
-    def save(self, path: str | PathLike[str]) -> None:
+    def save(self, path: str | PathLike[str], *, learnable: bool = True) -> None:
         """Write the model to ``path`` atomically: for an int8 runtime, standard ONNX in QDQ form
-        (int8 weights, scales, zero points) that onnxruntime runs, carrying the float master
-        weights and calibrated parameters, so ``Runtime.load(path)`` rebuilds the same int8 plan
-        without calibration data."""
+        (int8 weights, scales, zero points) that onnxruntime runs, so ``Runtime.load(path)``
+        rebuilds the same int8 plan, bit for bit, without calibration data.
+
+        Args:
+            path: the file to write (a temporary file next to it, then a rename).
+            learnable: keep the float master weights and calibration statistics, so the
+                reloaded runtime can be updated (``update``, ``learn``, ``recalibrate``).
+                ``False`` writes a deployable file of int8 codes, scales and biases only —
+                about a quarter of the float model — whose reload refuses updates with
+                ``UpdateError``. A float runtime writes its float model either way.
+
+        Raises:
+            JarvisError: ``learnable=True`` on a runtime loaded from a deployable file.
+        """
     def update(self, deltas: Mapping[str, npt.ArrayLike], *, scale: float = 1.0) -> int:
         """Add ``scale * delta`` to each named float weight (ONNX initializer names: the
         ``state_dict`` keys of an exported PyTorch model) and return the new version. All deltas
@@ -245,6 +256,10 @@ class Runtime:
     @property
     def quantized(self) -> bool:
         """Whether the model runs with int8 layers."""
+    @property
+    def learnable(self) -> bool:
+        """Whether ``update``, ``learn`` and ``recalibrate`` can change this runtime: ``False``
+        for one loaded from a deployable file (``save(path, learnable=False)``)."""
     def quantization_report(self) -> list[dict[str, Any]]:
         """Per Conv/Gemm/MatMul layer: ``name``, ``kind``, ``int8``, ``reason`` (why it stayed
         float), ``sqnr_db`` and ``cosine`` against float on calibration data, ``input``

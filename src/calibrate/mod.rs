@@ -20,9 +20,9 @@ pub use observer::{Method, Observer, BINS};
 pub use patches::{packed_len, PatchLayout, PatchMoments, MAX_PATCH_LEN};
 
 use crate::error::{catch_panics, chain, Error, Result};
+use crate::model::bind_inputs;
 use crate::model::TensorSpec;
 use crate::plan::{Lru, Plans, DEFAULT_MAX_PLANS};
-use crate::runtime::bind_inputs;
 
 /// Observes chosen outlets of a decluttered graph over calibration batches.
 #[derive(Debug)]

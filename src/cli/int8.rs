@@ -9,7 +9,7 @@ use tract_onnx::prelude::*;
 
 use super::npy;
 use crate::calibrate::Method;
-use crate::model::OnnxModel;
+use crate::quantize::qdq::SavedModel;
 use crate::quantize::QuantizeOptions;
 use crate::runtime::{LoadOptions, Runtime};
 
@@ -47,7 +47,7 @@ pub fn load(path: &Path, threads: Option<usize>, precision: &Precision) -> Resul
         Some(text) => text.parse::<Method>().map_err(anyhow::Error::msg)?,
         None => Method::DEFAULT,
     };
-    let model = OnnxModel::load(path)?;
+    let model = SavedModel::load(path)?.float_model()?;
     let [spec] = model.inputs.as_slice() else {
         bail!("--calib feeds one input; this model has {}", model.inputs.len());
     };

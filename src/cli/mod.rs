@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
-use crate::runtime::{LoadOptions, Runtime};
+use crate::runtime::{LoadOptions, Runtime, SaveMode};
 
 /// Run, inspect and benchmark ONNX models on jarvis-performance's runtime.
 #[derive(Debug, Parser)]
@@ -78,6 +78,10 @@ enum Command {
         /// Layers (node or tensor names) kept in float; repeatable.
         #[arg(long = "exclude")]
         exclude: Vec<String>,
+        /// Leave out the float master weights and calibration statistics: a file about a
+        /// quarter of the float model that reloads bit for bit but cannot be updated.
+        #[arg(long)]
+        deployable: bool,
     },
     /// Compare INT8 with float on data: SQNR, cosine, top-1 agreement, accuracy, per-layer report.
     Eval {
@@ -147,11 +151,12 @@ fn execute(command: Command) -> Result<()> {
         Command::SetPreprocessing { model, images, clear } => {
             set_preprocessing(&model, &images, clear)
         }
-        Command::Quantize { model, calib, output, method, exclude } => {
+        Command::Quantize { model, calib, output, method, exclude, deployable } => {
             let precision = int8::Precision { int8: true, calib: Some(calib), method, exclude };
             let runtime = int8::load(&model, None, &precision)?;
             int8::print_report(&runtime);
-            runtime.save(&output)?;
+            let mode = if deployable { SaveMode::Deployable } else { SaveMode::Learnable };
+            runtime.save_as(&output, mode)?;
             println!("wrote {}", output.display());
             Ok(())
         }

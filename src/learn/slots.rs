@@ -11,9 +11,9 @@ use tract_onnx::prelude::*;
 use crate::error::{chain, Error, Result};
 use crate::model::weights::{OnnxLayer, Weights};
 use crate::quantize::input::InputStats;
+use crate::quantize::qdq::{onnx_node_name, DeployedLayer};
 use crate::quantize::qparams::ActivationQuant;
-use crate::quantize::save::onnx_node_name;
-use crate::quantize::{build_op, find_layers, Candidate, LayerKind};
+use crate::quantize::{build_op, find_layers, quantize_layer, Candidate, LayerKind};
 
 /// A layer an update can reach directly.
 #[derive(Debug, Clone)]
@@ -175,7 +175,39 @@ impl Slots {
         if let Some(bias) = &slot.bias {
             layer.bias = plain_f32(masters.get(bias).ok_or_else(|| missing(bias))?, bias)?;
         }
-        Ok((layer.name.clone(), build_op(&layer, &weights, input, self.per_channel)))
+        Ok((layer.name.clone(), build_op(&layer, &weights, input, self.per_channel)?))
+    }
+
+    /// The numbers of every int8 layer bound to an ONNX weight, computed from `masters` as its
+    /// op computes them and put in the weight's layout, by ONNX node: what a saved file
+    /// carries for these layers.
+    pub fn computed_layers(&self, masters: &Weights) -> Result<HashMap<String, DeployedLayer>> {
+        let mut computed = HashMap::new();
+        for slot in &self.layers {
+            let Some(input) = slot.int8 else { continue };
+            let master =
+                masters.get(&slot.weight).ok_or_else(|| Error::Internal(slot.weight.clone()))?;
+            let mut layer = slot.template.clone();
+            if let Some(bias) = &slot.bias {
+                let value = masters.get(bias).ok_or_else(|| Error::Internal(bias.clone()))?;
+                layer.bias = plain_f32(value, bias)?;
+            }
+            let weights = slot.kernel_weights(master)?;
+            let numbers = quantize_layer(&layer, &weights, input, self.per_channel)?;
+            let codes: Vec<f32> = numbers.codes.iter().map(|&c| f32::from(c)).collect();
+            let codes = slot.to_master_layout(&codes, master.shape())?;
+            let deployed = DeployedLayer {
+                weight: slot.weight.clone(),
+                // Whole numbers in [-127, 127]: the cast is exact.
+                codes: codes.iter().map(|&c| c as i8).collect(),
+                scales: numbers.scales,
+                kernel_bias: numbers.bias,
+                layer_bias: layer.bias,
+                bias_is_input: slot.bias.is_some(),
+            };
+            computed.insert(onnx_node_name(&layer.name).to_string(), deployed);
+        }
+        Ok(computed)
     }
 
     /// The layer a head learner trains: `name` (a layer or its weight's name), or else the last

@@ -1,21 +1,27 @@
-//! Loading ONNX files through tract: decoding, operator support, graph analysis, and the names
-//! and shapes of inputs and outputs.
+//! Loading float ONNX models through tract: decoding, operator support, graph analysis, the
+//! names and shapes of inputs and outputs, binding a call's inputs, and the float weights. The
+//! saved int8 format is not known here: `quantize::qdq` turns such a file back into a float
+//! model before [`OnnxModel::from_proto`] analyses it.
 
 pub mod graph;
+mod inputs;
 mod onnx_ops;
-pub mod saved;
 mod spec;
 mod summary;
 pub mod weights;
 
 use std::path::Path;
+use std::sync::Arc;
 
+use tract_onnx::pb;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::unimpl::UnimplementedOp;
 
 pub use graph::{Graph, Signature};
+pub use inputs::{bind_inputs, check_finite, check_input, SymbolBindings};
 pub use spec::{ElementType, TensorSpec};
 pub use summary::ModelSummary;
+pub use weights::{OnnxLayer, Weights};
 
 use crate::error::{catch_load_panics, chain, Error, Result};
 
@@ -31,11 +37,15 @@ pub struct OnnxModel {
     pub inputs: Vec<TensorSpec>,
     pub outputs: Vec<TensorSpec>,
     pub summary: ModelSummary,
-    /// The float model as ONNX bytes (for a file `Runtime::save` wrote: the restored float
+    /// The model as ONNX bytes (for an int8 file `Runtime::save` wrote: the restored float
     /// graph), what saving starts from.
-    pub onnx: std::sync::Arc<Vec<u8>>,
-    /// The quantization carried by a file `Runtime::save` wrote.
-    pub saved_int8: Option<saved::SavedInt8>,
+    pub onnx: Arc<Vec<u8>>,
+    /// Every float weight by name, read from the protobuf decoded for this load.
+    pub weights: Arc<Weights>,
+    /// The layers whose weights an update can reach (see [`weights::onnx_layers`]).
+    pub layers: Vec<OnnxLayer>,
+    /// The file's `metadata_props`, in order.
+    pub metadata: Vec<(String, String)>,
     /// The preprocessing stored with the model (JSON, `crate::vision::stored`), unparsed:
     /// a bad record fails the image calls that need it, not the model's loading.
     pub preprocessing: Option<String>,
@@ -46,10 +56,7 @@ pub struct OnnxModel {
 impl OnnxModel {
     /// Reads and analyses an ONNX file. External-data files are looked up next to it.
     pub fn load(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|source| match source.kind() {
-            std::io::ErrorKind::NotFound => Error::FileNotFound(path.to_path_buf()),
-            _ => Error::Io { context: format!("reading {}", path.display()), source },
-        })?;
+        let bytes = crate::files::read(path)?;
         let dir = path.parent().and_then(Path::to_str).map(str::to_owned);
         Self::from_bytes(&bytes, &path.display().to_string(), dir.as_deref())
     }
@@ -60,35 +67,48 @@ impl OnnxModel {
     /// so that every way in (`Runtime::load`, `Runtime::from_bytes`, the int8 paths, the CLI)
     /// reports it as the file's fault, `ModelLoad`.
     pub fn from_bytes(bytes: &[u8], source: &str, dir: Option<&str>) -> Result<Self> {
-        catch_load_panics(source, || Self::analyse(bytes, source, dir))
+        let proto = Self::decode(bytes, source)?;
+        Self::from_proto(&proto, Arc::new(bytes.to_vec()), source, dir)
     }
 
-    fn analyse(bytes: &[u8], source: &str, dir: Option<&str>) -> Result<Self> {
+    /// Decodes an ONNX protobuf (the one decode of a load: the rest reads the decoded proto).
+    pub fn decode(bytes: &[u8], source: &str) -> Result<pb::ModelProto> {
         let load_error = |reason: String| Error::ModelLoad { path: source.to_string(), reason };
         if bytes.is_empty() {
             return Err(load_error("the file is empty".into()));
         }
+        catch_load_panics(source, || {
+            tract_onnx::onnx()
+                .proto_model_for_read(&mut &bytes[..])
+                .map_err(|e| load_error(format!("not a valid ONNX protobuf ({})", chain(&e))))
+        })
+    }
+
+    /// Analyses a decoded model whose bytes are `onnx`.
+    pub fn from_proto(
+        proto: &pb::ModelProto,
+        onnx: Arc<Vec<u8>>,
+        source: &str,
+        dir: Option<&str>,
+    ) -> Result<Self> {
+        catch_load_panics(source, || Self::analyse(proto, onnx, source, dir))
+    }
+
+    fn analyse(
+        proto: &pb::ModelProto,
+        onnx_bytes: Arc<Vec<u8>>,
+        source: &str,
+        dir: Option<&str>,
+    ) -> Result<Self> {
+        let load_error = |reason: String| Error::ModelLoad { path: source.to_string(), reason };
         let mut onnx = tract_onnx::onnx().with_ignore_output_shapes(true);
         onnx_ops::register(&mut onnx.op_register);
-        let mut proto = onnx
-            .proto_model_for_read(&mut &bytes[..])
-            .map_err(|e| load_error(format!("not a valid ONNX protobuf ({})", chain(&e))))?;
-        let saved_int8 =
-            match saved::restore_float(&mut proto).map_err(|e| load_error(e.to_string()))? {
-                Some(ours) => Some(ours),
-                None => saved::import_qdq(&mut proto).map_err(|e| load_error(e.to_string()))?,
-            };
-        let float_bytes = if saved_int8.is_some() {
-            prost::Message::encode_to_vec(&proto)
-        } else {
-            bytes.to_vec()
-        };
         let Some(graph) = proto.graph.as_ref() else {
             return Err(load_error("the protobuf holds no graph (is this an ONNX model?)".into()));
         };
-        let summary = ModelSummary::from_proto(&proto, graph);
-        let preprocessing = crate::vision::stored::read(&proto).map(str::to_owned);
-        let parsed = onnx.parse(&proto, dir).map_err(|e| load_error(chain(&e)))?;
+        let summary = ModelSummary::from_proto(proto, graph);
+        let preprocessing = crate::vision::stored::read(proto).map(str::to_owned);
+        let parsed = onnx.parse(proto, dir).map_err(|e| load_error(chain(&e)))?;
         if !parsed.unresolved_inputs.is_empty() {
             return Err(load_error(format!(
                 "nodes read tensors that nothing produces: {}",
@@ -121,7 +141,7 @@ impl OnnxModel {
                 );
                 let inputs = decoded_interface(&decoded, input_names)?;
                 let outputs = declared_outputs(graph, output_names.len());
-                (Graph::PerSignature(std::sync::Arc::new(decoded)), inputs, outputs)
+                (Graph::PerSignature(Arc::new(decoded)), inputs, outputs)
             }
             Err(reason) => return Err(load_error(reason)),
         };
@@ -134,11 +154,22 @@ impl OnnxModel {
             inputs,
             outputs,
             summary,
-            onnx: std::sync::Arc::new(float_bytes),
-            saved_int8,
+            onnx: onnx_bytes,
+            weights: Arc::new(weights::float_weights(proto)),
+            layers: weights::onnx_layers(proto),
+            metadata: proto
+                .metadata_props
+                .iter()
+                .map(|p| (p.key.clone(), p.value.clone()))
+                .collect(),
             preprocessing,
             dir: dir.map(str::to_owned),
         })
+    }
+
+    /// The value of the metadata entry `key`, if the file has one.
+    pub fn metadata_value(&self, key: &str) -> Option<&str> {
+        self.metadata.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
 
     /// Position of the input called `name`.

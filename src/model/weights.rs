@@ -1,5 +1,5 @@
 //! The float weights of an ONNX model by name — its float initializers and the values of its
-//! float `Constant` nodes — and writing changed values back into the ONNX bytes.
+//! float `Constant` nodes — and writing changed values back into the ONNX protobuf.
 //!
 //! These are the names `Runtime::update` accepts: for a model exported from PyTorch, the
 //! `state_dict` keys of the weights the exporter kept as they were.
@@ -7,7 +7,6 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use prost::Message;
 use tract_onnx::data_resolver::MmapDataResolver;
 use tract_onnx::pb;
 use tract_onnx::prelude::*;
@@ -21,9 +20,8 @@ const FLOAT: i32 = pb::tensor_proto::DataType::Float as i32;
 
 /// Every float initializer and float `Constant` value of the model in `onnx`. Weights kept in
 /// external-data files are left out (they cannot be rewritten in place).
-pub fn float_weights(onnx: &[u8]) -> Result<Weights> {
-    let proto = decode(onnx)?;
-    let Some(graph) = proto.graph.as_ref() else { return Ok(Weights::new()) };
+pub fn float_weights(proto: &pb::ModelProto) -> Weights {
+    let Some(graph) = proto.graph.as_ref() else { return Weights::new() };
     let mut weights = Weights::new();
     for (name, tensor) in named_tensors(graph) {
         if tensor.data_type != FLOAT || !tensor.external_data.is_empty() {
@@ -36,7 +34,7 @@ pub fn float_weights(onnx: &[u8]) -> Result<Weights> {
             Err(e) => log::debug!("weight {name} is not updatable: {e}"),
         }
     }
-    Ok(weights)
+    weights
 }
 
 /// A Conv, Gemm or MatMul node of the ONNX graph whose weight (and bias) are float weights that
@@ -51,9 +49,8 @@ pub struct OnnxLayer {
 
 /// The layers of the model in `onnx` with exclusively owned weights (PyTorch's exporter puts
 /// `Identity` nodes between a shared weight and its users: they are looked through).
-pub fn onnx_layers(onnx: &[u8]) -> Result<Vec<OnnxLayer>> {
-    let proto = decode(onnx)?;
-    let Some(graph) = proto.graph.as_ref() else { return Ok(Vec::new()) };
+pub fn onnx_layers(proto: &pb::ModelProto) -> Vec<OnnxLayer> {
+    let Some(graph) = proto.graph.as_ref() else { return Vec::new() };
     let weights: std::collections::HashSet<&str> = named_tensors(graph)
         .filter(|(_, t)| t.data_type == FLOAT && t.external_data.is_empty())
         .map(|(name, _)| name)
@@ -114,17 +111,16 @@ pub fn onnx_layers(onnx: &[u8]) -> Result<Vec<OnnxLayer>> {
         };
         layers.push(OnnxLayer { node: node.name.clone(), weight, bias });
     }
-    Ok(layers)
+    layers
 }
 
-/// `onnx` with the values of `changed` written over the weights of the same names, and the
+/// `proto` with the values of `changed` written over the weights of the same names, and the
 /// metadata entries `metadata` set (replacing entries with the same keys).
 pub fn with_weights(
-    onnx: &[u8],
+    mut proto: pb::ModelProto,
     changed: &Weights,
     metadata: &[(&str, String)],
-) -> Result<Vec<u8>> {
-    let mut proto = decode(onnx)?;
+) -> Result<pb::ModelProto> {
     if let Some(graph) = proto.graph.as_mut() {
         for tensor in graph.initializer.iter_mut() {
             if let Some(value) = changed.get(&tensor.name) {
@@ -147,7 +143,7 @@ pub fn with_weights(
             .metadata_props
             .push(pb::StringStringEntryProto { key: key.to_string(), value: value.clone() });
     }
-    Ok(proto.encode_to_vec())
+    Ok(proto)
 }
 
 /// CRC-32 of the weights (names, shapes and values, in name order): written by `save`, checked
@@ -170,17 +166,6 @@ pub fn checksum(weights: &Weights) -> String {
         }
     }
     format!("{:08x}", hasher.finalize())
-}
-
-/// The value of a metadata entry of `onnx`.
-pub fn metadata(onnx: &[u8], key: &str) -> Result<Option<String>> {
-    let proto = decode(onnx)?;
-    Ok(proto.metadata_props.into_iter().find(|p| p.key == key).map(|p| p.value))
-}
-
-fn decode(onnx: &[u8]) -> Result<pb::ModelProto> {
-    pb::ModelProto::decode(onnx)
-        .map_err(|e| Error::ModelLoad { path: String::new(), reason: format!("re-reading: {e}") })
 }
 
 /// Initializers by name, then `Constant` node values by output name.

@@ -21,12 +21,24 @@ pub use linear::Int8Linear;
 pub use parallel::SpinningWorkers;
 pub use pool::MaxPool2d;
 
+use crate::kernels::ActivationQuant;
 use crate::kernels::{
     byte_kernel_fits, tap_words, Activation, Epilogue, PackedWeights, PlanarWeights, LANE_CHANNELS,
     MAX_TAP_WORDS,
 };
-use crate::quantize::input::ChannelInput;
-use crate::quantize::qparams::ActivationQuant;
+
+/// The channel-input parameters of a built layer: per input channel scale and zero point, the
+/// common scale `s̄` the weights were folded to, and the accumulator offset per output channel.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChannelInput {
+    pub scales: Vec<f32>,
+    pub zero_points: Vec<u8>,
+    pub common_scale: f32,
+    /// `Σ_k code[o][k] · z_c(k)`, subtracted from output channel `o`'s accumulator.
+    pub offsets: Vec<i32>,
+    /// The padding word of each channel group (`kernels::fill_words`), made once per build.
+    pub fills: Vec<u32>,
+}
 
 /// How a layer's weights are laid out for its kernels.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,7 +63,7 @@ pub struct LayerWeights {
     /// point), `input scale × weight scale`, bias and the layer's activation.
     pub epilogues: Vec<Epilogue>,
     pub packed: Packed,
-    /// Per-input-channel quantization of an 8-bit input (`quantize::input`); `None`: the
+    /// Per-input-channel quantization of an 8-bit input (`quantize::input` makes it); `None`: the
     /// layer's per-tensor input parameters.
     pub channel_input: Option<ChannelInput>,
 }

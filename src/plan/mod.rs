@@ -26,8 +26,7 @@ use crate::model::graph::{bind_symbols, specialise, specialises_by_value, Graph,
 /// Concrete plans kept per runtime unless told otherwise (each holds its own packed weights).
 pub const DEFAULT_MAX_PLANS: usize = 8;
 
-/// Values of the model's dynamic-axis symbols, sorted by symbol name.
-pub type SymbolBindings = Vec<(String, usize)>;
+pub use crate::model::SymbolBindings;
 
 /// A rewrite applied to each graph typed for a signature, before it is optimised.
 pub type Transform = Arc<dyn Fn(TypedModel) -> Result<TypedModel> + Send + Sync>;

@@ -68,7 +68,7 @@ impl From<Error> for PyErr {
             Error::Calibration(_) => CalibrationError::new_err(message),
             Error::Update(_) => UpdateError::new_err(message),
             Error::Image { .. } => ImageError::new_err(message),
-            Error::Save(_) | Error::Inference(_) | Error::Internal(_) => {
+            Error::Save(_) | Error::Rewrite(_) | Error::Inference(_) | Error::Internal(_) => {
                 JarvisError::new_err(message)
             }
         }

@@ -3,12 +3,9 @@
 
 use std::path::PathBuf;
 
-use prost::Message;
 use pyo3::prelude::*;
-use tract_onnx::pb;
 
 use super::vision::VisionArgs;
-use crate::error::Error;
 use crate::vision::stored::{self, Stored};
 
 /// The stored record as a Python dict (through `json.loads` of its JSON).
@@ -54,14 +51,8 @@ pub fn set_preprocessing<'py>(
 /// The preprocessing stored in the ONNX file at `path`, as a dict, or `None`.
 #[pyfunction]
 pub fn get_preprocessing(py: Python<'_>, path: PathBuf) -> PyResult<Option<Bound<'_, PyAny>>> {
-    let bytes = std::fs::read(&path).map_err(|source| match source.kind() {
-        std::io::ErrorKind::NotFound => Error::FileNotFound(path.clone()),
-        _ => Error::Io { context: format!("reading {}", path.display()), source },
-    })?;
-    let proto = pb::ModelProto::decode(bytes.as_slice()).map_err(|e| Error::ModelLoad {
-        path: path.display().to_string(),
-        reason: format!("not a valid ONNX protobuf ({e})"),
-    })?;
+    let proto =
+        crate::files::decode_onnx(&crate::files::read(&path)?, &path.display().to_string())?;
     match stored::read(&proto) {
         Some(json) => Ok(Some(to_dict(py, &Stored::parse(json)?)?)),
         None => Ok(None),

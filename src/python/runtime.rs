@@ -14,9 +14,10 @@ use super::vision::{with_images, OutDtype, VisionArgs};
 use super::without_gil;
 use crate::calibrate::Method;
 use crate::error::Error;
-use crate::model::{OnnxModel, TensorSpec};
+use crate::model::TensorSpec;
+use crate::quantize::qdq::SavedModel;
 use crate::quantize::QuantizeOptions;
-use crate::runtime::{LoadOptions, Runtime};
+use crate::runtime::{LoadOptions, Runtime, SaveMode};
 
 /// Name, shape and dtype of one model input or output.
 #[pyclass(frozen, module = "jarvis_performance._native", name = "TensorInfo")]
@@ -116,7 +117,7 @@ impl PyRuntime {
                     Some(text) => text.parse().map_err(|e: String| Error::config("method", e))?,
                 };
                 let quantize = QuantizeOptions { method, per_channel, exclude };
-                let model = without_gil(py, move || OnnxModel::load(&path))?;
+                let model = without_gil(py, move || SavedModel::load(&path)?.float_model())?;
                 let mut source = PySource::new(&calibration, &model.inputs)?;
                 without_gil(py, move || {
                     Runtime::from_model_quantized(model, &options, &quantize, &mut || {
@@ -157,10 +158,11 @@ impl PyRuntime {
         Ok(PyRuntime::new(runtime))
     }
 
-    /// The model as ONNX bytes: what `save` writes.
-    fn to_bytes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+    /// The model as ONNX bytes: what `save` writes (`learnable` as there).
+    #[pyo3(signature = (*, learnable = true))]
+    fn to_bytes<'py>(&self, py: Python<'py>, learnable: bool) -> PyResult<Bound<'py, PyBytes>> {
         let runtime = Arc::clone(&self.inner);
-        let bytes = without_gil(py, move || runtime.to_bytes())?;
+        let bytes = without_gil(py, move || runtime.to_bytes_as(save_mode(learnable)))?;
         Ok(PyBytes::new(py, &bytes))
     }
 
@@ -196,10 +198,20 @@ impl PyRuntime {
 
     /// Writes the model to `path` atomically. An int8 runtime is written as standard ONNX in
     /// QDQ form that onnxruntime runs; `Runtime.load` reloads it without calibration data to the
-    /// same outputs bit for bit. A float runtime writes its float model.
-    fn save(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
+    /// same outputs bit for bit. `learnable=False` leaves out the float master weights and
+    /// calibration statistics: a deployable file about a quarter of the float one, which cannot
+    /// be updated. A float runtime writes its float model.
+    #[pyo3(signature = (path, *, learnable = true))]
+    fn save(&self, py: Python<'_>, path: PathBuf, learnable: bool) -> PyResult<()> {
         let runtime = Arc::clone(&self.inner);
-        without_gil(py, move || runtime.save(&path))
+        without_gil(py, move || runtime.save_as(&path, save_mode(learnable)))
+    }
+
+    /// Whether `update`, `learn` and `recalibrate` can change this runtime: false for one
+    /// loaded from a deployable file (`save(path, learnable=False)`).
+    #[getter]
+    fn learnable(&self) -> bool {
+        !self.inner.deployable()
     }
 
     /// Adds `scale * delta` to each named float weight (`{ONNX initializer name: array}`, the
@@ -521,5 +533,13 @@ fn memory_limit(max_memory_mb: Option<f64>) -> PyResult<Option<u64>> {
         None => Ok(None),
         Some(mb) if mb.is_finite() && mb > 0.0 => Ok(Some((mb * 1e6) as u64)),
         Some(_) => Err(Error::config("max_memory_mb", "must be a positive number").into()),
+    }
+}
+
+fn save_mode(learnable: bool) -> SaveMode {
+    if learnable {
+        SaveMode::Learnable
+    } else {
+        SaveMode::Deployable
     }
 }

@@ -6,7 +6,7 @@ use pyo3::types::{PyBytes, PyDict, PyTuple};
 
 use super::runtime::PyRuntime;
 use super::without_gil;
-use crate::runtime::{LoadOptions, Runtime, Status};
+use crate::runtime::{LoadOptions, Runtime, SaveMode, Status};
 
 /// `Status` as a plain dict (JSON-ready: numbers, bools, strings and `None`).
 pub fn status_to_py<'py>(py: Python<'py>, s: &Status) -> PyResult<Bound<'py, PyDict>> {
@@ -35,7 +35,9 @@ pub fn status_to_py<'py>(py: Python<'py>, s: &Status) -> PyResult<Bound<'py, PyD
 
 /// `(restore function, its arguments)` for `Runtime.__reduce__`.
 pub fn reduce<'py>(py: Python<'py>, runtime: &Runtime) -> PyResult<Bound<'py, PyTuple>> {
-    let bytes = without_gil(py, || runtime.to_bytes())?;
+    // A deployable runtime travels as its deployable file (it has nothing else to write).
+    let mode = if runtime.deployable() { SaveMode::Deployable } else { SaveMode::Learnable };
+    let bytes = without_gil(py, || runtime.to_bytes_as(mode))?;
     let options = runtime.options();
     let restore = py.import("jarvis_performance._native")?.getattr("_restore_runtime")?;
     // Every load option travels, so the copy refuses and accepts exactly what the original does.

@@ -114,7 +114,7 @@ mod tests {
             k,
             bias: vec![0.5; n],
             activation: Activation::Identity,
-            input_stats: Arc::new(InputStats { means, lattice: None, moments: Vec::new() }),
+            input_stats: Arc::new(InputStats { means, ..InputStats::default() }),
         }
     }
 

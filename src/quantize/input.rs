@@ -13,6 +13,7 @@ use tract_onnx::prelude::*;
 
 use super::rewrite::{Candidate, LayerKind};
 use crate::calibrate::ChannelLattice;
+use crate::ops::ChannelInput;
 
 /// Calibration statistics of a layer's input, shared by every build of the layer.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -24,6 +25,17 @@ pub struct InputStats {
     /// Centred second moments of the input patches, packed per group (data-aware rounding,
     /// `quantize::rounding`); empty when not recorded.
     pub moments: Vec<f32>,
+    /// The layer's int8 numbers as a deployable file carries them (no float master to
+    /// quantize): its weights are then exactly codes × these scales.
+    pub fixed_kernel: Option<FixedKernel>,
+}
+
+/// The weight scales (per output channel) and the bias the kernel adds (bias correction
+/// applied) of a layer whose codes are fixed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FixedKernel {
+    pub scales: Vec<f32>,
+    pub bias: Vec<f32>,
 }
 
 /// Input statistics of int8 layers, by tract layer name.
@@ -35,19 +47,6 @@ pub fn lattice_eligible(model: &TypedModel, layer: &Candidate) -> bool {
     let dense = matches!(&layer.kind, LayerKind::Conv { group: 1, depthwise: false, .. });
     let source = model.input_outlets().is_ok_and(|inputs| inputs.contains(&layer.input));
     dense && source
-}
-
-/// The channel-input parameters of a built layer: per input channel scale and zero point, the
-/// common scale `s̄` the weights were folded to, and the accumulator offset per output channel.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ChannelInput {
-    pub scales: Vec<f32>,
-    pub zero_points: Vec<u8>,
-    pub common_scale: f32,
-    /// `Σ_k code[o][k] · z_c(k)`, subtracted from output channel `o`'s accumulator.
-    pub offsets: Vec<i32>,
-    /// The padding word of each channel group (`kernels::fill_words`), made once per build.
-    pub fills: Vec<u32>,
 }
 
 /// The input channel of kernel column `k` of a dense convolution (k order: tap, channel).
@@ -62,11 +61,27 @@ pub fn fold_weights<'w>(
     weights: &'w [f32],
     lattice: Option<&ChannelLattice>,
 ) -> (Cow<'w, [f32]>, Option<f32>) {
-    let Some(lattice) = lattice else { return (Cow::Borrowed(weights), None) };
+    let Some((lattice, common)) = lattice.and_then(|l| Some((l, common_step(layer, l)?))) else {
+        return (Cow::Borrowed(weights), None);
+    };
+    if weights.len() != layer.n * layer.k {
+        return (Cow::Borrowed(weights), None);
+    }
+    let channels = lattice.scales.len();
+    let folded = weights
+        .iter()
+        .enumerate()
+        .map(|(i, &w)| w * (lattice.scales[channel(i % layer.k, channels)] / common))
+        .collect();
+    (Cow::Owned(folded), Some(common))
+}
+
+/// The common step `s̄` (the largest) a layer folds its lattice's channel steps to, if the
+/// lattice fits the layer: a dense convolution whose input has exactly the lattice's channels
+/// (a saved file could claim any); anything else keeps its per-tensor input.
+pub fn common_step(layer: &Candidate, lattice: &ChannelLattice) -> Option<f32> {
     let channels = lattice.scales.len();
     let common = lattice.scales.iter().fold(0f32, |m, &s| m.max(s));
-    // Only a dense convolution whose input has exactly the lattice's channels (a saved file
-    // could claim any): anything else keeps its per-tensor input.
     let taps = match &layer.kind {
         LayerKind::Conv { pool_spec, group: 1, depthwise: false } => {
             pool_spec.kernel_shape.iter().product::<usize>()
@@ -76,17 +91,8 @@ pub fn fold_weights<'w>(
     let fits = channels > 0
         && lattice.zero_points.len() == channels
         && lattice.shifts.len() == channels
-        && channels * taps == layer.k
-        && weights.len() == layer.n * layer.k;
-    if !fits || common <= 0.0 || common.is_nan() {
-        return (Cow::Borrowed(weights), None);
-    }
-    let folded = weights
-        .iter()
-        .enumerate()
-        .map(|(i, &w)| w * (lattice.scales[channel(i % layer.k, channels)] / common))
-        .collect();
-    (Cow::Owned(folded), Some(common))
+        && channels * taps == layer.k;
+    (fits && common > 0.0 && !common.is_nan()).then_some(common)
 }
 
 /// The kernel-domain statistics of a folded layer: means and lattice shifts scaled by

@@ -199,13 +199,14 @@ pub(super) mod tests {
         let mut model = TypedModel::default();
         let x = model.add_source("x", f32::fact([2, 8, 9, 9]))?;
         let expand = conv("expand", 8, 16, 1, 1, false, relu6);
-        let a = model.wire_node("expand", build_op(&expand, &expand.weights, q_in, true), &[x])?;
+        let a = model.wire_node("expand", build_op(&expand, &expand.weights, q_in, true)?, &[x])?;
         let dw = conv("dw", 16, 16, 3, 2, true, relu6);
-        let b = model.wire_node("dw", build_op(&dw, &dw.weights, q_mid, true), &a)?;
+        let b = model.wire_node("dw", build_op(&dw, &dw.weights, q_mid, true)?, &a)?;
         let project = conv("project", 16, 8, 1, 1, false, Activation::Identity);
-        let c = model.wire_node("project", build_op(&project, &project.weights, q_dw, true), &b)?;
+        let c =
+            model.wire_node("project", build_op(&project, &project.weights, q_dw, true)?, &b)?;
         let full = conv("full", 16, 8, 3, 1, false, Activation::Relu);
-        let d = model.wire_node("full", build_op(&full, &full.weights, q_dw, false), &b)?;
+        let d = model.wire_node("full", build_op(&full, &full.weights, q_dw, false)?, &b)?;
         let sum =
             model.wire_node("sum", tract_onnx::tract_core::ops::math::add(), &[c[0], d[0]])?;
         model.select_output_outlets(&sum)?;
@@ -233,7 +234,7 @@ pub(super) mod tests {
         let x = model.add_source("x", f32::fact([2, 3, 12, 12]))?;
         let stem = conv("stem", 3, 8, 3, 1, false, Activation::Relu);
         let a =
-            model.wire_node("stem", build_op(&stem, &stem.weights, q(-3.0, 3.0), true), &[x])?;
+            model.wire_node("stem", build_op(&stem, &stem.weights, q(-3.0, 3.0), true)?, &[x])?;
         let pool_spec = PoolSpec {
             data_format: DataFormat::NCHW,
             kernel_shape: tvec!(3, 3),
@@ -248,7 +249,7 @@ pub(super) mod tests {
         let block = conv("block", 8, 8, 3, 1, false, Activation::Identity);
         // Wide enough for every pooled value: none is clipped, only rounded.
         let q_block = q(0.0, 60.0);
-        let b = model.wire_node("block", build_op(&block, &block.weights, q_block, true), &p)?;
+        let b = model.wire_node("block", build_op(&block, &block.weights, q_block, true)?, &p)?;
         let sum =
             model.wire_node("sum", tract_onnx::tract_core::ops::math::add(), &[b[0], p[0]])?;
         model.select_output_outlets(&[b[0], sum[0]])?;
@@ -282,13 +283,16 @@ pub(super) mod tests {
         let mut model = TypedModel::default();
         let x = model.add_source("x", f32::fact([1, 4, 5, 5]))?;
         let first = conv("first", 4, 8, 1, 1, false, Activation::Relu);
-        let a =
-            model.wire_node("first", build_op(&first, &first.weights, q(-1.0, 1.0), true), &[x])?;
+        let a = model.wire_node(
+            "first",
+            build_op(&first, &first.weights, q(-1.0, 1.0), true)?,
+            &[x],
+        )?;
         let left = conv("left", 8, 8, 1, 1, false, Activation::Identity);
-        let l = model.wire_node("left", build_op(&left, &left.weights, q(0.0, 4.0), true), &a)?;
+        let l = model.wire_node("left", build_op(&left, &left.weights, q(0.0, 4.0), true)?, &a)?;
         let right = conv("right", 8, 8, 1, 1, false, Activation::Identity);
         let r =
-            model.wire_node("right", build_op(&right, &right.weights, q(0.0, 5.0), true), &a)?;
+            model.wire_node("right", build_op(&right, &right.weights, q(0.0, 5.0), true)?, &a)?;
         model.select_output_outlets(&[l[0], r[0]])?;
         assert_eq!(link_int8_layers(&mut model)?, 0);
         Ok(())

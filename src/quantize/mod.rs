@@ -1,16 +1,16 @@
 //! Post-training INT8 quantization: calibrate, choose parameters, rewrite the graph with the
-//! project's int8 ops, and measure each layer against float.
+//! project's int8 ops, measure each layer against float, and the saved int8 format (`qdq`).
 
 pub mod bias;
 pub mod input;
+mod layer;
 mod link;
+pub mod qdq;
 pub mod qparams;
 mod report;
 mod residual;
 mod rewrite;
 pub mod rounding;
-pub mod save;
-mod save_input;
 mod tidy;
 
 use std::collections::HashMap;
@@ -19,16 +19,18 @@ use std::sync::Arc;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::tract_linalg::multithread::Executor;
 
+pub use layer::{build_op, quantize_layer, LayerNumbers};
 pub use report::{compare, measure_layers, LayerReport};
 pub use rewrite::{find_layers, Candidate, LayerKind, Skipped, WeightOrder};
 
 use crate::calibrate::{Calibrator, Method};
 use crate::error::{chain, Error, Result};
 use crate::model::TensorSpec;
-use crate::ops::{int8_layer, Int8Conv, Int8Layer, Int8Linear, LayerWeights, Layout};
+use crate::ops::int8_layer;
 use crate::plan::{Plans, Transform};
 use input::{InputStats, InputStatsByLayer};
-use qparams::{quantize_weights, ActivationQuant};
+use qdq::onnx_node_name;
+use qparams::ActivationQuant;
 
 /// How to quantize.
 #[derive(Debug, Clone)]
@@ -92,14 +94,13 @@ pub fn quantize(
     options: &QuantizeOptions,
     executor: Executor,
 ) -> Result<Quantized> {
-    let calibration = |e: TractError| Error::Calibration(chain(&e));
+    let rewrite = |e: TractError| Error::Rewrite(chain(&e));
     let Some(first_batch) = batches()? else {
         return Err(Error::Calibration("no calibration data: the source yielded nothing".into()));
     };
     let reference = float.typed_for(&first_batch)?;
     let decluttered = &reference;
-    let (mut candidates, skipped) =
-        find_layers(decluttered, &options.exclude).map_err(calibration)?;
+    let (mut candidates, skipped) = find_layers(decluttered, &options.exclude).map_err(rewrite)?;
     let observed: Vec<OutletId> = candidates.iter().map(|c| c.input).collect();
     let mut calibrator = Calibrator::new(decluttered, inputs, &observed, executor.clone())?;
     calibrator.track_means(&candidates.iter().map(bias::mean_layout).collect::<Vec<_>>());
@@ -123,7 +124,8 @@ pub fn quantize(
     let stats = calibrator.means().into_iter().zip(calibrator.lattices());
     let stats = stats.zip(calibrator.patch_moments());
     for (candidate, ((means, lattice), moments)) in candidates.iter_mut().zip(stats) {
-        candidate.input_stats = Arc::new(InputStats { means, lattice, moments });
+        candidate.input_stats =
+            Arc::new(InputStats { means, lattice, moments, fixed_kernel: None });
     }
     share_split_layers(&mut candidates, &mut ranges);
     let activations: Vec<ActivationQuant> =
@@ -140,19 +142,45 @@ pub fn quantize(
         executor,
     )?;
     let summary = QuantizationSummary {
-        options: options.clone(),
-        report,
         batches: batch_count,
         samples,
         calibration_bytes: calibrator.memory_bound_bytes(),
-        float_weight_bytes: rewritten.float_bytes,
-        int8_weight_bytes: rewritten.int8_bytes,
-        activations: candidates.iter().map(|c| c.name.clone()).zip(activations.clone()).collect(),
-        linked_outputs: 0,
-        input_stats: candidates.iter().map(|c| (c.name.clone(), c.input_stats.clone())).collect(),
+        ..QuantizationSummary::of_layers(options, report, &candidates, &activations, &rewritten)
     };
     let layers = candidates.into_iter().zip(activations).collect();
     linked(Quantized { typed: rewritten.typed, summary, layers })
+}
+
+impl QuantizationSummary {
+    /// The summary of int8 `candidates` with input quantizations `activations`, rewritten into
+    /// `rewritten`, before calibration counts and linking are filled in.
+    fn of_layers(
+        options: &QuantizeOptions,
+        report: Vec<LayerReport>,
+        candidates: &[Candidate],
+        activations: &[ActivationQuant],
+        rewritten: &Rewritten,
+    ) -> Self {
+        QuantizationSummary {
+            options: options.clone(),
+            report,
+            batches: 0,
+            samples: 0,
+            calibration_bytes: 0,
+            float_weight_bytes: rewritten.float_bytes,
+            int8_weight_bytes: rewritten.int8_bytes,
+            activations: candidates
+                .iter()
+                .map(|c| c.name.clone())
+                .zip(activations.to_vec())
+                .collect(),
+            linked_outputs: 0,
+            input_stats: candidates
+                .iter()
+                .map(|c| (c.name.clone(), c.input_stats.clone()))
+                .collect(),
+        }
+    }
 }
 
 /// Gives the parts of an ONNX layer that tract split in several (a convolution whose output
@@ -162,7 +190,7 @@ pub fn quantize(
 fn share_split_layers(candidates: &mut [Candidate], ranges: &mut [(f32, f32)]) {
     let mut union: HashMap<String, (f32, f32, usize)> = HashMap::new();
     for (candidate, &(low, high)) in candidates.iter().zip(ranges.iter()) {
-        let entry = union.entry(save::onnx_node_name(&candidate.name).to_string()).or_insert((
+        let entry = union.entry(onnx_node_name(&candidate.name).to_string()).or_insert((
             f32::INFINITY,
             f32::NEG_INFINITY,
             0,
@@ -170,7 +198,7 @@ fn share_split_layers(candidates: &mut [Candidate], ranges: &mut [(f32, f32)]) {
         *entry = (entry.0.min(low), entry.1.max(high), entry.2 + 1);
     }
     for (candidate, range) in candidates.iter_mut().zip(ranges.iter_mut()) {
-        if let Some(&(low, high, parts)) = union.get(save::onnx_node_name(&candidate.name)) {
+        if let Some(&(low, high, parts)) = union.get(onnx_node_name(&candidate.name)) {
             if parts > 1 {
                 *range = (low, high);
                 candidate.input_stats = Arc::new(InputStats::default());
@@ -188,8 +216,8 @@ pub fn quantize_with_saved(
     stats: &InputStatsByLayer,
     options: &QuantizeOptions,
 ) -> Result<Quantized> {
-    let calibration = |e: TractError| Error::Calibration(chain(&e));
-    let (all, mut skipped) = find_layers(decluttered, &options.exclude).map_err(calibration)?;
+    let rewrite = |e: TractError| Error::Rewrite(chain(&e));
+    let (all, mut skipped) = find_layers(decluttered, &options.exclude).map_err(rewrite)?;
     // Files from other quantizers name layers by ONNX node; ours by tract node: compare both
     // without tract's expansion suffixes.
     // A layer tract split into parts (`….einsum.split-over-1.0..32`) keeps its own name: look
@@ -197,12 +225,11 @@ pub fn quantize_with_saved(
     let exact: HashMap<&str, ActivationQuant> =
         saved.iter().map(|(n, q)| (n.as_str(), *q)).collect();
     let by_name: HashMap<&str, ActivationQuant> =
-        saved.iter().map(|(n, q)| (save::onnx_node_name(n), *q)).collect();
+        saved.iter().map(|(n, q)| (onnx_node_name(n), *q)).collect();
     let (mut candidates, mut activations) = (Vec::new(), Vec::new());
     for mut layer in all {
-        let found = exact
-            .get(layer.name.as_str())
-            .or_else(|| by_name.get(save::onnx_node_name(&layer.name)));
+        let found =
+            exact.get(layer.name.as_str()).or_else(|| by_name.get(onnx_node_name(&layer.name)));
         match found {
             Some(q) => {
                 if let Some(s) = stats.get(&layer.name) {
@@ -222,18 +249,8 @@ pub fn quantize_with_saved(
         .map(|c| LayerReport::int8(c, None))
         .chain(skipped.iter().map(LayerReport::float))
         .collect();
-    let summary = QuantizationSummary {
-        options: options.clone(),
-        report,
-        batches: 0,
-        samples: 0,
-        calibration_bytes: 0,
-        float_weight_bytes: rewritten.float_bytes,
-        int8_weight_bytes: rewritten.int8_bytes,
-        activations: candidates.iter().map(|c| c.name.clone()).zip(activations.clone()).collect(),
-        linked_outputs: 0,
-        input_stats: candidates.iter().map(|c| (c.name.clone(), c.input_stats.clone())).collect(),
-    };
+    let summary =
+        QuantizationSummary::of_layers(options, report, &candidates, &activations, &rewritten);
     let layers = candidates.into_iter().zip(activations).collect();
     linked(Quantized { typed: rewritten.typed, summary, layers })
 }
@@ -275,20 +292,20 @@ pub fn summary_from_saved(
 /// kernel (after the per-layer report, which reads every layer's float output).
 fn linked(mut quantized: Quantized) -> Result<Quantized> {
     let folded = tidy::fold_downsamples(&mut quantized.typed)
-        .map_err(|e| Error::Calibration(format!("folding downsamples: {}", chain(&e))))?;
+        .map_err(|e| Error::Rewrite(format!("folding downsamples: {}", chain(&e))))?;
     log::debug!("{folded} strided 1×1 convolutions read their input directly");
     let fused = residual::fuse_residual_adds(&mut quantized.typed)
-        .map_err(|e| Error::Calibration(format!("fusing residual adds: {}", chain(&e))))?;
+        .map_err(|e| Error::Rewrite(format!("fusing residual adds: {}", chain(&e))))?;
     log::debug!("{fused} residual adds are added by the int8 layer before them");
     let count = link::link_int8_layers(&mut quantized.typed)
-        .map_err(|e| Error::Calibration(format!("linking int8 layers: {}", chain(&e))))?;
+        .map_err(|e| Error::Rewrite(format!("linking int8 layers: {}", chain(&e))))?;
     log::debug!("{count} int8 layer outputs pass u8 codes to the next int8 layers");
     quantized.summary.linked_outputs = count;
     let pools = tidy::replace_max_pools(&mut quantized.typed)
-        .map_err(|e| Error::Calibration(format!("replacing max pools: {}", chain(&e))))?;
+        .map_err(|e| Error::Rewrite(format!("replacing max pools: {}", chain(&e))))?;
     log::debug!("{pools} max pools run on the int8 graph's own kernel");
     let pooled = link::link_max_pools(&mut quantized.typed)
-        .map_err(|e| Error::Calibration(format!("linking max pools: {}", chain(&e))))?;
+        .map_err(|e| Error::Rewrite(format!("linking max pools: {}", chain(&e))))?;
     log::debug!("{pooled} max pools take the maximum of the codes before them");
     quantized.summary.linked_outputs += pooled;
     Ok(quantized)
@@ -314,93 +331,12 @@ fn rewrite_layers(
     let mut outlets = Vec::with_capacity(candidates.len());
     let (mut float_bytes, mut int8_bytes) = (0, 0);
     for (layer, &input) in candidates.iter().zip(activations) {
-        let op = build_op(layer, &layer.weights, input, per_channel);
+        let op = build_op(layer, &layer.weights, input, per_channel)?;
         float_bytes += layer.weights.len() * 4 + layer.bias.len() * 4;
         int8_bytes += int8_layer(&*op).map_or(0, |l| l.weights.bytes());
         let outlet = rewrite::substitute(&mut typed, layer, op, &mut replaced)
-            .map_err(|e| Error::Calibration(chain(&e)))?;
+            .map_err(|e| Error::Rewrite(chain(&e)))?;
         outlets.push(outlet);
     }
     Ok(Rewritten { typed, outlets, float_bytes, int8_bytes })
-}
-
-/// The int8 op standing for `layer` with float `weights` (`n × k`, kernel order; the layer's own
-/// or an update's): quantized per channel or per tensor and packed for the kernel, reading
-/// activations quantized with `input`.
-pub fn build_op(
-    layer: &Candidate,
-    weights: &[f32],
-    input: ActivationQuant,
-    per_channel: bool,
-) -> Box<dyn TypedOp> {
-    // An 8-bit input quantized per channel folds its channel steps into the weights.
-    let lattice = layer.input_stats.lattice.as_ref();
-    let (weights, common) = input::fold_weights(layer, weights, lattice);
-    let (mut codes, scales) = quantize_weights(&weights, layer.n, layer.k, per_channel);
-    if let LayerKind::Conv { group, .. } = &layer.kind {
-        // Correlated inputs: codes chosen for the output error, not weight by weight.
-        let factors = lattice.zip(common).map(|(l, c)| input::folded_input_factors(l, c, layer.k));
-        let moments = &layer.input_stats.moments;
-        rounding::refine_codes(
-            &weights,
-            &mut codes,
-            &scales,
-            layer.k,
-            *group,
-            moments,
-            factors.as_deref(),
-        );
-    }
-    let layout = match &layer.kind {
-        LayerKind::Conv { depthwise: true, pool_spec, .. } => {
-            let kernel = &pool_spec.kernel_shape;
-            Layout::Depthwise { kernel: [kernel[0], kernel.get(1).copied().unwrap_or(1)] }
-        }
-        LayerKind::Conv { pool_spec, group, .. } => {
-            Layout::Conv { groups: *group, taps: pool_spec.kernel_shape.iter().product() }
-        }
-        LayerKind::Linear { .. } => Layout::Linear,
-    };
-    let (bias, channel_input, input) = match (lattice, common) {
-        (Some(lattice), Some(common)) => {
-            let (means, shifts) = input::folded_means_and_shifts(layer, lattice, common);
-            let bias = bias::corrected_bias(layer, &weights, &codes, &scales, &means, &shifts);
-            let channels = input::channel_input(layer, lattice, common, &codes);
-            (bias, Some(channels), ActivationQuant { scale: common, zero_point: 0 })
-        }
-        _ => {
-            let means = &layer.input_stats.means;
-            (bias::corrected_bias(layer, &weights, &codes, &scales, means, &[]), None, input)
-        }
-    };
-    let weights = LayerWeights::new(
-        codes,
-        scales,
-        bias,
-        (layer.n, layer.k),
-        input,
-        channel_input,
-        layer.activation,
-        layout,
-    );
-    let int8 = Int8Layer {
-        name: layer.name.clone(),
-        input,
-        activation: layer.activation,
-        weights: Arc::new(weights),
-        links: Default::default(),
-    };
-    match &layer.kind {
-        LayerKind::Conv { pool_spec, group, depthwise } => Box::new(Int8Conv {
-            layer: int8,
-            pool_spec: (**pool_spec).clone(),
-            group: *group,
-            depthwise: *depthwise,
-            layouts: Default::default(),
-            residual: false,
-        }),
-        LayerKind::Linear { kept_axes } => {
-            Box::new(Int8Linear { layer: int8, kept_axes: *kept_axes })
-        }
-    }
 }

@@ -6,9 +6,9 @@ use tract_onnx::tract_core::tract_linalg::multithread::Executor;
 
 use super::rewrite::{Candidate, LayerKind, Skipped};
 use crate::error::{catch_panics, chain, Error, Result};
+use crate::model::bind_inputs;
 use crate::model::TensorSpec;
 use crate::plan::Plans;
-use crate::runtime::bind_inputs;
 
 /// One Conv/MatMul-like layer of the model.
 #[derive(Debug, Clone, PartialEq)]

@@ -105,11 +105,12 @@ mod tests {
         let mut model = TypedModel::default();
         let x = model.add_source("x", f32::fact([2, 8, 9, 9]))?;
         let first = conv("a", 8, 16, 3, 1, false, Activation::Relu);
-        let a = model.wire_node("a", build_op(&first, &first.weights, q(-3.0, 3.0), true), &[x])?;
+        let a =
+            model.wire_node("a", build_op(&first, &first.weights, q(-3.0, 3.0), true)?, &[x])?;
         let second = conv("b", 16, 16, 3, 1, false, Activation::Identity);
-        let b = model.wire_node("b", build_op(&second, &second.weights, q(0.0, 6.0), true), &a)?;
+        let b = model.wire_node("b", build_op(&second, &second.weights, q(0.0, 6.0), true)?, &a)?;
         let skip = conv("c", 8, 16, 1, 1, false, Activation::Identity);
-        let c = model.wire_node("c", build_op(&skip, &skip.weights, q(-3.0, 3.0), true), &[x])?;
+        let c = model.wire_node("c", build_op(&skip, &skip.weights, q(-3.0, 3.0), true)?, &[x])?;
         let add = tract_onnx::tract_core::ops::math::add();
         let sum = model.wire_node("sum", add, &[b[0], c[0]])?;
         let zero = model.add_const("zero", tensor4(&[[[[0f32]]]]))?;
@@ -136,7 +137,7 @@ mod tests {
         let node =
             fused.nodes().iter().position(|n| n.op_as::<Int8Conv>().is_some_and(|c| c.residual));
         let node = node.context("no residual conv")?;
-        let rebuilt = build_op(&second, &second.weights, q(0.0, 6.0), true);
+        let rebuilt = build_op(&second, &second.weights, q(0.0, 6.0), true)?;
         let layer = crate::ops::int8_layer(rebuilt.as_ref()).context("not an int8 op")?;
         assert_eq!(layer.activation, Activation::Identity);
         let updated = crate::ops::with_layer(fused.node(node).op.as_ref(), layer);
@@ -152,7 +153,8 @@ mod tests {
         let mut model = TypedModel::default();
         let x = model.add_source("x", f32::fact([1, 8, 5, 5]))?;
         let layer = conv("a", 8, 8, 1, 1, false, Activation::Identity);
-        let a = model.wire_node("a", build_op(&layer, &layer.weights, q(-1.0, 1.0), true), &[x])?;
+        let a =
+            model.wire_node("a", build_op(&layer, &layer.weights, q(-1.0, 1.0), true)?, &[x])?;
         let add = tract_onnx::tract_core::ops::math::add;
         let shared = model.wire_node("shared", add(), &[a[0], x])?;
         let bias = model.add_const("bias", tensor4(&[[[[0.5f32]]]]))?;

@@ -270,7 +270,7 @@ mod tests {
             k,
             bias: vec![0.0; n],
             activation: Activation::Identity,
-            input_stats: Arc::new(InputStats { means: Vec::new(), lattice: None, moments }),
+            input_stats: Arc::new(InputStats { moments, ..InputStats::default() }),
         };
         let fitting = vec![1.0; packed_len(k)];
         assert!(is_data_aware(&conv(fitting.clone())));

@@ -107,7 +107,7 @@ mod tests {
         let w = model.wire_node("w", Downsample::new(3, 3, 0), &h)?;
         let layer = conv("pointwise", 8, 16, 1, 1, false, Activation::Relu);
         let input = ActivationQuant::from_range(-2.0, 2.0);
-        let c = model.wire_node("pointwise", build_op(&layer, &layer.weights, input, true), &w)?;
+        let c = model.wire_node("pointwise", build_op(&layer, &layer.weights, input, true)?, &w)?;
         model.select_output_outlets(&c)?;
         let mut folded = model.clone();
         assert_eq!(fold_downsamples(&mut folded)?, 1);

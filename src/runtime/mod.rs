@@ -2,11 +2,11 @@
 //! of its weights with the runnable tract plans, validates every call's inputs against the
 //! model's interface, and runs the plans. Updates and learning live in `update.rs`.
 
-mod files;
 mod images;
-mod inputs;
+mod outputs;
 mod pools;
 mod profile;
+mod save;
 mod status;
 mod update;
 
@@ -18,31 +18,25 @@ use std::time::Instant;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::tract_linalg::multithread::{multithread_tract_scope, Executor};
 
-pub(crate) use files::write_atomically;
 pub use images::{image_geometry, image_tensor};
-pub use inputs::{bind_inputs, check_input};
 pub use profile::NodeTime;
+pub use save::SaveMode;
 pub use status::Status;
 pub use update::{LearnStep, UpdateOutcome};
 
 use crate::error::{catch_panics, chain, Error, Result};
 use crate::learn::{Int8Input, Slots, Version, Versions};
 use crate::model::weights::{self, OnnxLayer, Weights};
-use crate::model::{OnnxModel, TensorSpec};
+use crate::model::{bind_inputs, OnnxModel, TensorSpec};
 use crate::monitor::Monitor;
 use crate::plan::{Plans, DEFAULT_MAX_PLANS};
+use crate::quantize::qdq::{SavedModel, CHECKSUM_KEY, VERSION_KEY};
 use crate::quantize::qparams::ActivationQuant;
 use crate::quantize::{BatchSource, QuantizationSummary, QuantizeOptions, Quantized};
 use pools::Pools;
 
 /// Environment variable that sets the default thread count.
 pub const THREADS_ENV: &str = "JARVIS_PERF_THREADS";
-
-/// Metadata key of the weights' version in files `save` writes.
-pub const VERSION_KEY: &str = "jarvis_performance.version";
-
-/// Metadata key of the checksum of the float master weights in files `save` writes.
-pub const CHECKSUM_KEY: &str = "jarvis_performance.masters_crc32";
 
 /// Options of [`Runtime::load`].
 #[derive(Debug, Clone, Default)]
@@ -94,6 +88,8 @@ pub struct Runtime {
     allow_non_finite: bool,
     /// The version the file carried (0 unless `save` wrote it after updates).
     loaded_version: u64,
+    /// Loaded from a deployable file: no float masters, so no updates.
+    deployable: bool,
     /// Threads configured: the most any run uses.
     threads: usize,
     /// The options as given, for copies of this runtime made from its bytes.
@@ -105,26 +101,34 @@ pub struct Runtime {
 impl Runtime {
     /// Loads an ONNX file and prepares its float plan.
     pub fn load(path: &Path, options: &LoadOptions) -> Result<Self> {
-        let model = OnnxModel::load(path)?;
-        Self::from_model(model, options)
+        Self::from_saved(SavedModel::load(path)?, options)
     }
 
-    /// Prepares the plan of an already analysed model: float, or int8 for a file `save` wrote
-    /// from an int8 runtime (no calibration data needed; the plan is bit-identical).
+    /// Prepares the float plan of an already analysed model.
     pub fn from_model(model: OnnxModel, options: &LoadOptions) -> Result<Self> {
+        Self::from_saved(SavedModel { model, int8: None }, options)
+    }
+
+    /// Prepares the plan of a model read from a file: float, or int8 for a file `save` wrote
+    /// from an int8 runtime (no calibration data needed; the plan is bit-identical) or a QDQ
+    /// file from another quantizer.
+    pub fn from_saved(saved: SavedModel, options: &LoadOptions) -> Result<Self> {
+        let SavedModel { model, int8 } = saved;
+        let deployable = int8.as_ref().is_some_and(|s| s.deployable);
         catch_panics("preparing the model", || {
             let threads = resolve_threads(options.threads)?;
             check_cpu_limit(options.max_cpu_percent)?;
             check_max_plans(options.max_plans)?;
             let float =
                 Plans::from_graph(&model.graph, None, &model.source, options.plan_capacity())?;
-            let prepared = match model.saved_int8.clone() {
+            let prepared = match int8 {
                 None => Prepared::Float,
                 Some(saved) => {
-                    let method = saved.method.parse().unwrap_or(crate::calibrate::Method::DEFAULT);
+                    let method =
+                        saved.options.method.parse().unwrap_or(crate::calibrate::Method::DEFAULT);
                     let options = QuantizeOptions {
                         method,
-                        per_channel: saved.per_channel,
+                        per_channel: saved.options.per_channel,
                         exclude: Vec::new(),
                     };
                     let layers: Vec<(String, ActivationQuant)> = saved
@@ -154,7 +158,7 @@ impl Runtime {
                 }
             };
             log::debug!("prepared {} with {threads} thread(s)", model.source);
-            Self::assemble(model, options, Pools::new(threads), float, prepared)
+            Self::assemble(model, options, Pools::new(threads), float, prepared, deployable)
         })
     }
 
@@ -166,7 +170,7 @@ impl Runtime {
         quantize: &QuantizeOptions,
         batches: &mut BatchSource<'_>,
     ) -> Result<Self> {
-        let model = OnnxModel::load(path)?;
+        let model = SavedModel::load(path)?.float_model()?;
         Self::from_model_quantized(model, options, quantize, batches)
     }
 
@@ -203,7 +207,7 @@ impl Runtime {
             } else {
                 Prepared::Int8(q)
             };
-            Self::assemble(model, options, pools, float, prepared)
+            Self::assemble(model, options, pools, float, prepared, false)
         })
     }
 
@@ -214,6 +218,7 @@ impl Runtime {
         pools: Pools,
         float: Plans,
         prepared: Prepared,
+        deployable: bool,
     ) -> Result<Self> {
         let int8 = !matches!(prepared, Prepared::Float);
         if int8 && crate::kernels::Isa::detect() == crate::kernels::Isa::Scalar {
@@ -223,8 +228,12 @@ impl Runtime {
                 model.source
             );
         }
-        let masters = Arc::new(weights::float_weights(&model.onnx)?);
-        if let Some(expected) = weights::metadata(&model.onnx, CHECKSUM_KEY)? {
+        // A deployable file's weights are its int8 codes, not masters an update could change.
+        let (masters, onnx_layers) = match deployable {
+            true => (Arc::new(Weights::new()), Vec::new()),
+            false => (model.weights.clone(), model.layers.clone()),
+        };
+        if let Some(expected) = model.metadata_value(CHECKSUM_KEY).filter(|_| !deployable) {
             let actual = weights::checksum(&masters);
             if actual != expected {
                 return Err(Error::ModelLoad {
@@ -236,11 +245,9 @@ impl Runtime {
                 });
             }
         }
-        let onnx_layers = weights::onnx_layers(&model.onnx)?;
         let (plans, slots, quantization) = prepare(float, prepared, &onnx_layers, &masters)?;
-        let number = weights::metadata(&model.onnx, VERSION_KEY)?
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0);
+        let number =
+            model.metadata_value(VERSION_KEY).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
         let quantization = quantization.map(Arc::new);
         let first =
             Version::new(number, masters.clone(), Arc::new(plans), Arc::new(slots), quantization);
@@ -250,6 +257,7 @@ impl Runtime {
             original: masters,
             onnx_layers,
             loaded_version: number,
+            deployable,
             max_memory_bytes: options.max_memory_bytes,
             allow_non_finite: options.allow_non_finite,
             threads: pools.max_threads(),
@@ -266,41 +274,8 @@ impl Runtime {
     /// bytes rebuild the same int8 plan without calibration data.
     pub fn from_bytes(bytes: &[u8], source: &str, options: &LoadOptions) -> Result<Self> {
         catch_panics("loading the model", || {
-            let model = OnnxModel::from_bytes(bytes, source, None)?;
-            Self::from_model(model, options)
+            Self::from_saved(SavedModel::from_bytes(bytes, source, None)?, options)
         })
-    }
-
-    /// Writes the model to `path` atomically (a temporary file in the same folder, then a
-    /// rename): the float ONNX for a float runtime; for an int8 runtime, standard ONNX in QDQ
-    /// form (int8 weights, scales, zero points) that onnxruntime runs, carrying the float master
-    /// weights and the calibrated parameters so `Runtime::load` rebuilds the same int8 plan.
-    /// The current version's weights and number are what is written.
-    pub fn save(&self, path: &Path) -> Result<()> {
-        files::write_atomically(path, &self.to_bytes()?)
-    }
-
-    /// The bytes [`Runtime::save`] writes.
-    pub fn to_bytes(&self) -> Result<Vec<u8>> {
-        let version = self.versions.current();
-        let changed = self.changed_since_load(&version.masters);
-        let unchanged = changed.is_empty() && version.number == self.loaded_version;
-        let float = if unchanged && version.quantization.is_none() {
-            self.model.onnx.to_vec() // nothing learned: the float model as it came
-        } else {
-            let metadata = [
-                (VERSION_KEY, version.number.to_string()),
-                (CHECKSUM_KEY, weights::checksum(&version.masters)),
-            ];
-            weights::with_weights(&self.model.onnx, &changed, &metadata)?
-        };
-        match &version.quantization {
-            None => Ok(float),
-            Some(q) => {
-                let options = format!("{}\t{}", q.options.method, q.options.per_channel);
-                crate::quantize::save::to_qdq(&float, &q.activations, &q.input_stats, &options)
-            }
-        }
     }
 
     /// The options this runtime was loaded with, the CPU cap as it is now.
@@ -372,7 +347,7 @@ impl Runtime {
         let version = self.versions.current();
         if !self.allow_non_finite {
             for (spec, tensor) in self.model.inputs.iter().zip(&inputs) {
-                inputs::check_finite(spec, tensor)?;
+                crate::model::check_finite(spec, tensor)?;
             }
         }
         if let Some(limit) = self.max_memory_bytes {
@@ -503,7 +478,7 @@ fn run_plans_with(
             let values: TVec<TValue> = inputs.into_iter().map(TValue::from).collect();
             let outputs = multithread_tract_scope(executor, || execute(&plan, values))
                 .map_err(|e| Error::Inference(chain(&e)))?;
-            outputs.into_iter().map(files::exchangeable).collect()
+            outputs.into_iter().map(outputs::exchangeable).collect()
         })
     };
     match pool {

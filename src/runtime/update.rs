@@ -39,6 +39,21 @@ pub struct LearnStep {
 }
 
 impl Runtime {
+    /// Refuses a change of weights when learning is disabled, or when the runtime came from a
+    /// deployable file (it has no float master weights to change).
+    fn check_learnable(&self) -> Result<()> {
+        check_enabled()?;
+        if self.deployable {
+            return Err(Error::Update(format!(
+                "{} is a deployable int8 file (saved with learnable=False): it holds int8 codes, \
+                 not the float master weights an update changes; update the runtime the file \
+                 was saved from, or a learnable save of it",
+                self.model.source
+            )));
+        }
+        Ok(())
+    }
+
     /// The version of the weights inference runs on now.
     pub fn version(&self) -> u64 {
         self.versions.current().number
@@ -82,7 +97,7 @@ impl Runtime {
     /// re-quantized (fresh per-channel scales) and re-packed alone; any other weight (folded by
     /// tract, or feeding float ops) rebuilds the plans from the updated ONNX weights.
     pub fn update(&self, deltas: &[(String, Tensor)], scale: f32) -> Result<UpdateOutcome> {
-        check_enabled()?;
+        self.check_learnable()?;
         catch_panics("updating the weights", || {
             let mut history = self.versions.writer();
             let current = self.versions.current();
@@ -160,7 +175,7 @@ impl Runtime {
     /// what that version gave. Versions after it leave the history. Returns the version now
     /// current.
     pub fn rollback(&self, version: Option<u64>) -> Result<u64> {
-        check_enabled()?;
+        self.check_learnable()?;
         self.versions.rollback(version)
     }
 
@@ -175,7 +190,7 @@ impl Runtime {
         lr: f32,
         layer: Option<&str>,
     ) -> Result<LearnStep> {
-        check_enabled()?;
+        self.check_learnable()?;
         if !(lr.is_finite() && lr > 0.0) {
             return Err(Error::Update(format!(
                 "learning rate must be positive and finite, got {lr}"
@@ -257,7 +272,7 @@ impl Runtime {
         batches: &mut BatchSource<'_>,
         method: Option<crate::calibrate::Method>,
     ) -> Result<u64> {
-        check_enabled()?;
+        self.check_learnable()?;
         catch_panics("recalibrating", || {
             let mut history = self.versions.writer();
             let current = self.versions.current();
@@ -303,8 +318,11 @@ impl Runtime {
     /// The float plans of `masters`, rebuilt from the ONNX weights as a fresh load would.
     fn float_plans(&self, masters: &Weights) -> Result<Plans> {
         let changed = self.changed_since_load(masters);
-        let bytes = weights::with_weights(&self.model.onnx, &changed, &[])?;
-        let model = OnnxModel::from_bytes(&bytes, &self.model.source, self.model.dir.as_deref())?;
+        let proto = OnnxModel::decode(&self.model.onnx, &self.model.source)?;
+        let proto = weights::with_weights(proto, &changed, &[])?;
+        let bytes = Arc::new(prost::Message::encode_to_vec(&proto));
+        let model =
+            OnnxModel::from_proto(&proto, bytes, &self.model.source, self.model.dir.as_deref())?;
         Plans::from_graph(&model.graph, None, &model.source, self.options.plan_capacity())
     }
 

@@ -184,13 +184,9 @@ pub fn read(proto: &pb::ModelProto) -> Option<&str> {
 /// Stores `stored` in the ONNX file at `path` (or removes it for `None`), rewriting the file
 /// atomically: a crash leaves the old file or the new one.
 pub fn write_file(path: &Path, stored: Option<&Stored>) -> Result<()> {
-    let bytes = std::fs::read(path).map_err(|source| match source.kind() {
-        std::io::ErrorKind::NotFound => Error::FileNotFound(path.to_path_buf()),
-        _ => Error::Io { context: format!("reading {}", path.display()), source },
-    })?;
-    let load_error = |reason: String| Error::ModelLoad { path: path.display().to_string(), reason };
-    let mut proto = pb::ModelProto::decode(bytes.as_slice())
-        .map_err(|e| load_error(format!("not a valid ONNX protobuf ({e})")))?;
+    let source = path.display().to_string();
+    let mut proto = crate::files::decode_onnx(&crate::files::read(path)?, &source)?;
+    let load_error = |reason: String| Error::ModelLoad { path: source.clone(), reason };
     if proto.graph.is_none() {
         return Err(load_error("the protobuf holds no graph (is this an ONNX model?)".into()));
     }
@@ -200,7 +196,7 @@ pub fn write_file(path: &Path, stored: Option<&Stored>) -> Result<()> {
             .metadata_props
             .push(pb::StringStringEntryProto { key: KEY.into(), value: stored.to_json() });
     }
-    crate::runtime::write_atomically(path, &proto.encode_to_vec())
+    crate::files::write_atomically(path, &proto.encode_to_vec())
 }
 
 impl Layout {

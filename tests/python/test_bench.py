@@ -14,13 +14,13 @@ from onnx import TensorProto, helper, numpy_helper
 from conftest import REPO
 
 from jarvis_performance.bench import main
-from jarvis_performance.bench_prepare import (
+from jarvis_performance.bench.prepare import (
     bench_model,
     calibration_data,
     ort_int8_layers,
     ort_int8_path,
 )
-from jarvis_performance.bench_worker import SystemSpec, Worker
+from jarvis_performance.bench.worker import SystemSpec, Worker
 
 SYSTEMS = ["PyTorch eager fp32", "onnxruntime fp32", "onnxruntime int8", "jarvis fp32",
            "jarvis int8"]

@@ -1,26 +1,16 @@
-//! Output conversion and atomic file writes.
+//! Reading and atomically writing files, and decoding ONNX protobufs: the small file utilities
+//! every layer may use (a leaf: it uses only `error`).
 
 use std::path::Path;
 
-use tract_onnx::prelude::*;
+use prost::Message;
+use tract_onnx::pb;
 
 use crate::error::{Error, Result};
 
-/// Casts tract-internal element types to what callers exchange (symbolic dims → int64).
-pub(super) fn exchangeable(value: TValue) -> Result<Tensor> {
-    let tensor = value.into_tensor();
-    if tensor.datum_type() != DatumType::TDim {
-        return Ok(tensor);
-    }
-    tensor
-        .cast_to::<i64>()
-        .map(|t| t.into_owned())
-        .map_err(|e| Error::Inference(format!("a shape output is not a whole number: {e:#}")))
-}
-
 /// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so a
 /// crash leaves either the old file or the new one, never half of one.
-pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let io = |context: String| move |source| Error::Io { context, source };
     let folder = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
@@ -39,4 +29,21 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// The bytes of the file at `path`; a missing file is `FileNotFound` (Python's
+/// `FileNotFoundError`), any other failure `Io`.
+pub fn read(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|source| match source.kind() {
+        std::io::ErrorKind::NotFound => Error::FileNotFound(path.to_path_buf()),
+        _ => Error::Io { context: format!("reading {}", path.display()), source },
+    })
+}
+
+/// Decodes an ONNX `ModelProto`; `source` names the model in the error.
+pub fn decode_onnx(bytes: &[u8], source: &str) -> Result<pb::ModelProto> {
+    pb::ModelProto::decode(bytes).map_err(|e| Error::ModelLoad {
+        path: source.to_string(),
+        reason: format!("not a valid ONNX protobuf ({e})"),
+    })
 }

@@ -1,50 +1,21 @@
-//! The input statistics of int8 layers in saved QDQ files: stored as initializers (so a reload
-//! rebuilds the same plan without calibration data), and applied to the graph other runtimes
-//! read — the bias correction as a corrected bias input, an 8-bit lattice as folded weights.
+//! The int8 numbers of a layer the runtime cannot state in its ONNX node's layout (a graph typed
+//! per input signature, a weight tract changed — BatchNorm folded in — or split): computed here
+//! from the ONNX weight in OIHW order — the bias correction as a corrected bias input, an 8-bit
+//! lattice as folded weights, codes refined from the patch moments — so other runtimes see
+//! what this one runs, up to the last bits of the bias (summed in another order).
 
 use std::collections::HashMap;
 
 use tract_onnx::data_resolver::MmapDataResolver;
 use tract_onnx::pb;
 
-use super::input::folded_input_factors;
-use super::input::InputStats;
-use super::qparams::quantize_weights;
-use super::rounding::refine_codes;
-use super::save::{float_tensor, onnx_node_name, weight_axis};
+use super::write::{float_tensor, weight_axis};
 use crate::calibrate::ChannelLattice;
+use crate::quantize::input::{folded_input_factors, InputStats};
+use crate::quantize::qparams::quantize_weights;
+use crate::quantize::rounding::refine_codes;
 
 type Fallible<T> = std::result::Result<T, String>;
-
-/// Initializer names of a layer's input means, lattice scales, lattice zero points, lattice
-/// shifts and patch moments.
-pub fn stats_names(layer: &str) -> [String; 5] {
-    let node = onnx_node_name(layer);
-    ["input_means", "input_scales", "input_zero_points", "input_shifts", "input_moments"]
-        .map(|what| format!("{node}_jp_{what}"))
-}
-
-/// The initializers recording `stats` for `node`.
-pub fn stats_tensors(node: &str, stats: &InputStats) -> Vec<pb::TensorProto> {
-    let [means, scales, zero_points, shifts, moments] = stats_names(node);
-    let dims = |v: &[f32]| vec![v.len() as i64];
-    let mut tensors = vec![float_tensor(means, dims(&stats.means), stats.means.clone())];
-    if !stats.moments.is_empty() {
-        tensors.push(float_tensor(moments, dims(&stats.moments), stats.moments.clone()));
-    }
-    if let Some(l) = &stats.lattice {
-        tensors.push(float_tensor(scales, dims(&l.scales), l.scales.clone()));
-        tensors.push(float_tensor(shifts, dims(&l.shifts), l.shifts.clone()));
-        tensors.push(pb::TensorProto {
-            name: zero_points,
-            dims: dims(&l.scales),
-            data_type: pb::tensor_proto::DataType::Uint8 as i32,
-            raw_data: l.zero_points.clone(),
-            ..Default::default()
-        });
-    }
-    tensors
-}
 
 fn read(t: &pb::TensorProto) -> Fallible<(Vec<usize>, Vec<f32>)> {
     let tensor = tract_onnx::tensor::load_tensor(&MmapDataResolver, t, None)

@@ -1,12 +1,14 @@
-//! Checking the inputs of a call against the model's interface.
+//! Checking the inputs of a call against the model's interface, and binding its dynamic axes.
 
 use std::collections::HashMap;
 
 use tract_onnx::prelude::*;
 
+use super::{ElementType, TensorSpec};
 use crate::error::{Error, Result};
-use crate::model::{ElementType, TensorSpec};
-use crate::plan::SymbolBindings;
+
+/// Values of the model's dynamic-axis symbols, sorted by symbol name.
+pub type SymbolBindings = Vec<(String, usize)>;
 
 /// Validates every input against its spec and returns the values of the dynamic-axis symbols,
 /// which inputs sharing a symbol must agree on.

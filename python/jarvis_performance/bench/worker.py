@@ -1,6 +1,6 @@
 """One benchmarked system in its own process, driven over a pipe by ``jarvis_performance.bench``.
 
-    python -m jarvis_performance.bench_worker      # speaks JSON lines on stdin/stdout
+    python -m jarvis_performance.bench.worker      # speaks JSON lines on stdin/stdout
 
 Each system (PyTorch eager, onnxruntime fp32/int8, jarvis fp32/int8) runs in a process of its
 own, so its peak RSS is its own and no other runtime's threads live beside it: onnxruntime's idle
@@ -57,11 +57,11 @@ def _peak_rss_mb() -> float:
 
 def _load(spec: SystemSpec) -> tuple[Callable[[], object], dict[str, Any]]:
     """The timed call of ``spec`` and figures only the loaded system knows."""
-    from .bench_prepare import timed_input
+    from .prepare import timed_input
 
     x = timed_input(spec.shape)
     if spec.system.startswith("jarvis"):
-        from ._native import Runtime
+        from .._native import Runtime
 
         rt = Runtime.load(spec.model, threads=spec.threads)
         if rt.quantized != spec.system.endswith("int8"):
@@ -81,7 +81,7 @@ def _load(spec: SystemSpec) -> tuple[Callable[[], object], dict[str, Any]]:
     if spec.system == "pytorch fp32":
         import torch
 
-        from .bench_prepare import load_torch_module
+        from .prepare import load_torch_module
 
         torch.set_num_threads(spec.threads)
         module = load_torch_module(spec.model)
@@ -142,7 +142,7 @@ class Worker:
                "OMP_NUM_THREADS": str(spec.threads), "MKL_NUM_THREADS": str(spec.threads)}
         self.spec = spec
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "jarvis_performance.bench_worker"],
+            [sys.executable, "-m", "jarvis_performance.bench.worker"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
         self.error: str | None = None
         self.load_info = self._ask({"cmd": "load", "spec": asdict(spec)})

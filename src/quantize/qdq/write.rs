@@ -1,9 +1,10 @@
-//! Writing an INT8 runtime as a standard ONNX file in QDQ form: each int8 layer's activation goes
+//! Writing an int8 runtime as a standard ONNX file in QDQ form: each int8 layer's activation goes
 //! through QuantizeLinear→DequantizeLinear (u8, the calibrated parameters) and its weight through
 //! DequantizeLinear of per-channel int8 codes, so onnxruntime and other QDQ-aware runtimes run it
 //! (models older than opset 13 get onnxruntime's `com.microsoft` Q/DQ, which take `axis`).
-//! The float initializers stay in the file as the master weights, and metadata records what was
-//! added so `Runtime::load` restores the float graph and the exact int8 plan.
+//! Metadata records what was added so `Runtime::load` restores the float graph and the exact
+//! int8 plan. A layer whose numbers the runtime computed (see [`DeployedLayer`]) is written with
+//! exactly those codes and that bias; a deployable file leaves out its float master weight.
 
 use std::collections::{HashMap, HashSet};
 
@@ -11,37 +12,51 @@ use prost::Message;
 use tract_onnx::data_resolver::MmapDataResolver;
 use tract_onnx::pb;
 
-use super::input::{InputStats, InputStatsByLayer};
-use super::qparams::{quantize_weights, ActivationQuant};
-pub use super::save_input::stats_names;
-use super::save_input::{corrected_bias, fold_weight, refine_onnx_codes, stats_tensors};
+use super::onnx_layout::{corrected_bias, fold_weight, refine_onnx_codes};
+use super::{
+    kernel_bias_name, onnx_node_name, stats_names, SavedOptions, ADDED_INITIALIZERS_KEY,
+    ADDED_NODES_KEY, DEPLOYED_KEY, LAYERS_KEY, OPTIONS_KEY, REWIRED_KEY,
+};
 use crate::calibrate::ChannelLattice;
 use crate::error::{Error, Result};
-use crate::model::saved::{
-    ADDED_INITIALIZERS_KEY, ADDED_NODES_KEY, LAYERS_KEY, OPTIONS_KEY, REWIRED_KEY,
-};
+use crate::quantize::input::{InputStats, InputStatsByLayer};
+use crate::quantize::qparams::{quantize_weights, ActivationQuant};
 
-/// Suffixes tract appends to the ONNX node name when it expands an operator.
-const EXPANSION_SUFFIXES: [&str; 2] = [".ab", ".einsum"];
-
-/// The ONNX node a tract layer name comes from (tract suffixes the nodes an operator expands to).
-pub fn onnx_node_name(tract_name: &str) -> &str {
-    EXPANSION_SUFFIXES.iter().find_map(|s| tract_name.strip_suffix(s)).unwrap_or(tract_name)
+/// An int8 layer's numbers as the runtime computed them (`quantize::quantize_layer`), in the
+/// layout of its ONNX weight: what the file carries for it instead of computing them again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeployedLayer {
+    /// The ONNX weight (an initializer the layer's node reads directly).
+    pub weight: String,
+    /// The codes, shaped as the weight.
+    pub codes: Vec<i8>,
+    /// One scale per output channel.
+    pub scales: Vec<f32>,
+    /// The bias the kernel adds, and the layer's bias before correction (the ONNX bias plus
+    /// any `Add` the layer fused), per output channel.
+    pub kernel_bias: Vec<f32>,
+    pub layer_bias: Vec<f32>,
+    /// Whether `layer_bias` is exactly the node's ONNX bias input.
+    pub bias_is_input: bool,
 }
 
 /// onnxruntime's operator domain, whose Q/DQ take `axis` at any opset.
 const CONTRIB_DOMAIN: &str = "com.microsoft";
 
-/// Builds the QDQ file from the float model and each int8 layer's activation parameters.
+/// Builds the QDQ file from the float model `proto` and each int8 layer's activation
+/// parameters and input statistics. `computed` holds, by ONNX node, the numbers of the layers
+/// the runtime can state in the node's own layout; other layers are quantized here from their
+/// ONNX weight. `deployable` leaves out the float weights of the `computed` layers and their
+/// calibration statistics (the file then runs, but cannot be updated).
 pub fn to_qdq(
-    float_onnx: &[u8],
+    mut proto: pb::ModelProto,
     layers: &[(String, ActivationQuant)],
     stats: &InputStatsByLayer,
-    options: &str,
+    options: &SavedOptions,
+    computed: &HashMap<String, DeployedLayer>,
+    deployable: bool,
 ) -> Result<Vec<u8>> {
     let fail = |reason: String| Error::Save(reason);
-    let mut proto = pb::ModelProto::decode(float_onnx)
-        .map_err(|e| fail(format!("re-reading the model: {e}")))?;
     let opset = proto
         .opset_import
         .iter()
@@ -68,58 +83,161 @@ pub fn to_qdq(
     let initializers: HashMap<String, usize> =
         graph.initializer.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
     let mut added = Added { domain: domain.into(), ..Added::default() };
+    let mut deployed: Vec<String> = Vec::new();
     let mut nodes = Vec::with_capacity(graph.node.len() + 3 * layers.len());
     let original_nodes = std::mem::take(&mut graph.node);
     for mut node in original_nodes {
         let quantizable =
             matches!(node.op_type.as_str(), "Conv" | "Gemm" | "MatMul") && node.input.len() >= 2;
-        if let (true, Some(q)) = (quantizable, by_node.get(&node.name)) {
-            let stats = stats_by_node.get(node.name.as_str()).map(|s| &**s);
-            let lattice = stats.and_then(|s| s.lattice.as_ref()).filter(|_| node.op_type == "Conv");
-            let activation = node.input[0].clone();
-            node.input[0] = match lattice {
-                Some(l) => added.channel_activation(&mut nodes, &node.name, &activation, l),
-                None => added.activation(&mut nodes, &activation, *q),
-            };
-            added.rewired.push(format!("{}\t0\t{activation}", node.name));
-            let weight = node.input[1].clone();
-            if let Some(&ix) = initializers.get(&weight) {
-                let original = &graph.initializer[ix];
-                let folded = lattice.map(|l| fold_weight(original, l, &node.name));
-                let folded = folded.transpose().map_err(fail)?;
-                let tensor = folded.as_ref().unwrap_or(original);
-                let axis = weight_axis(&node, tensor);
-                let dq = added.weight(&mut nodes, tensor, axis, (&node, stats)).map_err(fail)?;
-                node.input[1] = dq;
-                added.rewired.push(format!("{}\t1\t{weight}", node.name));
-                if let Some(stats) = stats.filter(|s| !s.means.is_empty()) {
-                    for t in stats_tensors(&node.name, stats) {
-                        added.initializer(t);
-                    }
-                    let bias =
-                        corrected_bias(&node, tensor, &graph.initializer, &initializers, stats);
-                    if let Some(bias) = bias.map_err(fail)? {
-                        added.corrected_bias(&mut node, bias);
-                    }
+        let Some(q) = by_node.get(&node.name).filter(|_| quantizable) else {
+            nodes.push(node);
+            continue;
+        };
+        let stats = stats_by_node.get(node.name.as_str()).map(|s| &**s);
+        let lattice = stats.and_then(|s| s.lattice.as_ref()).filter(|_| node.op_type == "Conv");
+        let activation = node.input[0].clone();
+        node.input[0] = match lattice {
+            Some(l) => added.channel_activation(&mut nodes, &node.name, &activation, l),
+            None => added.activation(&mut nodes, &activation, *q),
+        };
+        added.rewired.push(format!("{}\t0\t{activation}", node.name));
+        let weight = node.input[1].clone();
+        let Some(&ix) = initializers.get(&weight) else {
+            nodes.push(node);
+            continue;
+        };
+        let original = &graph.initializer[ix];
+        let layer = computed.get(&node.name).filter(|l| l.weight == weight);
+        if let Some(layer) = layer {
+            let axis = weight_axis(&node, original);
+            let dq = added.codes(&mut nodes, original, axis, &layer.codes, &layer.scales);
+            node.input[1] = dq.map_err(fail)?;
+            added.rewired.push(format!("{}\t1\t{weight}", node.name));
+            let lean = deployable
+                .then(|| InputStats { lattice: lattice.cloned(), ..InputStats::default() });
+            if let Some(stats) = lean.as_ref().or(stats) {
+                for t in stats_tensors(&node.name, stats) {
+                    added.initializer(t);
+                }
+            }
+            if deployable {
+                deployed.push(node.name.clone());
+                let n = layer.kernel_bias.len() as i64;
+                let bias =
+                    float_tensor(kernel_bias_name(&node.name), vec![n], layer.kernel_bias.clone());
+                added.initializer(bias);
+            }
+            if let Some(bias) = graph_bias(&node, layer, &graph.initializer, &initializers)? {
+                added.corrected_bias(&mut node, bias);
+            }
+        } else {
+            let folded = lattice.map(|l| fold_weight(original, l, &node.name));
+            let folded = folded.transpose().map_err(fail)?;
+            let tensor = folded.as_ref().unwrap_or(original);
+            let axis = weight_axis(&node, tensor);
+            let dq = added.weight(&mut nodes, tensor, axis, (&node, stats)).map_err(fail)?;
+            node.input[1] = dq;
+            added.rewired.push(format!("{}\t1\t{weight}", node.name));
+            if let Some(stats) = stats.filter(|s| !s.means.is_empty()) {
+                for t in stats_tensors(&node.name, stats) {
+                    added.initializer(t);
+                }
+                let bias = corrected_bias(&node, tensor, &graph.initializer, &initializers, stats);
+                if let Some(bias) = bias.map_err(fail)? {
+                    added.corrected_bias(&mut node, bias);
                 }
             }
         }
         nodes.push(node);
     }
     graph.node = nodes;
+    if deployable {
+        // The float masters of the deployed layers go: their codes are their weights now.
+        let dropped: HashSet<&str> =
+            deployed.iter().filter_map(|n| computed.get(n)).map(|l| l.weight.as_str()).collect();
+        graph.initializer.retain(|t| !dropped.contains(t.name.as_str()));
+    }
     graph.initializer.append(&mut added.initializers);
     let layer_lines: String =
         layers.iter().map(|(n, q)| format!("{n}\t{}\t{}\n", q.scale, q.zero_point)).collect();
-    for (key, value) in [
+    let options = serde_json::to_string(options).map_err(|e| fail(e.to_string()))?;
+    let mut entries = vec![
         (LAYERS_KEY, layer_lines),
-        (OPTIONS_KEY, options.to_string()),
+        (OPTIONS_KEY, options),
         (ADDED_NODES_KEY, added.node_names.join("\n")),
         (ADDED_INITIALIZERS_KEY, added.initializer_names.join("\n")),
         (REWIRED_KEY, added.rewired.join("\n")),
-    ] {
+    ];
+    if deployable {
+        entries.push((DEPLOYED_KEY, deployed.join("\n")));
+    }
+    for (key, value) in entries {
         proto.metadata_props.push(pb::StringStringEntryProto { key: key.into(), value });
     }
     Ok(proto.encode_to_vec())
+}
+
+/// The bias onnxruntime should add at `node` so the graph computes what the kernel does:
+/// the kernel's own bias when the layer's bias is the node's bias input; otherwise the node's
+/// bias (or zero) moved by the correction. `None`: nothing to change (a MatMul has no bias
+/// input to carry it; an uncorrected bias stays as it is).
+fn graph_bias(
+    node: &pb::NodeProto,
+    layer: &DeployedLayer,
+    initializers: &[pb::TensorProto],
+    by_name: &HashMap<String, usize>,
+) -> Result<Option<Vec<f32>>> {
+    if node.op_type == "MatMul" || layer.kernel_bias == layer.layer_bias {
+        return Ok(None);
+    }
+    if layer.bias_is_input {
+        return Ok(Some(layer.kernel_bias.clone()));
+    }
+    let n = layer.kernel_bias.len();
+    let input = node.input.get(2).filter(|b| !b.is_empty()).and_then(|b| by_name.get(b));
+    let mut bias = match input {
+        Some(&ix) => read_floats(&initializers[ix]).map_err(Error::Save)?,
+        None => vec![0.0; n],
+    };
+    if bias.len() != n || layer.layer_bias.len() != n {
+        return Ok(None);
+    }
+    for ((b, &kernel), &before) in bias.iter_mut().zip(&layer.kernel_bias).zip(&layer.layer_bias) {
+        *b += kernel - before;
+    }
+    Ok(Some(bias))
+}
+
+fn read_floats(t: &pb::TensorProto) -> std::result::Result<Vec<f32>, String> {
+    let tensor = tract_onnx::tensor::load_tensor(&MmapDataResolver, t, None)
+        .map_err(|e| format!("reading {}: {e:#}", t.name))?;
+    let view = tensor.to_plain_array_view::<f32>().map_err(|e| format!("{}: {e:#}", t.name))?;
+    Ok(view.iter().copied().collect())
+}
+
+/// The initializers recording `stats` for `node`.
+fn stats_tensors(node: &str, stats: &InputStats) -> Vec<pb::TensorProto> {
+    let [means, scales, zero_points, shifts, moments] = stats_names(node);
+    let dims = |v: &[f32]| vec![v.len() as i64];
+    let mut tensors = Vec::new();
+    if !stats.means.is_empty() {
+        tensors.push(float_tensor(means, dims(&stats.means), stats.means.clone()));
+    }
+    if !stats.moments.is_empty() {
+        tensors.push(float_tensor(moments, dims(&stats.moments), stats.moments.clone()));
+    }
+    if let Some(l) = &stats.lattice {
+        tensors.push(float_tensor(scales, dims(&l.scales), l.scales.clone()));
+        tensors.push(float_tensor(shifts, dims(&l.shifts), l.shifts.clone()));
+        tensors.push(pb::TensorProto {
+            name: zero_points,
+            dims: dims(&l.scales),
+            data_type: pb::tensor_proto::DataType::Uint8 as i32,
+            raw_data: l.zero_points.clone(),
+            ..Default::default()
+        });
+    }
+    tensors
 }
 
 /// Turns `Constant` nodes holding a tensor into initializers of the same name (exporters such as
@@ -325,9 +443,8 @@ impl Added {
         axis: usize,
         (node, stats): (&pb::NodeProto, Option<&InputStats>),
     ) -> std::result::Result<String, String> {
-        let dequantized = format!("{}_jp_dq", weight.name);
-        if !self.weights.insert(weight.name.clone()) {
-            return Ok(dequantized);
+        if self.weights.contains(&weight.name) {
+            return Ok(format!("{}_jp_dq", weight.name));
         }
         let tensor = tract_onnx::tensor::load_tensor(&MmapDataResolver, weight, None)
             .map_err(|e| format!("reading weight {}: {e:#}", weight.name))?;
@@ -351,19 +468,40 @@ impl Added {
         let mut back =
             ndarray::ArrayD::from_shape_vec(shape_moved, codes).map_err(|e| e.to_string())?;
         back.swap_axes(0, axis);
-        let codes: Vec<u8> = back.as_standard_layout().iter().map(|&c| c as u8).collect();
-        let dims_i64: Vec<i64> = dims.iter().map(|&d| d as i64).collect();
+        let codes: Vec<i8> = back.as_standard_layout().iter().copied().collect();
+        self.codes(nodes, weight, axis, &codes, &scales)
+    }
+
+    /// The DequantizeLinear of `codes` (shaped as `weight`) with one scale per index of `axis`;
+    /// returns its output (once per weight).
+    fn codes(
+        &mut self,
+        nodes: &mut Vec<pb::NodeProto>,
+        weight: &pb::TensorProto,
+        axis: usize,
+        codes: &[i8],
+        scales: &[f32],
+    ) -> std::result::Result<String, String> {
+        let dequantized = format!("{}_jp_dq", weight.name);
+        if !self.weights.insert(weight.name.clone()) {
+            return Ok(dequantized);
+        }
+        let channels = usize::try_from(*weight.dims.get(axis).unwrap_or(&0)).unwrap_or(0);
+        let count: i64 = weight.dims.iter().product();
+        if channels != scales.len() || usize::try_from(count).ok() != Some(codes.len()) {
+            return Err(format!("the codes of weight {} do not fit its shape", weight.name));
+        }
         let quantized = self.initializer(pb::TensorProto {
             name: format!("{}_jp_quantized", weight.name),
-            dims: dims_i64,
+            dims: weight.dims.clone(),
             data_type: pb::tensor_proto::DataType::Int8 as i32,
-            raw_data: codes,
+            raw_data: codes.iter().map(|&c| c as u8).collect(),
             ..Default::default()
         });
         let scale = self.initializer(float_tensor(
             format!("{}_jp_scale", weight.name),
             vec![channels as i64],
-            scales,
+            scales.to_vec(),
         ));
         let zero = self.initializer(pb::TensorProto {
             name: format!("{}_jp_zero_point", weight.name),

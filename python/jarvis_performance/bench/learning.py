@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._native import Runtime
+from .._native import Runtime
 
 HEADER = (f"{'model':<20} {'precision':<9} {'params':>9} {'update ms':>9} {'cpu':>6} "
           f"{'ms/Mparam':>9} {'cpu':>6} {'learn ms':>9} {'cpu':>6} {'ms/Mparam':>9} {'cpu':>6} "
@@ -80,7 +80,7 @@ def measure(path: Path, x: np.ndarray, *, int8: bool, rounds: int) -> dict[str, 
 
 def main(models: list[str], *, rounds: int) -> int:
     """Prints one row per model and precision."""
-    from .bench import resolve_model
+    from .compare import resolve_model
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     sys.stdout.write(f"# {os.cpu_count()} cores, load average {load:.1f}; medians in ms (wall, then "

@@ -1,11 +1,12 @@
-"""Side-by-side latency benchmark: jarvis-performance against onnxruntime and PyTorch eager.
+"""Side-by-side latency benchmark: jarvis-performance against onnxruntime and PyTorch eager
+(``python -m jarvis_performance.bench``).
 
     python -m jarvis_performance.bench                       # shipped digits models, float
     python -m jarvis_performance.bench --models resnet18 mobilenet_v2 efficientnet_lite0 \\
         --batch 1 8 --threads 1 2 --int8 --torch [--json]
-    python -m jarvis_performance.bench --learning            # update/learn (learning_bench)
-    python -m jarvis_performance.bench --vision              # image preprocessing (vision_bench)
-    python -m jarvis_performance.bench --zoo [--zoo-models ID ...]  # third-party models (zoo_bench)
+    python -m jarvis_performance.bench --learning            # update/learn (bench.learning)
+    python -m jarvis_performance.bench --vision              # image preprocessing (bench.vision)
+    python -m jarvis_performance.bench --zoo [--zoo-models ID ...]  # third-party models (bench.zoo)
 
 Model names are shipped models (``digits_cnn``, ``digits_mlp``), ``.onnx`` paths, or names that
 :func:`jarvis_performance.export.load_module` understands (exported once into the model cache;
@@ -15,7 +16,7 @@ Systems: ``onnxruntime fp32`` and ``jarvis fp32`` always; with ``--int8``, ``onn
 (``quant_pre_process`` then ``quantize_static``: QDQ, per-channel s8 weights, u8 activations —
 onnxruntime's fast path) and ``jarvis int8`` (the project's calibration and int8 kernels), both
 calibrated on the same 32 samples; with ``--torch``, ``pytorch fp32`` (eager, ``inference_mode``).
-Every system runs in its own worker process (see :mod:`jarvis_performance.bench_worker`) and the
+Every system runs in its own worker process (see :mod:`jarvis_performance.bench.worker`) and the
 rounds interleave across them: each round gives every system about ``--round-ms`` of calls, in
 an order that rotates from round to round, while the other workers are stopped. The table gives
 median and p99 ms over all timed calls, the peak RSS of each system's process (interpreter and
@@ -42,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from .bench_prepare import (
+from .prepare import (
     MB,
     BenchModel,
     JarvisInt8,
@@ -54,7 +55,7 @@ from .bench_prepare import (
     ort_int8_weight_bytes,
     resolve_model,
 )
-from .bench_worker import SYSTEMS, SystemSpec, Worker
+from .worker import SYSTEMS, SystemSpec, Worker
 
 __all__ = ["main", "measure", "prepare", "resolve_model", "run_table", "Row", "SystemResult"]
 
@@ -152,7 +153,7 @@ def prepare(model: BenchModel, *, int8: bool, folder: Path) -> Artifacts:
 
 
 def _median_ms(fns: dict[str, Callable[[], object]], *, rounds: int, per_round: int) -> dict[str, float]:
-    """In-process interleaved timing (``vision_bench``): median ms per callable over ``rounds``
+    """In-process interleaved timing (``bench.vision``): median ms per callable over ``rounds``
     rounds of ``per_round`` calls each, after two warm-up calls."""
     samples: dict[str, list[float]] = {name: [] for name in fns}
     for fn in fns.values():
@@ -292,7 +293,7 @@ def machine() -> dict[str, Any]:
             versions[package] = __import__(package).__version__
         except ImportError:
             pass
-    from . import __version__
+    from .. import __version__
 
     versions["jarvis_performance"] = __version__
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
@@ -368,28 +369,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--int8", action="store_true", help="also time jarvis int8 and onnxruntime int8")
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
     parser.add_argument("--learning", action="store_true",
-                        help="time update/learn instead (see jarvis_performance.learning_bench)")
+                        help="time update/learn instead (see jarvis_performance.bench.learning)")
     parser.add_argument("--vision", action="store_true",
                         help="time image preprocessing (jp.preprocess) against Pillow + NumPy instead")
     parser.add_argument("--zoo", action="store_true",
-                        help="time the third-party model zoo instead (see jarvis_performance.zoo_bench)")
+                        help="time the third-party model zoo instead (see jarvis_performance.bench.zoo)")
     parser.add_argument("--zoo-models", nargs="+", help="zoo model ids (default: the default set)")
     parser.add_argument("--calls", type=int, default=30, help="--zoo: timed calls after the first")
     args = parser.parse_args(argv)
     if args.zoo:
-        from .zoo_bench import format_table, run as run_zoo
+        from .zoo import format_table, run as run_zoo
 
         threads = args.threads if args.threads != parser.get_default("threads") else [1]
         rows = run_zoo(args.zoo_models, threads=threads[0], calls=args.calls)
         sys.stdout.write(format_table(rows) + "\n")
         return 0
     if args.learning:
-        from . import learning_bench
+        from . import learning
 
         models = args.models if args.models != parser.get_default("models") else ["digits_cnn"]
-        return learning_bench.main(models, rounds=max(args.rounds, 3))
+        return learning.main(models, rounds=max(args.rounds, 3))
     if args.vision:
-        from .vision_bench import run as run_vision
+        from .vision import run as run_vision
 
         return run_vision(rounds=args.rounds)
     if min(args.batch + args.threads + [args.rounds]) < 1 or args.round_ms <= 0:
@@ -398,6 +399,3 @@ def main(argv: list[str] | None = None) -> int:
                      torch=args.torch, rounds=args.rounds, round_ms=args.round_ms,
                      as_json=args.json)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

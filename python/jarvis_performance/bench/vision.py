@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import preprocess
+from .. import preprocess
 from .photos import MEAN, STD, photos
 
 SIZE = 224

@@ -67,7 +67,7 @@ def bench_model(name: str) -> BenchModel:
         cls = SHIPPED_TORCH.get(name)
         torch_spec = f"{SHIPPED_DIR / 'make_models.py'}:{cls}" if cls else None
     else:
-        from .export import cached_export
+        from ..export import cached_export
 
         path, torch_spec = cached_export(name, input_shape=IMAGE_SHAPE), name
     import onnx
@@ -126,7 +126,7 @@ def ort_int8_path(model: BenchModel, calib: np.ndarray, *, cache_dir: Path | Non
     from onnxruntime.quantization import CalibrationDataReader
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from .export import default_cache_dir
+    from ..export import default_cache_dir
 
     key = hashlib.sha256(model.path.read_bytes())
     key.update(calib.tobytes())
@@ -195,7 +195,7 @@ def jarvis_int8(model: BenchModel, calib: np.ndarray, folder: Path) -> JarvisInt
     """Calibrate and quantize ``model`` with jarvis on ``calib`` and save the int8 model in
     ``folder``: worker processes load the saved file, which rebuilds the same int8 plan without
     calibration, so their peak RSS is that of serving, not of calibrating."""
-    from ._native import Runtime
+    from .._native import Runtime
 
     rt = Runtime.load(model.path, quantize="int8", calibration=calib)
     summary = rt.quantization_summary()
@@ -223,7 +223,7 @@ def load_torch_module(spec: str) -> Any:
         module = importlib.util.module_from_spec(module_spec)
         module_spec.loader.exec_module(module)
         return getattr(module, cls)().eval()
-    from .export import load_module
+    from ..export import load_module
 
     return load_module(spec).eval()
 

@@ -1,6 +1,5 @@
-//! Reading back the INT8 files `Runtime::save` writes: a standard QDQ ONNX graph for other
-//! runtimes, whose metadata lets this runtime restore the float graph (the float master weights
-//! travel as the original initializers) and the calibrated activation parameters.
+//! Files from other quantizers (onnxruntime's `quantize_static`): their QDQ layers run on this
+//! runtime's int8 ops with the same activation parameters and weight codes.
 
 use std::collections::HashMap;
 
@@ -8,156 +7,9 @@ use tract_onnx::data_resolver::MmapDataResolver;
 use tract_onnx::pb;
 use tract_onnx::prelude::*;
 
-use crate::calibrate::ChannelLattice;
-use crate::error::{Error, Result};
+use super::{SavedInt8, SavedLayer, SavedOptions};
+use crate::error::Result;
 use crate::quantize::input::InputStats;
-use crate::quantize::save::stats_names;
-
-/// Metadata keys written into `ModelProto.metadata_props`.
-pub const LAYERS_KEY: &str = "jarvis_performance.int8_layers";
-pub const OPTIONS_KEY: &str = "jarvis_performance.int8_options";
-pub const ADDED_NODES_KEY: &str = "jarvis_performance.added_nodes";
-pub const ADDED_INITIALIZERS_KEY: &str = "jarvis_performance.added_initializers";
-pub const REWIRED_KEY: &str = "jarvis_performance.rewired_inputs";
-
-/// One int8 layer's activation quantization, as saved.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SavedLayer {
-    /// The tract node name of the layer.
-    pub name: String,
-    pub scale: f32,
-    pub zero_point: u8,
-    /// Its input's calibration statistics (bias correction, 8-bit lattice); empty in files
-    /// written before they existed and in other quantizers' files.
-    pub input: InputStats,
-}
-
-/// The quantization a saved file carries.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SavedInt8 {
-    pub layers: Vec<SavedLayer>,
-    /// The calibration method's name, as it was.
-    pub method: String,
-    pub per_channel: bool,
-}
-
-fn metadata<'p>(proto: &'p pb::ModelProto, key: &str) -> Option<&'p str> {
-    proto.metadata_props.iter().find(|p| p.key == key).map(|p| p.value.as_str())
-}
-
-/// If `proto` is a file `Runtime::save` wrote, turns it back into the float graph (removing the
-/// added Quantize/DequantizeLinear nodes and int8 initializers, restoring the layers' inputs)
-/// and returns the saved quantization; other models are left untouched.
-pub fn restore_float(proto: &mut pb::ModelProto) -> Result<Option<SavedInt8>> {
-    let Some(layers_text) = metadata(proto, LAYERS_KEY).map(str::to_owned) else { return Ok(None) };
-    let bad = |what: &str| Error::ModelLoad {
-        path: String::new(),
-        reason: format!("corrupt int8 metadata: {what}"),
-    };
-    let mut layers = Vec::new();
-    for line in layers_text.lines().filter(|l| !l.is_empty()) {
-        let mut fields = line.split('\t');
-        let (Some(name), Some(scale), Some(zp)) = (fields.next(), fields.next(), fields.next())
-        else {
-            return Err(bad(line));
-        };
-        let scale: f32 = scale.parse().map_err(|_| bad(line))?;
-        let zero_point: u8 = zp.parse().map_err(|_| bad(line))?;
-        if !(scale.is_finite() && scale > 0.0) {
-            return Err(bad(line));
-        }
-        layers.push(SavedLayer {
-            name: name.to_string(),
-            scale,
-            zero_point,
-            input: InputStats::default(),
-        });
-    }
-    let options = metadata(proto, OPTIONS_KEY).unwrap_or("");
-    let (method, per_channel) = options.split_once('\t').unwrap_or((options, "true"));
-    let mut saved =
-        SavedInt8 { layers, method: method.to_string(), per_channel: per_channel == "true" };
-    let added_nodes: Vec<String> =
-        metadata(proto, ADDED_NODES_KEY).unwrap_or("").lines().map(str::to_owned).collect();
-    let added_inits: Vec<String> =
-        metadata(proto, ADDED_INITIALIZERS_KEY).unwrap_or("").lines().map(str::to_owned).collect();
-    let rewired: Vec<(String, usize, String)> = metadata(proto, REWIRED_KEY)
-        .unwrap_or("")
-        .lines()
-        .filter(|l| !l.is_empty())
-        .map(|line| {
-            let mut f = line.split('\t');
-            match (f.next(), f.next().and_then(|i| i.parse().ok()), f.next()) {
-                (Some(node), Some(ix), Some(original)) => {
-                    Ok((node.to_string(), ix, original.to_string()))
-                }
-                _ => Err(bad(line)),
-            }
-        })
-        .collect::<Result<_>>()?;
-    let Some(graph) = proto.graph.as_mut() else { return Err(bad("no graph")) };
-    for layer in &mut saved.layers {
-        layer.input = input_stats(graph, &layer.name).map_err(|e| bad(&e))?;
-    }
-    graph.node.retain(|n| !added_nodes.contains(&n.name));
-    graph.initializer.retain(|t| !added_inits.contains(&t.name));
-    for (node, ix, original) in rewired {
-        let node = graph.node.iter_mut().find(|n| n.name == node).ok_or_else(|| bad(&node))?;
-        if original.is_empty() {
-            // An input the save appended (a bias for a layer that had none).
-            if ix + 1 != node.input.len() {
-                return Err(bad(&node.name));
-            }
-            node.input.truncate(ix);
-            continue;
-        }
-        let slot = node.input.get_mut(ix).ok_or_else(|| bad(&original))?;
-        *slot = original;
-    }
-    // The int8 bookkeeping goes; other entries (the weights' version) stay with the float model.
-    let int8_keys = [LAYERS_KEY, OPTIONS_KEY, ADDED_NODES_KEY, ADDED_INITIALIZERS_KEY, REWIRED_KEY];
-    proto.metadata_props.retain(|p| !int8_keys.contains(&p.key.as_str()));
-    Ok(Some(saved))
-}
-
-/// The input statistics the save stored for `layer` as initializers (none: empty).
-fn input_stats(graph: &pb::GraphProto, layer: &str) -> std::result::Result<InputStats, String> {
-    let [means, scales, zero_points, shifts, moments] = stats_names(layer);
-    let read = |name: &str| -> std::result::Result<Option<Tensor>, String> {
-        graph
-            .initializer
-            .iter()
-            .find(|t| t.name == name)
-            .map(|t| tract_onnx::tensor::load_tensor(&MmapDataResolver, t, None))
-            .transpose()
-            .map_err(|_| name.to_string())
-    };
-    let floats = |name: &str| -> std::result::Result<Option<Vec<f32>>, String> {
-        let Some(t) = read(name)? else { return Ok(None) };
-        let view = t.to_plain_array_view::<f32>().map_err(|_| name.to_string())?;
-        let values: Vec<f32> = view.iter().copied().collect();
-        values.iter().all(|v| v.is_finite()).then_some(Some(values)).ok_or(name.to_string())
-    };
-    let mut stats = InputStats {
-        means: floats(&means)?.unwrap_or_default(),
-        lattice: None,
-        moments: floats(&moments)?.unwrap_or_default(),
-    };
-    if let (Some(s), Some(d)) = (floats(&scales)?, floats(&shifts)?) {
-        let z = read(&zero_points)?.ok_or(zero_points.clone())?;
-        let z: Vec<u8> = z
-            .to_plain_array_view::<u8>()
-            .map_err(|_| zero_points.clone())?
-            .iter()
-            .copied()
-            .collect();
-        if s.iter().any(|&v| v <= 0.0) || s.len() != z.len() || s.len() != d.len() {
-            return Err(scales);
-        }
-        stats.lattice = Some(ChannelLattice { scales: s, zero_points: z, shifts: d });
-    }
-    Ok(stats)
-}
 
 /// If `proto` is a QDQ model from another quantizer (onnxruntime's `quantize_static`): for every
 /// Conv/Gemm/MatMul whose activation comes through QuantizeLinear→DequantizeLinear and whose
@@ -245,7 +97,8 @@ pub fn import_qdq(proto: &mut pb::ModelProto) -> Result<Option<SavedInt8>> {
         graph.node[ix].input[slot] = tensor;
     }
     graph.initializer.extend(new_weights);
-    Ok(Some(SavedInt8 { layers, method: "imported".into(), per_channel: true }))
+    let options = SavedOptions { method: "imported".into(), per_channel: true };
+    Ok(Some(SavedInt8 { layers, options, deployable: false }))
 }
 
 /// (scale, u8 zero point) of a per-tensor activation quantization; an int8 zero point maps to

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from . import zoo
+from .. import zoo
 
 SYSTEMS = ("jarvis fp32", "jarvis int8", "onnxruntime fp32", "onnxruntime int8")
 
@@ -66,7 +66,7 @@ def _time_in_process(system: str, path: str, feed: dict[str, np.ndarray], thread
     try:
         start = time.perf_counter()
         if system.startswith("jarvis"):
-            from ._native import Runtime
+            from .._native import Runtime
 
             if calibration is None:
                 runtime = Runtime.load(path, threads=threads)
@@ -112,7 +112,7 @@ def time_alone(system: str, path: Path, feed: dict[str, np.ndarray], *, threads:
 
 def jarvis_int8_file(model: zoo.ZooModel, path: Path, folder: Path) -> Path:
     """jarvis's int8 file of ``model``, calibrated on the zoo's first test inputs."""
-    from ._native import Runtime
+    from .._native import Runtime
 
     calibration = [zoo.make_feed(model, 0, seed=s) for s in range(CALIBRATION_SAMPLES)]
     runtime = Runtime.load(path, quantize="int8", calibration=calibration)

@@ -1,0 +1,18 @@
+"""Every benchmark of the project, run as ``python -m jarvis_performance.bench`` (see
+:mod:`jarvis_performance.bench.compare` for the options): ``compare`` (jarvis against onnxruntime
+and PyTorch, one process per system: ``prepare``, ``worker``), ``learning`` (update and learn),
+``vision`` (image preprocessing), ``zoo`` (third-party models), and ``photos`` (the natural
+photos the benchmarks and the accuracy tests use).
+
+Nothing is imported here eagerly, so ``python -m jarvis_performance.bench.worker`` runs the
+worker module once.
+"""
+
+from __future__ import annotations
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark command line (``python -m jarvis_performance.bench --help``)."""
+    from .compare import main as compare_main
+
+    return compare_main(argv)
