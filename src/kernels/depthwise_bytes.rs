@@ -215,12 +215,7 @@ fn byte_kernel_runs(isa: Isa) -> bool {
 
 /// Whether `isa` runs the byte kernel here: AVX-512 VNNI plus VBMI's byte permutation.
 pub(super) fn has_byte_permutes(isa: Isa) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512Vnni {
-        return std::arch::is_x86_feature_detected!("avx512vbmi");
-    }
-    let _ = isa;
-    false
+    isa.byte_permutes()
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -381,7 +376,7 @@ mod tests {
                 prop_assert_eq!(&got, &want, "{:?}", isa);
                 // Every accumulator, used or not, and every byte of the padded copy are the
                 // same on every ISA.
-                if isa == Isa::Scalar {
+                if isa == Isa::SCALAR {
                     (scalar, scalar_buffer) = (acc, buffer);
                 } else {
                     prop_assert_eq!(&acc, &scalar, "{:?}", isa);

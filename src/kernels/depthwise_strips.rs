@@ -197,7 +197,7 @@ impl StripPlan {
             let plane = &planes[c * plane_len..(c + 1) * plane_len];
             let sums =
                 self.sums_scalar(plane, zero_point, &words[c * words_len..(c + 1) * words_len]);
-            E::store_row(Isa::Scalar, &sums, e, store, &mut out[c * out_len..(c + 1) * out_len]);
+            E::store_row(Isa::SCALAR, &sums, e, store, &mut out[c * out_len..(c + 1) * out_len]);
         }
     }
 

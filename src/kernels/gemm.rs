@@ -128,13 +128,13 @@ pub fn gemm_u8i8_block(
     assert!(out_stride >= BLOCK_N && block < weights.n_padded() / BLOCK_N, "bad block");
     let w = weights.block(block);
     let k4s = weights.k_padded / 4;
-    match isa {
+    match isa.tier() {
         #[cfg(target_arch = "x86_64")]
-        super::Isa::Avx512Vnni => {
+        super::Tier::Avx512Vnni => {
             let mut r = 0;
             while r < m {
                 let rows = BLOCK_M.min(m - r);
-                // SAFETY: Isa::Avx512Vnni is only chosen when the CPU has these features; the
+                // SAFETY: Isa of tier Avx512Vnni is only chosen when the CPU has these features; the
                 // asserts above bound every row and column the kernel touches.
                 unsafe {
                     avx512::block(
@@ -150,7 +150,7 @@ pub fn gemm_u8i8_block(
                 r += rows;
             }
         }
-        isa => super::quant::multiversion!(isa, {
+        _ => super::quant::multiversion!(isa, {
             scalar_block(w, k4s, x, x_stride, m, out, out_stride)
         }),
     }
@@ -283,7 +283,7 @@ mod tests {
         let w = vec![-128i8; n * k];
         let packed = PackedWeights::pack(&w, n, k);
         let mut out = vec![0; m * packed.n_padded()];
-        gemm_u8i8(Isa::Scalar, &x, k, m, &packed, &mut out);
+        gemm_u8i8(Isa::SCALAR, &x, k, m, &packed, &mut out);
         assert_eq!(out[0], 255 * -128 * 1000);
         assert_eq!(packed.column_sums, vec![-128 * 1000; n]);
     }
