@@ -190,7 +190,7 @@ impl Element for u8 {
             // hold `len` elements.
             Tier::Avx512Vnni => unsafe { avx512::centred(&src[..len], input.zero_point, dst) },
             _ => {
-                for (d, &v) in dst.iter_mut().zip(src) {
+                for (d, &v) in dst.iter_mut().zip(&src[..len]) {
                     *d = f32::from(v) - f32::from(input.zero_point);
                 }
             }

@@ -129,9 +129,9 @@ impl BytePlane {
         }
         #[cfg(target_arch = "x86_64")]
         if let (Some(codes), true) = (E::as_codes(plane), isa.is_avx2()) {
+            let dst = &mut dst[..self.buffer_len()];
             // SAFETY: the AVX2 instruction sets are only chosen on CPUs with AVX2; the slices
             // hold the plane and the buffer (asserted).
-            let dst = &mut dst[..self.buffer_len()];
             return unsafe { super::depthwise_bytes_avx2::fill(self, codes, zero_point, dst) };
         }
         let rows = self.rows;

@@ -397,9 +397,9 @@ mod avx512 {
                 && sums.len() >= (first + count) * LANE_CHANNELS
                 && rows.len() >= LANE_CHANNELS * pixels
         );
-        // SAFETY: vectors `first..first + count` of `sums` exist; missing ones are zeros.
         let r = std::array::from_fn(|i| {
             if i < count {
+                // SAFETY: vectors `first..first + count` of `sums` exist; missing ones are zeros.
                 unsafe { _mm512_loadu_ps(sums.as_ptr().add((first + i) * LANE_CHANNELS)) }
             } else {
                 _mm512_setzero_ps()

@@ -205,15 +205,18 @@ mod avx512 {
         out: &mut [i32],
         out_stride: usize,
     ) {
-        match rows {
-            8 => unsafe { rows_n::<8>(w, k4s, x, x_stride, out, out_stride) },
-            7 => unsafe { rows_n::<7>(w, k4s, x, x_stride, out, out_stride) },
-            6 => unsafe { rows_n::<6>(w, k4s, x, x_stride, out, out_stride) },
-            5 => unsafe { rows_n::<5>(w, k4s, x, x_stride, out, out_stride) },
-            4 => unsafe { rows_n::<4>(w, k4s, x, x_stride, out, out_stride) },
-            3 => unsafe { rows_n::<3>(w, k4s, x, x_stride, out, out_stride) },
-            2 => unsafe { rows_n::<2>(w, k4s, x, x_stride, out, out_stride) },
-            _ => unsafe { rows_n::<1>(w, k4s, x, x_stride, out, out_stride) },
+        // SAFETY: the caller's contract, for the `rows` rows each arm handles.
+        unsafe {
+            match rows {
+                8 => rows_n::<8>(w, k4s, x, x_stride, out, out_stride),
+                7 => rows_n::<7>(w, k4s, x, x_stride, out, out_stride),
+                6 => rows_n::<6>(w, k4s, x, x_stride, out, out_stride),
+                5 => rows_n::<5>(w, k4s, x, x_stride, out, out_stride),
+                4 => rows_n::<4>(w, k4s, x, x_stride, out, out_stride),
+                3 => rows_n::<3>(w, k4s, x, x_stride, out, out_stride),
+                2 => rows_n::<2>(w, k4s, x, x_stride, out, out_stride),
+                _ => rows_n::<1>(w, k4s, x, x_stride, out, out_stride),
+            }
         }
     }
 

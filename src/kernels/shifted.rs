@@ -13,9 +13,13 @@ use std::ops::Range;
 use ndarray::{s, ArrayView2, ArrayViewMut2, Axis};
 
 use super::codes::SimdElement;
-use super::planar::{row_stride, word_dot, ConvGeometry, PlanarWeights};
+#[cfg(target_arch = "x86_64")]
+use super::planar::row_stride;
+use super::planar::{word_dot, ConvGeometry, PlanarWeights};
 use super::planar_tail::{conv_planar_tail, tail_pixels};
-use super::{Epilogue, Isa, Tier};
+#[cfg(target_arch = "x86_64")]
+use super::Tier;
+use super::{Epilogue, Isa};
 
 /// Most kernel columns a shifted convolution may have (one pair of lane masks each per tile).
 pub const MAX_SHIFTED_COLUMNS: usize = 8;
