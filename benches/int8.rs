@@ -38,9 +38,9 @@ use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use jarvis_performance::kernels::{
     conv_planar, conv_planar_with_tail, conv_shifted, gemm_u8i8, im2col_c4, tail_scratch_len,
-    tap_words, Activation, ActivationQuant, BytePlane, ConvGeometry, Element, Epilogue, Isa, Tier,
+    tap_words, Activation, ActivationQuant, BytePlane, ConvGeometry, Element, Epilogue, Isa,
     OutputCodes, PackedWeights, PhasedPlane, PlanarWeights, ShiftedOperand, ShiftedPlanes,
-    StripPlan, MAX_TAP_WORDS,
+    StripPlan, Tier, MAX_TAP_WORDS,
 };
 use jarvis_performance::quantize::qparams::quantize_weights;
 use jarvis_performance::quantize::QuantizeOptions;
@@ -234,7 +234,9 @@ fn bench_layer(b: &mut criterion::Bencher<'_, ThreadCpu>, isa: Isa, layer: &Laye
             // runtime runs them, their operand columns transposed into scratch first.
             let mut scratch = vec![0u32; tail_scratch_len(pixels, k4)];
             // A stride-1 "same" layer reads its planes in place, as the runtime does.
-            if let Some(layout) = ShiftedPlanes::for_conv(&g).filter(|_| isa.tier() == Tier::Avx512Vnni) {
+            if let Some(layout) =
+                ShiftedPlanes::for_conv(&g).filter(|_| isa.tier() == Tier::Avx512Vnni)
+            {
                 let (fill, mut words) = (u32::from_le_bytes([3; 4]), vec![0u32; layout.len()]);
                 for (chunk, plane) in
                     words.chunks_exact_mut(layout.plane_stride()).zip(x.chunks_exact(pixels_in))

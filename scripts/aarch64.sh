@@ -35,9 +35,16 @@ CARGO_TARGET_DIR=$cache/target-darwin cargo check --quiet --target aarch64-apple
 step "aarch64 Linux: clippy and release build"
 export CARGO_TARGET_DIR=$arm_target_dir
 cargo clippy --quiet --release --target "$target" --all-targets -- -D warnings
-cargo build --quiet --release --target "$target" --bin jarvis-perf
-tests=$(cargo test --quiet --release --target "$target" --lib --no-run --message-format=json \
-    | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | head -n1)
+# One build for the lib's tests and the CLI (`--test cli` builds `jarvis-perf` with the same
+# dependency features, so tract is compiled once, not once per profile of features).
+tests=$(cargo test --quiet --release --target "$target" --lib --test cli --no-run \
+    --message-format=json | python -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    lib_tests = m.get("reason") == "compiler-artifact" and m["target"]["name"] == "jarvis_performance"
+    if lib_tests and m["profile"]["test"] and m.get("executable"):
+        print(m["executable"])')
 arm_cli=$arm_target_dir/$target/release/jarvis-perf
 unset CARGO_TARGET_DIR
 
@@ -67,7 +74,7 @@ for cpu in "${cpus[@]}"; do
 done
 
 step "saved int8 models: x86 scalar reference, then every tier under qemu"
-CARGO_TARGET_DIR=$host_target_dir cargo build --quiet --release --bin jarvis-perf
+CARGO_TARGET_DIR=$host_target_dir cargo test --quiet --release --test cli --no-run
 host_cli=$host_target_dir/release/jarvis-perf
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

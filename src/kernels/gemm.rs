@@ -74,6 +74,7 @@ impl PackedWeights {
 
 /// Straightforward triple loop: the reference the SIMD path is tested against.
 /// `x` is `m` rows of `k` (stride `x_stride`), `w` is `n` rows of `k`; returns `m × n`.
+#[cfg(test)]
 pub fn gemm_u8i8_reference(
     x: &[u8],
     x_stride: usize,

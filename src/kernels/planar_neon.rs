@@ -238,7 +238,12 @@ impl<E: Element> Run<'_, E> {
     /// Channels `o..o + O` over pixels `p..p + lanes` (at most a chunk): tiles into a buffer of
     /// sums, then one store per channel.
     #[inline(always)]
-    unsafe fn chunk<D: Dot, const O: usize, const V: usize>(&self, o: usize, p: usize, lanes: usize) {
+    unsafe fn chunk<D: Dot, const O: usize, const V: usize>(
+        &self,
+        o: usize,
+        p: usize,
+        lanes: usize,
+    ) {
         let mut sums = [[0i32; CHUNK_PIXELS]; O];
         for tile in (0..lanes).step_by(4 * V) {
             let tile_lanes = (lanes - tile).min(4 * V);
@@ -271,14 +276,16 @@ impl<E: Element> Run<'_, E> {
         sums: &mut [[i32; CHUNK_PIXELS]; O],
         at: usize,
     ) {
-        let mut acc: [[D::Acc; V]; O] = std::array::from_fn(|c| [D::start(self.row_sums[o + c]); V]);
+        let mut acc: [[D::Acc; V]; O] =
+            std::array::from_fn(|c| [D::start(self.row_sums[o + c]); V]);
         let w = self.w[o * self.k4..].as_ptr();
         for k in 0..self.k4 {
             let row = self.x.wrapping_add(k * self.x_stride + p);
             let operands: [D::X; V] = std::array::from_fn(|v| {
                 // SAFETY: row `k` of `x` has the tile's `lanes` words; a vector past them
                 // is built from the words inside only.
-                let words = unsafe { load_words(row.wrapping_add(4 * v), lanes.saturating_sub(4 * v)) };
+                let words =
+                    unsafe { load_words(row.wrapping_add(4 * v), lanes.saturating_sub(4 * v)) };
                 D::operand(words)
             });
             for (c, acc) in acc.iter_mut().enumerate() {

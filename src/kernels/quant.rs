@@ -27,6 +27,7 @@ pub fn saturate_u8(v: f32) -> u8 {
 }
 
 /// Saturates a rounded value to i8 (NaN becomes 0).
+#[cfg(test)]
 #[inline(always)]
 pub fn saturate_i8(v: f32) -> i8 {
     v.clamp(-128.0, 127.0) as i8
