@@ -78,9 +78,11 @@ CARGO_TARGET_DIR=$host_target_dir cargo test --quiet --release --test cli --no-r
 host_cli=$host_target_dir/release/jarvis-perf
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-resnet=${JARVIS_MODEL_CACHE:-$cache/models}/resnet18.onnx
-if [[ ! -f $resnet ]]; then
-    python -c "from jarvis_performance.export import cached_export as e; e('resnet18', input_shape=(1, 3, 224, 224))"
+# The ResNet18 pytest exported (any torch version), else export it now.
+resnet=$(ls "${JARVIS_MODEL_CACHE:-$cache/models}"/resnet18-3x224x224-torch*.onnx 2>/dev/null | head -n1)
+if [[ -z $resnet ]]; then
+    resnet=$(python -c "from jarvis_performance.export import cached_export as e
+print(e('resnet18', input_shape=(1, 3, 224, 224)))")
 fi
 python - "$work" <<'EOF'
 import sys

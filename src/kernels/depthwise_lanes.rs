@@ -32,6 +32,7 @@ const MIN_TAPS: usize = 16;
 const MAX_OUTPUTS: usize = 14 * 14;
 
 /// Output pixels accumulated together in registers (each tap's weights loaded once for them).
+#[cfg(target_arch = "x86_64")]
 const RUN: usize = 8;
 
 /// The padded pixel-major plane of a depthwise geometry's blocks of 16 channels.

@@ -7,6 +7,7 @@
 /// Output channels per packed block (one 512-bit vector of i32).
 pub const BLOCK_N: usize = 16;
 /// Rows of X processed together by the SIMD kernel (accumulators kept in registers).
+#[cfg(target_arch = "x86_64")]
 const BLOCK_M: usize = 8;
 
 /// Weights of one layer, packed for the kernels, with what the epilogue needs.

@@ -28,6 +28,8 @@ mod im2col;
 mod isa;
 mod moments;
 #[cfg(target_arch = "aarch64")]
+mod depthwise_bytes_neon;
+#[cfg(target_arch = "aarch64")]
 mod neon;
 mod output;
 mod planar;
@@ -53,7 +55,9 @@ pub use output::{OutputPart, OutputTensor};
 pub use planar::{
     fill_words, quantize_c4, quantize_c4_channels, ConvGeometry, PlanarWeights, Planes,
 };
-pub use planar_tail::{conv_planar_with_tail, tail_scratch_len, MAX_TAIL_PIXELS, VECTOR_PIXELS};
+#[cfg(target_arch = "x86_64")]
+pub use planar_tail::MAX_TAIL_PIXELS;
+pub use planar_tail::{conv_planar_with_tail, tail_scratch_len, VECTOR_PIXELS};
 pub use pool::{max_pool_plane, max_pool_row_len, CodePool};
 pub use quant::{
     abs_max, dequantize_codes, dequantize_rows, quantize_i8_symmetric, quantize_u8,

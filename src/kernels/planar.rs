@@ -47,7 +47,8 @@ impl ConvGeometry {
     }
 }
 
-/// Output channels computed together by the SIMD kernel.
+/// Output channels computed together by the AVX-512 kernel.
+#[cfg(target_arch = "x86_64")]
 const BLOCK_O: usize = 8;
 
 /// Weights for [`gemm_planar`]: `n` rows of `k4` words, each word 4 i8 weights for 4

@@ -25,8 +25,9 @@ const CHUNK_PIXELS: usize = 64;
 /// half of a Cortex-A76's 512 KB L2 (Apple's are several MB).
 const CHUNK_BLOCK_BYTES: usize = 256 * 1024;
 
-/// How four u8 codes times four i8 weights add into the sums of one vector of 4 pixels.
-trait Dot {
+/// How four u8 codes times four i8 weights add into the sums of one vector of 4 pixels (or 4
+/// depthwise outputs: `depthwise_bytes_neon.rs`).
+pub(super) trait Dot {
     /// An operand vector as the products read it (prepared once, used by every channel).
     type X: Copy;
     /// The running sums of 4 pixels.
@@ -42,7 +43,7 @@ trait Dot {
 }
 
 /// FEAT_I8MM: `usdot`, u8 by i8.
-struct UnsignedBySigned;
+pub(super) struct UnsignedBySigned;
 
 impl Dot for UnsignedBySigned {
     type X = uint8x16_t;
@@ -80,7 +81,7 @@ fn offset_codes(v: uint8x16_t) -> int8x16_t {
 
 /// FEAT_DotProd: `sdot` on the offset codes; `Σ (x − 128)·w + 128·Σ w = Σ x·w` (in wrapping
 /// i32, as the reference's sums).
-struct SignedOffset;
+pub(super) struct SignedOffset;
 
 impl Dot for SignedOffset {
     type X = int8x16_t;
@@ -111,7 +112,7 @@ impl Dot for SignedOffset {
 
 /// NEON alone: `smull`/`smull2` of the offset codes by the weights, `sadalp` into two
 /// accumulators of half sums (lanes: pixel 2i's first and second pair, then pixel 2i + 1's).
-struct Widened;
+pub(super) struct Widened;
 
 impl Dot for Widened {
     type X = int8x16_t;

@@ -101,6 +101,7 @@ impl ShiftedOperand<'_> {
     }
 
     /// Words from a pixel to the one kernel position `(ky, kx)` reads, and the column shift.
+    #[cfg(target_arch = "x86_64")]
     fn shift(&self, ky: usize, kx: usize) -> (isize, isize) {
         let [dy, dx] = self.offsets(ky, kx);
         (dy * self.geometry.width as isize + dx, dx)
