@@ -4,7 +4,7 @@
 # dotprod alone, neither), compares the models' outputs byte for byte with x86's scalar
 # reference, lints the aarch64 build, and checks that the library builds for Apple Silicon.
 #
-# Needs: rustup, `apt-get install gcc-aarch64-linux-gnu qemu-user` (Debian/Ubuntu), and for
+# Needs: rustup, `apt-get install gcc-aarch64-linux-gnu qemu-user clang` (Debian/Ubuntu), and for
 # ResNet18 the exported model (`pytest` exports it; else PyTorch, see tests/python/conftest.py).
 # Usage: scripts/aarch64.sh            (from anywhere; caches builds under ~/.cache)
 set -euo pipefail
@@ -19,9 +19,9 @@ export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
 export RUST_BACKTRACE=0
 started=$SECONDS
 
-for tool in qemu-aarch64 aarch64-linux-gnu-gcc; do
+for tool in qemu-aarch64 aarch64-linux-gnu-gcc clang; do
     command -v "$tool" >/dev/null || {
-        echo "aarch64.sh: $tool missing: apt-get install -y gcc-aarch64-linux-gnu qemu-user" >&2
+        echo "aarch64.sh: $tool missing: apt-get install -y gcc-aarch64-linux-gnu qemu-user clang" >&2
         exit 1
     }
 done
@@ -29,8 +29,9 @@ rustup target add "$target" aarch64-apple-darwin >/dev/null 2>&1 || true
 step() { echo "== $* ($((SECONDS - started)) s)"; }
 
 step "macOS (Apple Silicon): cargo check, without the C allocator (its build needs the SDK)"
-CARGO_TARGET_DIR=$cache/target-darwin cargo check --quiet --target aarch64-apple-darwin \
-    --lib --no-default-features
+# tract-linalg assembles its ARM kernels at build time: clang assembles Mach-O without the SDK.
+CC_aarch64_apple_darwin=clang CARGO_TARGET_DIR=$cache/target-darwin cargo check --quiet \
+    --target aarch64-apple-darwin --lib --no-default-features
 
 step "aarch64 Linux: clippy and release build"
 export CARGO_TARGET_DIR=$arm_target_dir
