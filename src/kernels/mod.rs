@@ -19,6 +19,8 @@ mod depthwise;
 mod depthwise_bytes;
 #[cfg(target_arch = "x86_64")]
 mod depthwise_bytes_avx2;
+#[cfg(target_arch = "aarch64")]
+mod depthwise_bytes_neon;
 #[cfg(test)]
 mod depthwise_cases;
 mod depthwise_lanes;
@@ -27,8 +29,6 @@ mod gemm;
 mod im2col;
 mod isa;
 mod moments;
-#[cfg(target_arch = "aarch64")]
-mod depthwise_bytes_neon;
 #[cfg(target_arch = "aarch64")]
 mod neon;
 mod output;
