@@ -35,7 +35,7 @@ CC_aarch64_apple_darwin=clang CARGO_TARGET_DIR=$cache/target-darwin cargo check 
 
 step "aarch64 Linux: clippy and release build"
 export CARGO_TARGET_DIR=$arm_target_dir
-cargo clippy --quiet --release --target "$target" --all-targets -- -D warnings
+cargo clippy --quiet --release --target "$target" --all-targets --features bench-internals -- -D warnings
 # One build for the lib's tests and the CLI (`--test cli` builds `jarvis-perf` with the same
 # dependency features, so tract is compiled once, not once per profile of features).
 tests=$(cargo test --quiet --release --target "$target" --lib --test cli --no-run \
