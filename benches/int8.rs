@@ -40,7 +40,7 @@ use jarvis_performance::kernels::{
     conv_planar, conv_planar_with_tail, conv_shifted, gemm_u8i8, im2col_c4, tail_scratch_len,
     tap_words, Activation, ActivationQuant, BytePlane, ConvGeometry, Element, Epilogue, Isa,
     OutputCodes, PackedWeights, PhasedPlane, PlanarWeights, ShiftedOperand, ShiftedPlanes,
-    StripPlan, MAX_TAP_WORDS,
+    StripPlan, Tier, MAX_TAP_WORDS,
 };
 use jarvis_performance::quantize::qparams::quantize_weights;
 use jarvis_performance::quantize::QuantizeOptions;
@@ -234,7 +234,9 @@ fn bench_layer(b: &mut criterion::Bencher<'_, ThreadCpu>, isa: Isa, layer: &Laye
             // runtime runs them, their operand columns transposed into scratch first.
             let mut scratch = vec![0u32; tail_scratch_len(pixels, k4)];
             // A stride-1 "same" layer reads its planes in place, as the runtime does.
-            if let Some(layout) = ShiftedPlanes::for_conv(&g).filter(|_| isa == Isa::Avx512Vnni) {
+            if let Some(layout) =
+                ShiftedPlanes::for_conv(&g).filter(|_| isa.tier() == Tier::Avx512Vnni)
+            {
                 let (fill, mut words) = (u32::from_le_bytes([3; 4]), vec![0u32; layout.len()]);
                 for (chunk, plane) in
                     words.chunks_exact_mut(layout.plane_stride()).zip(x.chunks_exact(pixels_in))
@@ -443,20 +445,20 @@ mod peak {
 
 fn vnni_peak(c: &mut Criterion<ThreadCpu>) {
     #[cfg(target_arch = "x86_64")]
-    if Isa::detect() == Isa::Avx512Vnni {
+    if Isa::detect().tier() == Tier::Avx512Vnni {
         let mut group = c.benchmark_group("vnni peak");
         group.sample_size(20).measurement_time(Duration::from_secs(1));
         let iterations = 1 << 12;
         group.throughput(Throughput::Elements((iterations * peak::CHAINS) as u64 * peak::OPS));
         group.bench_function("vpdpbusd zmm, 1 thread", |b| {
-            // SAFETY: Isa::Avx512Vnni is detected only on CPUs with AVX-512F/BW/VNNI.
+            // SAFETY: Isa of tier Avx512Vnni is detected only on CPUs with AVX-512F/BW/VNNI.
             b.iter(|| unsafe { peak::run(iterations, black_box(0x0102_0304), black_box(-3)) })
         });
         group.finish();
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if Isa::detect() == Isa::AvxVnni {
+    if Isa::detect().tier() == Tier::AvxVnni {
         // The 256-bit kernels' ceiling (`JARVIS_PERF_ISA=avx_vnni cargo bench` on this machine).
         let mut group = c.benchmark_group("vnni peak");
         group.sample_size(20).measurement_time(Duration::from_secs(1));
@@ -464,7 +466,7 @@ fn vnni_peak(c: &mut Criterion<ThreadCpu>) {
         let ops = (iterations * peak::CHAINS_YMM) as u64 * peak::OPS / 2;
         group.throughput(Throughput::Elements(ops));
         group.bench_function("vpdpbusd ymm, 1 thread", |b| {
-            // SAFETY: Isa::AvxVnni is chosen only on CPUs with AVX2 and AVX-VNNI.
+            // SAFETY: Isa of tier AvxVnni is chosen only on CPUs with AVX2 and AVX-VNNI.
             b.iter(|| unsafe { peak::run_ymm(iterations, black_box(0x0102_0304), black_box(-3)) })
         });
         group.finish();

@@ -2,8 +2,8 @@
 //! and kernels, and a Python facade.
 //!
 //! The layers, from the bottom; each uses only those before it (`tests/layers.rs` checks it):
-//! [`kernels`] (u8×i8 SIMD loops, no tract); [`ops`], the int8 tract ops and their data;
-//! [`model`] loads float ONNX through tract and binds a call's inputs; [`plan`] holds the
+//! `kernels` (u8×i8 SIMD loops, no tract; crate-private); [`ops`], the int8 tract ops and their
+//! data; [`model`] loads float ONNX through tract and binds a call's inputs; [`plan`] holds the
 //! runnable plans; [`calibrate`] observes activation ranges; [`quantize`] rewrites graphs with
 //! the int8 ops, reports, and reads and writes the saved int8 format (`quantize::qdq`);
 //! [`learn`] keeps versions of the weights; [`runtime`] is what users hold; [`cli`] is the
@@ -16,7 +16,12 @@ pub mod calibrate;
 pub mod cli;
 pub mod error;
 pub mod files;
+// The kernels are the crate's own: only its ops call them (their `Isa` is what keeps a CPU
+// from being handed instructions it lacks). `benches/int8.rs` times them through this feature.
+#[cfg(feature = "bench-internals")]
 pub mod kernels;
+#[cfg(not(feature = "bench-internals"))]
+pub(crate) mod kernels;
 pub mod learn;
 pub mod model;
 pub mod monitor;

@@ -3,7 +3,7 @@
 //! either: `act(sum · scale + bias)`, quantized when the output is codes.
 
 use super::quant::{multiversion, quantize_value, round_half_even, Activation, ActivationQuant};
-use super::Isa;
+use super::{Isa, Tier};
 
 /// What turns a row of sums into finished values: `act((sum − offset) · scale + bias)`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -184,13 +184,13 @@ impl Element for u8 {
     }
     fn centred_row(isa: Isa, src: &[u8], input: ActivationQuant, dst: &mut [f32]) {
         let len = src.len().min(dst.len());
-        match isa {
+        match isa.tier() {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: Isa::Avx512Vnni is only chosen on CPUs with AVX-512F/BW; both slices
+            // SAFETY: Isa of tier Avx512Vnni is only chosen on CPUs with AVX-512F/BW; both slices
             // hold `len` elements.
-            Isa::Avx512Vnni => unsafe { avx512::centred(&src[..len], input.zero_point, dst) },
+            Tier::Avx512Vnni => unsafe { avx512::centred(&src[..len], input.zero_point, dst) },
             _ => {
-                for (d, &v) in dst.iter_mut().zip(src) {
+                for (d, &v) in dst.iter_mut().zip(&src[..len]) {
                     *d = f32::from(v) - f32::from(input.zero_point);
                 }
             }
@@ -206,17 +206,17 @@ impl Element for u8 {
         dst: &mut [u8],
     ) {
         assert!(rows_fit(sums.len(), [rows, width], pitch, dst.len()));
-        match isa {
+        match isa.tier() {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: Isa::Avx512Vnni is only chosen on CPUs with AVX-512F/BW; slices bound
+            // SAFETY: Isa of tier Avx512Vnni is only chosen on CPUs with AVX-512F/BW; slices bound
             // every row read and written.
-            Isa::Avx512Vnni => unsafe {
+            Tier::Avx512Vnni => unsafe {
                 avx512::codes_rows(sums, [rows, width], pitch, &e, codes, dst)
             },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: the AVX2 instruction sets are only chosen on CPUs with AVX2 and FMA;
             // slices bound every row read and written (asserted).
-            Isa::AvxVnni | Isa::Avx2 => unsafe {
+            Tier::AvxVnni | Tier::Avx2 => unsafe {
                 super::codes_avx2::codes_rows(sums, [rows, width], pitch, &e, codes, dst)
             },
             _ => store_each_row(isa, sums, [rows, width], pitch, e, codes, dst),
@@ -230,15 +230,19 @@ impl Element for u8 {
         dst: &mut [u8],
     ) {
         assert!(dst.len() >= sums.len());
-        match isa {
+        match isa.tier() {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: Isa::Avx512Vnni is only chosen on CPUs with AVX-512F/BW; `dst` holds as
+            // SAFETY: Isa of tier Avx512Vnni is only chosen on CPUs with AVX-512F/BW; `dst` holds as
             // many elements as `sums` (asserted).
-            Isa::Avx512Vnni => unsafe { avx512::codes(sums, &e, codes, dst) },
+            Tier::Avx512Vnni => unsafe { avx512::codes(sums, &e, codes, dst) },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: the AVX2 instruction sets are only chosen on CPUs with AVX2 and FMA;
             // `dst` holds as many elements as `sums` (asserted).
-            Isa::AvxVnni | Isa::Avx2 => unsafe { super::codes_avx2::codes(sums, &e, codes, dst) },
+            Tier::AvxVnni | Tier::Avx2 => unsafe { super::codes_avx2::codes(sums, &e, codes, dst) },
+            #[cfg(target_arch = "aarch64")]
+            Tier::NeonI8mm | Tier::NeonDot | Tier::Neon => {
+                super::codes_neon::codes(sums, &e, codes, dst)
+            }
             _ => {
                 let finish = codes.finish(&e);
                 multiversion!(isa, {
@@ -346,10 +350,13 @@ impl CodeFinish {
 #[cfg(target_arch = "x86_64")]
 pub use avx512::{SimdElement, SimdSum};
 
+#[cfg(target_arch = "aarch64")]
+pub use super::codes_neon::SimdSum;
+
 /// Sums the SIMD store can load (every [`Sum`] on targets without it).
-#[cfg(not(target_arch = "x86_64"))]
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 pub trait SimdSum: Sum {}
-#[cfg(not(target_arch = "x86_64"))]
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 impl<S: Sum> SimdSum for S {}
 
 /// Elements the SIMD kernels store (every [`Element`] on targets without them).
@@ -634,7 +641,7 @@ mod tests {
             let codes = OutputCodes::from(ActivationQuant { scale: out_scale, zero_point });
             let floats_in: Vec<f32> = sums.iter().map(|&s| s as f32).collect();
             let mut values = vec![0f32; sums.len()];
-            f32::store_row(Isa::Scalar, &sums, e, FloatStore::Replace, &mut values);
+            f32::store_row(Isa::SCALAR, &sums, e, FloatStore::Replace, &mut values);
             for isa in Isa::reference_first() {
                 let (mut from_i32, mut from_f32) = (vec![7u8; sums.len() + 1], vec![7u8; sums.len() + 1]);
                 u8::store_row(isa, &sums, e, codes, &mut from_i32);
@@ -660,7 +667,7 @@ mod tests {
             let input = ActivationQuant { scale: 0.1, zero_point };
             let (mut simd, mut scalar) = (vec![9f32; codes.len() + 1], vec![9f32; codes.len() + 1]);
             u8::centred_row(Isa::detect(), &codes, input, &mut simd);
-            u8::centred_row(Isa::Scalar, &codes, input, &mut scalar);
+            u8::centred_row(Isa::SCALAR, &codes, input, &mut scalar);
             prop_assert_eq!(&simd, &scalar);
             prop_assert_eq!(simd[codes.len()], 9.0);
             let floats: Vec<f32> = codes.iter().map(|&q| (f32::from(q) - f32::from(zero_point)) * 0.1).collect();
@@ -688,7 +695,7 @@ mod tests {
             let codes = OutputCodes::from(ActivationQuant { scale: 0.02, zero_point });
             let mut want = vec![7u8; rows * width];
             for (r, dst) in want.chunks_exact_mut(width).enumerate() {
-                u8::store_row(Isa::Scalar, &sums[r * pitch..r * pitch + width], e, codes, dst);
+                u8::store_row(Isa::SCALAR, &sums[r * pitch..r * pitch + width], e, codes, dst);
             }
             for isa in Isa::reference_first() {
                 let mut got = vec![7u8; rows * width + 1];

@@ -276,7 +276,7 @@ mod tests {
                 for (&q, &e) in stored.iter().zip(&expected) {
                     prop_assert!(q.abs_diff(e) <= 1, "{:?}: {} vs {}", isa, q, e);
                 }
-                if isa == Isa::Scalar {
+                if isa == Isa::SCALAR {
                     scalar_codes = stored;
                 } else {
                     prop_assert_eq!(&stored, &scalar_codes);

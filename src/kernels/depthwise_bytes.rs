@@ -54,7 +54,7 @@ pub struct BytePlane {
 
 impl BytePlane {
     /// The layout for `geometry` (one channel) when this CPU has the instructions (AVX-512 VNNI
-    /// and VBMI, or AVX2) and the geometry fits: no dilation, a column stride of 1 or 2, kernel
+    /// and VBMI, AVX2 or NEON) and the geometry fits: no dilation, a column stride of 1 or 2, kernel
     /// sides up to 8. `None` otherwise: [`super::PhasedPlane`] takes those.
     pub fn new(isa: Isa, geometry: &ConvGeometry) -> Option<Self> {
         if !byte_kernel_runs(isa) {
@@ -129,9 +129,9 @@ impl BytePlane {
         }
         #[cfg(target_arch = "x86_64")]
         if let (Some(codes), true) = (E::as_codes(plane), isa.is_avx2()) {
+            let dst = &mut dst[..self.buffer_len()];
             // SAFETY: the AVX2 instruction sets are only chosen on CPUs with AVX2; the slices
             // hold the plane and the buffer (asserted).
-            let dst = &mut dst[..self.buffer_len()];
             return unsafe { super::depthwise_bytes_avx2::fill(self, codes, zero_point, dst) };
         }
         let rows = self.rows;
@@ -173,6 +173,16 @@ impl BytePlane {
                 super::depthwise_bytes_avx2::accumulate(isa, x, &self.word_offsets, words, sx, acc)
             };
         }
+        #[cfg(target_arch = "aarch64")]
+        if isa.is_neon() {
+            // SAFETY: the NEON instruction sets are only chosen on CPUs that run them; every
+            // window read is inside `x`: the furthest starts at max(word_offsets) +
+            // sx · (flat_len − 4) and reads 16 bytes, short of the 64 bytes from
+            // max(word_offsets) + sx · (flat_len − 16) that `buffer_len` (asserted) covers.
+            return unsafe {
+                super::depthwise_bytes_neon::accumulate(isa, x, &self.word_offsets, words, sx, acc)
+            };
+        }
         let _ = isa;
         for (i, a) in acc.iter_mut().enumerate() {
             *a = self.word_offsets.iter().zip(words).fold(0, |sum, (&offset, &word)| {
@@ -208,19 +218,14 @@ pub fn tap_words(kernel: [usize; 2], taps: &[f32], words: &mut [i32; MAX_TAP_WOR
 }
 
 /// Whether `isa` runs [`BytePlane`]'s SIMD accumulation: AVX-512 with VBMI's byte permutation,
-/// or the 256-bit instruction sets (byte shuffles within 128-bit lanes).
+/// the 256-bit instruction sets (byte shuffles within 128-bit lanes), NEON (table lookups).
 fn byte_kernel_runs(isa: Isa) -> bool {
-    has_byte_permutes(isa) || isa.is_avx2()
+    has_byte_permutes(isa) || isa.is_avx2() || isa.is_neon()
 }
 
 /// Whether `isa` runs the byte kernel here: AVX-512 VNNI plus VBMI's byte permutation.
 pub(super) fn has_byte_permutes(isa: Isa) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512Vnni {
-        return std::arch::is_x86_feature_detected!("avx512vbmi");
-    }
-    let _ = isa;
-    false
+    isa.byte_permutes()
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -381,7 +386,7 @@ mod tests {
                 prop_assert_eq!(&got, &want, "{:?}", isa);
                 // Every accumulator, used or not, and every byte of the padded copy are the
                 // same on every ISA.
-                if isa == Isa::Scalar {
+                if isa == Isa::SCALAR {
                     (scalar, scalar_buffer) = (acc, buffer);
                 } else {
                     prop_assert_eq!(&acc, &scalar, "{:?}", isa);

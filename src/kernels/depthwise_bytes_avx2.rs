@@ -8,7 +8,7 @@ use std::arch::x86_64::*;
 
 use super::codes_avx2::store_prefix;
 use super::planar_avx2::{Dot, Vnni, Widened};
-use super::Isa;
+use super::{Isa, Tier};
 
 /// Flat outputs per vector.
 const LANES: usize = 8;
@@ -31,8 +31,8 @@ pub unsafe fn accumulate(
 ) {
     // SAFETY: as the caller guarantees; each entry enables the features its `Dot` needs.
     unsafe {
-        match isa {
-            Isa::AvxVnni => with_vnni(x, offsets, words, sx, acc),
+        match isa.tier() {
+            Tier::AvxVnni => with_vnni(x, offsets, words, sx, acc),
             _ => widened(x, offsets, words, sx, acc),
         }
     }

@@ -13,7 +13,7 @@
 use super::codes::Element;
 use super::depthwise::MAX_DEPTHWISE_TAPS;
 use super::quant::ActivationQuant;
-use super::{ConvGeometry, Isa};
+use super::{ConvGeometry, Isa, Tier};
 
 /// Channels computed together: the lanes of one vector.
 pub const LANE_CHANNELS: usize = 16;
@@ -32,6 +32,7 @@ const MIN_TAPS: usize = 16;
 const MAX_OUTPUTS: usize = 14 * 14;
 
 /// Output pixels accumulated together in registers (each tap's weights loaded once for them).
+#[cfg(target_arch = "x86_64")]
 const RUN: usize = 8;
 
 /// The padded pixel-major plane of a depthwise geometry's blocks of 16 channels.
@@ -50,7 +51,7 @@ impl LanePlanes {
         let wins = g.stride == [1, 1]
             && g.kernel[0] * g.kernel[1] >= MIN_TAPS
             && g.out[0] * g.out[1] <= MAX_OUTPUTS;
-        (isa == Isa::Avx512Vnni && wins).then(|| Self::for_geometry(geometry))?
+        (isa.tier() == Tier::Avx512Vnni && wins).then(|| Self::for_geometry(geometry))?
     }
 
     /// The layout whatever the CPU (the scalar reference runs it anywhere).
@@ -132,7 +133,7 @@ impl LanePlanes {
             "LanePlanes::fill: planes, rows and plane disagree"
         );
         #[cfg(target_arch = "x86_64")]
-        if isa == Isa::Avx512Vnni {
+        if isa.tier() == Tier::Avx512Vnni {
             // Codes are converted in registers on their way into the transpose; floats are
             // quantized into centred rows first.
             let source = match E::as_codes(planes) {
@@ -193,8 +194,8 @@ impl LanePlanes {
             "LanePlanes::accumulate: plane, weights and sums disagree"
         );
         #[cfg(target_arch = "x86_64")]
-        if isa == Isa::Avx512Vnni {
-            // SAFETY: Isa::Avx512Vnni is only chosen on CPUs with AVX-512F; every pixel a tap
+        if isa.tier() == Tier::Avx512Vnni {
+            // SAFETY: Isa of tier Avx512Vnni is only chosen on CPUs with AVX-512F; every pixel a tap
             // reads lies inside the padded plane (its size reaches the last output's last tap),
             // and the slices hold the lengths asserted.
             return unsafe { avx512::accumulate(self, plane, weights, sums) };
@@ -246,7 +247,7 @@ impl LanePlanes {
 /// `rows[j · pixels + p] = sums[p · 16 + j]`: one vector of 16 per pixel into 16 rows.
 fn transpose_columns(isa: Isa, sums: &[f32], pixels: usize, rows: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512Vnni {
+    if isa.tier() == Tier::Avx512Vnni {
         for first in (0..pixels).step_by(LANE_CHANNELS) {
             let count = (pixels - first).min(LANE_CHANNELS);
             // SAFETY: the CPU has AVX-512F; `sums` holds `count` vectors of 16 from `first`,
@@ -397,9 +398,9 @@ mod avx512 {
                 && sums.len() >= (first + count) * LANE_CHANNELS
                 && rows.len() >= LANE_CHANNELS * pixels
         );
-        // SAFETY: vectors `first..first + count` of `sums` exist; missing ones are zeros.
         let r = std::array::from_fn(|i| {
             if i < count {
+                // SAFETY: vectors `first..first + count` of `sums` exist; missing ones are zeros.
                 unsafe { _mm512_loadu_ps(sums.as_ptr().add((first + i) * LANE_CHANNELS)) }
             } else {
                 _mm512_setzero_ps()

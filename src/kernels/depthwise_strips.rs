@@ -197,7 +197,7 @@ impl StripPlan {
             let plane = &planes[c * plane_len..(c + 1) * plane_len];
             let sums =
                 self.sums_scalar(plane, zero_point, &words[c * words_len..(c + 1) * words_len]);
-            E::store_row(Isa::Scalar, &sums, e, store, &mut out[c * out_len..(c + 1) * out_len]);
+            E::store_row(Isa::SCALAR, &sums, e, store, &mut out[c * out_len..(c + 1) * out_len]);
         }
     }
 
@@ -533,8 +533,8 @@ mod avx512 {
         // Input rows the window moves down per vector of output rows.
         let advance = per_vector * g.stride[0];
         for strip in &plan.strips {
-            // SAFETY: each index row is 64 bytes.
             let load = |index: &[[u8; 64]; MAX_ROW_WORDS]| -> [__m512i; WORDS] {
+                // SAFETY: each index row is 64 bytes.
                 std::array::from_fn(|q| unsafe { _mm512_loadu_si512(index[q].as_ptr().cast()) })
             };
             let upper = lane_mask(2 * strip.lanes) & !lane_mask(strip.lanes);

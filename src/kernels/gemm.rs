@@ -7,6 +7,7 @@
 /// Output channels per packed block (one 512-bit vector of i32).
 pub const BLOCK_N: usize = 16;
 /// Rows of X processed together by the SIMD kernel (accumulators kept in registers).
+#[cfg(target_arch = "x86_64")]
 const BLOCK_M: usize = 8;
 
 /// Weights of one layer, packed for the kernels, with what the epilogue needs.
@@ -74,6 +75,7 @@ impl PackedWeights {
 
 /// Straightforward triple loop: the reference the SIMD path is tested against.
 /// `x` is `m` rows of `k` (stride `x_stride`), `w` is `n` rows of `k`; returns `m × n`.
+#[cfg(test)]
 pub fn gemm_u8i8_reference(
     x: &[u8],
     x_stride: usize,
@@ -128,13 +130,13 @@ pub fn gemm_u8i8_block(
     assert!(out_stride >= BLOCK_N && block < weights.n_padded() / BLOCK_N, "bad block");
     let w = weights.block(block);
     let k4s = weights.k_padded / 4;
-    match isa {
+    match isa.tier() {
         #[cfg(target_arch = "x86_64")]
-        super::Isa::Avx512Vnni => {
+        super::Tier::Avx512Vnni => {
             let mut r = 0;
             while r < m {
                 let rows = BLOCK_M.min(m - r);
-                // SAFETY: Isa::Avx512Vnni is only chosen when the CPU has these features; the
+                // SAFETY: Isa of tier Avx512Vnni is only chosen when the CPU has these features; the
                 // asserts above bound every row and column the kernel touches.
                 unsafe {
                     avx512::block(
@@ -150,7 +152,7 @@ pub fn gemm_u8i8_block(
                 r += rows;
             }
         }
-        isa => super::quant::multiversion!(isa, {
+        _ => super::quant::multiversion!(isa, {
             scalar_block(w, k4s, x, x_stride, m, out, out_stride)
         }),
     }
@@ -205,15 +207,18 @@ mod avx512 {
         out: &mut [i32],
         out_stride: usize,
     ) {
-        match rows {
-            8 => unsafe { rows_n::<8>(w, k4s, x, x_stride, out, out_stride) },
-            7 => unsafe { rows_n::<7>(w, k4s, x, x_stride, out, out_stride) },
-            6 => unsafe { rows_n::<6>(w, k4s, x, x_stride, out, out_stride) },
-            5 => unsafe { rows_n::<5>(w, k4s, x, x_stride, out, out_stride) },
-            4 => unsafe { rows_n::<4>(w, k4s, x, x_stride, out, out_stride) },
-            3 => unsafe { rows_n::<3>(w, k4s, x, x_stride, out, out_stride) },
-            2 => unsafe { rows_n::<2>(w, k4s, x, x_stride, out, out_stride) },
-            _ => unsafe { rows_n::<1>(w, k4s, x, x_stride, out, out_stride) },
+        // SAFETY: the caller's contract, for the `rows` rows each arm handles.
+        unsafe {
+            match rows {
+                8 => rows_n::<8>(w, k4s, x, x_stride, out, out_stride),
+                7 => rows_n::<7>(w, k4s, x, x_stride, out, out_stride),
+                6 => rows_n::<6>(w, k4s, x, x_stride, out, out_stride),
+                5 => rows_n::<5>(w, k4s, x, x_stride, out, out_stride),
+                4 => rows_n::<4>(w, k4s, x, x_stride, out, out_stride),
+                3 => rows_n::<3>(w, k4s, x, x_stride, out, out_stride),
+                2 => rows_n::<2>(w, k4s, x, x_stride, out, out_stride),
+                _ => rows_n::<1>(w, k4s, x, x_stride, out, out_stride),
+            }
         }
     }
 
@@ -283,7 +288,7 @@ mod tests {
         let w = vec![-128i8; n * k];
         let packed = PackedWeights::pack(&w, n, k);
         let mut out = vec![0; m * packed.n_padded()];
-        gemm_u8i8(Isa::Scalar, &x, k, m, &packed, &mut out);
+        gemm_u8i8(Isa::SCALAR, &x, k, m, &packed, &mut out);
         assert_eq!(out[0], 255 * -128 * 1000);
         assert_eq!(packed.column_sums, vec![-128 * 1000; n]);
     }

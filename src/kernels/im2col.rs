@@ -9,6 +9,7 @@ use super::Isa;
 
 /// Builds the C4 patch matrix of a k×k convolution: for each tap and channel group, the plane of
 /// input words each output pixel reads (the zero point where the tap falls in the padding).
+#[cfg(any(test, feature = "bench-internals"))]
 pub fn im2col_c4(
     g: &ConvGeometry,
     x: &[u32],
@@ -22,6 +23,7 @@ pub fn im2col_c4(
 
 /// [`im2col_c4`] padding channel group `g` with `fills[g]` (per-channel zero points, see
 /// [`fill_words`]).
+#[cfg(test)]
 pub fn im2col_c4_fills(
     g: &ConvGeometry,
     x: &[u32],

@@ -13,7 +13,7 @@ use ndarray::{s, ArrayBase, ArrayView2, ArrayViewMut2, Ix2, RawData};
 use super::codes::{Element, SimdElement};
 use super::quant::ActivationQuant;
 use super::Epilogue;
-use super::Isa;
+use super::{Isa, Tier};
 
 /// The spatial shape of a 2-D convolution over one image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,7 +47,8 @@ impl ConvGeometry {
     }
 }
 
-/// Output channels computed together by the SIMD kernel.
+/// Output channels computed together by the AVX-512 kernel.
+#[cfg(target_arch = "x86_64")]
 const BLOCK_O: usize = 8;
 
 /// Weights for [`gemm_planar`]: `n` rows of `k4` words, each word 4 i8 weights for 4
@@ -272,11 +273,11 @@ pub fn conv_planar<E: SimdElement>(
 ) {
     let shape = PlaneRun::checked(&x, w, &range, epilogues, &out, 0, "conv_planar");
     let pixels = shape.pixels;
-    match isa {
+    match isa.tier() {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni if pixels > 0 && !range.is_empty() => {
+        Tier::Avx512Vnni if pixels > 0 && !range.is_empty() => {
             let words = &w.words[range.start * w.k4..];
-            // SAFETY: Isa::Avx512Vnni is only chosen on CPUs with these features; the views
+            // SAFETY: Isa of tier Avx512Vnni is only chosen on CPUs with these features; the views
             // hold every row and column the kernel touches (rows `stride` apart, columns
             // contiguous, checked above), and the assert bounds the weight rows.
             unsafe {
@@ -285,7 +286,7 @@ pub fn conv_planar<E: SimdElement>(
             };
         }
         #[cfg(target_arch = "x86_64")]
-        Isa::AvxVnni | Isa::Avx2 if pixels > 0 && !range.is_empty() => {
+        Tier::AvxVnni | Tier::Avx2 if pixels > 0 && !range.is_empty() => {
             let words = &w.words[range.start * w.k4..];
             // SAFETY: the AVX2 instruction sets are only chosen on CPUs that run them; the
             // views hold every row and column the kernel touches (checked above), and the
@@ -297,6 +298,28 @@ pub fn conv_planar<E: SimdElement>(
                     shape.x_stride,
                     pixels,
                     words,
+                    w.k4,
+                    epilogues,
+                    store,
+                    out.as_mut_ptr(),
+                    shape.out_stride,
+                )
+            };
+        }
+        #[cfg(target_arch = "aarch64")]
+        Tier::NeonI8mm | Tier::NeonDot | Tier::Neon if pixels > 0 && !range.is_empty() => {
+            let words = &w.words[range.start * w.k4..];
+            // SAFETY: the NEON instruction sets are only chosen on CPUs that run them; the
+            // views hold every row and column the kernel touches (checked above), and the
+            // kernel bounds the weight rows and their sums.
+            unsafe {
+                super::planar_neon::channels(
+                    isa,
+                    x.as_ptr(),
+                    shape.x_stride,
+                    pixels,
+                    words,
+                    &w.column_sums[range.start..],
                     w.k4,
                     epilogues,
                     store,
@@ -320,7 +343,7 @@ pub fn conv_planar<E: SimdElement>(
                     let mut chunk = plane.slice_mut(s![start..start + len]);
                     let sums = &sums[..len];
                     match chunk.as_slice_mut() {
-                        Some(chunk) => E::store_row(Isa::Scalar, sums, *e, store, chunk),
+                        Some(chunk) => E::store_row(Isa::SCALAR, sums, *e, store, chunk),
                         None => unreachable!("rows of `out` are contiguous (checked above)"),
                     }
                 }
@@ -346,7 +369,7 @@ pub(super) fn conv_planar_then_tail<E: SimdElement>(
     let k4 = w.k4;
     let tail = columns.len() / k4.max(1);
     assert!(
-        Isa::detect() == Isa::Avx512Vnni
+        Isa::detect().tier() == Tier::Avx512Vnni
             && k4 > 0
             && columns.len() == tail * k4
             && (1..=super::MAX_TAIL_PIXELS).contains(&tail)
@@ -566,7 +589,7 @@ pub(super) mod avx512 {
                             )
                         };
                         let (e, sums) = (epilogues[o + r], &sums[..tail.pixels]);
-                        E::store_row(super::Isa::Avx512Vnni, sums, e, store, dst);
+                        E::store_row(super::super::Isa::detect(), sums, e, store, dst);
                     }
                 }
                 o += rows;
@@ -676,13 +699,13 @@ mod tests {
             let w: Vec<i8> = (0..n * k4 * 4).map(|_| next() as i8).collect();
             let packed = PlanarWeights::pack(&w, n, k4);
             // Every SIMD instruction set this CPU runs against the scalar reference.
-            for simd_isa in Isa::supported().filter(|&isa| isa != Isa::Scalar) {
+            for simd_isa in Isa::supported().filter(|&isa| isa != Isa::SCALAR) {
                 // Exact sums first (scale 1, no offset, bias or clamp: integers below 2^24 as f32).
                 let exact = Epilogue { offset: 0, scale: 1.0, bias: 0.0, activation: Activation::Identity };
                 let mut simd = vec![0f32; n * pixels];
                 conv_planar(simd_isa, view(&x, pixels), &packed, 0..n, &vec![exact; n], FloatStore::Replace, view_mut(&mut simd, pixels));
                 let mut scalar = vec![0f32; n * pixels];
-                conv_planar(Isa::Scalar, view(&x, pixels), &packed, 0..n, &vec![exact; n], FloatStore::Replace, view_mut(&mut scalar, pixels));
+                conv_planar(Isa::SCALAR, view(&x, pixels), &packed, 0..n, &vec![exact; n], FloatStore::Replace, view_mut(&mut scalar, pixels));
                 prop_assert_eq!(&simd, &scalar, "{:?}", simd_isa);
                 let (o, p) = (n - 1, pixels - 1);
                 let want: i32 = (0..k4 * 4).map(|k| i32::from(x[(k / 4) * pixels + p].to_le_bytes()[k % 4]) * i32::from(w[o * k4 * 4 + k])).sum();
@@ -700,7 +723,7 @@ mod tests {
                 let count = n - first;
                 let (mut simd, mut scalar) = (vec![0f32; count * pixels], vec![0f32; count * pixels]);
                 conv_planar(simd_isa, view(&x, pixels), &packed, first..n, &epilogues, FloatStore::Replace, view_mut(&mut simd[..count * pixels], pixels));
-                conv_planar(Isa::Scalar, view(&x, pixels), &packed, first..n, &epilogues, FloatStore::Replace, view_mut(&mut scalar[..count * pixels], pixels));
+                conv_planar(Isa::SCALAR, view(&x, pixels), &packed, first..n, &epilogues, FloatStore::Replace, view_mut(&mut scalar[..count * pixels], pixels));
                 prop_assert_eq!(&simd, &scalar, "{:?}", simd_isa);
                 // Added to a residual branch before the ReLU6: the same on every path, and without
                 // the clip exactly the replaced results plus the branch.
@@ -708,11 +731,11 @@ mod tests {
                 let replaced = scalar;
                 let (mut simd, mut scalar) = (residual.clone(), residual.clone());
                 conv_planar(simd_isa, view(&x, pixels), &packed, first..n, &epilogues, FloatStore::AddTo, view_mut(&mut simd, pixels));
-                conv_planar(Isa::Scalar, view(&x, pixels), &packed, first..n, &epilogues, FloatStore::AddTo, view_mut(&mut scalar, pixels));
+                conv_planar(Isa::SCALAR, view(&x, pixels), &packed, first..n, &epilogues, FloatStore::AddTo, view_mut(&mut scalar, pixels));
                 prop_assert_eq!(&simd, &scalar, "{:?}", simd_isa);
                 let unclipped: Vec<Epilogue> = epilogues.iter().map(|e| Epilogue { activation: Activation::Identity, ..*e }).collect();
                 let mut plain = vec![0f32; count * pixels];
-                conv_planar(Isa::Scalar, view(&x, pixels), &packed, first..n, &unclipped, FloatStore::Replace, view_mut(&mut plain, pixels));
+                conv_planar(Isa::SCALAR, view(&x, pixels), &packed, first..n, &unclipped, FloatStore::Replace, view_mut(&mut plain, pixels));
                 let mut added = residual.clone();
                 conv_planar(simd_isa, view(&x, pixels), &packed, first..n, &unclipped, FloatStore::AddTo, view_mut(&mut added, pixels));
                 let want: Vec<f32> = plain.iter().zip(&residual).map(|(p, r)| p + r).collect();
@@ -720,14 +743,14 @@ mod tests {
                 prop_assert!(replaced.iter().zip(&simd).all(|(r, s)| (0.0..=6.0).contains(r) && (0.0..=6.0).contains(s)));
                 let (mut simd, mut scalar) = (vec![0u8; count * pixels + 1], vec![0u8; count * pixels + 1]);
                 conv_planar(simd_isa, view(&x, pixels), &packed, first..n, &epilogues, codes, view_mut(&mut simd[..count * pixels], pixels));
-                conv_planar(Isa::Scalar, view(&x, pixels), &packed, first..n, &epilogues, codes, view_mut(&mut scalar[..count * pixels], pixels));
+                conv_planar(Isa::SCALAR, view(&x, pixels), &packed, first..n, &epilogues, codes, view_mut(&mut scalar[..count * pixels], pixels));
                 prop_assert_eq!(&simd, &scalar, "{:?}", simd_isa);
                 prop_assert_eq!(simd[count * pixels], 0, "wrote past the planes");
                 // In two blocks of pixels, as blocked im2col runs it (each block its own patch
                 // columns) and as threads split the pixels (column bands of the same planes): the
                 // same codes.
                 let split = pixels / 2;
-                for isa in [Isa::Scalar, simd_isa] {
+                for isa in [Isa::SCALAR, simd_isa] {
                     let mut blocked = vec![0u8; count * pixels + 1];
                     let mut banded = vec![0u8; count * pixels + 1];
                     for block in [0..split, split..pixels].into_iter().filter(|b| !b.is_empty()) {
@@ -779,7 +802,7 @@ mod tests {
             let mut dst = vec![0xdead_beef_u32; groups * pixels];
             quantize_c4_channels(Isa::detect(), &image, Planes::whole(channels, pixels), &scales, &zps, &mut dst);
             let mut scalar = vec![0u32; groups * pixels];
-            quantize_c4_channels(Isa::Scalar, &image, Planes::whole(channels, pixels), &scales, &zps, &mut scalar);
+            quantize_c4_channels(Isa::SCALAR, &image, Planes::whole(channels, pixels), &scales, &zps, &mut scalar);
             prop_assert_eq!(&dst, &scalar);
             for c in 0..4 * groups {
                 for p in 0..pixels {

@@ -11,7 +11,7 @@ use std::arch::x86_64::*;
 
 use super::codes::Element;
 use super::codes_avx2::lane_mask;
-use super::{Epilogue, Isa};
+use super::{Epilogue, Isa, Tier};
 
 /// Output channels of a tile (4 × 2 accumulators, and for the widened products 4 prepared
 /// operand vectors and 2 weights: 14 of the 16 ymm registers).
@@ -110,8 +110,8 @@ pub(super) unsafe fn channels<E: Element>(
     let run = Run { isa, x, x_stride, pixels, w, k4, epilogues, store, out, out_stride };
     // SAFETY: the caller's contract; the CPU runs `isa`, whose features each entry enables.
     unsafe {
-        match isa {
-            Isa::AvxVnni => run.with_vnni(),
+        match isa.tier() {
+            Tier::AvxVnni => run.with_vnni(),
             _ => run.widened(),
         }
     }

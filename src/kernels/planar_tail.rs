@@ -13,7 +13,7 @@ use ndarray::{ArrayView2, ArrayViewMut2, Axis};
 
 use super::codes::SimdElement;
 use super::planar::{conv_planar, word_dot, PlanarWeights};
-use super::{Epilogue, Isa};
+use super::{Epilogue, Isa, Tier};
 
 /// Most pixels the dot-product path takes (fewer than one vector of them).
 pub const MAX_TAIL_PIXELS: usize = 15;
@@ -59,7 +59,7 @@ pub fn conv_planar_with_tail<E: SimdElement>(
 ) {
     // 16-pixel vectors only: the 256-bit kernels' 8-lane tiles waste few lanes, and their tail
     // as dot products took a fifth of ResNet18's time with AVX-VNNI.
-    let tail = if isa == Isa::Avx512Vnni { tail_pixels(x.ncols(), w.k4) } else { 0 };
+    let tail = if isa.tier() == Tier::Avx512Vnni { tail_pixels(x.ncols(), w.k4) } else { 0 };
     if tail == 0 {
         return conv_planar(isa, x, w, range, epilogues, store, out);
     }
@@ -70,7 +70,7 @@ pub fn conv_planar_with_tail<E: SimdElement>(
         column.iter_mut().zip(x_tail.column(t)).for_each(|(word, &x)| *word = x);
     }
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512Vnni && whole > 0 {
+    if isa.tier() == Tier::Avx512Vnni && whole > 0 {
         // Each block of channels multiplies the tail right after its last tile, while its
         // weight rows are still in cache (alone, the tail read ResNet18's 2.4 MB layer4 weights
         // from memory once more for one pixel).
@@ -133,10 +133,10 @@ fn tail_dots<E: SimdElement>(
         let rows = &w.words[first * k4..(first + count) * k4];
         let mut sums = [[0i32; MAX_TAIL_PIXELS]; CHANNELS_PER_PASS];
         let sums = &mut sums[..count];
-        match isa {
+        match isa.tier() {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: Isa::Avx512Vnni is only chosen on CPUs with these features.
-            Isa::Avx512Vnni if k4 > 0 => unsafe { avx512::dots(columns, rows, k4, pixels, sums) },
+            // SAFETY: Isa of tier Avx512Vnni is only chosen on CPUs with these features.
+            Tier::Avx512Vnni if k4 > 0 => unsafe { avx512::dots(columns, rows, k4, pixels, sums) },
             _ => {
                 for (sums, row) in sums.iter_mut().zip(rows.chunks_exact(k4.max(1))) {
                     for (sum, column) in sums.iter_mut().zip(columns.chunks_exact(k4.max(1))) {
@@ -292,9 +292,9 @@ mod tests {
             }).collect();
             let codes = OutputCodes::from(ActivationQuant { scale: 0.03, zero_point: zp / 2 });
             let mut want = Array2::<f32>::zeros((n, pixels));
-            conv_planar(Isa::Scalar, x.view(), &packed, 0..n, &vec![exact; n], FloatStore::Replace, want.view_mut());
+            conv_planar(Isa::SCALAR, x.view(), &packed, 0..n, &vec![exact; n], FloatStore::Replace, want.view_mut());
             let mut want_codes = Array2::<u8>::zeros((n - first, pixels));
-            conv_planar(Isa::Scalar, x.view(), &packed, first..n, &epilogues, codes, want_codes.view_mut());
+            conv_planar(Isa::SCALAR, x.view(), &packed, first..n, &epilogues, codes, want_codes.view_mut());
             for isa in Isa::reference_first() {
                 let mut sums = Array2::<f32>::zeros((n, pixels));
                 conv_planar_tail(isa, columns.view(), &packed, 0..n, &vec![exact; n], FloatStore::Replace, sums.view_mut());
@@ -322,7 +322,7 @@ mod tests {
             let packed = PlanarWeights::pack(&w, n, k4);
             let exact = vec![Epilogue { offset: 0, scale: 1.0, bias: 0.0, activation: Activation::Identity }; n];
             let mut want = Array2::<f32>::zeros((n, pixels));
-            conv_planar(Isa::Scalar, x.view(), &packed, 0..n, &exact, FloatStore::Replace, want.view_mut());
+            conv_planar(Isa::SCALAR, x.view(), &packed, 0..n, &exact, FloatStore::Replace, want.view_mut());
             let mut got = Array2::<f32>::zeros((n, pixels));
             let mut scratch = vec![0u32; tail_scratch_len(pixels, k4)];
             conv_planar_with_tail(Isa::detect(), x.view(), &packed, 0..n, &exact, FloatStore::Replace, got.view_mut(), &mut scratch);
@@ -338,7 +338,7 @@ mod tests {
             }).collect();
             let codes = OutputCodes::from(ActivationQuant { scale: 0.02, zero_point: 9 });
             let mut want_codes = Array2::<u8>::zeros((n - first, pixels));
-            conv_planar(Isa::Scalar, x.view(), &packed, first..n, &epilogues, codes, want_codes.view_mut());
+            conv_planar(Isa::SCALAR, x.view(), &packed, first..n, &epilogues, codes, want_codes.view_mut());
             let mut wide = Array2::<u8>::zeros((n - first, pixels + 2));
             let band = wide.slice_mut(s![.., 1..1 + pixels]);
             conv_planar_with_tail(Isa::detect(), x.view(), &packed, first..n, &epilogues, codes, band, &mut scratch);
@@ -347,7 +347,7 @@ mod tests {
             // Floats added to a residual branch, into a column band (the tail's strided store).
             let residual = Array2::from_shape_fn((n - first, pixels + 2), |(o, p)| (o * 7 + p) as f32 * 0.25 - 3.0);
             let mut want_sums = residual.clone();
-            conv_planar(Isa::Scalar, x.view(), &packed, first..n, &epilogues, FloatStore::AddTo, want_sums.slice_mut(s![.., 1..1 + pixels]));
+            conv_planar(Isa::SCALAR, x.view(), &packed, first..n, &epilogues, FloatStore::AddTo, want_sums.slice_mut(s![.., 1..1 + pixels]));
             let mut wide = residual.clone();
             let band = wide.slice_mut(s![.., 1..1 + pixels]);
             conv_planar_with_tail(Isa::detect(), x.view(), &packed, first..n, &epilogues, FloatStore::AddTo, band, &mut scratch);

@@ -27,6 +27,7 @@ pub fn saturate_u8(v: f32) -> u8 {
 }
 
 /// Saturates a rounded value to i8 (NaN becomes 0).
+#[cfg(test)]
 #[inline(always)]
 pub fn saturate_i8(v: f32) -> i8 {
     v.clamp(-128.0, 127.0) as i8
@@ -68,15 +69,15 @@ macro_rules! multiversion {
         unsafe fn narrow<R>(f: impl FnOnce() -> R) -> R {
             f()
         }
-        match $isa {
+        match $isa.tier() {
             // `move`: the body sees its scalars as values, not as references that a store could
             // alias, which would keep LLVM from vectorising.
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: Isa::Avx512Vnni is only chosen on CPUs with these features.
-            $crate::kernels::Isa::Avx512Vnni => unsafe { wide(move || $body) },
+            // SAFETY: Isa of tier Avx512Vnni is only chosen on CPUs with these features.
+            $crate::kernels::Tier::Avx512Vnni => unsafe { wide(move || $body) },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: the AVX2 instruction sets are only chosen on CPUs with AVX2 and FMA.
-            $crate::kernels::Isa::AvxVnni | $crate::kernels::Isa::Avx2 => unsafe {
+            $crate::kernels::Tier::AvxVnni | $crate::kernels::Tier::Avx2 => unsafe {
                 narrow(move || $body)
             },
             _ => $body,
@@ -244,7 +245,7 @@ mod tests {
         // onnx/backend/test/case/node/quantizelinear.py, uint8 case.
         let x = [0.0, 2.0, 3.0, 1000.0, -254.0, -1000.0];
         let mut q = [0u8; 6];
-        quantize_u8(Isa::Scalar, &x, 2.0, 128, &mut q);
+        quantize_u8(Isa::SCALAR, &x, 2.0, 128, &mut q);
         assert_eq!(q, [128, 129, 130, 255, 1, 0]);
     }
 
@@ -262,7 +263,7 @@ mod tests {
         let values: Vec<f32> = (0..1000).map(|i| (i as f32 * 0.37).sin() * 300.0).collect();
         let (mut simd, mut scalar) = (vec![0u8; 1000], vec![0u8; 1000]);
         quantize_u8(Isa::detect(), &values, 0.9, 60, &mut simd);
-        quantize_u8(Isa::Scalar, &values, 0.9, 60, &mut scalar);
+        quantize_u8(Isa::SCALAR, &values, 0.9, 60, &mut scalar);
         assert_eq!(simd, scalar);
     }
 
@@ -290,9 +291,9 @@ mod tests {
     fn abs_max_ignores_nan_like_the_float_fold() {
         let values = [0.5, f32::NAN, -3.0, 2.0, -0.0];
         assert_eq!(abs_max(Isa::detect(), &values), 3.0);
-        assert_eq!(abs_max(Isa::Scalar, &[f32::NEG_INFINITY, 1.0]), f32::INFINITY);
-        assert_eq!(abs_max(Isa::Scalar, &[]), 0.0);
-        assert_eq!(abs_max(Isa::Scalar, &[f32::NAN]), 0.0);
+        assert_eq!(abs_max(Isa::SCALAR, &[f32::NEG_INFINITY, 1.0]), f32::INFINITY);
+        assert_eq!(abs_max(Isa::SCALAR, &[]), 0.0);
+        assert_eq!(abs_max(Isa::SCALAR, &[f32::NAN]), 0.0);
     }
 
     proptest! {
@@ -318,7 +319,7 @@ mod tests {
         fn abs_max_agrees_with_the_float_fold(values in proptest::collection::vec(-1e30f32..1e30f32, 0..70)) {
             let want = values.iter().fold(0f32, |m, v| m.max(v.abs()));
             prop_assert_eq!(abs_max(Isa::detect(), &values), want);
-            prop_assert_eq!(abs_max(Isa::Scalar, &values), want);
+            prop_assert_eq!(abs_max(Isa::SCALAR, &values), want);
         }
 
         #[test]

@@ -13,8 +13,12 @@ use std::ops::Range;
 use ndarray::{s, ArrayView2, ArrayViewMut2, Axis};
 
 use super::codes::SimdElement;
-use super::planar::{row_stride, word_dot, ConvGeometry, PlanarWeights};
+#[cfg(target_arch = "x86_64")]
+use super::planar::row_stride;
+use super::planar::{word_dot, ConvGeometry, PlanarWeights};
 use super::planar_tail::{conv_planar_tail, tail_pixels};
+#[cfg(target_arch = "x86_64")]
+use super::Tier;
 use super::{Epilogue, Isa};
 
 /// Most kernel columns a shifted convolution may have (one pair of lane masks each per tile).
@@ -61,7 +65,9 @@ impl ShiftedPlanes {
         self.groups * self.plane_stride()
     }
 
-    /// Whether the layout holds no words.
+    /// Whether the layout holds no words (only where the kernels are public, as clippy's
+    /// `len_without_is_empty` asks of a public type).
+    #[cfg(feature = "bench-internals")]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -95,6 +101,7 @@ impl ShiftedOperand<'_> {
     }
 
     /// Words from a pixel to the one kernel position `(ky, kx)` reads, and the column shift.
+    #[cfg(target_arch = "x86_64")]
     fn shift(&self, ky: usize, kx: usize) -> (isize, isize) {
         let [dy, dx] = self.offsets(ky, kx);
         (dy * self.geometry.width as isize + dx, dx)
@@ -165,7 +172,7 @@ pub fn conv_shifted<E: SimdElement>(
         }
     }
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512Vnni && whole > 0 && !range.is_empty() {
+    if isa.tier() == Tier::Avx512Vnni && whole > 0 && !range.is_empty() {
         let Some(out_stride) = row_stride(&out) else {
             panic!("conv_shifted: output planes must be contiguous rows");
         };
@@ -195,7 +202,7 @@ pub fn conv_shifted<E: SimdElement>(
             }
             let mut chunk = plane.slice_mut(s![start..start + len]);
             match chunk.as_slice_mut() {
-                Some(chunk) => E::store_row(Isa::Scalar, &sums[..len], *e, store, chunk),
+                Some(chunk) => E::store_row(Isa::SCALAR, &sums[..len], *e, store, chunk),
                 None => panic!("conv_shifted: output planes must be contiguous rows"),
             }
         }
@@ -328,12 +335,12 @@ mod tests {
             let mut scratch = vec![0u32; tail_scratch_len(pixels, k4)];
             for isa in Isa::reference_first() {
                 let mut want = vec![0f32; n * pixels];
-                conv_planar_with_tail(Isa::Scalar, patches, &w, 0..n, &exact, FloatStore::Replace, ArrayViewMut2::from_shape((n, pixels), &mut want[..]).unwrap(), &mut scratch);
+                conv_planar_with_tail(Isa::SCALAR, patches, &w, 0..n, &exact, FloatStore::Replace, ArrayViewMut2::from_shape((n, pixels), &mut want[..]).unwrap(), &mut scratch);
                 let mut want_codes = vec![0u8; n * pixels];
-                conv_planar_with_tail(Isa::Scalar, patches, &w, 0..n, &real, codes, ArrayViewMut2::from_shape((n, pixels), &mut want_codes[..]).unwrap(), &mut scratch);
+                conv_planar_with_tail(Isa::SCALAR, patches, &w, 0..n, &real, codes, ArrayViewMut2::from_shape((n, pixels), &mut want_codes[..]).unwrap(), &mut scratch);
                 let residual: Vec<f32> = (0..n * pixels).map(|i| (i % 11) as f32 * 0.3 - 1.0).collect();
                 let mut want_added = residual.clone();
-                conv_planar_with_tail(Isa::Scalar, patches, &w, 0..n, &real, FloatStore::AddTo, ArrayViewMut2::from_shape((n, pixels), &mut want_added[..]).unwrap(), &mut scratch);
+                conv_planar_with_tail(Isa::SCALAR, patches, &w, 0..n, &real, FloatStore::AddTo, ArrayViewMut2::from_shape((n, pixels), &mut want_added[..]).unwrap(), &mut scratch);
                 let (mut got, mut got_codes, mut got_added) = (vec![0f32; n * pixels], vec![0u8; n * pixels], residual.clone());
                 for band in &bands {
                     let mut scratch = vec![0u32; tail_scratch_len(band.len(), k4)];

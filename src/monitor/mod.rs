@@ -1,8 +1,9 @@
 //! Operational figures and the CPU throttle: process CPU and memory, latency of recent calls,
-//! machine load. Nothing here knows about models; the runtime calls [`Monitor::admit`] before
-//! and [`Monitor::record`] after each run.
+//! machine load (from `/proc` on Linux, sysinfo elsewhere). Nothing here knows about models;
+//! the runtime calls [`Monitor::admit`] before and [`Monitor::record`] after each run.
 
 mod latency;
+mod portable;
 pub mod process;
 pub mod system;
 mod throttle;

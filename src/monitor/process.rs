@@ -1,5 +1,6 @@
-//! What the kernel reports about this process: CPU time used by all its threads, and resident
-//! memory. Linux-first; elsewhere the figures are `None` rather than guesses.
+//! What the kernel reports about this process: CPU time used by all its threads (`getrusage`
+//! on every Unix), and resident memory (`/proc` on Linux, sysinfo elsewhere). Where a platform
+//! reports neither the figures are `None` rather than guesses.
 
 use std::time::Duration;
 
@@ -25,8 +26,13 @@ pub(crate) fn timeval(t: nix::sys::time::TimeVal) -> Duration {
     Duration::from_secs(secs) + Duration::from_micros(micros)
 }
 
-/// Resident set size of this process in bytes (`VmRSS` in `/proc/self/status`).
+/// Resident set size of this process in bytes (`VmRSS` in `/proc/self/status`, else from
+/// sysinfo).
 pub fn rss_bytes() -> Option<u64> {
+    proc_rss_bytes().or_else(super::portable::rss_bytes)
+}
+
+pub(super) fn proc_rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;

@@ -1,7 +1,7 @@
 //! How busy the whole machine is, to leave room for other processes: CPU busy time of every
 //! core from `/proc/stat`, and the load average from `/proc/loadavg` (reported only: it is a
 //! one-minute average that counts our own threads too, too slow and too self-referential to
-//! steer a throttle).
+//! steer a throttle). Without `/proc` (macOS) both come from sysinfo.
 
 use std::time::Duration;
 
@@ -14,8 +14,11 @@ pub struct CpuTicks {
 
 impl CpuTicks {
     pub fn read() -> Option<CpuTicks> {
-        let stat = std::fs::read_to_string("/proc/stat").ok()?;
-        parse_stat(stat.lines().next()?)
+        let from_proc = || {
+            let stat = std::fs::read_to_string("/proc/stat").ok()?;
+            parse_stat(stat.lines().next()?)
+        };
+        from_proc().or_else(super::portable::cpu_ticks)
     }
 
     /// Cores kept busy on average between `earlier` and `self`, by anything on the machine.
@@ -43,6 +46,10 @@ fn parse_stat(line: &str) -> Option<CpuTicks> {
 
 /// The one-minute load average.
 pub fn load_average() -> Option<f64> {
+    proc_load_average().or_else(super::portable::load_average)
+}
+
+pub(super) fn proc_load_average() -> Option<f64> {
     let text = std::fs::read_to_string("/proc/loadavg").ok()?;
     text.split_whitespace().next()?.parse().ok()
 }

@@ -54,7 +54,8 @@ impl Int8Conv {
     /// the whole tensor (its fill word); `None` when im2col builds the patches.
     pub(super) fn shifted_layout(&self, g: &ConvGeometry) -> Option<ShiftedPlanes> {
         let per_tensor = self.layer.weights.channel_input.is_none();
-        (per_tensor && Isa::detect() == Isa::Avx512Vnni).then(|| ShiftedPlanes::for_conv(g))?
+        (per_tensor && Isa::detect().tier() == crate::kernels::Tier::Avx512Vnni)
+            .then(|| ShiftedPlanes::for_conv(g))?
     }
 
     /// Quantizes the input into `layout`'s planes of `x`, their guards holding the zero point,

@@ -221,7 +221,7 @@ impl Runtime {
         deployable: bool,
     ) -> Result<Self> {
         let int8 = !matches!(prepared, Prepared::Float);
-        if int8 && crate::kernels::Isa::detect() == crate::kernels::Isa::Scalar {
+        if int8 && crate::kernels::Isa::detect() == crate::kernels::Isa::SCALAR {
             log::warn!(
                 "{}: this CPU has neither AVX-512 VNNI nor AVX2, so the int8 layers run the \
                  portable scalar kernels, far slower than the float model",

@@ -42,7 +42,8 @@ pub struct Status {
     pub other_cpu_usage: Option<f64>,
     /// The machine's one-minute load average.
     pub load_average: Option<f64>,
-    /// Instruction set of the int8 kernels (`avx512_vnni`, `avx_vnni`, `avx2` or `scalar`).
+    /// Instruction set of the int8 kernels (`avx512_vnni`, `avx_vnni`, `avx2`, `neon_i8mm`,
+    /// `neon_dotprod`, `neon` or `scalar`).
     pub isa: &'static str,
     /// Concrete plans cached now (one per input signature), the most kept, and the weights
     /// they hold beyond the rest of the runtime's, in MiB.

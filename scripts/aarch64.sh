@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# The ARM checks of CI: cross-builds the aarch64 Linux target, runs the kernel property tests
+# and saved int8 models under qemu-user on three CPU models (every NEON tier: i8mm + dotprod,
+# dotprod alone, neither), compares the models' outputs byte for byte with x86's scalar
+# reference, lints the aarch64 build, and checks that the library builds for Apple Silicon.
+#
+# Needs: rustup, `apt-get install gcc-aarch64-linux-gnu qemu-user clang` (Debian/Ubuntu), and for
+# ResNet18 the exported model (`pytest` exports it; else PyTorch, see tests/python/conftest.py).
+# Usage: scripts/aarch64.sh            (from anywhere; caches builds under ~/.cache)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$PWD
+target=aarch64-unknown-linux-gnu
+cache=$HOME/.cache/jarvis-performance
+host_target_dir=${CARGO_TARGET_DIR:-$cache/target}
+arm_target_dir=${JARVIS_ARM_TARGET_DIR:-$cache/target-aarch64}
+sysroot=/usr/aarch64-linux-gnu
+export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
+export RUST_BACKTRACE=0
+started=$SECONDS
+
+for tool in qemu-aarch64 aarch64-linux-gnu-gcc clang; do
+    command -v "$tool" >/dev/null || {
+        echo "aarch64.sh: $tool missing: apt-get install -y gcc-aarch64-linux-gnu qemu-user clang" >&2
+        exit 1
+    }
+done
+rustup target add "$target" aarch64-apple-darwin >/dev/null 2>&1 || true
+step() { echo "== $* ($((SECONDS - started)) s)"; }
+
+step "macOS (Apple Silicon): cargo check, without the C allocator (its build needs the SDK)"
+# tract-linalg assembles its ARM kernels at build time: clang assembles Mach-O without the SDK.
+CC_aarch64_apple_darwin=clang CARGO_TARGET_DIR=$cache/target-darwin cargo check --quiet \
+    --target aarch64-apple-darwin --lib --no-default-features
+
+step "aarch64 Linux: clippy and release build"
+export CARGO_TARGET_DIR=$arm_target_dir
+cargo clippy --quiet --release --target "$target" --all-targets --features bench-internals -- -D warnings
+# One build for the lib's tests and the CLI (`--test cli` builds `jarvis-perf` with the same
+# dependency features, so tract is compiled once, not once per profile of features).
+tests=$(cargo test --quiet --release --target "$target" --lib --test cli --no-run \
+    --message-format=json | python -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    lib_tests = m.get("reason") == "compiler-artifact" and m["target"]["name"] == "jarvis_performance"
+    if lib_tests and m["profile"]["test"] and m.get("executable"):
+        print(m["executable"])')
+arm_cli=$arm_target_dir/$target/release/jarvis-perf
+unset CARGO_TARGET_DIR
+
+# qemu's CPU models: `max` has FEAT_DotProd and FEAT_I8MM, Cortex-A76 DotProd alone,
+# Cortex-A72 neither; the tests assert that detection sees exactly these tiers.
+cpus=(max cortex-a76 cortex-a72)
+declare -A tiers=(
+    [max]="neon_i8mm neon_dotprod neon scalar"
+    [cortex-a76]="neon_dotprod neon scalar"
+    [cortex-a72]="neon scalar"
+)
+emulate() { # CPU, then the command
+    local cpu=$1
+    shift
+    qemu-aarch64 -L "$sysroot" -cpu "$cpu" "$@"
+}
+
+for cpu in "${cpus[@]}"; do
+    step "kernel property tests under qemu -cpu $cpu (tiers: ${tiers[$cpu]})"
+    if ! log=$(JARVIS_PERF_EXPECT_TIERS="${tiers[$cpu]}" emulate "$cpu" "$tests" kernels:: \
+        --test-threads 2 2>&1); then
+        echo "$log" >&2
+        echo "aarch64.sh: kernel tests failed under -cpu $cpu" >&2
+        exit 1
+    fi
+    grep "^test result" <<<"$log"
+done
+
+step "saved int8 models: x86 scalar reference, then every tier under qemu"
+CARGO_TARGET_DIR=$host_target_dir cargo test --quiet --release --test cli --no-run
+host_cli=$host_target_dir/release/jarvis-perf
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+# The ResNet18 pytest exported (any torch version), else export it now.
+resnet=$(ls "${JARVIS_MODEL_CACHE:-$cache/models}"/resnet18-3x224x224-torch*.onnx 2>/dev/null | head -n1)
+if [[ -z $resnet ]]; then
+    resnet=$(python -c "from jarvis_performance.export import cached_export as e
+print(e('resnet18', input_shape=(1, 3, 224, 224)))")
+fi
+python - "$work" <<'EOF'
+import sys
+import numpy as np
+
+work = sys.argv[1]
+rng = np.random.default_rng(25)
+np.save(f"{work}/resnet18_calib.npy", rng.standard_normal((16, 3, 224, 224), dtype=np.float32))
+np.save(f"{work}/resnet18_input.npy", rng.standard_normal((1, 3, 224, 224), dtype=np.float32))
+EOF
+cp models/digits_calib.npy "$work/digits_cnn_calib.npy"
+cp models/digits_sample.npy "$work/digits_cnn_input.npy"
+declare -A sources=([digits_cnn]=models/digits_cnn.onnx [resnet18]=$resnet)
+for model in digits_cnn resnet18; do
+    "$host_cli" quantize "${sources[$model]}" --calib "$work/${model}_calib.npy" \
+        -o "$work/$model.int8.onnx" >/dev/null
+    JARVIS_PERF_ISA=scalar "$host_cli" run "$work/$model.int8.onnx" \
+        --input "$work/${model}_input.npy" -o "$work/$model.x86_scalar.npy" >/dev/null
+    runs=("max neon_i8mm" "max neon_dotprod" "max neon" "cortex-a76 best" "cortex-a72 best")
+    for run in "${runs[@]}"; do
+        read -r cpu isa <<<"$run"
+        out=$work/$model.$cpu.$isa.npy
+        # `best`: no override, the tier detection picks on this CPU model.
+        choice=()
+        [[ $isa == best ]] || choice=(JARVIS_PERF_ISA="$isa")
+        env "${choice[@]}" JARVIS_PERF_THREADS=2 qemu-aarch64 -L "$sysroot" -cpu "$cpu" "$arm_cli" run \
+            "$work/$model.int8.onnx" --input "$work/${model}_input.npy" -o "$out" >/dev/null
+        if cmp -s "$out" "$work/$model.x86_scalar.npy"; then
+            echo "$model int8, -cpu $cpu, $isa: same bytes as x86 scalar"
+        else
+            echo "aarch64.sh: $model int8 on -cpu $cpu ($isa) differs from x86 scalar" >&2
+            exit 1
+        fi
+    done
+done
+step "aarch64 checks passed"
