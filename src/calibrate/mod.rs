@@ -20,8 +20,8 @@ pub use observer::{Method, Observer, BINS};
 pub use patches::{packed_len, PatchLayout, PatchMoments, MAX_PATCH_LEN};
 
 use crate::error::{catch_panics, chain, Error, Result};
-use crate::model::bind_inputs;
 use crate::model::TensorSpec;
+use crate::model::{bind_inputs, SymbolBindings};
 use crate::plan::{Lru, Plans, DEFAULT_MAX_PLANS};
 
 /// Observes chosen outlets of a decluttered graph over calibration batches.
@@ -89,7 +89,7 @@ impl Calibrator {
     }
 
     /// Whether `batch` has the shapes the reference graph was typed for.
-    pub fn fits(&self, batch: &[Tensor]) -> bool {
+    fn fits(&self, batch: &[Tensor]) -> bool {
         batch.len() == self.fixed.len()
             && batch.iter().zip(&self.fixed).all(|(tensor, shape)| {
                 shape.len() == tensor.rank()
@@ -100,68 +100,65 @@ impl Calibrator {
             })
     }
 
-    /// Runs a batch whose shapes the reference graph was not typed for, on `retype(batch)`:
-    /// the float graph typed for it (built once per distinct shape, a few kept). The observed
-    /// tensors are found there by node name, so their statistics add up across shapes.
-    pub fn observe_retyped(
+    /// Runs one batch (inputs in model order) and records every observed tensor. A batch of
+    /// the first batch's shapes (the batch size may vary) runs on the reference graph; one of
+    /// other shapes on `retype(batch)`, the float graph typed for it (built once per distinct
+    /// shape, a few kept), where the observed tensors are found by name, so their statistics
+    /// add up across shapes.
+    pub fn observe(
         &mut self,
         batch: Vec<Tensor>,
         retype: impl FnOnce(&[Tensor]) -> Result<TypedModel>,
     ) -> Result<()> {
-        self.check_inputs(&batch)?;
-        let key: Vec<Vec<usize>> = batch.iter().map(|t| t.shape().to_vec()).collect();
-        let plans = match self.retyped.get(&key) {
-            Some(plans) => plans,
-            None => {
-                let typed = retype(&batch)?;
-                let observed = self
-                    .observed_names
-                    .iter()
-                    .map(|name| {
-                        name.find(&typed).ok_or_else(|| {
-                            Error::Calibration(format!(
-                                "calibration batch of shapes {key:?}: tensor {:?} of the first \
-                                 batch's graph is not in the graph typed for these shapes",
-                                name.producer.0
-                            ))
-                        })
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                let model = with_observed_outputs(&typed, &observed)?;
-                let plans = Plans::new(&model, Some(self.executor.clone()), "calibration")?;
-                self.retyped.insert(key, Arc::new(plans)).0
-            }
-        };
-        self.run_and_record(&plans, batch)
-    }
-
-    /// Runs one batch of the first batch's shapes (the batch size may vary) and records every
-    /// observed tensor.
-    pub fn observe(&mut self, batch: Vec<Tensor>) -> Result<()> {
-        self.check_inputs(&batch)?;
-        if !self.fits(&batch) {
-            let shapes: Vec<&[usize]> = batch.iter().map(|t| t.shape()).collect();
-            return Err(Error::Calibration(format!(
-                "calibration batch of shapes {shapes:?} does not fit the graph typed for {:?}",
-                self.fixed
-            )));
-        }
-        let plans = Arc::clone(&self.plans);
-        self.run_and_record(&plans, batch)
-    }
-
-    /// Checks the batch against the model's inputs (names, ranks, types, fixed axes).
-    fn check_inputs(&self, batch: &[Tensor]) -> Result<()> {
-        bind_inputs(&self.inputs, batch).map_err(|e| Error::Calibration(e.to_string()))?;
-        Ok(())
-    }
-
-    /// Runs `batch` on `plans` and adds every observed tensor to the statistics.
-    fn run_and_record(&mut self, plans: &Plans, batch: Vec<Tensor>) -> Result<()> {
         let bindings =
             bind_inputs(&self.inputs, &batch).map_err(|e| Error::Calibration(e.to_string()))?;
+        let plans = if self.fits(&batch) {
+            Arc::clone(&self.plans)
+        } else {
+            self.retyped_plans(&batch, retype)?
+        };
+        self.record(&plans, &bindings, batch)
+    }
+
+    /// The calibration plans of the float graph typed for `batch`'s shapes.
+    fn retyped_plans(
+        &mut self,
+        batch: &[Tensor],
+        retype: impl FnOnce(&[Tensor]) -> Result<TypedModel>,
+    ) -> Result<Arc<Plans>> {
+        let key: Vec<Vec<usize>> = batch.iter().map(|t| t.shape().to_vec()).collect();
+        if let Some(plans) = self.retyped.get(&key) {
+            return Ok(plans);
+        }
+        let typed = retype(batch)?;
+        let observed = self
+            .observed_names
+            .iter()
+            .map(|name| {
+                name.find(&typed).ok_or_else(|| {
+                    Error::Calibration(format!(
+                        "calibration batch of shapes {key:?}: tensor {:?} of the first batch's \
+                         graph is not in the graph typed for these shapes",
+                        name.producer.0
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let model = with_observed_outputs(&typed, &observed)?;
+        let plans = Plans::new(&model, Some(self.executor.clone()), "calibration")?;
+        Ok(self.retyped.insert(key, Arc::new(plans)).0)
+    }
+
+    /// Runs `batch` (bound as `bindings`) on `plans` and adds every observed tensor to the
+    /// statistics.
+    fn record(
+        &mut self,
+        plans: &Plans,
+        bindings: &SymbolBindings,
+        batch: Vec<Tensor>,
+    ) -> Result<()> {
         self.samples += batch.first().and_then(|t| t.shape().first().copied()).unwrap_or(1);
-        let plan = plans.get(&bindings, &batch)?;
+        let plan = plans.get(bindings, &batch)?;
         let values: TVec<TValue> = batch.into_iter().map(TValue::from).collect();
         let outputs = catch_panics("calibration", || {
             plan.run(values).map_err(|e| Error::Calibration(chain(&e)))

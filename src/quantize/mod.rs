@@ -108,13 +108,10 @@ pub fn quantize(
         &candidates.iter().map(|c| input::lattice_eligible(decluttered, c)).collect::<Vec<_>>(),
     );
     calibrator.track_patches(candidates.iter().map(rounding::patch_layout).collect());
-    calibrator.observe(first_batch.clone())?;
+    let retype = |batch: &[Tensor]| float.typed_for(batch);
+    calibrator.observe(first_batch.clone(), retype)?;
     while let Some(batch) = batches()? {
-        if calibrator.fits(&batch) {
-            calibrator.observe(batch)?;
-        } else {
-            calibrator.observe_retyped(batch, |batch| float.typed_for(batch))?;
-        }
+        calibrator.observe(batch, retype)?;
     }
     let (batch_count, samples) = calibrator.seen();
     log::info!("calibrated on {samples} samples in {batch_count} batches ({})", options.method);

@@ -30,9 +30,6 @@ MODELS = {m.id: m for m in zoo.selected()}
 #: where float32 rounding of exp alone is ~1e-7.
 RTOL, ATOL = 1e-4, 1e-6
 
-#: Models that still do not run, and why (strict: a model that starts passing must leave).
-NOT_YET: dict[str, str] = {}
-
 #: Steps run on models that carry recurrent state from one call to the next.
 STATE_STEPS = 4
 
@@ -109,18 +106,15 @@ def feedback(model: zoo.ZooModel, test: int) -> dict[str, str]:
 
 
 def float_cases() -> list[Any]:
-    cases = []
-    for model in MODELS.values():
-        for test in range(len(model.tests)):
-            marks = []
-            if model.id in NOT_YET:
-                marks.append(pytest.mark.xfail(reason=NOT_YET[model.id], strict=True))
-            cases.append(pytest.param(model.id, test, id=f"{model.id}-{test}", marks=marks))
-    return cases
+    return [
+        pytest.param(model.id, test, id=f"{model.id}-{test}")
+        for model in MODELS.values()
+        for test in range(len(model.tests))
+    ]
 
 
 def test_the_zoo_covers_twelve_models_of_five_families() -> None:
-    runnable = [m for m in MODELS.values() if m.id not in NOT_YET]
+    runnable = list(MODELS.values())
     assert len(runnable) >= 12
     assert len({m.family for m in runnable}) >= 5
     assert all(len(m.tests) >= 2 for m in runnable)

@@ -286,14 +286,10 @@ impl Attention {
             bias += &broadcast;
         }
         if self.is_causal {
-            for i in 0..d.q_len {
-                for t in d.past + i + 1..d.kv_len {
-                    bias.slice_each_axis_mut(|ax| match ax.axis.index() {
-                        2 => (i..i + 1).into(),
-                        3 => (t..t + 1).into(),
-                        _ => (..).into(),
-                    })
-                    .fill(f64::NEG_INFINITY);
+            // Query i (after `past` cached positions) sees keys up to `past + i`.
+            for (at, value) in bias.indexed_iter_mut() {
+                if at[3] > d.past + at[2] {
+                    *value = f64::NEG_INFINITY;
                 }
             }
         }
