@@ -60,8 +60,8 @@ pub use planar_tail::MAX_TAIL_PIXELS;
 pub use planar_tail::{conv_planar_with_tail, tail_scratch_len, VECTOR_PIXELS};
 pub use pool::{max_pool_plane, max_pool_row_len, CodePool};
 pub use quant::{
-    abs_max, dequantize_codes, dequantize_rows, quantize_i8_symmetric, quantize_u8,
-    round_half_even, saturate_u8, Activation, ActivationQuant,
+    abs_max, dequantize_codes, dequantize_rows, dequantize_rows_per_row, min_max,
+    quantize_i8_symmetric, quantize_u8, Activation, ActivationQuant,
 };
 pub use shifted::{conv_shifted, ShiftedOperand, ShiftedPlanes};
 

@@ -46,12 +46,33 @@ pub fn quantize_value(x: f32, scale: f32, zero_point: u8) -> u8 {
     unsafe { q.to_int_unchecked::<i32>() as u8 }
 }
 
-/// Per-tensor u8 quantization of an activation: `q = saturate(round(x / scale) + zero_point)`.
-/// (Chosen from calibrated ranges in `quantize::qparams`.)
+/// u8 quantization of an activation (a tensor, or one row of it):
+/// `q = saturate(round(x / scale) + zero_point)`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ActivationQuant {
     pub scale: f32,
     pub zero_point: u8,
+}
+
+impl ActivationQuant {
+    /// `scale = (max − min) / 255`, `zero_point = round(−min / scale)`, with the range widened
+    /// to include 0 so that zero (and padding) is exact.
+    pub fn from_range(low: f32, high: f32) -> Self {
+        let (low, high) = (low.min(0.0), high.max(0.0));
+        let span = high - low;
+        if !(span.is_finite() && span > f32::MIN_POSITIVE * 255.0) {
+            // A constant-zero tensor: any scale represents it exactly.
+            return ActivationQuant { scale: 1.0, zero_point: 0 };
+        }
+        let scale = span / 255.0;
+        ActivationQuant { scale, zero_point: saturate_u8(round_half_even(-low / scale)) }
+    }
+
+    /// The float range this quantization represents.
+    pub fn range(&self) -> (f32, f32) {
+        let zp = f32::from(self.zero_point);
+        (-zp * self.scale, (255.0 - zp) * self.scale)
+    }
 }
 
 /// Runs `$body` compiled for AVX-512, or for AVX2 and FMA, when `$isa` allows it (the same
@@ -104,6 +125,27 @@ pub fn quantize_u8(isa: Isa, src: &[f32], scale: f32, zero_point: u8, dst: &mut 
         for (d, &s) in dst.iter_mut().zip(src) {
             *d = quantize_value(s, scale, zero_point);
         }
+    })
+}
+
+/// The smallest and the largest value of `values`, NaN ignored (`(+∞, −∞)` when empty or all
+/// NaN): the range of one row for per-row dynamic quantization.
+pub fn min_max(isa: Isa, values: &[f32]) -> (f32, f32) {
+    const LANES: usize = 16;
+    multiversion!(isa, {
+        let chunks = values.chunks_exact(LANES);
+        let (mut low, mut high) = (f32::INFINITY, f32::NEG_INFINITY);
+        for &v in chunks.remainder() {
+            (low, high) = (low.min(v), high.max(v));
+        }
+        let (mut lows, mut highs) = ([f32::INFINITY; LANES], [f32::NEG_INFINITY; LANES]);
+        for chunk in chunks {
+            for ((l, h), &v) in lows.iter_mut().zip(highs.iter_mut()).zip(chunk) {
+                (*l, *h) = (l.min(v), h.max(v));
+            }
+        }
+        let low = lows.into_iter().fold(low, f32::min);
+        (low, highs.into_iter().fold(high, f32::max))
     })
 }
 
@@ -196,6 +238,29 @@ pub fn dequantize_rows(
         let row = &acc[r * acc_stride..r * acc_stride + epilogues.len()];
         for (o, (&sum, e)) in row.iter().zip(epilogues).enumerate() {
             store(r, o, e.activation.apply(sum.affine(e)));
+        }
+    }
+}
+
+/// [`dequantize_rows`] for rows quantized each with its own parameters `rows_quant` (per-row
+/// dynamic quantization): row `r`, channel `o` stores
+/// `act((acc − z_r · Σ_k W[o][k]) · (s_r · scale_o) + bias_o)`, the epilogues holding the weight
+/// scales alone and `column_sums` the `Σ_k W[o][k]`.
+pub fn dequantize_rows_per_row(
+    acc: &[i32],
+    acc_stride: usize,
+    rows_quant: &[ActivationQuant],
+    epilogues: &[super::Epilogue],
+    column_sums: &[i32],
+    mut store: impl FnMut(usize, usize, f32),
+) {
+    for (r, quant) in rows_quant.iter().enumerate() {
+        let row = &acc[r * acc_stride..r * acc_stride + epilogues.len()];
+        let zero_point = i32::from(quant.zero_point);
+        for (o, ((&sum, e), &column_sum)) in row.iter().zip(epilogues).zip(column_sums).enumerate()
+        {
+            let centred = (sum - zero_point * column_sum) as f32;
+            store(r, o, e.activation.apply(centred * (quant.scale * e.scale) + e.bias));
         }
     }
 }
@@ -320,6 +385,52 @@ mod tests {
             let want = values.iter().fold(0f32, |m, v| m.max(v.abs()));
             prop_assert_eq!(abs_max(Isa::detect(), &values), want);
             prop_assert_eq!(abs_max(Isa::SCALAR, &values), want);
+        }
+
+        #[test]
+        fn min_max_agrees_with_the_float_folds(
+            values in proptest::collection::vec(-1e30f32..1e30f32, 0..70),
+            nan_at in proptest::option::of(0usize..70),
+        ) {
+            let mut values = values;
+            if let Some(i) = nan_at.filter(|&i| i < values.len()) {
+                values[i] = f32::NAN;
+            }
+            let want = (
+                values.iter().fold(f32::INFINITY, |m, &v| m.min(v)),
+                values.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)),
+            );
+            for isa in Isa::reference_first() {
+                prop_assert_eq!(min_max(isa, &values), want);
+            }
+        }
+
+        #[test]
+        fn rows_quantized_per_row_dequantize_with_their_own_parameters(
+            sums in proptest::collection::vec(-100_000i32..100_000, 6),
+            scale in 1e-3f32..1.0,
+            zero_point in 0u8..=255,
+        ) {
+            // 2 rows × 3 channels; row 1 has its own parameters.
+            let rows = [ActivationQuant { scale: 1.0, zero_point: 0 }, ActivationQuant { scale, zero_point }];
+            let column_sums = [7, -3, 100];
+            let epilogues: Vec<crate::kernels::Epilogue> = (0..3)
+                .map(|o| crate::kernels::Epilogue {
+                    offset: 0,
+                    scale: 0.5 + o as f32,
+                    bias: o as f32 - 1.0,
+                    activation: Activation::Identity,
+                })
+                .collect();
+            let mut out = [0f32; 6];
+            dequantize_rows_per_row(&sums, 3, &rows, &epilogues, &column_sums, |r, o, v| out[r * 3 + o] = v);
+            for r in 0..2 {
+                for o in 0..3 {
+                    let centred = (sums[r * 3 + o] - i32::from(rows[r].zero_point) * column_sums[o]) as f32;
+                    let want = centred * (rows[r].scale * epilogues[o].scale) + epilogues[o].bias;
+                    prop_assert_eq!(out[r * 3 + o], want);
+                }
+            }
         }
 
         #[test]

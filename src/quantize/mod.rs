@@ -11,6 +11,8 @@ mod report;
 mod residual;
 mod rewrite;
 pub mod rounding;
+mod rows;
+mod speed;
 mod tidy;
 
 use std::collections::HashMap;
@@ -40,11 +42,20 @@ pub struct QuantizeOptions {
     pub per_channel: bool,
     /// Node or tensor names of layers to keep in float.
     pub exclude: Vec<String>,
+    /// Time each layer both ways on calibration data and keep float where int8 is clearly
+    /// slower (`speed`). Timings vary from run to run, so with it two calibrations of the same
+    /// model on the same data can choose different layers; without it they are bit-identical.
+    pub speed_fallback: bool,
 }
 
 impl Default for QuantizeOptions {
     fn default() -> Self {
-        QuantizeOptions { method: Method::DEFAULT, per_channel: true, exclude: Vec::new() }
+        QuantizeOptions {
+            method: Method::DEFAULT,
+            per_channel: true,
+            exclude: Vec::new(),
+            speed_fallback: true,
+        }
     }
 }
 
@@ -122,11 +133,30 @@ pub fn quantize(
     let stats = stats.zip(calibrator.patch_moments());
     for (candidate, ((means, lattice), moments)) in candidates.iter_mut().zip(stats) {
         candidate.input_stats =
-            Arc::new(InputStats { means, lattice, moments, fixed_kernel: None });
+            Arc::new(InputStats { means, lattice, moments, ..InputStats::default() });
     }
     share_split_layers(&mut candidates, &mut ranges);
     let activations: Vec<ActivationQuant> =
         ranges.iter().map(|&(low, high)| ActivationQuant::from_range(low, high)).collect();
+    rows::choose_row_quantization(
+        decluttered,
+        &mut candidates,
+        &activations,
+        options.per_channel,
+        inputs,
+        first_batch.clone(),
+        executor.clone(),
+    )?;
+    let (candidates, activations, slower) = keep_faster_layers(
+        decluttered,
+        candidates,
+        activations,
+        (options.per_channel, options.speed_fallback),
+        inputs,
+        first_batch.clone(),
+        executor.clone(),
+    )?;
+    let skipped: Vec<Skipped> = skipped.into_iter().chain(slower).collect();
     let rewritten = rewrite_layers(decluttered, &candidates, &activations, options.per_channel)?;
     let report = measure_layers(
         decluttered,
@@ -178,6 +208,87 @@ impl QuantizationSummary {
                 .collect(),
         }
     }
+}
+
+/// Signal-to-noise ratio (dB) of a layer's int8 output against float, on the same float input,
+/// below which the layer stays float: cosine ≈ 0.985, where one layer alone would cost an
+/// ImageNet CNN points of top-1.
+const MIN_LAYER_SQNR_DB: f64 = 15.0;
+/// How much slower (median) an int8 layer must be, and consistently, to stay float: a layer
+/// near a tie could go either way from one calibration to the next on a busy machine.
+const SLOWER: f64 = 1.25;
+
+/// The candidates whose int8 op is neither measured slower than their float layer nor too far
+/// from it, with their input quantizations, and the others as skipped layers saying why
+/// (`speed`).
+#[allow(clippy::too_many_arguments)]
+fn keep_faster_layers(
+    float: &TypedModel,
+    candidates: Vec<Candidate>,
+    activations: Vec<ActivationQuant>,
+    (per_channel, speed_fallback): (bool, bool),
+    inputs: &[TensorSpec],
+    batch: Vec<Tensor>,
+    executor: Executor,
+) -> Result<(Vec<Candidate>, Vec<ActivationQuant>, Vec<Skipped>)> {
+    let times =
+        speed::time_layers(float, &candidates, &activations, per_channel, inputs, batch, executor)?;
+    // The parts of a layer tract split go together: the saved file quantizes ONNX nodes.
+    let mut by_node: HashMap<&str, speed::LayerTimes> = HashMap::new();
+    for (candidate, time) in candidates.iter().zip(&times) {
+        if let Some(t) = time {
+            let total =
+                by_node.entry(onnx_node_name(&candidate.name)).or_insert(speed::LayerTimes {
+                    float_ms: 0.0,
+                    int8_ms: 0.0,
+                    sqnr_db: f64::INFINITY,
+                    consistently_slower: true,
+                });
+            total.float_ms += t.float_ms;
+            total.int8_ms += t.int8_ms;
+            total.sqnr_db = total.sqnr_db.min(t.sqnr_db);
+            total.consistently_slower &= t.consistently_slower;
+        }
+    }
+    let by_node: HashMap<String, speed::LayerTimes> =
+        by_node.into_iter().map(|(name, t)| (name.to_string(), t)).collect();
+    let (mut kept, mut kept_activations, mut slower) = (Vec::new(), Vec::new(), Vec::new());
+    for (candidate, activation) in candidates.into_iter().zip(activations) {
+        let time = by_node.get(onnx_node_name(&candidate.name));
+        let reason = time.and_then(|t| {
+            log::debug!(
+                "{}: int8 {:.3} ms, float {:.3} ms, {:.1} dB from float",
+                candidate.name,
+                t.int8_ms,
+                t.float_ms,
+                t.sqnr_db
+            );
+            if t.sqnr_db < MIN_LAYER_SQNR_DB {
+                Some(format!(
+                    "int8 output {:.1} dB from float on calibration data (below {MIN_LAYER_SQNR_DB} dB)",
+                    t.sqnr_db
+                ))
+            } else if speed_fallback && t.consistently_slower && t.int8_ms > SLOWER * t.float_ms {
+                Some(format!(
+                    "int8 measured slower than float ({:.3} ms against {:.3} ms)",
+                    t.int8_ms, t.float_ms
+                ))
+            } else {
+                None
+            }
+        });
+        match reason {
+            Some(reason) => {
+                log::info!("{}: stays float: {reason}", candidate.name);
+                slower.push(Skipped { name: candidate.name, reason });
+            }
+            None => {
+                kept.push(candidate);
+                kept_activations.push(activation);
+            }
+        }
+    }
+    Ok((kept, kept_activations, slower))
 }
 
 /// Gives the parts of an ONNX layer that tract split in several (a convolution whose output

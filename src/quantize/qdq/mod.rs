@@ -24,8 +24,11 @@ use crate::error::Result;
 use crate::model::OnnxModel;
 use crate::quantize::input::InputStats;
 
-/// The int8 layers: one line `tract layer name \t scale \t zero point` each.
+/// The int8 layers: one line `tract layer name \t scale \t zero point` each, then
+/// [`PER_ROW_FIELD`] for a layer whose input is quantized per row as it runs.
 pub const LAYERS_KEY: &str = "jarvis_performance.int8_layers";
+/// The last field of a per-row layer's line in [`LAYERS_KEY`].
+const PER_ROW_FIELD: &str = "\tper-row";
 /// The quantization options, JSON ([`SavedOptions`]); files before it: `method \t per_channel`.
 pub const OPTIONS_KEY: &str = "jarvis_performance.int8_options";
 /// Names of the nodes the save added, one per line (removed again on load).

@@ -8,7 +8,7 @@ use tract_onnx::pb;
 
 use super::{
     kernel_bias_name, stats_names, SavedInt8, SavedLayer, SavedOptions, ADDED_INITIALIZERS_KEY,
-    ADDED_NODES_KEY, DEPLOYED_KEY, INT8_KEYS, LAYERS_KEY, OPTIONS_KEY, REWIRED_KEY,
+    ADDED_NODES_KEY, DEPLOYED_KEY, INT8_KEYS, LAYERS_KEY, OPTIONS_KEY, PER_ROW_FIELD, REWIRED_KEY,
 };
 use crate::calibrate::ChannelLattice;
 use crate::error::{Error, Result};
@@ -39,11 +39,16 @@ pub fn restore_float(proto: &mut pb::ModelProto) -> Result<Option<SavedInt8>> {
         if !(scale.is_finite() && scale > 0.0) {
             return Err(corrupt(line));
         }
+        let per_row = match fields.next() {
+            None => false,
+            Some(field) if field == &PER_ROW_FIELD[1..] => true,
+            Some(_) => return Err(corrupt(line)),
+        };
         layers.push(SavedLayer {
             name: name.to_string(),
             scale,
             zero_point,
-            input: InputStats::default(),
+            input: InputStats { per_row, ..InputStats::default() },
         });
     }
     let options = saved_options(metadata(proto, OPTIONS_KEY).unwrap_or(""))?;
@@ -74,7 +79,9 @@ pub fn restore_float(proto: &mut pb::ModelProto) -> Result<Option<SavedInt8>> {
     let mut saved = SavedInt8 { layers, options, deployable: !deployed.is_empty() };
     let Some(graph) = proto.graph.as_mut() else { return Err(corrupt("no graph")) };
     for layer in &mut saved.layers {
-        layer.input = input_stats(graph, &layer.name).map_err(|e| corrupt(&e))?;
+        let per_row = layer.input.per_row;
+        layer.input =
+            InputStats { per_row, ..input_stats(graph, &layer.name).map_err(|e| corrupt(&e))? };
     }
     // A deployed layer's weight comes back from its codes, before the codes leave the graph.
     for node in &deployed {

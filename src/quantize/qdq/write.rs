@@ -15,7 +15,7 @@ use tract_onnx::pb;
 use super::onnx_layout::{corrected_bias, fold_weight, refine_onnx_codes};
 use super::{
     kernel_bias_name, onnx_node_name, stats_names, SavedOptions, ADDED_INITIALIZERS_KEY,
-    ADDED_NODES_KEY, DEPLOYED_KEY, LAYERS_KEY, OPTIONS_KEY, REWIRED_KEY,
+    ADDED_NODES_KEY, DEPLOYED_KEY, LAYERS_KEY, OPTIONS_KEY, PER_ROW_FIELD, REWIRED_KEY,
 };
 use crate::calibrate::ChannelLattice;
 use crate::error::{Error, Result};
@@ -95,12 +95,16 @@ pub fn to_qdq(
         };
         let stats = stats_by_node.get(node.name.as_str()).map(|s| &**s);
         let lattice = stats.and_then(|s| s.lattice.as_ref()).filter(|_| node.op_type == "Conv");
-        let activation = node.input[0].clone();
-        node.input[0] = match lattice {
-            Some(l) => added.channel_activation(&mut nodes, &node.name, &activation, l),
-            None => added.activation(&mut nodes, &activation, *q),
-        };
-        added.rewired.push(format!("{}\t0\t{activation}", node.name));
+        // An input quantized per row as it comes has no fixed Q/DQ: other runtimes read it as
+        // float (a weight-only quantized layer).
+        if !stats.is_some_and(|s| s.per_row) {
+            let activation = node.input[0].clone();
+            node.input[0] = match lattice {
+                Some(l) => added.channel_activation(&mut nodes, &node.name, &activation, l),
+                None => added.activation(&mut nodes, &activation, *q),
+            };
+            added.rewired.push(format!("{}\t0\t{activation}", node.name));
+        }
         let weight = node.input[1].clone();
         let Some(&ix) = initializers.get(&weight) else {
             nodes.push(node);
@@ -158,8 +162,14 @@ pub fn to_qdq(
         graph.initializer.retain(|t| !dropped.contains(t.name.as_str()));
     }
     graph.initializer.append(&mut added.initializers);
-    let layer_lines: String =
-        layers.iter().map(|(n, q)| format!("{n}\t{}\t{}\n", q.scale, q.zero_point)).collect();
+    let per_row = |name: &str| stats.get(name).is_some_and(|s| s.per_row);
+    let layer_lines: String = layers
+        .iter()
+        .map(|(n, q)| {
+            let mode = if per_row(n) { PER_ROW_FIELD } else { "" };
+            format!("{n}\t{}\t{}{mode}\n", q.scale, q.zero_point)
+        })
+        .collect();
     let options = serde_json::to_string(options).map_err(|e| fail(e.to_string()))?;
     let mut entries = vec![
         (LAYERS_KEY, layer_lines),
