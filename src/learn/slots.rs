@@ -76,6 +76,9 @@ pub type Int8Input = (ActivationQuant, Arc<InputStats>);
 #[derive(Debug, Clone, Default)]
 pub struct Slots {
     pub layers: Vec<LayerSlot>,
+    /// Layers with their own weight whose bias input other layers share: updates rebuild them,
+    /// but a saved file carries their int8 numbers like those of `layers`.
+    shared_bias: Vec<LayerSlot>,
     /// ONNX weight name → index in `layers`.
     by_weight: HashMap<String, usize>,
     per_channel: bool,
@@ -124,6 +127,7 @@ impl Slots {
                 }
                 None => None,
             };
+            let bias_owned = onnx.bias_owned;
             candidate.weights = Vec::new();
             let input = int8.get(&candidate.name);
             if let Some((_, stats)) = input {
@@ -136,6 +140,10 @@ impl Slots {
                 transposed,
                 bias,
             };
+            if !bias_owned {
+                slots.shared_bias.push(slot);
+                continue;
+            }
             slots.by_weight.insert(slot.weight.clone(), slots.layers.len());
             if let Some(bias) = &slot.bias {
                 slots.by_weight.insert(bias.clone(), slots.layers.len());
@@ -178,12 +186,12 @@ impl Slots {
         Ok((layer.name.clone(), build_op(&layer, &weights, input, self.per_channel)?))
     }
 
-    /// The numbers of every int8 layer bound to an ONNX weight, computed from `masters` as its
-    /// op computes them and put in the weight's layout, by ONNX node: what a saved file
-    /// carries for these layers.
+    /// The numbers of every int8 layer bound to an ONNX weight (its bias owned or shared),
+    /// computed from `masters` as its op computes them and put in the weight's layout, by ONNX
+    /// node: what a saved file carries for these layers.
     pub fn computed_layers(&self, masters: &Weights) -> Result<HashMap<String, DeployedLayer>> {
         let mut computed = HashMap::new();
-        for slot in &self.layers {
+        for slot in self.layers.iter().chain(&self.shared_bias) {
             let Some(input) = slot.int8 else { continue };
             let master =
                 masters.get(&slot.weight).ok_or_else(|| Error::Internal(slot.weight.clone()))?;

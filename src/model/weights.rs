@@ -37,14 +37,18 @@ pub fn float_weights(proto: &pb::ModelProto) -> Weights {
     weights
 }
 
-/// A Conv, Gemm or MatMul node of the ONNX graph whose weight (and bias) are float weights that
-/// nothing else reads: where an update to that weight can go straight to the layer.
+/// A Conv, Gemm or MatMul node of the ONNX graph whose weight is a float weight that nothing
+/// else reads: where an update to that weight can go straight to the layer (when its bias is
+/// its own too), and where a saved file can put the layer's int8 numbers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OnnxLayer {
     pub node: String,
     pub weight: String,
     /// The bias input (Conv, Gemm), or the constant a MatMul's single `Add` consumer adds.
     pub bias: Option<String>,
+    /// Whether the bias is a float weight only this layer reads (else it is shared with other
+    /// layers or computed, and only a rebuild keeps it right).
+    pub bias_owned: bool,
 }
 
 /// The layers of the model in `onnx` with exclusively owned weights (PyTorch's exporter puts
@@ -105,11 +109,20 @@ pub fn onnx_layers(proto: &pb::ModelProto) -> Vec<OnnxLayer> {
             (_, Some(b)) => match owned(Some(b)) {
                 Some(b) => Some(b),
                 // A bias computed or shared: the layer cannot be updated in place.
-                None => continue,
+                None => {
+                    let bias = Some(b.clone());
+                    layers.push(OnnxLayer {
+                        node: node.name.clone(),
+                        weight,
+                        bias,
+                        bias_owned: false,
+                    });
+                    continue;
+                }
             },
             (_, None) => None,
         };
-        layers.push(OnnxLayer { node: node.name.clone(), weight, bias });
+        layers.push(OnnxLayer { node: node.name.clone(), weight, bias, bias_owned: true });
     }
     layers
 }

@@ -15,7 +15,7 @@ import pytest
 from conftest import MODELS
 
 import jarvis_performance as jp
-from jarvis_performance.bench.photos import photos, views
+from photos import photos, views
 
 
 @pytest.fixture(scope="module")
