@@ -38,14 +38,25 @@ pub const REWIRED_KEY: &str = "jarvis_performance.rewired_inputs";
 /// Nodes whose layer a deployable file carries as int8 numbers only (no float master, no
 /// statistics), one per line; present only in deployable files.
 pub const DEPLOYED_KEY: &str = "jarvis_performance.deployed_layers";
+/// The `BatchNormalization` nodes a learnable file left out of its graph (folded into the
+/// layer before them, which writes their output instead), one hex-encoded `NodeProto` per
+/// line, put back on load.
+pub const BYPASSED_KEY: &str = "jarvis_performance.bypassed_nodes";
 /// The weights' version number.
 pub const VERSION_KEY: &str = "jarvis_performance.version";
 /// CRC-32 of the float master weights (`model::weights::checksum`).
 pub const CHECKSUM_KEY: &str = "jarvis_performance.masters_crc32";
 
 /// Every key above that only an int8 file carries (dropped when it is turned back into float).
-const INT8_KEYS: [&str; 6] =
-    [LAYERS_KEY, OPTIONS_KEY, ADDED_NODES_KEY, ADDED_INITIALIZERS_KEY, REWIRED_KEY, DEPLOYED_KEY];
+const INT8_KEYS: [&str; 7] = [
+    LAYERS_KEY,
+    OPTIONS_KEY,
+    ADDED_NODES_KEY,
+    ADDED_INITIALIZERS_KEY,
+    REWIRED_KEY,
+    DEPLOYED_KEY,
+    BYPASSED_KEY,
+];
 
 /// The ONNX node a tract layer name comes from: tract suffixes the nodes an operator expands to
 /// (`.ab`, `.einsum`) and the parts it splits a layer into — over output channels a `Split`
