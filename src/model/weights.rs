@@ -151,7 +151,9 @@ pub fn onnx_layers(proto: &pb::ModelProto) -> Vec<OnnxLayer> {
                 Some(b) => Some(b),
                 // A bias computed or shared: the layer cannot be updated in place.
                 None => {
-                    let bias = Some(b.clone());
+                    // A shared weight (looked through `Identity`) is bound for saving only.
+                    let Some(source) = resolve_in(&alias, &weights, b) else { continue };
+                    let bias = Some(source.to_string());
                     layers.push(OnnxLayer {
                         node: node.name.clone(),
                         weight,

@@ -97,16 +97,7 @@ pub fn to_qdq(
         .map(|n| (n.name.as_str(), n))
         .collect();
     let mut bypassed: Vec<pb::NodeProto> = Vec::new();
-    let bypass: HashMap<&str, &pb::NodeProto> = computed
-        .iter()
-        .filter(|(node, _)| by_node.contains_key(*node))
-        .filter_map(|(node, l)| Some((node.as_str(), *folded.get(l.batch_norm.as_deref()?)?)))
-        .collect();
-    let skipped: HashSet<&str> = bypass.values().map(|bn| bn.name.as_str()).collect();
     for mut node in original_nodes.iter().cloned() {
-        if skipped.contains(node.name.as_str()) {
-            continue;
-        }
         let quantizable =
             matches!(node.op_type.as_str(), "Conv" | "Gemm" | "MatMul") && node.input.len() >= 2;
         let Some(q) = by_node.get(&node.name).filter(|_| quantizable) else {
@@ -150,8 +141,8 @@ pub fn to_qdq(
             if let Some(bias) = graph_bias(&node, layer, &graph.initializer, &initializers)? {
                 added.corrected_bias(&mut node, bias);
             }
-            if let (Some(bn), Some(out)) = (bypass.get(node.name.as_str()), node.output.first_mut())
-            {
+            let bn = layer.batch_norm.as_deref().and_then(|bn| folded.get(bn));
+            if let (Some(bn), Some(out)) = (bn, node.output.first_mut()) {
                 bn.output[0].clone_into(out);
                 bypassed.push((*bn).clone());
             }
@@ -175,6 +166,8 @@ pub fn to_qdq(
         }
         nodes.push(node);
     }
+    let left_out: HashSet<&str> = bypassed.iter().map(|bn| bn.name.as_str()).collect();
+    nodes.retain(|n| !(n.op_type == "BatchNormalization" && left_out.contains(n.name.as_str())));
     graph.node = nodes;
     if deployable {
         // The float masters of the deployed layers go: their codes are their weights now.
