@@ -179,6 +179,29 @@ pub fn quantize(
 }
 
 impl QuantizationSummary {
+    /// The summary of the int8 layers `activations` (tract layer name, input quantization)
+    /// with their input statistics and per-layer `report`; calibration counts, weight sizes
+    /// and links are zero until filled in.
+    fn new(
+        options: &QuantizeOptions,
+        report: Vec<LayerReport>,
+        activations: Vec<(String, ActivationQuant)>,
+        input_stats: InputStatsByLayer,
+    ) -> Self {
+        QuantizationSummary {
+            options: options.clone(),
+            report,
+            batches: 0,
+            samples: 0,
+            calibration_bytes: 0,
+            float_weight_bytes: 0,
+            int8_weight_bytes: 0,
+            activations,
+            linked_outputs: 0,
+            input_stats,
+        }
+    }
+
     /// The summary of int8 `candidates` with input quantizations `activations`, rewritten into
     /// `rewritten`, before calibration counts and linking are filled in.
     fn of_layers(
@@ -188,24 +211,17 @@ impl QuantizationSummary {
         activations: &[ActivationQuant],
         rewritten: &Rewritten,
     ) -> Self {
+        let names = candidates.iter().map(|c| c.name.clone());
+        let stats = candidates.iter().map(|c| (c.name.clone(), c.input_stats.clone()));
         QuantizationSummary {
-            options: options.clone(),
-            report,
-            batches: 0,
-            samples: 0,
-            calibration_bytes: 0,
             float_weight_bytes: rewritten.float_bytes,
             int8_weight_bytes: rewritten.int8_bytes,
-            activations: candidates
-                .iter()
-                .map(|c| c.name.clone())
-                .zip(activations.to_vec())
-                .collect(),
-            linked_outputs: 0,
-            input_stats: candidates
-                .iter()
-                .map(|c| (c.name.clone(), c.input_stats.clone()))
-                .collect(),
+            ..Self::new(
+                options,
+                report,
+                names.zip(activations.iter().copied()).collect(),
+                stats.collect(),
+            )
         }
     }
 }
@@ -382,18 +398,8 @@ pub fn summary_from_saved(
     stats: &InputStatsByLayer,
     options: &QuantizeOptions,
 ) -> QuantizationSummary {
-    QuantizationSummary {
-        options: options.clone(),
-        report: saved.iter().map(|(name, _)| LayerReport::saved(name)).collect(),
-        batches: 0,
-        samples: 0,
-        calibration_bytes: 0,
-        float_weight_bytes: 0,
-        int8_weight_bytes: 0,
-        activations: saved.to_vec(),
-        linked_outputs: 0,
-        input_stats: stats.clone(),
-    }
+    let report = saved.iter().map(|(name, _)| LayerReport::saved(name)).collect();
+    QuantizationSummary::new(options, report, saved.to_vec(), stats.clone())
 }
 
 /// `quantized` with its consecutive int8 layers linked and its max pools on the project's
