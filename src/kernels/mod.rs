@@ -42,7 +42,7 @@ mod pool;
 mod quant;
 mod shifted;
 
-pub use codes::{Element, Epilogue, FloatStore, OutputCodes, SimdElement, Sum};
+pub use codes::{Element, Epilogue, FloatStore, OutputCodes, SimdElement};
 pub use depthwise::{PhasedPlane, MAX_DEPTHWISE_STRIDE, MAX_DEPTHWISE_TAPS};
 pub use depthwise_bytes::{byte_kernel_fits, tap_words, BytePlane, MAX_TAP_WORDS};
 pub use depthwise_lanes::{LanePlanes, LANE_CHANNELS};
@@ -60,8 +60,8 @@ pub use planar_tail::MAX_TAIL_PIXELS;
 pub use planar_tail::{conv_planar_with_tail, tail_scratch_len, VECTOR_PIXELS};
 pub use pool::{max_pool_plane, max_pool_row_len, CodePool};
 pub use quant::{
-    abs_max, dequantize_codes, dequantize_rows, dequantize_rows_per_row, min_max,
-    quantize_i8_symmetric, quantize_u8, Activation, ActivationQuant,
+    abs_max, dequantize_codes, min_max, quantize_i8_symmetric, quantize_u8, Activation,
+    ActivationQuant, EpilogueColumns,
 };
 pub use shifted::{conv_shifted, ShiftedOperand, ShiftedPlanes};
 

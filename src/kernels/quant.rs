@@ -225,7 +225,9 @@ impl Activation {
 
 /// Turns i32 accumulators back into floats: for each row `r` and column `o`,
 /// `out(r, o) = epilogues[o]` applied to `acc[r][o]`. `acc` rows are `acc_stride` wide;
-/// `store(r, o, value)` places each result.
+/// `store(r, o, value)` places each result. The reference [`EpilogueColumns::finish_row`] is
+/// tested against.
+#[cfg(test)]
 pub fn dequantize_rows(
     acc: &[i32],
     acc_stride: usize,
@@ -233,7 +235,7 @@ pub fn dequantize_rows(
     epilogues: &[super::Epilogue],
     mut store: impl FnMut(usize, usize, f32),
 ) {
-    use super::Sum;
+    use super::codes::Sum;
     for r in 0..rows {
         let row = &acc[r * acc_stride..r * acc_stride + epilogues.len()];
         for (o, (&sum, e)) in row.iter().zip(epilogues).enumerate() {
@@ -242,25 +244,69 @@ pub fn dequantize_rows(
     }
 }
 
-/// [`dequantize_rows`] for rows quantized each with its own parameters `rows_quant` (per-row
-/// dynamic quantization): row `r`, channel `o` stores
-/// `act((acc − z_r · Σ_k W[o][k]) · (s_r · scale_o) + bias_o)`, the epilogues holding the weight
-/// scales alone and `column_sums` the `Σ_k W[o][k]`.
-pub fn dequantize_rows_per_row(
-    acc: &[i32],
-    acc_stride: usize,
-    rows_quant: &[ActivationQuant],
-    epilogues: &[super::Epilogue],
-    column_sums: &[i32],
-    mut store: impl FnMut(usize, usize, f32),
-) {
-    for (r, quant) in rows_quant.iter().enumerate() {
-        let row = &acc[r * acc_stride..r * acc_stride + epilogues.len()];
-        let zero_point = i32::from(quant.zero_point);
-        for (o, ((&sum, e), &column_sum)) in row.iter().zip(epilogues).zip(column_sums).enumerate()
-        {
-            let centred = (sum - zero_point * column_sum) as f32;
-            store(r, o, e.activation.apply(centred * (quant.scale * e.scale) + e.bias));
+/// An int8 layer's per-channel epilogues as separate columns, so that finishing a row of sums is
+/// one vectorised loop (the [`super::Epilogue`] structs interleave their fields).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EpilogueColumns {
+    offsets: Vec<i32>,
+    scales: Vec<f32>,
+    biases: Vec<f32>,
+    lows: Vec<f32>,
+    highs: Vec<f32>,
+    /// `Σ_k W[o][k]`, for rows quantized with their own zero point.
+    column_sums: Vec<i32>,
+}
+
+impl EpilogueColumns {
+    pub fn new(epilogues: &[super::Epilogue], column_sums: &[i32]) -> Self {
+        let bounds: Vec<(f32, f32)> = epilogues.iter().map(|e| e.activation.bounds()).collect();
+        EpilogueColumns {
+            offsets: epilogues.iter().map(|e| e.offset).collect(),
+            scales: epilogues.iter().map(|e| e.scale).collect(),
+            biases: epilogues.iter().map(|e| e.bias).collect(),
+            lows: bounds.iter().map(|b| b.0).collect(),
+            highs: bounds.iter().map(|b| b.1).collect(),
+            column_sums: column_sums.iter().copied().take(epilogues.len()).collect(),
+        }
+    }
+
+    /// `out[o] = act((sums[o] − offset_o) · scale_o + bias_o)`: what [`dequantize_rows`] stores,
+    /// for one row. With `row_quant` (a row quantized with its own parameters, the epilogues
+    /// holding the weight scales alone), `act((sums[o] − z · Σ_k W[o][k]) · (s · scale_o) +
+    /// bias_o)` instead.
+    pub fn finish_row(
+        &self,
+        isa: Isa,
+        sums: &[i32],
+        row_quant: Option<ActivationQuant>,
+        out: &mut [f32],
+    ) {
+        let n = self.scales.len().min(sums.len()).min(out.len());
+        let (sums, out) = (&sums[..n], &mut out[..n]);
+        let columns = (&self.scales[..n], &self.biases[..n], &self.lows[..n], &self.highs[..n]);
+        match row_quant {
+            None => {
+                let offsets = &self.offsets[..n];
+                multiversion!(isa, {
+                    let (scales, biases, lows, highs) = columns;
+                    for o in 0..n {
+                        let v = (sums[o] - offsets[o]) as f32 * scales[o] + biases[o];
+                        out[o] = v.max(lows[o]).min(highs[o]);
+                    }
+                })
+            }
+            Some(quant) => {
+                let (row_scale, zero_point) = (quant.scale, i32::from(quant.zero_point));
+                let column_sums = &self.column_sums[..n];
+                multiversion!(isa, {
+                    let (scales, biases, lows, highs) = columns;
+                    for o in 0..n {
+                        let centred = (sums[o] - zero_point * column_sums[o]) as f32;
+                        let v = centred * (row_scale * scales[o]) + biases[o];
+                        out[o] = v.max(lows[o]).min(highs[o]);
+                    }
+                })
+            }
         }
     }
 }
@@ -406,30 +452,38 @@ mod tests {
         }
 
         #[test]
-        fn rows_quantized_per_row_dequantize_with_their_own_parameters(
-            sums in proptest::collection::vec(-100_000i32..100_000, 6),
+        fn finished_rows_agree_with_the_epilogues(
+            sums in proptest::collection::vec(-100_000i32..100_000, 19),
             scale in 1e-3f32..1.0,
             zero_point in 0u8..=255,
+            clip in proptest::bool::ANY,
         ) {
-            // 2 rows × 3 channels; row 1 has its own parameters.
-            let rows = [ActivationQuant { scale: 1.0, zero_point: 0 }, ActivationQuant { scale, zero_point }];
-            let column_sums = [7, -3, 100];
-            let epilogues: Vec<crate::kernels::Epilogue> = (0..3)
+            let activation = if clip { Activation::Clip(-3.0, 40.0) } else { Activation::Identity };
+            let column_sums: Vec<i32> = (0..19).map(|o| o * 37 - 300).collect();
+            let epilogues: Vec<crate::kernels::Epilogue> = (0..19)
                 .map(|o| crate::kernels::Epilogue {
-                    offset: 0,
-                    scale: 0.5 + o as f32,
+                    offset: o * 11 - 50,
+                    scale: 0.5 + o as f32 / 7.0,
                     bias: o as f32 - 1.0,
-                    activation: Activation::Identity,
+                    activation,
                 })
                 .collect();
-            let mut out = [0f32; 6];
-            dequantize_rows_per_row(&sums, 3, &rows, &epilogues, &column_sums, |r, o, v| out[r * 3 + o] = v);
-            for r in 0..2 {
-                for o in 0..3 {
-                    let centred = (sums[r * 3 + o] - i32::from(rows[r].zero_point) * column_sums[o]) as f32;
-                    let want = centred * (rows[r].scale * epilogues[o].scale) + epilogues[o].bias;
-                    prop_assert_eq!(out[r * 3 + o], want);
-                }
+            let columns = EpilogueColumns::new(&epilogues, &column_sums);
+            let mut want = vec![0f32; 19];
+            dequantize_rows(&sums, 19, 1, &epilogues, |_, o, v| want[o] = v);
+            let row = ActivationQuant { scale, zero_point };
+            let per_row: Vec<f32> = (0..19)
+                .map(|o| {
+                    let centred = (sums[o] - i32::from(zero_point) * column_sums[o]) as f32;
+                    activation.apply(centred * (scale * epilogues[o].scale) + epilogues[o].bias)
+                })
+                .collect();
+            for isa in Isa::reference_first() {
+                let mut out = vec![f32::NAN; 19];
+                columns.finish_row(isa, &sums, None, &mut out);
+                prop_assert_eq!(&out, &want);
+                columns.finish_row(isa, &sums, Some(row), &mut out);
+                prop_assert_eq!(&out, &per_row);
             }
         }
 

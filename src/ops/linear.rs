@@ -8,9 +8,7 @@ use tract_onnx::tract_core::internal::*;
 
 use super::parallel::for_each_chunk;
 use super::{scratch, Int8Layer, Packed};
-use crate::kernels::{
-    dequantize_rows, dequantize_rows_per_row, gemm_u8i8, min_max, quantize_u8, ActivationQuant, Isa,
-};
+use crate::kernels::{gemm_u8i8, min_max, quantize_u8, ActivationQuant, EpilogueColumns, Isa};
 
 /// Rows per parallel task.
 const ROWS_PER_TASK: usize = 32;
@@ -78,6 +76,7 @@ impl Int8Linear {
         out_shape.push(n);
         let mut tensor = Tensor::zero::<f32>(&out_shape)?;
         let isa = Isa::detect();
+        let columns = EpilogueColumns::new(&w.epilogues, &packed.column_sums);
         {
             let mut plain = tensor.try_as_plain_ram_mut()?;
             let output = plain.as_slice_mut::<f32>()?;
@@ -98,20 +97,10 @@ impl Int8Linear {
                     }
                     scratch::accumulators(count * n_padded, |acc| {
                         gemm_u8i8(isa, x, k_padded, count, packed, acc);
-                        let store = |r: usize, o: usize, v: f32| out[r * n + o] = v;
-                        if self.per_row {
-                            let sums = &packed.column_sums;
-                            let quant = &rows_quant[..count];
-                            dequantize_rows_per_row(
-                                acc,
-                                n_padded,
-                                quant,
-                                &w.epilogues,
-                                sums,
-                                store,
-                            );
-                        } else {
-                            dequantize_rows(acc, n_padded, count, &w.epilogues, store);
+                        for (r, out_row) in out.chunks_exact_mut(n.max(1)).enumerate() {
+                            let sums = &acc[r * n_padded..][..n];
+                            let row_quant = self.per_row.then_some(rows_quant[r]);
+                            columns.finish_row(isa, sums, row_quant, out_row);
                         }
                     })
                 })

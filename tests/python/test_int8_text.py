@@ -104,3 +104,21 @@ def test_every_weight_matmul_runs_in_int8_and_outlier_rows_are_quantized_per_row
     # The activation × activation MatMuls of attention stay float and the report says why.
     scores = [layer for layer in report if layer["name"].endswith("/attention/self/MatMul")]
     assert scores and all(not layer["int8"] and layer["reason"] for layer in scores)
+
+
+def test_saved_int8_encoder_reloads_bit_identically(runtimes: tuple[jp.Runtime, jp.Runtime],
+                                                    tmp_path: Path) -> None:
+    """Per-row layers survive save and load; onnxruntime runs the file (those layers as
+    weight-only quantized MatMuls) close to float."""
+    float_rt, int8_rt = runtimes
+    path = tmp_path / "minilm_int8.onnx"
+    int8_rt.save(path)
+    again = jp.Runtime.load(path)
+    def modes(rt: jp.Runtime) -> dict[str, str | None]:
+        return {layer["name"]: layer["input"] for layer in rt.quantization_report() if layer["int8"]}
+    assert "per-row" in modes(int8_rt).values()
+    _, sentences = corpus()
+    feed = tokenize(sentences[:8])
+    np.testing.assert_array_equal(embed(again, feed), embed(int8_rt, feed))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert np.min(cosines(session.run(None, feed)[0], embed(float_rt, feed))) >= 0.99
