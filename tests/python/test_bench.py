@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import re
+
 import json
 import os
 from pathlib import Path
@@ -42,8 +44,11 @@ def test_table_has_every_system_with_figures_and_ratios(capsys: pytest.CaptureFi
     header = next(i for i, line in enumerate(out) if line.startswith("model"))
     for column in ("median ms", "p99 ms", "peak RSS MB", "weights MB"):
         assert column in out[header]
-    assert "digits_cnn: Conv/Gemm/MatMul layers in int8 (float): onnxruntime 4 (0), jarvis 4 (0)" in (
-        "\n".join(out[:header]))
+    # jarvis may keep the 1-channel stem float when its int8 op measures slower here (a near
+    # tie: 0.023 against 0.024 ms on a quiet machine).
+    counts = re.search(r"digits_cnn: Conv/Gemm/MatMul layers in int8 \(float\): onnxruntime 4 \(0\), "
+                       r"jarvis (\d) \((\d)\)", "\n".join(out[:header]))
+    assert counts and int(counts[1]) + int(counts[2]) == 4 and int(counts[1]) >= 3, out[:header]
     body = out[header + 2:]
     starts = [i for i, line in enumerate(body) if line.startswith("digits_cnn")]
     assert [body[i].split()[1:3] for i in starts] == [["1", "1"], ["2", "1"]]
