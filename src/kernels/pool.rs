@@ -127,7 +127,7 @@ impl CodePool {
     /// The permutations for `g` when this CPU has VBMI and the geometry fits: no dilation,
     /// rows up to 127 codes, up to 64 outputs per row and up to four kernel columns.
     pub fn new(isa: Isa, g: &ConvGeometry) -> Option<Self> {
-        let fits = super::depthwise_bytes::has_byte_permutes(isa)
+        let fits = super::depthwise::bytes::has_byte_permutes(isa)
             && g.dilation == [1, 1]
             && (1..=MAX_POOL_COLUMNS).contains(&g.kernel[1])
             && g.kernel[0] >= 1

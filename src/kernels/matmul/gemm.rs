@@ -97,7 +97,7 @@ pub fn gemm_u8i8_reference(
 /// `out[r][o]` (row stride `weights.n_padded()`) = Σ_k x[r][k] · W[o][k] for `m` rows of `x`
 /// (stride `x_stride` ≥ `k_padded`; bytes past `k` may hold anything).
 pub fn gemm_u8i8(
-    isa: super::Isa,
+    isa: crate::kernels::Isa,
     x: &[u8],
     x_stride: usize,
     m: usize,
@@ -115,7 +115,7 @@ pub fn gemm_u8i8(
 /// `out_stride` = Σ_k x[r][k] · W[block·16 + lane][k].
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_u8i8_block(
-    isa: super::Isa,
+    isa: crate::kernels::Isa,
     x: &[u8],
     x_stride: usize,
     m: usize,
@@ -132,7 +132,7 @@ pub fn gemm_u8i8_block(
     let k4s = weights.k_padded / 4;
     match isa.tier() {
         #[cfg(target_arch = "x86_64")]
-        super::Tier::Avx512Vnni => {
+        crate::kernels::Tier::Avx512Vnni => {
             let mut r = 0;
             while r < m {
                 let rows = BLOCK_M.min(m - r);
@@ -152,7 +152,7 @@ pub fn gemm_u8i8_block(
                 r += rows;
             }
         }
-        _ => super::quant::multiversion!(isa, {
+        _ => crate::kernels::quant::multiversion!(isa, {
             scalar_block(w, k4s, x, x_stride, m, out, out_stride)
         }),
     }

@@ -10,10 +10,10 @@ use std::ops::Range;
 
 use ndarray::{s, ArrayBase, ArrayView2, ArrayViewMut2, Ix2, RawData};
 
-use super::codes::{Element, SimdElement};
-use super::quant::ActivationQuant;
-use super::Epilogue;
-use super::{Isa, Tier};
+use crate::kernels::quant::ActivationQuant;
+use crate::kernels::store::codes::{Element, SimdElement};
+use crate::kernels::Epilogue;
+use crate::kernels::{Isa, Tier};
 
 /// The spatial shape of a 2-D convolution over one image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,7 +121,7 @@ pub fn quantize_c4<E: Element>(
         image.len() >= planes.extent() && stride >= pixels && dst.len() >= groups * pixels,
         "quantize_c4: image, planes and words disagree"
     );
-    super::quant::multiversion!(isa, {
+    crate::kernels::quant::multiversion!(isa, {
         for g in 0..groups {
             let out = &mut dst[g * pixels..(g + 1) * pixels];
             let plane = |j: usize| {
@@ -179,7 +179,7 @@ pub fn quantize_c4_channels<E: Element>(
             && dst.len() >= groups * pixels,
         "quantize_c4_channels: image, planes, lattices and words disagree"
     );
-    super::quant::multiversion!(isa, {
+    crate::kernels::quant::multiversion!(isa, {
         for g in 0..groups {
             let out = &mut dst[g * pixels..(g + 1) * pixels];
             out.fill(0);
@@ -355,7 +355,7 @@ pub fn conv_planar<E: SimdElement>(
 /// [`conv_planar`] over the columns of `x`, then the next `columns.len() / k4` columns of `out`
 /// as dot products with `columns` (their operand columns, transposed), each block of output
 /// channels right after its tiles: the AVX-512 path of
-/// [`conv_planar_with_tail`](super::conv_planar_with_tail).
+/// [`conv_planar_with_tail`](crate::kernels::conv_planar_with_tail).
 #[cfg(target_arch = "x86_64")]
 pub(super) fn conv_planar_then_tail<E: SimdElement>(
     x: ArrayView2<'_, u32>,
@@ -372,7 +372,7 @@ pub(super) fn conv_planar_then_tail<E: SimdElement>(
         Isa::detect().tier() == Tier::Avx512Vnni
             && k4 > 0
             && columns.len() == tail * k4
-            && (1..=super::MAX_TAIL_PIXELS).contains(&tail)
+            && (1..=crate::kernels::MAX_TAIL_PIXELS).contains(&tail)
             && x.ncols() > 0,
         "conv_planar_then_tail: operand, columns, weights, epilogues and output disagree"
     );
@@ -395,10 +395,10 @@ pub(super) fn conv_planar_then_tail<E: SimdElement>(
 pub(super) mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::super::codes::SimdElement;
     use super::super::planar_tail::avx512::dots as tail_dots;
     use super::super::planar_tail::MAX_TAIL_PIXELS;
-    use super::super::Epilogue;
+    use crate::kernels::store::codes::SimdElement;
+    use crate::kernels::Epilogue;
 
     /// Activation bytes a block of tiles spans while each block of 8 output channels runs over
     /// all of it: half a core's L2 (1 MB on Zen 5), the channels' weights staying in L1. Blocks
@@ -589,7 +589,7 @@ pub(super) mod avx512 {
                             )
                         };
                         let (e, sums) = (epilogues[o + r], &sums[..tail.pixels]);
-                        E::store_row(super::super::Isa::detect(), sums, e, store, dst);
+                        E::store_row(crate::kernels::Isa::detect(), sums, e, store, dst);
                     }
                 }
                 o += rows;

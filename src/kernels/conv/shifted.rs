@@ -12,14 +12,14 @@ use std::ops::Range;
 
 use ndarray::{s, ArrayView2, ArrayViewMut2, Axis};
 
-use super::codes::SimdElement;
 #[cfg(target_arch = "x86_64")]
 use super::planar::row_stride;
 use super::planar::{word_dot, ConvGeometry, PlanarWeights};
 use super::planar_tail::{conv_planar_tail, tail_pixels};
+use crate::kernels::store::codes::SimdElement;
 #[cfg(target_arch = "x86_64")]
-use super::Tier;
-use super::{Epilogue, Isa};
+use crate::kernels::Tier;
+use crate::kernels::{Epilogue, Isa};
 
 /// Most kernel columns a shifted convolution may have (one pair of lane masks each per tile).
 pub const MAX_SHIFTED_COLUMNS: usize = 8;
@@ -135,9 +135,9 @@ impl ShiftedOperand<'_> {
 
 /// `out[o − range.start][p − pixels.start] = finish_o(Σ_kk Σ_j operand(kk, p).byte(j) ·
 /// W[o][4·kk + j])` for `o` in `range` and `p` in `pixels`: the product
-/// [`conv_planar_with_tail`](super::conv_planar_with_tail) computes over im2col patches, read
+/// [`conv_planar_with_tail`](crate::kernels::conv_planar_with_tail) computes over im2col patches, read
 /// from the planes in place. A plane's last `pixels mod 16` pixels run as dot products over their
-/// gathered columns (`scratch`: at least [`tail_scratch_len`](super::tail_scratch_len) words).
+/// gathered columns (`scratch`: at least [`tail_scratch_len`](crate::kernels::tail_scratch_len) words).
 #[allow(clippy::too_many_arguments)]
 pub fn conv_shifted<E: SimdElement>(
     isa: Isa,

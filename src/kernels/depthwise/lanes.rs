@@ -7,13 +7,13 @@
 //! each pixel a vector of the 16 channels (zeros in the padding: a centred code of the zero
 //! point is 0), and every output pixel is one fused multiply-add per tap with that tap's 16
 //! weights, eight output pixels at a time. The sums are transposed back into channel rows for
-//! the layer's store. Exact for the same reason as [`super::PhasedPlane`]: integer products
-//! below 2^15, at most [`MAX_DEPTHWISE_TAPS`](super::MAX_DEPTHWISE_TAPS) of them.
+//! the layer's store. Exact for the same reason as [`crate::kernels::PhasedPlane`]: integer products
+//! below 2^15, at most [`MAX_DEPTHWISE_TAPS`](crate::kernels::MAX_DEPTHWISE_TAPS) of them.
 
-use super::codes::Element;
-use super::depthwise::MAX_DEPTHWISE_TAPS;
-use super::quant::ActivationQuant;
-use super::{ConvGeometry, Isa, Tier};
+use super::phased::MAX_DEPTHWISE_TAPS;
+use crate::kernels::quant::ActivationQuant;
+use crate::kernels::store::codes::Element;
+use crate::kernels::{ConvGeometry, Isa, Tier};
 
 /// Channels computed together: the lanes of one vector.
 pub const LANE_CHANNELS: usize = 16;
@@ -490,7 +490,7 @@ mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::depthwise_cases::{square_plane, Case};
+    use crate::kernels::depthwise::cases::{square_plane, Case};
     use proptest::prelude::*;
 
     proptest! {

@@ -1,6 +1,6 @@
 //! Output tensors that the threads computing them initialise part by part, just before the
 //! kernels store into the part: with zeros, or with the values of a residual branch the
-//! kernels add their results to ([`FloatStore::AddTo`](super::FloatStore::AddTo)).
+//! kernels add their results to ([`FloatStore::AddTo`](crate::kernels::FloatStore::AddTo)).
 //!
 //! Zeroing a whole output on the calling thread before a parallel section was 5 % of
 //! EfficientNet-Lite0 on one thread and ran serially on two; done per part, each thread

@@ -8,15 +8,15 @@
 //! rows in registers, so each output row costs one load and one permutation per word of the
 //! row entering the window, one `vpdpbusd` per word of the kernel, and the finishing store,
 //! straight from the sums in registers. The gather kernels before it (a table of windows, and
-//! [`super::BytePlane`]'s padded copy) permuted once per (output vector, kernel row) and
+//! [`crate::kernels::BytePlane`]'s padded copy) permuted once per (output vector, kernel row) and
 //! stored their sums for a separate pass that wrote the codes.
 //!
 //! Sums are of the raw codes, so `Σ w · q − zero_point · Σ w` is the centred sum: every
 //! padding position reads the zero point, so the correction is the same for every output.
 
-use super::codes::SimdElement;
-use super::depthwise_bytes::{byte_kernel_fits, has_byte_permutes};
-use super::{ConvGeometry, Epilogue, Isa};
+use super::bytes::{byte_kernel_fits, has_byte_permutes};
+use crate::kernels::store::codes::SimdElement;
+use crate::kernels::{ConvGeometry, Epilogue, Isa};
 
 /// Outputs of one strip: one vector of sums.
 const LANES: usize = 16;
@@ -153,7 +153,7 @@ impl StripPlan {
         self.geometry.out[0] * self.geometry.out[1]
     }
 
-    /// Tap words per channel ([`super::tap_words`]: kernel rows of `⌈kw/4⌉` words).
+    /// Tap words per channel ([`crate::kernels::tap_words`]: kernel rows of `⌈kw/4⌉` words).
     pub fn words_len(&self) -> usize {
         self.geometry.kernel[0] * self.geometry.kernel[1].div_ceil(4)
     }
@@ -251,7 +251,7 @@ mod avx512 {
     use std::arch::x86_64::*;
 
     use super::{Strip, StripPlan, LANES, MAX_ROW_WORDS};
-    use crate::kernels::codes::{Epilogue, SimdElement};
+    use crate::kernels::store::codes::{Epilogue, SimdElement};
 
     /// Where the sums go: per channel, a [`ChannelSink`].
     pub trait Sink {
@@ -593,8 +593,8 @@ mod avx512 {
 mod tests {
     use proptest::prelude::*;
 
-    use super::super::depthwise_bytes::{tap_words, MAX_TAP_WORDS};
-    use super::super::depthwise_cases::{square_plane, Case};
+    use super::super::bytes::{tap_words, MAX_TAP_WORDS};
+    use super::super::cases::{square_plane, Case};
     use super::*;
     use crate::kernels::{Activation, OutputCodes};
 
