@@ -12,6 +12,7 @@
 
 mod conv;
 mod depthwise;
+mod geometry;
 mod isa;
 mod matmul;
 mod moments;
@@ -22,9 +23,7 @@ mod quant;
 mod store;
 
 pub use conv::im2col::{im2col_c4_rows, PatchFill};
-pub use conv::planar::{
-    fill_words, quantize_c4, quantize_c4_channels, ConvGeometry, PlanarWeights, Planes,
-};
+pub use conv::planar::{fill_words, quantize_c4, quantize_c4_channels, PlanarWeights, Planes};
 #[cfg(target_arch = "x86_64")]
 pub use conv::planar_tail::MAX_TAIL_PIXELS;
 pub use conv::planar_tail::{conv_planar_with_tail, tail_scratch_len, VECTOR_PIXELS};
@@ -33,6 +32,7 @@ pub use depthwise::bytes::{byte_kernel_fits, tap_words, BytePlane, MAX_TAP_WORDS
 pub use depthwise::lanes::{LanePlanes, LANE_CHANNELS};
 pub use depthwise::phased::{PhasedPlane, MAX_DEPTHWISE_STRIDE, MAX_DEPTHWISE_TAPS};
 pub use depthwise::strips::StripPlan;
+pub use geometry::ConvGeometry;
 pub use isa::{Isa, Tier};
 pub use matmul::gemm::{gemm_u8i8, PackedWeights};
 pub use moments::{add_column_sums, add_pair_products};

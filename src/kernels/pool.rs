@@ -3,7 +3,7 @@
 //! Each output row takes the running maximum of its input rows into one padded row, then the
 //! horizontal windows over that row. Stride 2 (ResNet's stem pool) splits the row into its
 //! even and odd columns first so the horizontal pass reads contiguous runs and vectorises;
-//! tract's generic pool walked every window element by element (1.1 ms of ResNet18's 14).
+//! tract's generic pool walks every window element by element.
 
 use super::quant::multiversion;
 use super::{ConvGeometry, Isa};

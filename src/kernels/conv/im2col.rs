@@ -4,7 +4,7 @@
 
 use std::ops::Range;
 
-use super::planar::ConvGeometry;
+use crate::kernels::ConvGeometry;
 use crate::kernels::Isa;
 
 /// Builds the C4 patch matrix of a k×k convolution: for each tap and channel group, the plane of

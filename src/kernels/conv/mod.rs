@@ -6,6 +6,8 @@ pub(super) mod im2col;
 pub(super) mod planar;
 #[cfg(target_arch = "x86_64")]
 pub(super) mod planar_avx2;
+#[cfg(target_arch = "x86_64")]
+pub(super) mod planar_avx512;
 #[cfg(target_arch = "aarch64")]
 pub(super) mod planar_neon;
 pub(super) mod planar_tail;

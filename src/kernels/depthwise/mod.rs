@@ -12,3 +12,5 @@ pub(super) mod cases;
 pub(super) mod lanes;
 pub(super) mod phased;
 pub(super) mod strips;
+#[cfg(target_arch = "x86_64")]
+pub(super) mod strips_avx512;

@@ -1,7 +1,7 @@
 //! The u8 code store ([`Element::store_row`](crate::kernels::Element::store_row) for codes) on 256-bit
-//! vectors: what the AVX2 kernels finish their sums with. The compiler's vectorised loop of
-//! the scalar reference (the 2^23 rounding trick, then a byte shuffle per 8 values) was a
-//! quarter of EfficientNet-Lite0's time on AVX-VNNI; this is nine instructions per 8 values.
+//! vectors: what the AVX2 kernels finish their sums with, in nine instructions per 8 values
+//! (the compiler's vectorised loop of the scalar reference rounds with the 2^23 trick, then
+//! shuffles bytes per 8 values).
 
 use std::arch::x86_64::*;
 
