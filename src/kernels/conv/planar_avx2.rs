@@ -1,6 +1,6 @@
-//! The planar GEMM ([`conv_planar`](crate::kernels::conv_planar)) on 256-bit vectors, for CPUs without
-//! AVX-512: laptop cores with AVX-VNNI (`vpdpbusd` on ymm registers) and older ones with AVX2
-//! alone, whose u8 × i8 products are widened to 16 bits (`vpmaddwd`) — exact, where AVX2's
+//! The planar GEMM ([`conv_planar`](crate::kernels::conv_planar)) on 256-bit vectors, for CPUs
+//! without AVX-512: laptop cores with AVX-VNNI (`vpdpbusd` on ymm registers) and older ones with
+//! AVX2 alone, whose u8 × i8 products are widened to 16 bits (`vpmaddwd`) — exact, where AVX2's
 //! byte product `vpmaddubsw` would saturate its 16-bit pair sums (255 · 127 · 2 > 32,767).
 //!
 //! Tiles of 4 output channels × 16 pixels sum in registers. A chunk of up to 64 pixels of each
@@ -88,7 +88,8 @@ impl Dot for Widened {
     }
 }
 
-/// The product [`conv_planar`](crate::kernels::conv_planar) computes, on `isa` (one of the AVX2 ones).
+/// The product [`conv_planar`](crate::kernels::conv_planar) computes, on `isa` (one of the AVX2
+/// ones).
 ///
 /// # Safety
 /// The CPU runs `isa` ([`Isa::runs_here`]); `x` points at `k4` rows of `pixels` words,

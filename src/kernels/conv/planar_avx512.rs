@@ -1,5 +1,5 @@
-//! The planar GEMM ([`conv_planar`](crate::kernels::conv_planar)) on 512-bit vectors: tiles of 8 output
-//! channels × 16 pixels summed by `vpdpbusd`, over dense, im2col or shifted operands.
+//! The planar GEMM ([`conv_planar`](crate::kernels::conv_planar)) on 512-bit vectors: tiles of 8
+//! output channels × 16 pixels summed by `vpdpbusd`, over dense, im2col or shifted operands.
 
 use std::arch::x86_64::*;
 

@@ -149,7 +149,8 @@ impl Dot for Widened {
     }
 }
 
-/// The product [`conv_planar`](crate::kernels::conv_planar) computes, on `isa` (one of the NEON ones).
+/// The product [`conv_planar`](crate::kernels::conv_planar) computes, on `isa` (one of the NEON
+/// ones).
 ///
 /// # Safety
 /// The CPU runs `isa` ([`Isa::runs_here`]); `x` points at `k4` rows of `pixels` words,

@@ -134,11 +134,12 @@ impl ShiftedOperand<'_> {
     }
 }
 
-/// `out[o − range.start][p − pixels.start] = finish_o(Σ_kk Σ_j operand(kk, p).byte(j) ·
-/// W[o][4·kk + j])` for `o` in `range` and `p` in `pixels`: the product
-/// [`conv_planar_with_tail`](crate::kernels::conv_planar_with_tail) computes over im2col patches, read
-/// from the planes in place. A plane's last `pixels mod 16` pixels run as dot products over their
-/// gathered columns (`scratch`: at least [`tail_scratch_len`](crate::kernels::tail_scratch_len) words).
+/// `out[o − range.start][p − pixels.start] = finish_o(Σ_kk Σ_j operand(kk, p).byte(j) · W[o][4·kk +
+/// j])` for `o` in `range` and `p` in `pixels`: the product
+/// [`conv_planar_with_tail`](crate::kernels::conv_planar_with_tail) computes over im2col patches,
+/// read from the planes in place. A plane's last `pixels mod 16` pixels run as dot products over
+/// their gathered columns (`scratch`: at least
+/// [`tail_scratch_len`](crate::kernels::tail_scratch_len) words).
 #[allow(clippy::too_many_arguments)]
 pub fn conv_shifted<E: SimdElement>(
     isa: Isa,

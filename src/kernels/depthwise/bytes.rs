@@ -1,13 +1,13 @@
 //! Depthwise convolution of one channel plane on its u8 codes, four taps per `vpdpbusd`.
 //!
-//! The plane is copied into padded rows of codes (the zero point in the padding), the rows
-//! split into phases by the row stride so that every kernel row reads one contiguous run over
-//! the flattened output rows (as in [`crate::kernels::PhasedPlane`]). For 16 outputs and one kernel row,
-//! a byte permutation (`vpermb`) turns the 64 bytes under them into 16 words of four
-//! consecutive columns — `x[s·j], x[s·j + 1], x[s·j + 2], x[s·j + 3]` for column stride `s` —
-//! and one `vpdpbusd` multiplies them by that kernel row's four weights. A 3×3 kernel is three
-//! instructions per 16 outputs where the f32 kernel needs nine multiply-adds, and the plane is
-//! a byte per code instead of four.
+//! The plane is copied into padded rows of codes (the zero point in the padding), the rows split
+//! into phases by the row stride so that every kernel row reads one contiguous run over the
+//! flattened output rows (as in [`crate::kernels::PhasedPlane`]). For 16 outputs and one kernel
+//! row, a byte permutation (`vpermb`) turns the 64 bytes under them into 16 words of four
+//! consecutive columns — `x[s·j], x[s·j + 1], x[s·j + 2], x[s·j + 3]` for column stride `s` — and
+//! one `vpdpbusd` multiplies them by that kernel row's four weights. A 3×3 kernel is three
+//! instructions per 16 outputs where the f32 kernel needs nine multiply-adds, and the plane is a
+//! byte per code instead of four.
 //!
 //! Sums are of the raw codes, so `Σ w · q − zero_point · Σ w` is the centred sum: every padding
 //! position holds the zero point, so the correction is the same for every output and exact.

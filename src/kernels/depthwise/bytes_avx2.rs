@@ -1,8 +1,8 @@
-//! [`BytePlane`](crate::kernels::BytePlane)'s padded copy and accumulation on 256-bit vectors: the copy
-//! in 32-byte pieces blended with the zero point, then each output's four-tap word gathered
-//! from its padded input row by a byte shuffle within 128-bit lanes (AVX2 has no permutation
-//! across them), multiplied as the planar GEMM does (`vpdpbusd ymm` with AVX-VNNI, 16-bit
-//! products with AVX2 alone).
+//! [`BytePlane`](crate::kernels::BytePlane)'s padded copy and accumulation on 256-bit vectors: the
+//! copy in 32-byte pieces blended with the zero point, then each output's four-tap word gathered
+//! from its padded input row by a byte shuffle within 128-bit lanes (AVX2 has no permutation across
+//! them), multiplied as the planar GEMM does (`vpdpbusd ymm` with AVX-VNNI, 16-bit products with
+//! AVX2 alone).
 
 use std::arch::x86_64::*;
 
@@ -118,10 +118,10 @@ impl Windows<'_> {
     }
 }
 
-/// [`BytePlane::fill`](crate::kernels::BytePlane::fill) from codes: each padded row in 32-byte pieces,
-/// loaded from the input row (only up to the plane's end) and blended with the zero point
-/// outside its columns; only a piece that would start before the plane (the left padding of
-/// its first row) is gathered byte by byte.
+/// [`BytePlane::fill`](crate::kernels::BytePlane::fill) from codes: each padded row in 32-byte
+/// pieces, loaded from the input row (only up to the plane's end) and blended with the zero point
+/// outside its columns; only a piece that would start before the plane (the left padding of its
+/// first row) is gathered byte by byte.
 ///
 /// # Safety
 /// AVX2 must be available; `codes` holds the `height × width` plane and `dst` is

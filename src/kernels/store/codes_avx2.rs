@@ -1,5 +1,5 @@
-//! The u8 code store ([`Element::store_row`](crate::kernels::Element::store_row) for codes) on 256-bit
-//! vectors: what the AVX2 kernels finish their sums with, in nine instructions per 8 values
+//! The u8 code store ([`Element::store_row`](crate::kernels::Element::store_row) for codes) on
+//! 256-bit vectors: what the AVX2 kernels finish their sums with, in nine instructions per 8 values
 //! (the compiler's vectorised loop of the scalar reference rounds with the 2^23 trick, then
 //! shuffles bytes per 8 values).
 
@@ -13,8 +13,8 @@ const CHUNK: usize = 32;
 
 /// Sums the AVX2 code store loads 8 at a time.
 pub trait SimdSum8: Sum {
-    /// `sum − offset` as f32 ([`Sum::centred`](crate::kernels::Sum::centred)) of the first `lanes` (≤ 8)
-    /// sums at `ptr` (others 0).
+    /// `sum − offset` as f32 ([`Sum::centred`](crate::kernels::Sum::centred)) of the first `lanes`
+    /// (≤ 8) sums at `ptr` (others 0).
     ///
     /// # Safety
     /// AVX2 must be available and `lanes` sums readable at `ptr`.
