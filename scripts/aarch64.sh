@@ -5,7 +5,8 @@
 # reference, lints the aarch64 build, and checks that the library builds for Apple Silicon.
 #
 # Needs: rustup, `apt-get install gcc-aarch64-linux-gnu qemu-user clang` (Debian/Ubuntu), and for
-# ResNet18 the exported model (`pytest` exports it; else PyTorch, see tests/python/conftest.py).
+# ResNet18 and MobileNetV2 the exported models (`pytest` exports them; else PyTorch, see
+# tests/python/conftest.py).
 # Usage: scripts/aarch64.sh            (from anywhere; caches builds under ~/.cache)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -79,25 +80,30 @@ CARGO_TARGET_DIR=$host_target_dir cargo test --quiet --release --test cli --no-r
 host_cli=$host_target_dir/release/jarvis-perf
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-# The ResNet18 pytest exported (any torch version), else export it now.
-resnet=$(ls "${JARVIS_MODEL_CACHE:-$cache/models}"/resnet18-3x224x224-torch*.onnx 2>/dev/null | head -n1)
-if [[ -z $resnet ]]; then
-    resnet=$(python -c "from jarvis_performance.export import cached_export as e
-print(e('resnet18', input_shape=(1, 3, 224, 224)))")
-fi
+declare -A sources=([digits_cnn]=models/digits_cnn.onnx)
+# ResNet18 (dense convolutions) and MobileNetV2 (depthwise layers, the Linear classifier) as
+# pytest exported them (any torch version), else exported now.
+for model in resnet18 mobilenet_v2; do
+    sources[$model]=$(ls "${JARVIS_MODEL_CACHE:-$cache/models}"/$model-3x224x224-torch*.onnx \
+        2>/dev/null | head -n1)
+    if [[ -z ${sources[$model]} ]]; then
+        sources[$model]=$(python -c "from jarvis_performance.export import cached_export as e
+print(e('$model', input_shape=(1, 3, 224, 224)))")
+    fi
+done
 python - "$work" <<'EOF'
 import sys
 import numpy as np
 
 work = sys.argv[1]
 rng = np.random.default_rng(25)
-np.save(f"{work}/resnet18_calib.npy", rng.standard_normal((16, 3, 224, 224), dtype=np.float32))
-np.save(f"{work}/resnet18_input.npy", rng.standard_normal((1, 3, 224, 224), dtype=np.float32))
+for model in ("resnet18", "mobilenet_v2"):
+    np.save(f"{work}/{model}_calib.npy", rng.standard_normal((16, 3, 224, 224), dtype=np.float32))
+    np.save(f"{work}/{model}_input.npy", rng.standard_normal((1, 3, 224, 224), dtype=np.float32))
 EOF
 cp models/digits_calib.npy "$work/digits_cnn_calib.npy"
 cp models/digits_sample.npy "$work/digits_cnn_input.npy"
-declare -A sources=([digits_cnn]=models/digits_cnn.onnx [resnet18]=$resnet)
-for model in digits_cnn resnet18; do
+for model in digits_cnn resnet18 mobilenet_v2; do
     "$host_cli" quantize "${sources[$model]}" --calib "$work/${model}_calib.npy" \
         -o "$work/$model.int8.onnx" >/dev/null
     JARVIS_PERF_ISA=scalar "$host_cli" run "$work/$model.int8.onnx" \

@@ -19,7 +19,11 @@ mod moments;
 #[cfg(target_arch = "aarch64")]
 mod neon;
 mod pool;
+#[cfg(target_arch = "aarch64")]
+mod pool_neon;
 mod quant;
+#[cfg(target_arch = "aarch64")]
+mod quant_neon;
 mod store;
 
 pub use conv::im2col::{im2col_c4_rows, PatchFill};

@@ -152,6 +152,21 @@ pub fn gemm_u8i8_block(
                 r += rows;
             }
         }
+        #[cfg(target_arch = "aarch64")]
+        tier @ (crate::kernels::Tier::NeonI8mm
+        | crate::kernels::Tier::NeonDot
+        | crate::kernels::Tier::Neon) => {
+            let mut column_sums = [0i32; BLOCK_N];
+            let channels = &weights.column_sums[block * BLOCK_N..];
+            for (sum, &channel) in column_sums.iter_mut().zip(channels) {
+                *sum = channel;
+            }
+            // SAFETY: Isa of a NEON tier is only chosen when the CPU has its features; the
+            // asserts above bound every row and column the kernel touches.
+            unsafe {
+                super::gemm_neon::block(tier, w, &column_sums, k4s, x, x_stride, m, out, out_stride)
+            };
+        }
         _ => crate::kernels::quant::multiversion!(isa, {
             scalar_block(w, k4s, x, x_stride, m, out, out_stride)
         }),
@@ -281,16 +296,20 @@ mod tests {
     }
 
     #[test]
-    fn scalar_matches_reference_on_extremes() {
+    fn every_isa_holds_the_extremes() {
         // 255 × -128 summed over a long k: the accumulator range the kernels must hold exactly.
         let (m, n, k) = (3, 5, 1000);
         let x = vec![255u8; m * k];
         let w = vec![-128i8; n * k];
         let packed = PackedWeights::pack(&w, n, k);
-        let mut out = vec![0; m * packed.n_padded()];
-        gemm_u8i8(Isa::SCALAR, &x, k, m, &packed, &mut out);
-        assert_eq!(out[0], 255 * -128 * 1000);
         assert_eq!(packed.column_sums, vec![-128 * 1000; n]);
+        for isa in Isa::reference_first() {
+            let mut out = vec![0; m * packed.n_padded()];
+            gemm_u8i8(isa, &x, k, m, &packed, &mut out);
+            for r in 0..m {
+                assert_eq!(out[r * packed.n_padded()..][..n], [255 * -128 * 1000; 5], "{isa:?}");
+            }
+        }
     }
 
     proptest! {
