@@ -103,24 +103,45 @@ for model in ("resnet18", "mobilenet_v2"):
 EOF
 cp models/digits_calib.npy "$work/digits_cnn_calib.npy"
 cp models/digits_sample.npy "$work/digits_cnn_input.npy"
+# MobileNetV2 (random weights, outputs ~1e-9) differs between x86 and aarch64 even on the scalar
+# tier, where none of the SIMD kernels run: the float ops tract runs itself round differently per
+# architecture and the near-zero outputs magnify it. So its NEON tiers are compared byte for
+# byte with the aarch64 scalar tier; the difference from x86 is printed.
+declare -A reference=([digits_cnn]="x86 scalar" [resnet18]="x86 scalar" [mobilenet_v2]="aarch64 scalar")
+arm_run() { # CPU, tier (`best`: no override, the detection picks on this CPU model), model, output
+    local choice=()
+    [[ $2 == best ]] || choice=(JARVIS_PERF_ISA="$2")
+    env "${choice[@]}" JARVIS_PERF_THREADS=2 qemu-aarch64 -L "$sysroot" -cpu "$1" "$arm_cli" run \
+        "$work/$3.int8.onnx" --input "$work/${3}_input.npy" -o "$4" >/dev/null
+}
 for model in digits_cnn resnet18 mobilenet_v2; do
     "$host_cli" quantize "${sources[$model]}" --calib "$work/${model}_calib.npy" \
         -o "$work/$model.int8.onnx" >/dev/null
+    expected=$work/$model.x86_scalar.npy
     JARVIS_PERF_ISA=scalar "$host_cli" run "$work/$model.int8.onnx" \
-        --input "$work/${model}_input.npy" -o "$work/$model.x86_scalar.npy" >/dev/null
+        --input "$work/${model}_input.npy" -o "$expected" >/dev/null
+    if [[ ${reference[$model]} == "aarch64 scalar" ]]; then
+        arm_run max scalar "$model" "$work/$model.arm_scalar.npy"
+        python - "$expected" "$work/$model.arm_scalar.npy" "$model" <<'EOF'
+import sys
+import numpy as np
+
+x86, arm = (np.load(path).astype(np.float64) for path in sys.argv[1:3])
+difference = np.abs(x86 - arm).max() / max(np.abs(x86).max(), 1e-30)
+print(f"{sys.argv[3]} int8, aarch64 scalar against x86 scalar: differs by {difference:.1e}", end="")
+print(f" of the largest output ({np.abs(x86).max():.1e})")
+EOF
+        expected=$work/$model.arm_scalar.npy
+    fi
     runs=("max neon_i8mm" "max neon_dotprod" "max neon" "cortex-a76 best" "cortex-a72 best")
     for run in "${runs[@]}"; do
         read -r cpu isa <<<"$run"
         out=$work/$model.$cpu.$isa.npy
-        # `best`: no override, the tier detection picks on this CPU model.
-        choice=()
-        [[ $isa == best ]] || choice=(JARVIS_PERF_ISA="$isa")
-        env "${choice[@]}" JARVIS_PERF_THREADS=2 qemu-aarch64 -L "$sysroot" -cpu "$cpu" "$arm_cli" run \
-            "$work/$model.int8.onnx" --input "$work/${model}_input.npy" -o "$out" >/dev/null
-        if cmp -s "$out" "$work/$model.x86_scalar.npy"; then
-            echo "$model int8, -cpu $cpu, $isa: same bytes as x86 scalar"
+        arm_run "$cpu" "$isa" "$model" "$out"
+        if cmp -s "$out" "$expected"; then
+            echo "$model int8, -cpu $cpu, $isa: same bytes as ${reference[$model]}"
         else
-            echo "aarch64.sh: $model int8 on -cpu $cpu ($isa) differs from x86 scalar" >&2
+            echo "aarch64.sh: $model int8 on -cpu $cpu ($isa) differs from ${reference[$model]}" >&2
             exit 1
         fi
     done
