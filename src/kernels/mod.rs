@@ -1,11 +1,11 @@
 //! INT8 compute kernels: u8 activations × i8 weights → i32, quantize and requantize loops.
 //!
 //! Every kernel has a portable scalar reference; the AVX-512-VNNI paths (`vpdpbusd`, which
-//! multiplies u8 by i8 natively), for x86 CPUs without AVX-512 the 256-bit AVX-VNNI and AVX2
-//! ones, and on aarch64 the NEON ones (`usdot`, `sdot`, `smull`) are chosen at run time
-//! ([`Isa`]) and checked against the scalar reference by property tests on every instruction set
-//! the CPU runs. Nothing here knows about graphs; `store/output.rs` allocates the tract tensors the
-//! kernels store into.
+//! multiplies u8 by i8 natively), for x86 CPUs without AVX-512 the 256-bit AVX-VNNI and AVX2 ones,
+//! and on aarch64 the NEON ones (`usdot`, `sdot`, `smull`) are chosen at run time ([`Isa`]) and
+//! checked against the scalar reference by property tests on every instruction set the CPU runs.
+//! Nothing here knows about graphs; `store/output.rs` allocates the tract tensors the kernels store
+//! into.
 
 // Every unsafe block says why it is sound.
 #![deny(clippy::undocumented_unsafe_blocks)]
