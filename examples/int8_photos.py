@@ -7,6 +7,7 @@ Prints, per calibration method: top-1 agreement on views where float is confiden
 KL divergence from float's softmax, and overall top-1 agreement.
 """
 
+import sys
 import tempfile
 from pathlib import Path
 
@@ -22,7 +23,10 @@ from onnxruntime.quantization import (
 
 import jarvis_performance as jp
 from jarvis_performance.export import cached_export
-from jarvis_performance.bench.photos import agreement, photos, softmax, views
+
+# The photo views are the accuracy tests' fixture (tests/python/photos.py).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "python"))
+from photos import agreement, photos, softmax, views  # noqa: E402
 
 
 def scores(float_logits: np.ndarray, logits: np.ndarray) -> str:

@@ -11,6 +11,7 @@ time.
 """
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,7 +30,10 @@ from onnxruntime.quantization import (
 
 import jarvis_performance as jp
 from jarvis_performance.export import cached_export
-from jarvis_performance.bench.photos import agreement, photos, views
+
+# The photo views are the accuracy tests' fixture (tests/python/photos.py).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "python"))
+from photos import agreement, photos, views  # noqa: E402
 
 
 def show(m: dict[str, float]) -> str:

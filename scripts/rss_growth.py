@@ -12,11 +12,16 @@ change after every fifth of ``--calls``. Issue #4 asks for ±2 MB over 10,000 ca
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import jarvis_performance as jp
 from jarvis_performance.export import cached_export
-from jarvis_performance.bench.photos import photos, views
+
+# The photo views are the accuracy tests' fixture (tests/python/photos.py).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "python"))
+from photos import photos, views  # noqa: E402
 
 
 def rss_mb() -> float:

@@ -102,6 +102,7 @@ class Runtime:
         method: str | None = None,
         per_channel: bool = True,
         exclude: Sequence[str] = (),
+        speed_fallback: bool = True,
         max_memory_mb: float | None = None,
         allow_non_finite: bool = False,
         max_cpu_percent: float | None = None,
@@ -129,6 +130,11 @@ class Runtime:
                 picks the default.
             per_channel: one weight scale per output channel (else per tensor).
             exclude: node or tensor names of layers to keep in float.
+            speed_fallback: time each layer alone both ways on calibration data and keep float
+                where its int8 op is consistently slower (the report gives both times). Layers
+                whose int8 output is far from float (below 15 dB) stay float either way.
+                Timings vary between runs, so two calibrations can pick different layers;
+                ``False`` makes calibration reproducible bit for bit.
             max_memory_mb: refuse (``ConfigError``) any call whose tensors would need more,
                 estimated from the graph's shapes before anything is allocated.
             allow_non_finite: let NaN/Inf into float inputs (by default they raise
@@ -262,9 +268,13 @@ class Runtime:
         for one loaded from a deployable file (``save(path, learnable=False)``)."""
     def quantization_report(self) -> list[dict[str, Any]]:
         """Per Conv/Gemm/MatMul layer: ``name``, ``kind``, ``int8``, ``reason`` (why it stayed
-        float), ``sqnr_db`` and ``cosine`` against float on calibration data, ``input``
-        (``"per-tensor"``, or ``"per-channel lattice"`` for 8-bit data such as a normalised
-        image, quantized losslessly on each channel's own step; ``None`` for float layers) and
+        float: an unsupported form, ``exclude``, or an int8 op measured slower than float on
+        calibration data, with both times), ``sqnr_db`` and ``cosine`` against float on
+        calibration data, ``input`` (``"per-tensor"``; ``"per-row"`` for a linear layer whose
+        rows, such as a transformer's tokens, are each quantized on their own range as it runs,
+        chosen where calibration measured it closer to float; or ``"per-channel lattice"`` for
+        8-bit data such as a normalised image, quantized losslessly on each channel's own step;
+        ``None`` for float layers) and
         ``bias_corrected`` (the bias absorbs the mean shift of the quantized weights) and
         ``rounding`` (``"data-aware"``: codes chosen for the output error from the input's patch
         statistics, for depthwise and other few-weight filters; ``"nearest"``; ``None`` for float

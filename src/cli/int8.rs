@@ -58,8 +58,11 @@ pub fn load(path: &Path, threads: Option<usize>, precision: &Precision) -> Resul
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let mut batches = batches.into_iter();
-    let quantize =
-        QuantizeOptions { method, per_channel: true, exclude: precision.exclude.clone() };
+    let quantize = QuantizeOptions {
+        method,
+        exclude: precision.exclude.clone(),
+        ..QuantizeOptions::default()
+    };
     let runtime = Runtime::from_model_quantized(model, &options, &quantize, &mut || {
         let batch = batches.next().map(|t| vec![t]);
         if batch.is_some() {

@@ -42,10 +42,10 @@ pub use matmul::gemm::{gemm_u8i8, PackedWeights};
 pub use moments::{add_column_sums, add_pair_products};
 pub use pool::{max_pool_plane, max_pool_row_len, CodePool};
 pub use quant::{
-    abs_max, dequantize_codes, dequantize_rows, quantize_i8_symmetric, quantize_u8,
-    round_half_even, saturate_u8, Activation, ActivationQuant,
+    abs_max, dequantize_codes, min_max, quantize_i8_symmetric, quantize_u8, Activation,
+    ActivationQuant, EpilogueColumns,
 };
-pub use store::codes::{Element, Epilogue, FloatStore, OutputCodes, SimdElement, Sum};
+pub use store::codes::{Element, Epilogue, FloatStore, OutputCodes, SimdElement};
 pub use store::output::{OutputPart, OutputTensor};
 
 // What the bench (and tests elsewhere in the crate) call directly; the crate's ops reach them

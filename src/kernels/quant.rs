@@ -46,12 +46,33 @@ pub fn quantize_value(x: f32, scale: f32, zero_point: u8) -> u8 {
     unsafe { q.to_int_unchecked::<i32>() as u8 }
 }
 
-/// Per-tensor u8 quantization of an activation: `q = saturate(round(x / scale) + zero_point)`.
-/// (Chosen from calibrated ranges in `quantize::qparams`.)
+/// u8 quantization of an activation (a tensor, or one row of it):
+/// `q = saturate(round(x / scale) + zero_point)`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ActivationQuant {
     pub scale: f32,
     pub zero_point: u8,
+}
+
+impl ActivationQuant {
+    /// `scale = (max − min) / 255`, `zero_point = round(−min / scale)`, with the range widened
+    /// to include 0 so that zero (and padding) is exact.
+    pub fn from_range(low: f32, high: f32) -> Self {
+        let (low, high) = (low.min(0.0), high.max(0.0));
+        let span = high - low;
+        if !(span.is_finite() && span > f32::MIN_POSITIVE * 255.0) {
+            // A constant-zero tensor: any scale represents it exactly.
+            return ActivationQuant { scale: 1.0, zero_point: 0 };
+        }
+        let scale = span / 255.0;
+        ActivationQuant { scale, zero_point: saturate_u8(round_half_even(-low / scale)) }
+    }
+
+    /// The float range this quantization represents.
+    pub fn range(&self) -> (f32, f32) {
+        let zp = f32::from(self.zero_point);
+        (-zp * self.scale, (255.0 - zp) * self.scale)
+    }
 }
 
 /// Runs `$body` compiled for AVX-512, or for AVX2 and FMA, when `$isa` allows it (the same
@@ -112,6 +133,27 @@ pub fn quantize_u8(isa: Isa, src: &[f32], scale: f32, zero_point: u8, dst: &mut 
         for (d, &s) in dst.iter_mut().zip(src) {
             *d = quantize_value(s, scale, zero_point);
         }
+    })
+}
+
+/// The smallest and the largest value of `values`, NaN ignored (`(+∞, −∞)` when empty or all
+/// NaN): the range of one row for per-row dynamic quantization.
+pub fn min_max(isa: Isa, values: &[f32]) -> (f32, f32) {
+    const LANES: usize = 16;
+    multiversion!(isa, {
+        let chunks = values.chunks_exact(LANES);
+        let (mut low, mut high) = (f32::INFINITY, f32::NEG_INFINITY);
+        for &v in chunks.remainder() {
+            (low, high) = (low.min(v), high.max(v));
+        }
+        let (mut lows, mut highs) = ([f32::INFINITY; LANES], [f32::NEG_INFINITY; LANES]);
+        for chunk in chunks {
+            for ((l, h), &v) in lows.iter_mut().zip(highs.iter_mut()).zip(chunk) {
+                (*l, *h) = (l.min(v), h.max(v));
+            }
+        }
+        let low = lows.into_iter().fold(low, f32::min);
+        (low, highs.into_iter().fold(high, f32::max))
     })
 }
 
@@ -191,7 +233,9 @@ impl Activation {
 
 /// Turns i32 accumulators back into floats: for each row `r` and column `o`,
 /// `out(r, o) = epilogues[o]` applied to `acc[r][o]`. `acc` rows are `acc_stride` wide;
-/// `store(r, o, value)` places each result.
+/// `store(r, o, value)` places each result. The reference [`EpilogueColumns::finish_row`] is
+/// tested against.
+#[cfg(test)]
 pub fn dequantize_rows(
     acc: &[i32],
     acc_stride: usize,
@@ -199,11 +243,78 @@ pub fn dequantize_rows(
     epilogues: &[super::Epilogue],
     mut store: impl FnMut(usize, usize, f32),
 ) {
-    use super::Sum;
+    use super::store::codes::Sum;
     for r in 0..rows {
         let row = &acc[r * acc_stride..r * acc_stride + epilogues.len()];
         for (o, (&sum, e)) in row.iter().zip(epilogues).enumerate() {
             store(r, o, e.activation.apply(sum.affine(e)));
+        }
+    }
+}
+
+/// An int8 layer's per-channel epilogues as separate columns, so that finishing a row of sums is
+/// one vectorised loop (the [`super::Epilogue`] structs interleave their fields).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EpilogueColumns {
+    offsets: Vec<i32>,
+    scales: Vec<f32>,
+    biases: Vec<f32>,
+    lows: Vec<f32>,
+    highs: Vec<f32>,
+    /// `Σ_k W[o][k]`, for rows quantized with their own zero point.
+    column_sums: Vec<i32>,
+}
+
+impl EpilogueColumns {
+    pub fn new(epilogues: &[super::Epilogue], column_sums: &[i32]) -> Self {
+        let bounds: Vec<(f32, f32)> = epilogues.iter().map(|e| e.activation.bounds()).collect();
+        EpilogueColumns {
+            offsets: epilogues.iter().map(|e| e.offset).collect(),
+            scales: epilogues.iter().map(|e| e.scale).collect(),
+            biases: epilogues.iter().map(|e| e.bias).collect(),
+            lows: bounds.iter().map(|b| b.0).collect(),
+            highs: bounds.iter().map(|b| b.1).collect(),
+            column_sums: column_sums.iter().copied().take(epilogues.len()).collect(),
+        }
+    }
+
+    /// `out[o] = act((sums[o] − offset_o) · scale_o + bias_o)`: what [`dequantize_rows`] stores,
+    /// for one row. With `row_quant` (a row quantized with its own parameters, the epilogues
+    /// holding the weight scales alone), `act((sums[o] − z · Σ_k W[o][k]) · (s · scale_o) +
+    /// bias_o)` instead.
+    pub fn finish_row(
+        &self,
+        isa: Isa,
+        sums: &[i32],
+        row_quant: Option<ActivationQuant>,
+        out: &mut [f32],
+    ) {
+        let n = self.scales.len().min(sums.len()).min(out.len());
+        let (sums, out) = (&sums[..n], &mut out[..n]);
+        let columns = (&self.scales[..n], &self.biases[..n], &self.lows[..n], &self.highs[..n]);
+        match row_quant {
+            None => {
+                let offsets = &self.offsets[..n];
+                multiversion!(isa, {
+                    let (scales, biases, lows, highs) = columns;
+                    for o in 0..n {
+                        let v = (sums[o] - offsets[o]) as f32 * scales[o] + biases[o];
+                        out[o] = v.max(lows[o]).min(highs[o]);
+                    }
+                })
+            }
+            Some(quant) => {
+                let (row_scale, zero_point) = (quant.scale, i32::from(quant.zero_point));
+                let column_sums = &self.column_sums[..n];
+                multiversion!(isa, {
+                    let (scales, biases, lows, highs) = columns;
+                    for o in 0..n {
+                        let centred = (sums[o] - zero_point * column_sums[o]) as f32;
+                        let v = centred * (row_scale * scales[o]) + biases[o];
+                        out[o] = v.max(lows[o]).min(highs[o]);
+                    }
+                })
+            }
         }
     }
 }
@@ -328,6 +439,60 @@ mod tests {
             let want = values.iter().fold(0f32, |m, v| m.max(v.abs()));
             prop_assert_eq!(abs_max(Isa::detect(), &values), want);
             prop_assert_eq!(abs_max(Isa::SCALAR, &values), want);
+        }
+
+        #[test]
+        fn min_max_agrees_with_the_float_folds(
+            values in proptest::collection::vec(-1e30f32..1e30f32, 0..70),
+            nan_at in proptest::option::of(0usize..70),
+        ) {
+            let mut values = values;
+            if let Some(i) = nan_at.filter(|&i| i < values.len()) {
+                values[i] = f32::NAN;
+            }
+            let want = (
+                values.iter().fold(f32::INFINITY, |m, &v| m.min(v)),
+                values.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)),
+            );
+            for isa in Isa::reference_first() {
+                prop_assert_eq!(min_max(isa, &values), want);
+            }
+        }
+
+        #[test]
+        fn finished_rows_agree_with_the_epilogues(
+            sums in proptest::collection::vec(-100_000i32..100_000, 19),
+            scale in 1e-3f32..1.0,
+            zero_point in 0u8..=255,
+            clip in proptest::bool::ANY,
+        ) {
+            let activation = if clip { Activation::Clip(-3.0, 40.0) } else { Activation::Identity };
+            let column_sums: Vec<i32> = (0..19).map(|o| o * 37 - 300).collect();
+            let epilogues: Vec<crate::kernels::Epilogue> = (0..19)
+                .map(|o| crate::kernels::Epilogue {
+                    offset: o * 11 - 50,
+                    scale: 0.5 + o as f32 / 7.0,
+                    bias: o as f32 - 1.0,
+                    activation,
+                })
+                .collect();
+            let columns = EpilogueColumns::new(&epilogues, &column_sums);
+            let mut want = vec![0f32; 19];
+            dequantize_rows(&sums, 19, 1, &epilogues, |_, o, v| want[o] = v);
+            let row = ActivationQuant { scale, zero_point };
+            let per_row: Vec<f32> = (0..19)
+                .map(|o| {
+                    let centred = (sums[o] - i32::from(zero_point) * column_sums[o]) as f32;
+                    activation.apply(centred * (scale * epilogues[o].scale) + epilogues[o].bias)
+                })
+                .collect();
+            for isa in Isa::reference_first() {
+                let mut out = vec![f32::NAN; 19];
+                columns.finish_row(isa, &sums, None, &mut out);
+                prop_assert_eq!(&out, &want);
+                columns.finish_row(isa, &sums, Some(row), &mut out);
+                prop_assert_eq!(&out, &per_row);
+            }
         }
 
         #[test]

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tract_onnx::prelude::*;
 
 use crate::error::{chain, Error, Result};
-use crate::model::weights::{OnnxLayer, Weights};
+use crate::model::weights::{BatchNorm, OnnxLayer, Weights};
 use crate::quantize::input::InputStats;
 use crate::quantize::qdq::{onnx_node_name, DeployedLayer};
 use crate::quantize::qparams::ActivationQuant;
@@ -28,6 +28,9 @@ pub struct LayerSlot {
     pub transposed: bool,
     /// The ONNX weight holding the bias, if it is one.
     pub bias: Option<String>,
+    /// The `BatchNormalization` tract folded into the layer: its weights are then the
+    /// template's own (the ONNX weight scaled), not the master's.
+    pub batch_norm: Option<BatchNorm>,
 }
 
 impl LayerSlot {
@@ -76,6 +79,10 @@ pub type Int8Input = (ActivationQuant, Arc<InputStats>);
 #[derive(Debug, Clone, Default)]
 pub struct Slots {
     pub layers: Vec<LayerSlot>,
+    /// Layers bound to their ONNX weight that no update reaches alone — their bias shared with
+    /// other layers, or a `BatchNormalization` folded in: updates rebuild them, but a saved file
+    /// carries their int8 numbers like those of `layers`.
+    saved_only: Vec<LayerSlot>,
     /// ONNX weight name → index in `layers`.
     by_weight: HashMap<String, usize>,
     per_channel: bool,
@@ -104,13 +111,35 @@ impl Slots {
             let Ok(values) = plain_f32(master, &onnx.weight) else { continue };
             let matches =
                 |v: &[f32]| candidate.order.to_kernel(v).as_deref() == Some(&candidate.weights[..]);
+            let mut batch_norm = None;
             let transposed = if matches(&values) {
                 false
             } else if master.rank() == 2 && matches(&transpose(&values, master.shape())) {
                 true
+            } else if let Some(bn) = onnx.batch_norm.as_ref() {
+                if !folds_batch_norm(&candidate, &values, onnx.bias.as_deref(), bn, masters) {
+                    continue;
+                }
+                batch_norm = Some(bn.clone());
+                false
             } else {
                 continue;
             };
+            if batch_norm.is_some() {
+                let int8 = int8.get(&candidate.name);
+                if let Some((_, stats)) = int8 {
+                    candidate.input_stats = stats.clone();
+                }
+                slots.saved_only.push(LayerSlot {
+                    int8: int8.map(|(q, _)| *q),
+                    template: candidate,
+                    weight: onnx.weight.clone(),
+                    transposed,
+                    bias: None,
+                    batch_norm,
+                });
+                continue;
+            }
             let bias = match &onnx.bias {
                 Some(name) => {
                     let same = masters
@@ -124,6 +153,7 @@ impl Slots {
                 }
                 None => None,
             };
+            let bias_owned = onnx.bias_owned;
             candidate.weights = Vec::new();
             let input = int8.get(&candidate.name);
             if let Some((_, stats)) = input {
@@ -135,7 +165,12 @@ impl Slots {
                 weight: onnx.weight.clone(),
                 transposed,
                 bias,
+                batch_norm: None,
             };
+            if !bias_owned {
+                slots.saved_only.push(slot);
+                continue;
+            }
             slots.by_weight.insert(slot.weight.clone(), slots.layers.len());
             if let Some(bias) = &slot.bias {
                 slots.by_weight.insert(bias.clone(), slots.layers.len());
@@ -178,12 +213,12 @@ impl Slots {
         Ok((layer.name.clone(), build_op(&layer, &weights, input, self.per_channel)?))
     }
 
-    /// The numbers of every int8 layer bound to an ONNX weight, computed from `masters` as its
-    /// op computes them and put in the weight's layout, by ONNX node: what a saved file
-    /// carries for these layers.
+    /// The numbers of every int8 layer bound to an ONNX weight (its bias owned or shared),
+    /// computed from `masters` as its op computes them and put in the weight's layout, by ONNX
+    /// node: what a saved file carries for these layers.
     pub fn computed_layers(&self, masters: &Weights) -> Result<HashMap<String, DeployedLayer>> {
         let mut computed = HashMap::new();
-        for slot in &self.layers {
+        for slot in self.layers.iter().chain(&self.saved_only) {
             let Some(input) = slot.int8 else { continue };
             let master =
                 masters.get(&slot.weight).ok_or_else(|| Error::Internal(slot.weight.clone()))?;
@@ -192,7 +227,10 @@ impl Slots {
                 let value = masters.get(bias).ok_or_else(|| Error::Internal(bias.clone()))?;
                 layer.bias = plain_f32(value, bias)?;
             }
-            let weights = slot.kernel_weights(master)?;
+            let weights = match slot.batch_norm {
+                Some(_) => Cow::Borrowed(&slot.template.weights[..]),
+                None => slot.kernel_weights(master)?,
+            };
             let numbers = quantize_layer(&layer, &weights, input, self.per_channel)?;
             let codes: Vec<f32> = numbers.codes.iter().map(|&c| f32::from(c)).collect();
             let codes = slot.to_master_layout(&codes, master.shape())?;
@@ -203,7 +241,10 @@ impl Slots {
                 scales: numbers.scales,
                 kernel_bias: numbers.bias,
                 layer_bias: layer.bias,
-                bias_is_input: slot.bias.is_some(),
+                // A folded BatchNormalization goes from the file's graph with the layer's
+                // float weight: the kernel's bias is then the node's whole bias.
+                bias_is_input: slot.bias.is_some() || slot.batch_norm.is_some(),
+                batch_norm: slot.batch_norm.as_ref().map(|bn| bn.node.clone()),
             };
             computed.insert(onnx_node_name(&layer.name).to_string(), deployed);
         }
@@ -239,6 +280,47 @@ impl Slots {
             }),
         }
     }
+}
+
+/// Whether `layer`'s weights and bias are the ONNX `weight` values (and `bias`, if any) with
+/// `bn` folded in, up to float rounding: then writing the layer's numbers in place of the
+/// weight and leaving `bn` out computes the same.
+fn folds_batch_norm(
+    layer: &Candidate,
+    weight: &[f32],
+    bias: Option<&str>,
+    bn: &BatchNorm,
+    masters: &Weights,
+) -> bool {
+    let param = |name: &str| masters.get(name).and_then(|t| plain_f32(t, name).ok());
+    let [Some(gamma), Some(beta), Some(mean), Some(var)] =
+        bn.parameters.each_ref().map(|p| param(p))
+    else {
+        return false;
+    };
+    let n = layer.n;
+    let conv_bias = match bias {
+        Some(name) => param(name).unwrap_or_default(),
+        None => vec![0.0; n],
+    };
+    let Some(kernel) = layer.order.to_kernel(weight) else { return false };
+    let fits = |v: &[f32]| v.len() == n;
+    if ![&gamma, &beta, &mean, &var, &conv_bias].iter().all(|v| fits(v))
+        || kernel.len() != layer.weights.len()
+        || layer.bias.len() != n
+    {
+        return false;
+    }
+    let close = |a: f32, b: f32, scale: f32| (a - b).abs() <= 1e-4 * scale + f32::MIN_POSITIVE;
+    (0..n).all(|o| {
+        let factor = gamma[o] / (var[o] + bn.epsilon).sqrt();
+        let k = layer.k;
+        let (want, have) = (&kernel[o * k..(o + 1) * k], &layer.weights[o * k..(o + 1) * k]);
+        let row = want.iter().fold(0f32, |m, &w| m.max((w * factor).abs()));
+        let folded_bias = (conv_bias[o] - mean[o]) * factor + beta[o];
+        want.iter().zip(have).all(|(&w, &h)| close(w * factor, h, row))
+            && close(folded_bias, layer.bias[o], folded_bias.abs().max(row))
+    })
 }
 
 fn plain_f32(tensor: &Tensor, name: &str) -> Result<Vec<f32>> {

@@ -37,14 +37,57 @@ pub fn float_weights(proto: &pb::ModelProto) -> Weights {
     weights
 }
 
-/// A Conv, Gemm or MatMul node of the ONNX graph whose weight (and bias) are float weights that
-/// nothing else reads: where an update to that weight can go straight to the layer.
+/// A Conv, Gemm or MatMul node of the ONNX graph whose weight is a float weight that nothing
+/// else reads: where an update to that weight can go straight to the layer (when its bias is
+/// its own too), and where a saved file can put the layer's int8 numbers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OnnxLayer {
     pub node: String,
     pub weight: String,
     /// The bias input (Conv, Gemm), or the constant a MatMul's single `Add` consumer adds.
     pub bias: Option<String>,
+    /// Whether the bias is a float weight only this layer reads (else it is shared with other
+    /// layers or computed, and only a rebuild keeps it right).
+    pub bias_owned: bool,
+    /// The `BatchNormalization` that alone reads a Conv's output, with constant parameters:
+    /// tract folds it into the layer's weight and bias.
+    pub batch_norm: Option<BatchNorm>,
+}
+
+/// A `BatchNormalization` node after a Conv: its name and its parameters' weight names.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchNorm {
+    pub node: String,
+    /// Scale, bias, mean and variance, in the node's input order.
+    pub parameters: [String; 4],
+    pub epsilon: f32,
+}
+
+impl Eq for BatchNorm {}
+
+impl BatchNorm {
+    /// The `BatchNormalization` that is the only reader of `node`'s output, if its parameters
+    /// are all float weights of the graph.
+    fn after(
+        node: &pb::NodeProto,
+        consumers: &HashMap<&str, Vec<&pb::NodeProto>>,
+        graph_outputs: &std::collections::HashSet<&str>,
+        is_weight: impl Fn(&str) -> bool,
+    ) -> Option<BatchNorm> {
+        let out = node.output.first()?;
+        if graph_outputs.contains(out.as_str()) {
+            return None; // the unfolded output is needed as it is
+        }
+        let [bn] = consumers.get(out.as_str())?.as_slice() else { return None };
+        let parameters: [String; 4] =
+            [1, 2, 3, 4].map(|i| bn.input.get(i).cloned().unwrap_or_default());
+        let usable = bn.op_type == "BatchNormalization"
+            && bn.input.first() == Some(out)
+            && bn.output.len() == 1
+            && parameters.iter().all(|p| is_weight(p));
+        let epsilon = bn.attribute.iter().find(|a| a.name == "epsilon").map_or(1e-5, |a| a.f);
+        usable.then(|| BatchNorm { node: bn.name.clone(), parameters, epsilon })
+    }
 }
 
 /// The layers of the model in `onnx` with exclusively owned weights (PyTorch's exporter puts
@@ -85,6 +128,8 @@ pub fn onnx_layers(proto: &pb::ModelProto) -> Vec<OnnxLayer> {
         let source = resolve_in(&alias, &weights, tensor?)?;
         (reads.get(source) == Some(&1)).then(|| source.to_string())
     };
+    let outputs: std::collections::HashSet<&str> =
+        graph.output.iter().map(|o| o.name.as_str()).collect();
     let mut layers = Vec::new();
     for node in &graph.node {
         let bias_input = match node.op_type.as_str() {
@@ -105,11 +150,33 @@ pub fn onnx_layers(proto: &pb::ModelProto) -> Vec<OnnxLayer> {
             (_, Some(b)) => match owned(Some(b)) {
                 Some(b) => Some(b),
                 // A bias computed or shared: the layer cannot be updated in place.
-                None => continue,
+                None => {
+                    // A shared weight (looked through `Identity`) is bound for saving only.
+                    let Some(source) = resolve_in(&alias, &weights, b) else { continue };
+                    let bias = Some(source.to_string());
+                    layers.push(OnnxLayer {
+                        node: node.name.clone(),
+                        weight,
+                        bias,
+                        bias_owned: false,
+                        batch_norm: None,
+                    });
+                    continue;
+                }
             },
             (_, None) => None,
         };
-        layers.push(OnnxLayer { node: node.name.clone(), weight, bias });
+        let is_weight = |p: &str| weights.contains(alias.get(p).copied().unwrap_or(p));
+        let batch_norm = (node.op_type == "Conv")
+            .then(|| BatchNorm::after(node, &consumers, &outputs, is_weight))
+            .flatten();
+        layers.push(OnnxLayer {
+            node: node.name.clone(),
+            weight,
+            bias,
+            bias_owned: true,
+            batch_norm,
+        });
     }
     layers
 }

@@ -1,9 +1,11 @@
-//! The project's int8 tract ops: `Int8Conv` and `Int8Linear`. They take float activations,
-//! quantize them to u8 with calibrated parameters, multiply with i8 weights in the kernels, and
-//! store float results with bias and activation applied. Consecutive int8 convolutions are
-//! linked (`Links`): the first stores u8 codes with the second's input parameters, which the
-//! second reads as they are.
+//! The project's tract ops: `RowBroadcast` (a float `Add`/`Mul` tract leaves on its slow
+//! broadcasting path), and the int8 ones, `Int8Conv` and `Int8Linear`. These take float
+//! activations, quantize them to u8 with calibrated parameters, multiply with i8 weights in the
+//! kernels, and store float results with bias and activation applied. Consecutive int8
+//! convolutions are linked (`Links`): the first stores u8 codes with the second's input
+//! parameters, which the second reads as they are.
 
+mod broadcast;
 mod conv;
 mod depthwise;
 mod linear;
@@ -16,6 +18,7 @@ use std::sync::Arc;
 
 use tract_onnx::prelude::TypedOp;
 
+pub use broadcast::RowBroadcast;
 pub use conv::Int8Conv;
 pub use linear::Int8Linear;
 pub use parallel::SpinningWorkers;

@@ -8,6 +8,7 @@
 //! then put through the same transforms (the int8 rewrite, calibration outputs) and optimised.
 
 mod cache;
+mod optimize;
 
 pub(crate) use cache::Lru;
 
@@ -22,6 +23,7 @@ use tract_onnx::tract_core::tract_linalg::multithread::Executor;
 
 use crate::error::{catch_load_panics, catch_panics, chain, Error, Result};
 use crate::model::graph::{bind_symbols, specialise, specialises_by_value, Graph, Signature};
+use optimize::optimize;
 
 /// Concrete plans kept per runtime unless told otherwise (each holds its own packed weights).
 pub const DEFAULT_MAX_PLANS: usize = 8;
@@ -106,9 +108,7 @@ impl Plans {
             |e: TractError| Error::ModelLoad { path: source.into(), reason: chain(&e) };
         catch_load_panics(source, || {
             let decluttered = typed.clone().into_decluttered().map_err(load_error)?;
-            let symbolic = decluttered
-                .clone()
-                .into_optimized()
+            let symbolic = optimize(decluttered.clone())
                 .and_then(|m| m.into_runnable_with_options(&options))
                 .map_err(load_error)?;
             Ok(Plans {
@@ -430,12 +430,9 @@ impl Plans {
             }
         };
         catch_panics("optimising the model", || {
-            typed
-                .into_optimized()
-                .and_then(|m| m.into_runnable_with_options(&self.options))
-                .map_err(|e| {
-                    Error::Inference(format!("preparing {}: {}", self.describe(key), chain(&e)))
-                })
+            optimize(typed).and_then(|m| m.into_runnable_with_options(&self.options)).map_err(|e| {
+                Error::Inference(format!("preparing {}: {}", self.describe(key), chain(&e)))
+            })
         })
     }
 }

@@ -75,8 +75,8 @@ impl PyRuntime {
     /// cache of plans specialised per input signature (default 8, least recently used first).
     #[staticmethod]
     #[pyo3(
-        signature = (path, *, threads = None, quantize = None, calibration = None, method = None, per_channel = true, exclude = Vec::new(), max_memory_mb = None, allow_non_finite = false, max_cpu_percent = None, max_plans = None),
-        text_signature = "(path, *, threads=None, quantize=None, calibration=None, method=None, per_channel=True, exclude=(), max_memory_mb=None, allow_non_finite=False, max_cpu_percent=None, max_plans=None)"
+        signature = (path, *, threads = None, quantize = None, calibration = None, method = None, per_channel = true, exclude = Vec::new(), speed_fallback = true, max_memory_mb = None, allow_non_finite = false, max_cpu_percent = None, max_plans = None),
+        text_signature = "(path, *, threads=None, quantize=None, calibration=None, method=None, per_channel=True, exclude=(), speed_fallback=True, max_memory_mb=None, allow_non_finite=False, max_cpu_percent=None, max_plans=None)"
     )]
     #[allow(clippy::too_many_arguments)]
     fn load(
@@ -88,6 +88,7 @@ impl PyRuntime {
         method: Option<String>,
         per_channel: bool,
         exclude: Vec<String>,
+        speed_fallback: bool,
         max_memory_mb: Option<f64>,
         allow_non_finite: bool,
         max_cpu_percent: Option<f64>,
@@ -116,7 +117,7 @@ impl PyRuntime {
                     None => Method::DEFAULT,
                     Some(text) => text.parse().map_err(|e: String| Error::config("method", e))?,
                 };
-                let quantize = QuantizeOptions { method, per_channel, exclude };
+                let quantize = QuantizeOptions { method, per_channel, exclude, speed_fallback };
                 let model = without_gil(py, move || SavedModel::load(&path)?.float_model())?;
                 let mut source = PySource::new(&calibration, &model.inputs)?;
                 without_gil(py, move || {
@@ -309,9 +310,10 @@ impl PyRuntime {
 
     /// Per Conv/Gemm/MatMul layer: `name`, `kind`, `int8`, `reason` (why it stayed float),
     /// `sqnr_db` and `cosine` of its output against the float model on calibration data,
-    /// `input` (`per-tensor` or `per-channel lattice`), `bias_corrected` and `rounding`
-    /// (`data-aware` or `nearest`); int8 layers worst
-    /// first, then float ones. Empty for a float runtime.
+    /// `input` (`per-tensor`, `per-row` or `per-channel lattice`), `bias_corrected` and
+    /// `rounding` (`data-aware` or `nearest`); int8 layers worst first, then float ones (a layer
+    /// whose int8 op measured slower than float says so in `reason`). Empty for a float
+    /// runtime.
     fn quantization_report<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let quantization = self.inner.quantization();
         let rows = quantization.as_ref().map(|q| q.report.as_slice()).unwrap_or_default();

@@ -28,6 +28,10 @@ pub struct InputStats {
     /// The layer's int8 numbers as a deployable file carries them (no float master to
     /// quantize): its weights are then exactly codes × these scales.
     pub fixed_kernel: Option<FixedKernel>,
+    /// The input's rows (tokens, batch rows) span ranges too different for one calibrated
+    /// range: a linear layer quantizes each row on its own range when it runs
+    /// (`quantize::rows` measures and decides).
+    pub per_row: bool,
 }
 
 /// The weight scales (per output channel) and the bias the kernel adds (bias correction

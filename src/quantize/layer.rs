@@ -127,6 +127,7 @@ pub fn build_op(
     per_channel: bool,
 ) -> Result<Box<dyn TypedOp>> {
     let numbers = quantize_layer(layer, weights, input, per_channel)?;
+    let per_row = layer.input_stats.per_row && matches!(layer.kind, LayerKind::Linear { .. });
     let layout = match &layer.kind {
         LayerKind::Conv { depthwise: true, pool_spec, .. } => {
             let kernel = &pool_spec.kernel_shape;
@@ -137,7 +138,8 @@ pub fn build_op(
         }
         LayerKind::Linear { .. } => Layout::Linear,
     };
-    let input = numbers.input;
+    // Rows quantized as they come: the epilogues scale by the weight scales alone.
+    let input = if per_row { ActivationQuant { scale: 1.0, zero_point: 0 } } else { numbers.input };
     let weights = LayerWeights::new(
         numbers.codes,
         numbers.scales,
@@ -165,7 +167,7 @@ pub fn build_op(
             residual: false,
         }),
         LayerKind::Linear { kept_axes } => {
-            Box::new(Int8Linear { layer: int8, kept_axes: *kept_axes })
+            Box::new(Int8Linear { layer: int8, kept_axes: *kept_axes, per_row })
         }
     })
 }

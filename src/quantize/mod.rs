@@ -11,6 +11,8 @@ mod report;
 mod residual;
 mod rewrite;
 pub mod rounding;
+mod rows;
+mod speed;
 mod tidy;
 
 use std::collections::HashMap;
@@ -40,11 +42,20 @@ pub struct QuantizeOptions {
     pub per_channel: bool,
     /// Node or tensor names of layers to keep in float.
     pub exclude: Vec<String>,
+    /// Time each layer both ways on calibration data and keep float where int8 is clearly
+    /// slower (`speed`). Timings vary from run to run, so with it two calibrations of the same
+    /// model on the same data can choose different layers; without it they are bit-identical.
+    pub speed_fallback: bool,
 }
 
 impl Default for QuantizeOptions {
     fn default() -> Self {
-        QuantizeOptions { method: Method::DEFAULT, per_channel: true, exclude: Vec::new() }
+        QuantizeOptions {
+            method: Method::DEFAULT,
+            per_channel: true,
+            exclude: Vec::new(),
+            speed_fallback: true,
+        }
     }
 }
 
@@ -122,11 +133,30 @@ pub fn quantize(
     let stats = stats.zip(calibrator.patch_moments());
     for (candidate, ((means, lattice), moments)) in candidates.iter_mut().zip(stats) {
         candidate.input_stats =
-            Arc::new(InputStats { means, lattice, moments, fixed_kernel: None });
+            Arc::new(InputStats { means, lattice, moments, ..InputStats::default() });
     }
     share_split_layers(&mut candidates, &mut ranges);
     let activations: Vec<ActivationQuant> =
         ranges.iter().map(|&(low, high)| ActivationQuant::from_range(low, high)).collect();
+    rows::choose_row_quantization(
+        decluttered,
+        &mut candidates,
+        &activations,
+        options.per_channel,
+        inputs,
+        first_batch.clone(),
+        executor.clone(),
+    )?;
+    let (candidates, activations, slower) = keep_faster_layers(
+        decluttered,
+        candidates,
+        activations,
+        (options.per_channel, options.speed_fallback),
+        inputs,
+        first_batch.clone(),
+        executor.clone(),
+    )?;
+    let skipped: Vec<Skipped> = skipped.into_iter().chain(slower).collect();
     let rewritten = rewrite_layers(decluttered, &candidates, &activations, options.per_channel)?;
     let report = measure_layers(
         decluttered,
@@ -149,6 +179,29 @@ pub fn quantize(
 }
 
 impl QuantizationSummary {
+    /// The summary of the int8 layers `activations` (tract layer name, input quantization)
+    /// with their input statistics and per-layer `report`; calibration counts, weight sizes
+    /// and links are zero until filled in.
+    fn new(
+        options: &QuantizeOptions,
+        report: Vec<LayerReport>,
+        activations: Vec<(String, ActivationQuant)>,
+        input_stats: InputStatsByLayer,
+    ) -> Self {
+        QuantizationSummary {
+            options: options.clone(),
+            report,
+            batches: 0,
+            samples: 0,
+            calibration_bytes: 0,
+            float_weight_bytes: 0,
+            int8_weight_bytes: 0,
+            activations,
+            linked_outputs: 0,
+            input_stats,
+        }
+    }
+
     /// The summary of int8 `candidates` with input quantizations `activations`, rewritten into
     /// `rewritten`, before calibration counts and linking are filled in.
     fn of_layers(
@@ -158,26 +211,100 @@ impl QuantizationSummary {
         activations: &[ActivationQuant],
         rewritten: &Rewritten,
     ) -> Self {
+        let names = candidates.iter().map(|c| c.name.clone());
+        let stats = candidates.iter().map(|c| (c.name.clone(), c.input_stats.clone()));
         QuantizationSummary {
-            options: options.clone(),
-            report,
-            batches: 0,
-            samples: 0,
-            calibration_bytes: 0,
             float_weight_bytes: rewritten.float_bytes,
             int8_weight_bytes: rewritten.int8_bytes,
-            activations: candidates
-                .iter()
-                .map(|c| c.name.clone())
-                .zip(activations.to_vec())
-                .collect(),
-            linked_outputs: 0,
-            input_stats: candidates
-                .iter()
-                .map(|c| (c.name.clone(), c.input_stats.clone()))
-                .collect(),
+            ..Self::new(
+                options,
+                report,
+                names.zip(activations.iter().copied()).collect(),
+                stats.collect(),
+            )
         }
     }
+}
+
+/// Signal-to-noise ratio (dB) of a layer's int8 output against float, on the same float input,
+/// below which the layer stays float: cosine ≈ 0.985, where one layer alone would cost an
+/// ImageNet CNN points of top-1.
+const MIN_LAYER_SQNR_DB: f64 = 15.0;
+/// How much slower (median) an int8 layer must be, and consistently, to stay float: a layer
+/// near a tie could go either way from one calibration to the next on a busy machine.
+const SLOWER: f64 = 1.25;
+
+/// The candidates whose int8 op is neither measured slower than their float layer nor too far
+/// from it, with their input quantizations, and the others as skipped layers saying why
+/// (`speed`).
+#[allow(clippy::too_many_arguments)]
+fn keep_faster_layers(
+    float: &TypedModel,
+    candidates: Vec<Candidate>,
+    activations: Vec<ActivationQuant>,
+    (per_channel, speed_fallback): (bool, bool),
+    inputs: &[TensorSpec],
+    batch: Vec<Tensor>,
+    executor: Executor,
+) -> Result<(Vec<Candidate>, Vec<ActivationQuant>, Vec<Skipped>)> {
+    let times =
+        speed::time_layers(float, &candidates, &activations, per_channel, inputs, batch, executor)?;
+    // The parts of a layer tract split go together: the saved file quantizes ONNX nodes.
+    let mut by_node: HashMap<&str, speed::LayerTimes> = HashMap::new();
+    for (candidate, time) in candidates.iter().zip(&times) {
+        if let Some(t) = time {
+            let total =
+                by_node.entry(onnx_node_name(&candidate.name)).or_insert(speed::LayerTimes {
+                    float_ms: 0.0,
+                    int8_ms: 0.0,
+                    sqnr_db: f64::INFINITY,
+                    consistently_slower: true,
+                });
+            total.float_ms += t.float_ms;
+            total.int8_ms += t.int8_ms;
+            total.sqnr_db = total.sqnr_db.min(t.sqnr_db);
+            total.consistently_slower &= t.consistently_slower;
+        }
+    }
+    let by_node: HashMap<String, speed::LayerTimes> =
+        by_node.into_iter().map(|(name, t)| (name.to_string(), t)).collect();
+    let (mut kept, mut kept_activations, mut slower) = (Vec::new(), Vec::new(), Vec::new());
+    for (candidate, activation) in candidates.into_iter().zip(activations) {
+        let time = by_node.get(onnx_node_name(&candidate.name));
+        let reason = time.and_then(|t| {
+            log::debug!(
+                "{}: int8 {:.3} ms, float {:.3} ms, {:.1} dB from float",
+                candidate.name,
+                t.int8_ms,
+                t.float_ms,
+                t.sqnr_db
+            );
+            if t.sqnr_db < MIN_LAYER_SQNR_DB {
+                Some(format!(
+                    "int8 output {:.1} dB from float on calibration data (below {MIN_LAYER_SQNR_DB} dB)",
+                    t.sqnr_db
+                ))
+            } else if speed_fallback && t.consistently_slower && t.int8_ms > SLOWER * t.float_ms {
+                Some(format!(
+                    "int8 measured slower than float ({:.3} ms against {:.3} ms)",
+                    t.int8_ms, t.float_ms
+                ))
+            } else {
+                None
+            }
+        });
+        match reason {
+            Some(reason) => {
+                log::info!("{}: stays float: {reason}", candidate.name);
+                slower.push(Skipped { name: candidate.name, reason });
+            }
+            None => {
+                kept.push(candidate);
+                kept_activations.push(activation);
+            }
+        }
+    }
+    Ok((kept, kept_activations, slower))
 }
 
 /// Gives the parts of an ONNX layer that tract split in several (a convolution whose output
@@ -271,18 +398,8 @@ pub fn summary_from_saved(
     stats: &InputStatsByLayer,
     options: &QuantizeOptions,
 ) -> QuantizationSummary {
-    QuantizationSummary {
-        options: options.clone(),
-        report: saved.iter().map(|(name, _)| LayerReport::saved(name)).collect(),
-        batches: 0,
-        samples: 0,
-        calibration_bytes: 0,
-        float_weight_bytes: 0,
-        int8_weight_bytes: 0,
-        activations: saved.to_vec(),
-        linked_outputs: 0,
-        input_stats: stats.clone(),
-    }
+    let report = saved.iter().map(|(name, _)| LayerReport::saved(name)).collect();
+    QuantizationSummary::new(options, report, saved.to_vec(), stats.clone())
 }
 
 /// `quantized` with its consecutive int8 layers linked and its max pools on the project's

@@ -1,29 +1,9 @@
-//! Quantization parameters: asymmetric u8 for activations (the seed's formula), symmetric i8
-//! per output channel for weights. Rounding and saturation come from `kernels`, in one place.
+//! Weight quantization: symmetric i8 per output channel (activations' asymmetric u8 is
+//! `ActivationQuant::from_range`, in `kernels`). Rounding and saturation come from `kernels`,
+//! in one place.
 
 pub use crate::kernels::ActivationQuant;
-use crate::kernels::{abs_max, quantize_i8_symmetric, round_half_even, saturate_u8, Isa};
-
-impl ActivationQuant {
-    /// `scale = (max − min) / 255`, `zero_point = round(−min / scale)`, with the range widened
-    /// to include 0 so that zero (and padding) is exact.
-    pub fn from_range(low: f32, high: f32) -> Self {
-        let (low, high) = (low.min(0.0), high.max(0.0));
-        let span = high - low;
-        if !(span.is_finite() && span > f32::MIN_POSITIVE * 255.0) {
-            // A constant-zero tensor: any scale represents it exactly.
-            return ActivationQuant { scale: 1.0, zero_point: 0 };
-        }
-        let scale = span / 255.0;
-        ActivationQuant { scale, zero_point: saturate_u8(round_half_even(-low / scale)) }
-    }
-
-    /// The float range this quantization represents.
-    pub fn range(&self) -> (f32, f32) {
-        let zp = f32::from(self.zero_point);
-        (-zp * self.scale, (255.0 - zp) * self.scale)
-    }
-}
+use crate::kernels::{abs_max, quantize_i8_symmetric, Isa};
 
 /// Symmetric i8 quantization of `n` rows of `k` weights: one scale per row (`per_channel`) or
 /// one for the whole tensor. Codes stay in [−127, 127] so negation never overflows.

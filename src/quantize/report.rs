@@ -24,8 +24,9 @@ pub struct LayerReport {
     pub sqnr_db: Option<f64>,
     /// Cosine similarity of the same outputs.
     pub cosine: Option<f64>,
-    /// How the input is quantized: `per-tensor`, or `per-channel lattice` for 8-bit data
-    /// quantized losslessly on its own per-channel steps (`None` for float layers).
+    /// How the input is quantized: `per-tensor`, `per-row` (each row on its own range, as it
+    /// runs), or `per-channel lattice` for 8-bit data quantized losslessly on its own
+    /// per-channel steps (`None` for float layers).
     pub input: Option<String>,
     /// Whether the bias is corrected for the mean shift of the quantized weights.
     pub bias_corrected: bool,
@@ -47,6 +48,8 @@ impl LayerReport {
             input: Some(
                 if layer.input_stats.lattice.is_some() {
                     "per-channel lattice"
+                } else if layer.input_stats.per_row {
+                    "per-row"
                 } else {
                     "per-tensor"
                 }
@@ -136,15 +139,7 @@ fn run_with_outputs(
     batch: Vec<Tensor>,
     executor: Executor,
 ) -> Result<Vec<Vec<f32>>> {
-    let mut model = model.clone();
-    model.select_output_outlets(outputs).map_err(|e| Error::Calibration(chain(&e)))?;
-    let plans = Plans::new(&model, Some(executor), "quantization report")?;
-    let plan = plans.get(&bind_inputs(inputs, &batch)?, &batch)?;
-    let values = catch_panics("quantization report", || {
-        plan.run(batch.into_iter().map(TValue::from).collect())
-            .map_err(|e| Error::Calibration(chain(&e)))
-    })?;
-    values
+    outlet_values(model, outputs, inputs, batch, executor)?
         .iter()
         .map(|v| {
             let view =
@@ -152,6 +147,24 @@ fn run_with_outputs(
             Ok(view.iter().copied().collect())
         })
         .collect()
+}
+
+/// The values of `outputs` of `model` run on `batch`.
+pub(super) fn outlet_values(
+    model: &TypedModel,
+    outputs: &[OutletId],
+    inputs: &[TensorSpec],
+    batch: Vec<Tensor>,
+    executor: Executor,
+) -> Result<TVec<TValue>> {
+    let mut model = model.clone();
+    model.select_output_outlets(outputs).map_err(|e| Error::Calibration(chain(&e)))?;
+    let plans = Plans::new(&model, Some(executor), "quantization report")?;
+    let plan = plans.get(&bind_inputs(inputs, &batch)?, &batch)?;
+    catch_panics("quantization report", || {
+        plan.run(batch.into_iter().map(TValue::from).collect())
+            .map_err(|e| Error::Calibration(chain(&e)))
+    })
 }
 
 /// (SQNR in dB, cosine similarity) of `have` against `want`.

@@ -129,7 +129,7 @@ impl Runtime {
                     let options = QuantizeOptions {
                         method,
                         per_channel: saved.options.per_channel,
-                        exclude: Vec::new(),
+                        ..QuantizeOptions::default()
                     };
                     let layers: Vec<(String, ActivationQuant)> = saved
                         .layers

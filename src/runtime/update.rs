@@ -285,8 +285,8 @@ impl Runtime {
             let exclude = q.report.iter().filter(|l| !l.int8).map(|l| l.name.clone()).collect();
             let options = QuantizeOptions {
                 method: method.unwrap_or(q.options.method),
-                per_channel: q.options.per_channel,
                 exclude,
+                ..q.options.clone()
             };
             let quantized = crate::quantize::quantize(
                 &float,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -57,7 +59,8 @@ def test_cnn_output_cosine_vs_float(name: str, model_path: Callable[[str], Path]
     calib = random_input(EXPORTED[name], 16, seed=1)
     x = random_input(EXPORTED[name], 4, seed=2)
     expected = jp.Runtime.load(path).infer(x)
-    rt = jp.Runtime.load(path, quantize="int8", calibration=calib)
+    # Every layer int8 (no timing-based fallback: that depends on the machine's load).
+    rt = jp.Runtime.load(path, quantize="int8", calibration=calib, speed_fallback=False)
     assert all(r["int8"] for r in rt.quantization_report())
     # Consecutive int8 convolutions hand u8 codes to each other: ResNet18's conv → conv inside
     # each basic block (8) and its stem → max pool (1, the pool takes the maximum of the codes);
@@ -104,7 +107,13 @@ def test_transformer_block(tmp_path: Path) -> None:
     expected = jp.Runtime.load(path).infer(x)
     rt = jp.Runtime.load(path, quantize="int8", calibration=calib)
     report = rt.quantization_report()
-    assert sum(r["kind"] == "linear" and r["int8"] for r in report) == 4, report  # qkv, proj, ff1, ff2
+    # qkv, proj, ff1, ff2: each in int8 unless its int8 op measured slower than float here
+    # (these layers are small: 16 tokens of 64 features); the report then gives both times.
+    linear = [r for r in report if r["name"].endswith("MatMul") and "operand" not in (r["reason"] or "")]
+    assert len(linear) == 4, report
+    for r in linear:
+        assert r["int8"] or re.fullmatch(
+            r"int8 measured slower than float \(\d+\.\d{3} ms against \d+\.\d{3} ms\)", r["reason"]), r
     assert cosine(rt.infer(x), expected) >= 0.99
 
 
@@ -127,8 +136,9 @@ def test_calibration_sources_agree(digits: tuple[np.ndarray, ...]) -> None:
         "dataset with transform": jp.Dataset(batches, transform=lambda b: {"input": b}),
         "onnxruntime reader": Reader(),
     }
+    # Timing-based fallback off: it may keep another layer float on each load.
     outputs = {name: jp.Runtime.load(MODELS / "digits_cnn.onnx", quantize="int8",
-                                      calibration=source).infer(x)
+                                      calibration=source, speed_fallback=False).infer(x)
                for name, source in sources.items()}
     for name, out in outputs.items():
         np.testing.assert_array_equal(out, outputs["array"], err_msg=name)

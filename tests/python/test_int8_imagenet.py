@@ -22,7 +22,7 @@ from onnxruntime.quantization import (
 )
 
 import jarvis_performance as jp
-from jarvis_performance.bench.photos import agreement, photos, views
+from photos import agreement, photos, views
 
 
 @pytest.fixture(scope="module")

@@ -107,7 +107,7 @@ def test_effnet_classifier_update_agrees_with_onnxruntime(model_path: Callable[[
     one sample flips on single views). Issue #5's target: top-1 agreement ≥ 95 % overall, and
     every view where float is confident agrees. Measured: 96.3 % overall (93.3–98.7 % per
     sample of 150); before data-aware rounding of the depthwise and stem weights 93.3 %."""
-    from jarvis_performance.bench.photos import agreement, photos, views
+    from photos import agreement, photos, views
 
     images = photos()
     calib = views(images, 32, seed=1)

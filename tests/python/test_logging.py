@@ -23,7 +23,7 @@ def test_load_announces_the_layer(caplog: pytest.LogCaptureFixture,
     calib = np.load(MODELS / "digits_calib.npy")
     with caplog.at_level(logging.DEBUG, logger="jarvis_performance"):
         jp.Runtime.load(DIGITS, quantize="int8", calibration=calib, threads=2,
-                        exclude=["/classifier/Gemm.ab"])
+                        exclude=["/classifier/Gemm.ab"], speed_fallback=False)
     ours = [r for r in caplog.records if r.name.startswith("jarvis_performance")]
     messages = [r.getMessage() for r in ours]
     active = [m for m in messages if m.startswith("Rust performance layer active")]

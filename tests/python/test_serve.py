@@ -260,7 +260,7 @@ def test_eight_concurrent_clients(server: str, local: jp.Runtime, digits: np.nda
 def test_rgb_images_go_through_the_rust_vision_pipeline(model_path) -> None:  # type: ignore[no-untyped-def]
     """For an RGB model, /v1/infer/image's handler preprocesses with ``Runtime.infer_images``:
     the same logits as ``jp.preprocess`` + ``infer`` on the same JPEG bytes."""
-    from jarvis_performance.bench.photos import photos
+    from photos import photos
     from jarvis_performance.serve import Service
 
     rt = jp.Runtime.load(model_path("efficientnet_lite0"))

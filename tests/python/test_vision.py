@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 import jarvis_performance as jp
-from jarvis_performance.bench.photos import MEAN, STD, photos
+from photos import MEAN, STD, photos
 
 PHOTOS = photos()
 #: Output sizes: square downscale, non-square, tiny, and an upscale of most photos.

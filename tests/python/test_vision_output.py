@@ -16,7 +16,7 @@ from PIL import Image
 
 import jarvis_performance as jp
 from jarvis_performance import _native
-from jarvis_performance.bench.photos import MEAN, STD, photos
+from photos import MEAN, STD, photos
 
 PHOTOS = photos()
 

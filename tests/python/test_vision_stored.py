@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 import jarvis_performance as jp
-from jarvis_performance.bench.photos import MEAN, STD, photos
+from photos import MEAN, STD, photos
 
 PHOTOS = photos()
 KEY = "jarvis_performance.preprocess"

@@ -213,22 +213,7 @@ def test_int8_calibrates_on_batches_of_several_shapes(
             assert cosine >= MIN_COSINE.get(model_id, 0.98), f"{model_id} {name}: {cosine:.4f}"
 
 
-#: Saving int8 as QDQ: models whose saved file does not yet reload to the same int8 graph.
-SAVE_NOT_YET = {
-    "nudenet_320n": "layers tract splits in parts (C2f's Split after a Conv) reload with "
-    "different int8 parameters than calibrated",
-}
-
-
-@pytest.mark.parametrize(
-    "model_id",
-    [
-        pytest.param(m, marks=pytest.mark.xfail(reason=SAVE_NOT_YET[m], strict=True))
-        if m in SAVE_NOT_YET
-        else m
-        for m in sorted(INT8)
-    ],
-)
+@pytest.mark.parametrize("model_id", sorted(INT8))
 def test_saved_int8_reloads_bit_identically_at_other_shapes(
     zoo_model: Callable[[str], Path], model_id: str, tmp_path: Path
 ) -> None:

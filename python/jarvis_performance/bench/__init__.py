@@ -1,8 +1,8 @@
 """Every benchmark of the project, run as ``python -m jarvis_performance.bench`` (see
 :mod:`jarvis_performance.bench.compare` for the options): ``compare`` (jarvis against onnxruntime
 and PyTorch, one process per system: ``prepare``, ``worker``), ``learning`` (update and learn),
-``vision`` (image preprocessing), ``zoo`` (third-party models), and ``photos`` (the natural
-photos the benchmarks and the accuracy tests use).
+``vision`` (image preprocessing; ``photos`` loads the natural photos it uses), ``zoo``
+(third-party models), and ``text`` (a sentence encoder against onnxruntime fp32 and dynamic int8).
 
 Nothing is imported here eagerly, so ``python -m jarvis_performance.bench.worker`` runs the
 worker module once.

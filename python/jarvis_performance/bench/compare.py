@@ -376,7 +376,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="time the third-party model zoo instead (see jarvis_performance.bench.zoo)")
     parser.add_argument("--zoo-models", nargs="+", help="zoo model ids (default: the default set)")
     parser.add_argument("--calls", type=int, default=30, help="--zoo: timed calls after the first")
+    parser.add_argument("--text", action="store_true",
+                        help="time a BERT-style sentence encoder instead (see jarvis_performance.bench.text)")
     args = parser.parse_args(argv)
+    if args.text:
+        from .text import run as run_text
+
+        threads = args.threads if args.threads != parser.get_default("threads") else [1]
+        return run_text(batches=args.batch, threads=threads[0], rounds=args.rounds)
     if args.zoo:
         from .zoo import format_table, run as run_zoo
 

@@ -24,8 +24,11 @@ use crate::error::Result;
 use crate::model::OnnxModel;
 use crate::quantize::input::InputStats;
 
-/// The int8 layers: one line `tract layer name \t scale \t zero point` each.
+/// The int8 layers: one line `tract layer name \t scale \t zero point` each, then
+/// [`PER_ROW_FIELD`] for a layer whose input is quantized per row as it runs.
 pub const LAYERS_KEY: &str = "jarvis_performance.int8_layers";
+/// The last field of a per-row layer's line in [`LAYERS_KEY`].
+const PER_ROW_FIELD: &str = "\tper-row";
 /// The quantization options, JSON ([`SavedOptions`]); files before it: `method \t per_channel`.
 pub const OPTIONS_KEY: &str = "jarvis_performance.int8_options";
 /// Names of the nodes the save added, one per line (removed again on load).
@@ -38,21 +41,75 @@ pub const REWIRED_KEY: &str = "jarvis_performance.rewired_inputs";
 /// Nodes whose layer a deployable file carries as int8 numbers only (no float master, no
 /// statistics), one per line; present only in deployable files.
 pub const DEPLOYED_KEY: &str = "jarvis_performance.deployed_layers";
+/// The `BatchNormalization` nodes a learnable file left out of its graph (folded into the
+/// layer before them, which writes their output instead), one hex-encoded `NodeProto` per
+/// line, put back on load.
+pub const BYPASSED_KEY: &str = "jarvis_performance.bypassed_nodes";
 /// The weights' version number.
 pub const VERSION_KEY: &str = "jarvis_performance.version";
 /// CRC-32 of the float master weights (`model::weights::checksum`).
 pub const CHECKSUM_KEY: &str = "jarvis_performance.masters_crc32";
 
 /// Every key above that only an int8 file carries (dropped when it is turned back into float).
-const INT8_KEYS: [&str; 6] =
-    [LAYERS_KEY, OPTIONS_KEY, ADDED_NODES_KEY, ADDED_INITIALIZERS_KEY, REWIRED_KEY, DEPLOYED_KEY];
+const INT8_KEYS: [&str; 7] = [
+    LAYERS_KEY,
+    OPTIONS_KEY,
+    ADDED_NODES_KEY,
+    ADDED_INITIALIZERS_KEY,
+    REWIRED_KEY,
+    DEPLOYED_KEY,
+    BYPASSED_KEY,
+];
 
-/// Suffixes tract appends to the ONNX node name when it expands an operator.
-const EXPANSION_SUFFIXES: [&str; 2] = [".ab", ".einsum"];
-
-/// The ONNX node a tract layer name comes from (tract suffixes the nodes an operator expands to).
+/// The ONNX node a tract layer name comes from: tract suffixes the nodes an operator expands to
+/// (`.ab`, `.einsum`) and the parts it splits a layer into — over output channels a `Split`
+/// cuts (`.split-over-1.0..64`) or input channels a `Concat` joins (`.concat-einsum-I.0..16`),
+/// possibly several times.
 pub fn onnx_node_name(tract_name: &str) -> &str {
-    EXPANSION_SUFFIXES.iter().find_map(|s| tract_name.strip_suffix(s)).unwrap_or(tract_name)
+    // The first `.` from which the rest is all tract suffixes ends the ONNX name.
+    tract_name
+        .match_indices('.')
+        .map(|(at, _)| at)
+        .find(|&at| at > 0 && is_tract_suffix_chain(&tract_name[at..]))
+        .map_or(tract_name, |at| &tract_name[..at])
+}
+
+/// Whether `rest` is one or more tract suffixes, each starting with `.`.
+fn is_tract_suffix_chain(mut rest: &str) -> bool {
+    if rest.is_empty() {
+        return false;
+    }
+    while !rest.is_empty() {
+        let Some(after) = strip_tract_suffix(rest) else { return false };
+        rest = after;
+    }
+    true
+}
+
+/// `rest` after its leading tract suffix, if it starts with one.
+fn strip_tract_suffix(rest: &str) -> Option<&str> {
+    for plain in [".ab", ".einsum"] {
+        if let Some(after) = rest.strip_prefix(plain) {
+            if after.is_empty() || after.starts_with('.') {
+                return Some(after);
+            }
+        }
+    }
+    // `.split-over-<axis>.<start>..<end>` and `.concat-einsum-<axis label>.<start>..<end>`.
+    let after = rest
+        .strip_prefix(".split-over-")
+        .map(|a| a.trim_start_matches(|c: char| c.is_ascii_digit()))
+        .or_else(|| {
+            let a = rest.strip_prefix(".concat-einsum-")?;
+            let label = a.chars().next().filter(|c| c.is_alphanumeric())?;
+            Some(&a[label.len_utf8()..])
+        })?;
+    let range = after.strip_prefix('.')?;
+    let digits = |s: &str| s.len() - s.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+    let start = digits(range);
+    let tail = range[start..].strip_prefix("..")?;
+    let end = digits(tail);
+    (start > 0 && end > 0).then_some(&tail[end..])
 }
 
 /// Initializer names of a layer's input means, lattice scales, lattice zero points, lattice
@@ -152,6 +209,35 @@ impl SavedModel {
                 ),
             )),
             _ => Ok(self.model),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::onnx_node_name;
+
+    #[test]
+    fn tract_suffixes_and_split_parts_map_to_their_onnx_node() {
+        let cases = [
+            ("/model.2/cv1/conv/Conv", "/model.2/cv1/conv/Conv"),
+            ("fc.ab", "fc"),
+            ("/model.9/cv1/conv/Conv.einsum", "/model.9/cv1/conv/Conv"),
+            (
+                "/m.2/cv1/conv/Conv.einsum.split-over-1.0..16.split-over-1.0..16",
+                "/m.2/cv1/conv/Conv",
+            ),
+            ("/m.2/cv2/conv/Conv.einsum.concat-einsum-I.16..32", "/m.2/cv2/conv/Conv"),
+            ("/m.12/cv1/Conv.einsum.split-over-1.0..64.concat-einsum-I.0..256", "/m.12/cv1/Conv"),
+            ("/m.12/cv1/Conv.split-over-1.64..128", "/m.12/cv1/Conv"),
+            // Names that only look like suffixes stay whole.
+            ("layer.abc", "layer.abc"),
+            ("model.einsum_proj", "model.einsum_proj"),
+            ("x.split-over-1.0..", "x.split-over-1.0.."),
+            (".einsum", ".einsum"),
+        ];
+        for (tract, onnx) in cases {
+            assert_eq!(onnx_node_name(tract), onnx, "{tract}");
         }
     }
 }

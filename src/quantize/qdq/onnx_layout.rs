@@ -1,8 +1,9 @@
 //! The int8 numbers of a layer the runtime cannot state in its ONNX node's layout (a graph typed
-//! per input signature, a weight tract changed — BatchNorm folded in — or split): computed here
-//! from the ONNX weight in OIHW order — the bias correction as a corrected bias input, an 8-bit
-//! lattice as folded weights, codes refined from the patch moments — so other runtimes see
-//! what this one runs, up to the last bits of the bias (summed in another order).
+//! per input signature, a layer tract split in parts, a weight tract changed other than by
+//! folding the `BatchNormalization` after it): computed here from the ONNX weight in OIHW order
+//! — the bias correction as a corrected bias input, an 8-bit lattice as folded weights, codes
+//! refined from the patch moments — so other runtimes see what this one runs, up to the last
+//! bits of the bias (summed in another order).
 
 use std::collections::HashMap;
 

@@ -8,7 +8,8 @@ use tract_onnx::pb;
 
 use super::{
     kernel_bias_name, stats_names, SavedInt8, SavedLayer, SavedOptions, ADDED_INITIALIZERS_KEY,
-    ADDED_NODES_KEY, DEPLOYED_KEY, INT8_KEYS, LAYERS_KEY, OPTIONS_KEY, REWIRED_KEY,
+    ADDED_NODES_KEY, BYPASSED_KEY, DEPLOYED_KEY, INT8_KEYS, LAYERS_KEY, OPTIONS_KEY, PER_ROW_FIELD,
+    REWIRED_KEY,
 };
 use crate::calibrate::ChannelLattice;
 use crate::error::{Error, Result};
@@ -39,11 +40,16 @@ pub fn restore_float(proto: &mut pb::ModelProto) -> Result<Option<SavedInt8>> {
         if !(scale.is_finite() && scale > 0.0) {
             return Err(corrupt(line));
         }
+        let per_row = match fields.next() {
+            None => false,
+            Some(field) if field == &PER_ROW_FIELD[1..] => true,
+            Some(_) => return Err(corrupt(line)),
+        };
         layers.push(SavedLayer {
             name: name.to_string(),
             scale,
             zero_point,
-            input: InputStats::default(),
+            input: InputStats { per_row, ..InputStats::default() },
         });
     }
     let options = saved_options(metadata(proto, OPTIONS_KEY).unwrap_or(""))?;
@@ -57,6 +63,7 @@ pub fn restore_float(proto: &mut pb::ModelProto) -> Result<Option<SavedInt8>> {
     };
     let (added_nodes, added_inits, deployed) =
         (lines(ADDED_NODES_KEY), lines(ADDED_INITIALIZERS_KEY), lines(DEPLOYED_KEY));
+    let bypassed = lines(BYPASSED_KEY);
     let rewired: Vec<(String, usize, String)> = metadata(proto, REWIRED_KEY)
         .unwrap_or("")
         .lines()
@@ -74,7 +81,9 @@ pub fn restore_float(proto: &mut pb::ModelProto) -> Result<Option<SavedInt8>> {
     let mut saved = SavedInt8 { layers, options, deployable: !deployed.is_empty() };
     let Some(graph) = proto.graph.as_mut() else { return Err(corrupt("no graph")) };
     for layer in &mut saved.layers {
-        layer.input = input_stats(graph, &layer.name).map_err(|e| corrupt(&e))?;
+        let per_row = layer.input.per_row;
+        layer.input =
+            InputStats { per_row, ..input_stats(graph, &layer.name).map_err(|e| corrupt(&e))? };
     }
     // A deployed layer's weight comes back from its codes, before the codes leave the graph.
     for node in &deployed {
@@ -104,9 +113,35 @@ pub fn restore_float(proto: &mut pb::ModelProto) -> Result<Option<SavedInt8>> {
         let slot = node.input.get_mut(ix).ok_or_else(|| corrupt(&original))?;
         *slot = original;
     }
+    for line in &bypassed {
+        restore_bypassed(graph, line).map_err(|e| corrupt(&e))?;
+    }
     // The int8 bookkeeping goes; other entries (the weights' version) stay with the float model.
     proto.metadata_props.retain(|p| !INT8_KEYS.contains(&p.key.as_str()));
     Ok(Some(saved))
+}
+
+/// Puts a node the save left out (a folded `BatchNormalization`, hex-encoded in `line`) back
+/// after the node that wrote its output instead, which writes the node's input again.
+fn restore_bypassed(graph: &mut pb::GraphProto, line: &str) -> std::result::Result<(), String> {
+    let bytes = (0..line.len())
+        .step_by(2)
+        .map(|i| line.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok()))
+        .collect::<Option<Vec<u8>>>()
+        .ok_or("bypassed node: not hex")?;
+    let node = <pb::NodeProto as prost::Message>::decode(bytes.as_slice())
+        .map_err(|e| format!("bypassed node: {e}"))?;
+    let (Some(input), Some(output)) = (node.input.first(), node.output.first()) else {
+        return Err(format!("bypassed node {}: no input or output", node.name));
+    };
+    let writer = graph
+        .node
+        .iter()
+        .position(|n| n.output.first() == Some(output))
+        .ok_or(format!("bypassed node {}: nothing writes {output}", node.name))?;
+    graph.node[writer].output[0] = input.clone();
+    graph.node.insert(writer + 1, node);
+    Ok(())
 }
 
 /// The options as the file records them: JSON, or `method \t per_channel` in older files.

@@ -15,7 +15,8 @@ use tract_onnx::pb;
 use super::onnx_layout::{corrected_bias, fold_weight, refine_onnx_codes};
 use super::{
     kernel_bias_name, onnx_node_name, stats_names, SavedOptions, ADDED_INITIALIZERS_KEY,
-    ADDED_NODES_KEY, DEPLOYED_KEY, LAYERS_KEY, OPTIONS_KEY, REWIRED_KEY,
+    ADDED_NODES_KEY, BYPASSED_KEY, DEPLOYED_KEY, LAYERS_KEY, OPTIONS_KEY, PER_ROW_FIELD,
+    REWIRED_KEY,
 };
 use crate::calibrate::ChannelLattice;
 use crate::error::{Error, Result};
@@ -36,8 +37,12 @@ pub struct DeployedLayer {
     /// any `Add` the layer fused), per output channel.
     pub kernel_bias: Vec<f32>,
     pub layer_bias: Vec<f32>,
-    /// Whether `layer_bias` is exactly the node's ONNX bias input.
+    /// Whether `kernel_bias` is what the node's ONNX bias input should be (its layer bias is
+    /// exactly that input, or a folded BatchNormalization leaves the graph with it).
     pub bias_is_input: bool,
+    /// The `BatchNormalization` node folded into the layer: the file leaves it out of the
+    /// graph, the layer writing its output (a learnable file records it to restore).
+    pub batch_norm: Option<String>,
 }
 
 /// onnxruntime's operator domain, whose Q/DQ take `axis` at any opset.
@@ -86,7 +91,14 @@ pub fn to_qdq(
     let mut deployed: Vec<String> = Vec::new();
     let mut nodes = Vec::with_capacity(graph.node.len() + 3 * layers.len());
     let original_nodes = std::mem::take(&mut graph.node);
-    for mut node in original_nodes {
+    // BatchNormalizations folded into an int8 layer: left out, the layer writing their output.
+    let folded: HashMap<&str, &pb::NodeProto> = original_nodes
+        .iter()
+        .filter(|n| n.op_type == "BatchNormalization" && n.output.len() == 1)
+        .map(|n| (n.name.as_str(), n))
+        .collect();
+    let mut bypassed: Vec<pb::NodeProto> = Vec::new();
+    for mut node in original_nodes.iter().cloned() {
         let quantizable =
             matches!(node.op_type.as_str(), "Conv" | "Gemm" | "MatMul") && node.input.len() >= 2;
         let Some(q) = by_node.get(&node.name).filter(|_| quantizable) else {
@@ -95,12 +107,16 @@ pub fn to_qdq(
         };
         let stats = stats_by_node.get(node.name.as_str()).map(|s| &**s);
         let lattice = stats.and_then(|s| s.lattice.as_ref()).filter(|_| node.op_type == "Conv");
-        let activation = node.input[0].clone();
-        node.input[0] = match lattice {
-            Some(l) => added.channel_activation(&mut nodes, &node.name, &activation, l),
-            None => added.activation(&mut nodes, &activation, *q),
-        };
-        added.rewired.push(format!("{}\t0\t{activation}", node.name));
+        // An input quantized per row as it comes has no fixed Q/DQ: other runtimes read it as
+        // float (a weight-only quantized layer).
+        if !stats.is_some_and(|s| s.per_row) {
+            let activation = node.input[0].clone();
+            node.input[0] = match lattice {
+                Some(l) => added.channel_activation(&mut nodes, &node.name, &activation, l),
+                None => added.activation(&mut nodes, &activation, *q),
+            };
+            added.rewired.push(format!("{}\t0\t{activation}", node.name));
+        }
         let weight = node.input[1].clone();
         let Some(&ix) = initializers.get(&weight) else {
             nodes.push(node);
@@ -130,6 +146,11 @@ pub fn to_qdq(
             if let Some(bias) = graph_bias(&node, layer, &graph.initializer, &initializers)? {
                 added.corrected_bias(&mut node, bias);
             }
+            let bn = layer.batch_norm.as_deref().and_then(|bn| folded.get(bn));
+            if let (Some(bn), Some(out)) = (bn, node.output.first_mut()) {
+                bn.output[0].clone_into(out);
+                bypassed.push((*bn).clone());
+            }
         } else {
             let folded = lattice.map(|l| fold_weight(original, l, &node.name));
             let folded = folded.transpose().map_err(fail)?;
@@ -150,16 +171,33 @@ pub fn to_qdq(
         }
         nodes.push(node);
     }
+    let left_out: HashSet<&str> = bypassed.iter().map(|bn| bn.name.as_str()).collect();
+    nodes.retain(|n| !(n.op_type == "BatchNormalization" && left_out.contains(n.name.as_str())));
     graph.node = nodes;
     if deployable {
         // The float masters of the deployed layers go: their codes are their weights now.
         let dropped: HashSet<&str> =
             deployed.iter().filter_map(|n| computed.get(n)).map(|l| l.weight.as_str()).collect();
         graph.initializer.retain(|t| !dropped.contains(t.name.as_str()));
+        // So do the parameters of the BatchNormalizations left out, if nothing else reads them.
+        let used = used_names(graph);
+        let unread: HashSet<&str> = bypassed
+            .iter()
+            .flat_map(|bn| bn.input.iter().skip(1))
+            .map(String::as_str)
+            .filter(|name| !used.contains(*name))
+            .collect();
+        graph.initializer.retain(|t| !unread.contains(t.name.as_str()));
     }
     graph.initializer.append(&mut added.initializers);
-    let layer_lines: String =
-        layers.iter().map(|(n, q)| format!("{n}\t{}\t{}\n", q.scale, q.zero_point)).collect();
+    let per_row = |name: &str| stats.get(name).is_some_and(|s| s.per_row);
+    let layer_lines: String = layers
+        .iter()
+        .map(|(n, q)| {
+            let mode = if per_row(n) { PER_ROW_FIELD } else { "" };
+            format!("{n}\t{}\t{}{mode}\n", q.scale, q.zero_point)
+        })
+        .collect();
     let options = serde_json::to_string(options).map_err(|e| fail(e.to_string()))?;
     let mut entries = vec![
         (LAYERS_KEY, layer_lines),
@@ -170,6 +208,9 @@ pub fn to_qdq(
     ];
     if deployable {
         entries.push((DEPLOYED_KEY, deployed.join("\n")));
+    } else if !bypassed.is_empty() {
+        let lines: Vec<String> = bypassed.iter().map(|bn| hex(&bn.encode_to_vec())).collect();
+        entries.push((BYPASSED_KEY, lines.join("\n")));
     }
     for (key, value) in entries {
         proto.metadata_props.push(pb::StringStringEntryProto { key: key.into(), value });
@@ -206,6 +247,27 @@ fn graph_bias(
         *b += kernel - before;
     }
     Ok(Some(bias))
+}
+
+/// Every tensor name the nodes of `graph` and of its subgraphs read.
+fn used_names(graph: &pb::GraphProto) -> HashSet<String> {
+    let mut used = HashSet::new();
+    let mut graphs = vec![graph];
+    while let Some(g) = graphs.pop() {
+        for node in &g.node {
+            used.extend(node.input.iter().cloned());
+            for attribute in &node.attribute {
+                graphs.extend(attribute.g.as_ref());
+                graphs.extend(attribute.graphs.iter());
+            }
+        }
+    }
+    used
+}
+
+/// Lower-case hex of `bytes`.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn read_floats(t: &pb::TensorProto) -> std::result::Result<Vec<f32>, String> {
