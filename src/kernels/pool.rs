@@ -3,7 +3,7 @@
 //! Each output row takes the running maximum of its input rows into one padded row, then the
 //! horizontal windows over that row. Stride 2 (ResNet's stem pool) splits the row into its
 //! even and odd columns first so the horizontal pass reads contiguous runs and vectorises;
-//! tract's generic pool walked every window element by element (1.1 ms of ResNet18's 14).
+//! tract's generic pool walks every window element by element.
 
 use super::quant::multiversion;
 use super::{ConvGeometry, Isa};
@@ -107,27 +107,27 @@ pub fn max_pool_plane<T: PoolValue>(
 }
 
 /// Most kernel columns [`CodePool`] takes.
-const MAX_POOL_COLUMNS: usize = 4;
+pub(super) const MAX_POOL_COLUMNS: usize = 4;
 
-/// Max pooling of u8 codes with byte permutations (AVX-512 VBMI): each output row is the
-/// byte-wise maximum of its input rows (two 64-byte vectors hold a row up to 127 codes wide),
+/// Max pooling of u8 codes with byte permutations (AVX-512 VBMI, NEON `tbl`): each output row is
+/// the byte-wise maximum of its input rows (two 64-byte vectors hold a row up to 127 codes wide),
 /// then of one permutation of them per kernel column, which picks the window's column for every
 /// output at once. ResNet's stem pool (3×3, stride 2, 112 → 56) is a few instructions per row
-/// instead of a pass per window column over a padded copy. Code 0 is the lowest, so padding
-/// reads 0.
+/// instead of a pass per window column over a padded copy. Code 0 is the lowest, so padding reads
+/// 0.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CodePool {
-    geometry: ConvGeometry,
+    pub(super) geometry: ConvGeometry,
     /// Per kernel column, the byte of the row maxima each output reads (127, a zero byte past
     /// the row, for padding).
-    index: [[u8; 64]; MAX_POOL_COLUMNS],
+    pub(super) index: [[u8; 64]; MAX_POOL_COLUMNS],
 }
 
 impl CodePool {
-    /// The permutations for `g` when this CPU has VBMI and the geometry fits: no dilation,
+    /// The permutations for `g` when this CPU has VBMI or NEON and the geometry fits: no dilation,
     /// rows up to 127 codes, up to 64 outputs per row and up to four kernel columns.
     pub fn new(isa: Isa, g: &ConvGeometry) -> Option<Self> {
-        let fits = super::depthwise_bytes::has_byte_permutes(isa)
+        let fits = (super::depthwise::bytes::has_byte_permutes(isa) || isa.is_neon())
             && g.dilation == [1, 1]
             && (1..=MAX_POOL_COLUMNS).contains(&g.kernel[1])
             && g.kernel[0] >= 1
@@ -160,6 +160,8 @@ impl CodePool {
         unsafe {
             pool_codes(self, plane, out)
         }
+        #[cfg(target_arch = "aarch64")]
+        super::pool_neon::pool_codes(self, plane, out);
     }
 }
 
@@ -265,7 +267,7 @@ mod tests {
                 max_pool_plane(isa, &g, &codes, &mut row, &mut got);
                 prop_assert_eq!(&got, &want_codes, "{:?} {:?}", isa, g);
             }
-            if let Some(pool) = CodePool::new(Isa::detect(), &g) {
+            for pool in Isa::supported().filter_map(|isa| CodePool::new(isa, &g)) {
                 let mut got = vec![77u8; out[0] * out[1]];
                 pool.run(&codes, &mut got);
                 prop_assert_eq!(&got, &want_codes, "permutations {:?}", g);
@@ -290,7 +292,8 @@ mod tests {
                 channels: 1, height: h, width: w, kernel: [kh, kw], stride: [sy, sx],
                 dilation: [1, 1], pad: [pad_top, pad_left], out,
             };
-            let Some(pool) = CodePool::new(Isa::detect(), &g) else { return Ok(()) };
+            let pools: Vec<CodePool> =
+                Isa::supported().filter_map(|isa| CodePool::new(isa, &g)).collect();
             let mut state = seed;
             let codes: Vec<u8> = (0..h * w).map(|_| {
                 state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
@@ -298,9 +301,11 @@ mod tests {
             }).collect();
             let values: Vec<f32> = codes.iter().map(|&c| f32::from(c)).collect();
             let want: Vec<u8> = naive(&g, &values).iter().map(|&v| if v < 0.0 { 0 } else { v as u8 }).collect();
-            let mut got = vec![77u8; out[0] * out[1]];
-            pool.run(&codes, &mut got);
-            prop_assert_eq!(&got, &want, "{:?}", g);
+            for pool in &pools {
+                let mut got = vec![77u8; out[0] * out[1]];
+                pool.run(&codes, &mut got);
+                prop_assert_eq!(&got, &want, "{:?}", g);
+            }
         }
     }
 }

@@ -112,6 +112,10 @@ pub(crate) use multiversion;
 /// [`quantize_value`] maps back to the same codes.
 pub fn dequantize_codes(isa: Isa, codes: &[u8], q: ActivationQuant, dst: &mut [f32]) {
     let (scale, zero_point) = (q.scale, f32::from(q.zero_point));
+    #[cfg(target_arch = "aarch64")]
+    if isa.is_neon() {
+        return super::quant_neon::dequantize_codes(codes, scale, zero_point, dst);
+    }
     multiversion!(isa, {
         for (d, &c) in dst.iter_mut().zip(codes) {
             *d = (f32::from(c) - zero_point) * scale;
@@ -121,6 +125,10 @@ pub fn dequantize_codes(isa: Isa, codes: &[u8], q: ActivationQuant, dst: &mut [f
 
 /// `dst[i] = quantize_value(src[i], scale, zero_point)`.
 pub fn quantize_u8(isa: Isa, src: &[f32], scale: f32, zero_point: u8, dst: &mut [u8]) {
+    #[cfg(target_arch = "aarch64")]
+    if isa.is_neon() {
+        return super::quant_neon::quantize_u8(src, scale, zero_point, dst);
+    }
     multiversion!(isa, {
         for (d, &s) in dst.iter_mut().zip(src) {
             *d = quantize_value(s, scale, zero_point);
@@ -235,7 +243,7 @@ pub fn dequantize_rows(
     epilogues: &[super::Epilogue],
     mut store: impl FnMut(usize, usize, f32),
 ) {
-    use super::codes::Sum;
+    use super::store::codes::Sum;
     for r in 0..rows {
         let row = &acc[r * acc_stride..r * acc_stride + epilogues.len()];
         for (o, (&sum, e)) in row.iter().zip(epilogues).enumerate() {

@@ -1,6 +1,6 @@
-//! The planar GEMM ([`conv_planar`](super::conv_planar)) on 256-bit vectors, for CPUs without
-//! AVX-512: laptop cores with AVX-VNNI (`vpdpbusd` on ymm registers) and older ones with AVX2
-//! alone, whose u8 × i8 products are widened to 16 bits (`vpmaddwd`) — exact, where AVX2's
+//! The planar GEMM ([`conv_planar`](crate::kernels::conv_planar)) on 256-bit vectors, for CPUs
+//! without AVX-512: laptop cores with AVX-VNNI (`vpdpbusd` on ymm registers) and older ones with
+//! AVX2 alone, whose u8 × i8 products are widened to 16 bits (`vpmaddwd`) — exact, where AVX2's
 //! byte product `vpmaddubsw` would saturate its 16-bit pair sums (255 · 127 · 2 > 32,767).
 //!
 //! Tiles of 4 output channels × 16 pixels sum in registers. A chunk of up to 64 pixels of each
@@ -9,9 +9,9 @@
 
 use std::arch::x86_64::*;
 
-use super::codes::Element;
-use super::codes_avx2::lane_mask;
-use super::{Epilogue, Isa, Tier};
+use crate::kernels::store::codes::Element;
+use crate::kernels::store::codes_avx2::lane_mask;
+use crate::kernels::{Epilogue, Isa, Tier};
 
 /// Output channels of a tile (4 × 2 accumulators, and for the widened products 4 prepared
 /// operand vectors and 2 weights: 14 of the 16 ymm registers).
@@ -26,7 +26,7 @@ const CHUNK_BLOCK_BYTES: usize = 512 * 1024;
 
 /// How four u8 codes times four i8 weights add into an i32 lane (the depthwise byte kernel's
 /// too).
-pub(super) trait Dot {
+pub(in crate::kernels) trait Dot {
     /// An operand vector as the products read it (prepared once, used by every channel).
     type X: Copy;
     /// A weight word broadcast as the products read it.
@@ -37,7 +37,7 @@ pub(super) trait Dot {
 }
 
 /// AVX-VNNI: one `vpdpbusd` per vector.
-pub(super) struct Vnni;
+pub(in crate::kernels) struct Vnni;
 
 impl Dot for Vnni {
     type X = __m256i;
@@ -63,7 +63,7 @@ impl Dot for Vnni {
 /// AVX2: the even and the odd bytes of each word widened to 16 bits (codes zero-extended,
 /// weights sign-extended), then one `vpmaddwd` each: `x0·w0 + x2·w2` and `x1·w1 + x3·w3`, at
 /// most 65,280 in magnitude, exact in i32.
-pub(super) struct Widened;
+pub(in crate::kernels) struct Widened;
 
 impl Dot for Widened {
     type X = [__m256i; 2];
@@ -88,7 +88,8 @@ impl Dot for Widened {
     }
 }
 
-/// The product [`conv_planar`](super::conv_planar) computes, on `isa` (one of the AVX2 ones).
+/// The product [`conv_planar`](crate::kernels::conv_planar) computes, on `isa` (one of the AVX2
+/// ones).
 ///
 /// # Safety
 /// The CPU runs `isa` ([`Isa::runs_here`]); `x` points at `k4` rows of `pixels` words,

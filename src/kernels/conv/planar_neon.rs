@@ -1,4 +1,4 @@
-//! The planar GEMM ([`conv_planar`](super::conv_planar)) on aarch64 NEON, in three tiers:
+//! The planar GEMM ([`conv_planar`](crate::kernels::conv_planar)) on aarch64 NEON, in three tiers:
 //!
 //! - FEAT_I8MM: `usdot` multiplies the u8 codes by the i8 weights as they are.
 //! - FEAT_DotProd: `sdot` is i8 by i8 only, so each code is offset by −128 (a bit flip) and the
@@ -13,9 +13,9 @@
 
 use std::arch::aarch64::*;
 
-use super::codes::Element;
-use super::neon::{sdot, usdot};
-use super::{Epilogue, Isa, Tier};
+use crate::kernels::neon::{sdot, usdot};
+use crate::kernels::store::codes::Element;
+use crate::kernels::{Epilogue, Isa, Tier};
 
 /// Output channels of a tile.
 const TILE_CHANNELS: usize = 4;
@@ -27,7 +27,7 @@ const CHUNK_BLOCK_BYTES: usize = 256 * 1024;
 
 /// How four u8 codes times four i8 weights add into the sums of one vector of 4 pixels (or 4
 /// depthwise outputs: `depthwise_bytes_neon.rs`).
-pub(super) trait Dot {
+pub(in crate::kernels) trait Dot {
     /// An operand vector as the products read it (prepared once, used by every channel).
     type X: Copy;
     /// The running sums of 4 pixels.
@@ -43,7 +43,7 @@ pub(super) trait Dot {
 }
 
 /// FEAT_I8MM: `usdot`, u8 by i8.
-pub(super) struct UnsignedBySigned;
+pub(in crate::kernels) struct UnsignedBySigned;
 
 impl Dot for UnsignedBySigned {
     type X = uint8x16_t;
@@ -81,7 +81,7 @@ fn offset_codes(v: uint8x16_t) -> int8x16_t {
 
 /// FEAT_DotProd: `sdot` on the offset codes; `Σ (x − 128)·w + 128·Σ w = Σ x·w` (in wrapping
 /// i32, as the reference's sums).
-pub(super) struct SignedOffset;
+pub(in crate::kernels) struct SignedOffset;
 
 impl Dot for SignedOffset {
     type X = int8x16_t;
@@ -112,7 +112,7 @@ impl Dot for SignedOffset {
 
 /// NEON alone: `smull`/`smull2` of the offset codes by the weights, `sadalp` into two
 /// accumulators of half sums (lanes: pixel 2i's first and second pair, then pixel 2i + 1's).
-pub(super) struct Widened;
+pub(in crate::kernels) struct Widened;
 
 impl Dot for Widened {
     type X = int8x16_t;
@@ -149,7 +149,8 @@ impl Dot for Widened {
     }
 }
 
-/// The product [`conv_planar`](super::conv_planar) computes, on `isa` (one of the NEON ones).
+/// The product [`conv_planar`](crate::kernels::conv_planar) computes, on `isa` (one of the NEON
+/// ones).
 ///
 /// # Safety
 /// The CPU runs `isa` ([`Isa::runs_here`]); `x` points at `k4` rows of `pixels` words,

@@ -1,20 +1,20 @@
-//! The u8 code store ([`Element::store_row`](super::Element::store_row) for codes) on 256-bit
-//! vectors: what the AVX2 kernels finish their sums with. The compiler's vectorised loop of
-//! the scalar reference (the 2^23 rounding trick, then a byte shuffle per 8 values) was a
-//! quarter of EfficientNet-Lite0's time on AVX-VNNI; this is nine instructions per 8 values.
+//! The u8 code store ([`Element::store_row`](crate::kernels::Element::store_row) for codes) on
+//! 256-bit vectors: what the AVX2 kernels finish their sums with, in nine instructions per 8 values
+//! (the compiler's vectorised loop of the scalar reference rounds with the 2^23 trick, then
+//! shuffles bytes per 8 values).
 
 use std::arch::x86_64::*;
 
 use super::codes::{CodeFinish, Sum};
-use super::{Epilogue, OutputCodes};
+use crate::kernels::{Epilogue, OutputCodes};
 
 /// Values finished and packed together (four vectors into one of bytes).
 const CHUNK: usize = 32;
 
 /// Sums the AVX2 code store loads 8 at a time.
 pub trait SimdSum8: Sum {
-    /// `sum − offset` as f32 ([`Sum::centred`](super::Sum::centred)) of the first `lanes` (≤ 8)
-    /// sums at `ptr` (others 0).
+    /// `sum − offset` as f32 ([`Sum::centred`](crate::kernels::Sum::centred)) of the first `lanes`
+    /// (≤ 8) sums at `ptr` (others 0).
     ///
     /// # Safety
     /// AVX2 must be available and `lanes` sums readable at `ptr`.
@@ -23,7 +23,7 @@ pub trait SimdSum8: Sum {
 
 /// Lanes `0..lanes` set (for masked loads).
 #[inline(always)]
-pub(super) unsafe fn lane_mask(lanes: usize) -> __m256i {
+pub(in crate::kernels) unsafe fn lane_mask(lanes: usize) -> __m256i {
     let index = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     _mm256_cmpgt_epi32(_mm256_set1_epi32(lanes.min(8) as i32), index)
 }
@@ -130,7 +130,7 @@ pub unsafe fn codes_rows<S: SimdSum8>(
 /// # Safety
 /// AVX2 must be available and `len` bytes writable at `dst`.
 #[inline(always)]
-pub(super) unsafe fn store_prefix(dst: *mut u8, bytes: __m256i, len: usize) {
+pub(in crate::kernels) unsafe fn store_prefix(dst: *mut u8, bytes: __m256i, len: usize) {
     debug_assert!(len < 32);
     let mut half = _mm256_castsi256_si128(bytes);
     let mut at = 0;

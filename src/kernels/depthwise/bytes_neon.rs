@@ -1,12 +1,12 @@
-//! [`BytePlane`](super::BytePlane)'s accumulation on aarch64 NEON: for 4 outputs, one 16-byte
-//! load from the padded row and a table lookup (`tbl`) gather each output's four-tap word
-//! (bytes `sx·j .. sx·j + 3`), multiplied by the kernel row's weight word as the planar GEMM
-//! does (`usdot`, `sdot` on offset codes, or 16-bit products).
+//! [`BytePlane`](crate::kernels::BytePlane)'s accumulation on aarch64 NEON: for 4 outputs, one
+//! 16-byte load from the padded row and a table lookup (`tbl`) gather each output's four-tap word
+//! (bytes `sx·j .. sx·j + 3`), multiplied by the kernel row's weight word as the planar GEMM does
+//! (`usdot`, `sdot` on offset codes, or 16-bit products).
 
 use std::arch::aarch64::*;
 
-use super::planar_neon::{Dot, SignedOffset, UnsignedBySigned, Widened};
-use super::{Isa, Tier};
+use crate::kernels::conv::planar_neon::{Dot, SignedOffset, UnsignedBySigned, Widened};
+use crate::kernels::{Isa, Tier};
 
 /// Flat outputs per vector.
 const LANES: usize = 4;

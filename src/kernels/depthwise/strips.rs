@@ -7,19 +7,20 @@
 //! every output row the input row reaches: the strip keeps the words of the last `kh` input
 //! rows in registers, so each output row costs one load and one permutation per word of the
 //! row entering the window, one `vpdpbusd` per word of the kernel, and the finishing store,
-//! straight from the sums in registers. The gather kernels before it (a table of windows, and
-//! [`super::BytePlane`]'s padded copy) permuted once per (output vector, kernel row) and
-//! stored their sums for a separate pass that wrote the codes.
+//! straight from the sums in registers ([`crate::kernels::BytePlane`]'s padded copy permutes
+//! once per output vector and kernel row, and stores its sums for a separate pass).
 //!
 //! Sums are of the raw codes, so `Σ w · q − zero_point · Σ w` is the centred sum: every
 //! padding position reads the zero point, so the correction is the same for every output.
 
-use super::codes::SimdElement;
-use super::depthwise_bytes::{byte_kernel_fits, has_byte_permutes};
-use super::{ConvGeometry, Epilogue, Isa};
+use super::bytes::{byte_kernel_fits, has_byte_permutes};
+#[cfg(target_arch = "x86_64")]
+use super::strips_avx512;
+use crate::kernels::store::codes::SimdElement;
+use crate::kernels::{ConvGeometry, Epilogue, Isa};
 
 /// Outputs of one strip: one vector of sums.
-const LANES: usize = 16;
+pub(super) const LANES: usize = 16;
 
 /// Bytes one load reads: those under a strip, the rest the zero point. Byte 63 is never
 /// loaded, so the permutation reads the padding from there.
@@ -30,27 +31,27 @@ const LOAD_BYTES: usize = 63;
 const MAX_COLUMN_STRIDE: usize = 3;
 
 /// Words of one kernel row: a kernel at most 8 wide.
-const MAX_ROW_WORDS: usize = 2;
+pub(super) const MAX_ROW_WORDS: usize = 2;
 
 /// One strip of output columns: where its input bytes lie in a row, and for each word of a
 /// kernel row the permutation that builds the strip's 16 words from them. A strip of a plane
 /// at most 8 outputs wide covers two output rows, `width` lanes each (see [`StripPlan`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Strip {
+pub(super) struct Strip {
     /// First output column.
-    first: usize,
+    pub(super) first: usize,
     /// Output columns (1 to 16).
-    lanes: usize,
+    pub(super) lanes: usize,
     /// First input column loaded.
-    load_start: usize,
+    pub(super) load_start: usize,
     /// Input bytes loaded from one row (below 64: the rest read as the zero point).
-    load_len: usize,
+    pub(super) load_len: usize,
     /// Per word of a kernel row, the byte each output's tap reads from its own row's load
     /// ([`LOAD_BYTES`]: padding).
-    index: [[u8; 64]; MAX_ROW_WORDS],
+    pub(super) index: [[u8; 64]; MAX_ROW_WORDS],
     /// For a strip of two output rows, the same from one load that covers both input rows
     /// (the second's bytes `row_step · width` further).
-    pair_index: [[u8; 64]; MAX_ROW_WORDS],
+    pub(super) pair_index: [[u8; 64]; MAX_ROW_WORDS],
 }
 
 /// The strips of a depthwise layer's geometry (one channel), the same for all its channels.
@@ -60,12 +61,12 @@ struct Strip {
 /// and its words come from one load spanning both input rows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StripPlan {
-    geometry: ConvGeometry,
-    strips: Vec<Strip>,
+    pub(super) geometry: ConvGeometry,
+    pub(super) strips: Vec<Strip>,
     /// Output rows per vector: 1, or 2 for narrow planes.
-    rows_per_vector: usize,
+    pub(super) rows_per_vector: usize,
     /// Bytes of the load that covers both input rows of a two-row vector.
-    pair_len: usize,
+    pub(super) pair_len: usize,
 }
 
 impl StripPlan {
@@ -153,7 +154,7 @@ impl StripPlan {
         self.geometry.out[0] * self.geometry.out[1]
     }
 
-    /// Tap words per channel ([`super::tap_words`]: kernel rows of `⌈kw/4⌉` words).
+    /// Tap words per channel ([`crate::kernels::tap_words`]: kernel rows of `⌈kw/4⌉` words).
     pub fn words_len(&self) -> usize {
         self.geometry.kernel[0] * self.geometry.kernel[1].div_ceil(4)
     }
@@ -184,11 +185,11 @@ impl StripPlan {
         if has_byte_permutes(isa) {
             let out_len = self.out_len();
             let mut sink =
-                avx512::Finished::<E> { epilogues, store, out: out.as_mut_ptr(), out_len };
+                strips_avx512::Finished::<E> { epilogues, store, out: out.as_mut_ptr(), out_len };
             // SAFETY: the CPU has the features (checked); the plan was built for this geometry,
             // so every load stays inside a row of a plane, and the sink writes only the
             // strips' lanes of the rows of each channel's plane (lengths asserted above).
-            unsafe { avx512::dispatch(self, planes, zero_point, words, &mut sink) };
+            unsafe { strips_avx512::dispatch(self, planes, zero_point, words, &mut sink) };
             return;
         }
         let _ = isa;
@@ -236,9 +237,9 @@ impl StripPlan {
         #[cfg(target_arch = "x86_64")]
         if has_byte_permutes(isa) {
             let mut sums = vec![i32::MIN; self.out_len()];
-            let mut sink = avx512::RawSums { out: sums.as_mut_ptr() };
+            let mut sink = strips_avx512::RawSums { out: sums.as_mut_ptr() };
             // SAFETY: as in `run`, for one channel.
-            unsafe { avx512::dispatch(self, plane, zero_point, words, &mut sink) };
+            unsafe { strips_avx512::dispatch(self, plane, zero_point, words, &mut sink) };
             return sums;
         }
         let _ = isa;
@@ -246,355 +247,12 @@ impl StripPlan {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-mod avx512 {
-    use std::arch::x86_64::*;
-
-    use super::{Strip, StripPlan, LANES, MAX_ROW_WORDS};
-    use crate::kernels::codes::{Epilogue, SimdElement};
-
-    /// Where the sums go: per channel, a [`ChannelSink`].
-    pub trait Sink {
-        type Channel: ChannelSink;
-        /// The sink of channel `c`.
-        fn channel(&mut self, c: usize) -> Self::Channel;
-    }
-
-    /// Where one channel's sums go; a value the kernel holds in registers.
-    pub trait ChannelSink: Copy {
-        /// The sums of the outputs `mask` selects from output `at` of the channel's plane (a
-        /// two-row strip's second row follows its first in the plane).
-        ///
-        /// # Safety
-        /// AVX-512F/BW must be available; the outputs lie inside the channel's plane.
-        unsafe fn put(self, sums: __m512i, at: usize, mask: __mmask16);
-    }
-
-    /// Sums finished by each channel's epilogue and stored into its plane of `out`
-    /// (`out_len` elements each).
-    pub struct Finished<'a, E: SimdElement> {
-        pub epilogues: &'a [Epilogue],
-        pub store: E::Store,
-        pub out: *mut E,
-        pub out_len: usize,
-    }
-
-    /// One channel's finisher and output plane.
-    pub struct FinishedChannel<E: SimdElement> {
-        finish: E::Finish,
-        plane: *mut E,
-    }
-
-    impl<E: SimdElement> Clone for FinishedChannel<E> {
-        fn clone(&self) -> Self {
-            *self
-        }
-    }
-
-    impl<E: SimdElement> Copy for FinishedChannel<E> {}
-
-    impl<E: SimdElement> Sink for Finished<'_, E> {
-        type Channel = FinishedChannel<E>;
-
-        #[inline(always)]
-        fn channel(&mut self, c: usize) -> FinishedChannel<E> {
-            let finish = E::finisher(&self.epilogues[c], self.store);
-            FinishedChannel { finish, plane: self.out.wrapping_add(c * self.out_len) }
-        }
-    }
-
-    impl<E: SimdElement> ChannelSink for FinishedChannel<E> {
-        #[inline(always)]
-        unsafe fn put(self, sums: __m512i, at: usize, mask: __mmask16) {
-            // SAFETY: the outputs lie inside the plane (the caller's contract).
-            unsafe { E::finish16(sums, &self.finish, mask, self.plane.add(at)) }
-        }
-    }
-
-    /// One channel's raw sums stored as they are (for tests).
-    #[cfg(test)]
-    #[derive(Clone, Copy)]
-    pub struct RawSums {
-        pub out: *mut i32,
-    }
-
-    #[cfg(test)]
-    impl Sink for RawSums {
-        type Channel = RawSums;
-
-        fn channel(&mut self, _: usize) -> RawSums {
-            *self
-        }
-    }
-
-    #[cfg(test)]
-    impl ChannelSink for RawSums {
-        #[inline(always)]
-        unsafe fn put(self, sums: __m512i, at: usize, mask: __mmask16) {
-            // SAFETY: as for `Finished`.
-            unsafe { _mm512_mask_storeu_epi32(self.out.add(at).cast(), mask, sums) }
-        }
-    }
-
-    #[inline(always)]
-    fn lane_mask(lanes: usize) -> __mmask16 {
-        if lanes >= LANES {
-            0xffff
-        } else {
-            (1u16 << lanes) - 1
-        }
-    }
-
-    /// Runs the kernel instance for the plan's kernel height and words per kernel row over
-    /// consecutive channels.
-    ///
-    /// # Safety
-    /// AVX-512F/BW/VNNI/VBMI must be available; `planes` holds whole input planes of the plan,
-    /// `words` the channels' tap words, and the sink takes every output of each channel.
-    pub unsafe fn dispatch<S: Sink>(
-        plan: &StripPlan,
-        planes: &[u8],
-        zero_point: u8,
-        words: &[i32],
-        sink: &mut S,
-    ) {
-        let [kh, kw] = plan.geometry.kernel;
-        macro_rules! by_height {
-            ($words:literal, $paired:literal) => {
-                match kh {
-                    1 => channel::<1, $words, $paired, S>(plan, planes, zero_point, words, sink),
-                    2 => channel::<2, $words, $paired, S>(plan, planes, zero_point, words, sink),
-                    3 => channel::<3, $words, $paired, S>(plan, planes, zero_point, words, sink),
-                    4 => channel::<4, $words, $paired, S>(plan, planes, zero_point, words, sink),
-                    5 => channel::<5, $words, $paired, S>(plan, planes, zero_point, words, sink),
-                    6 => channel::<6, $words, $paired, S>(plan, planes, zero_point, words, sink),
-                    7 => channel::<7, $words, $paired, S>(plan, planes, zero_point, words, sink),
-                    _ => channel::<8, $words, $paired, S>(plan, planes, zero_point, words, sink),
-                }
-            };
-        }
-        // SAFETY: as the caller guarantees (plans take kernels 1 to 8 rows high).
-        unsafe {
-            match (kw <= 4, plan.rows_per_vector == 2) {
-                (true, false) => by_height!(1, false),
-                (true, true) => by_height!(1, true),
-                (false, false) => by_height!(2, false),
-                (false, true) => by_height!(2, true),
-            }
-        }
-    }
-
-    /// What builds the words of a strip: the plane, its shape, and the strip's loads.
-    /// `PAIRED`: the strip holds two output rows per vector.
-    struct Rows<'a, const WORDS: usize, const PAIRED: bool> {
-        plane: &'a [u8],
-        height: usize,
-        width: usize,
-        strip: &'a Strip,
-        index: [__m512i; WORDS],
-        pair_index: [__m512i; WORDS],
-        fill: __m512i,
-        /// For two-row strips: the input rows between the two halves, the lanes of the
-        /// second half, and the bytes of the load that covers both.
-        row_step: usize,
-        upper: __mmask16,
-        pair_len: usize,
-    }
-
-    impl<const WORDS: usize, const PAIRED: bool> Rows<'_, WORDS, PAIRED> {
-        /// The words of input row `iy` (the zero point's outside the plane), each lane
-        /// permuted by `index`.
-        ///
-        /// # Safety
-        /// AVX-512F/BW/VBMI must be available; the strip's load lies inside each row.
-        #[inline(always)]
-        unsafe fn row(&self, iy: isize, index: &[__m512i; WORDS]) -> [__m512i; WORDS] {
-            if iy < 0 || iy as usize >= self.height {
-                return [self.fill; WORDS];
-            }
-            let mask: __mmask64 = (1u64 << self.strip.load_len) - 1;
-            // SAFETY: row `iy` exists and holds the strip's `load_len` bytes from `load_start`.
-            unsafe {
-                let at = self.plane.as_ptr().add(iy as usize * self.width + self.strip.load_start);
-                let row = _mm512_mask_loadu_epi8(self.fill, mask, at.cast());
-                std::array::from_fn(|q| _mm512_permutexvar_epi8(index[q], row))
-            }
-        }
-
-        /// The words of the vector whose first half reads input row `iy`: that row's alone,
-        /// or for a two-row strip with the second half's from row `iy + row_step`.
-        ///
-        /// # Safety
-        /// As for [`Self::row`].
-        #[inline(always)]
-        unsafe fn words(&self, iy: isize) -> [__m512i; WORDS] {
-            if !PAIRED {
-                // SAFETY: as the caller guarantees.
-                return unsafe { self.row(iy, &self.index) };
-            }
-            let below = iy + self.row_step as isize;
-            if iy >= 0 && (below as usize) < self.height {
-                let mask: __mmask64 = (1u64 << self.pair_len) - 1;
-                // SAFETY: rows `iy` to `below` exist, and the load's `pair_len` bytes end
-                // inside row `below` (the plan checked it).
-                unsafe {
-                    let start = iy as usize * self.width + self.strip.load_start;
-                    let rows = _mm512_mask_loadu_epi8(
-                        self.fill,
-                        mask,
-                        self.plane.as_ptr().add(start).cast(),
-                    );
-                    return std::array::from_fn(|q| {
-                        _mm512_permutexvar_epi8(self.pair_index[q], rows)
-                    });
-                }
-            }
-            // At the top or bottom edge: each half from its own row (or the zero point).
-            // SAFETY: as the caller guarantees.
-            let (first, second) =
-                unsafe { (self.row(iy, &self.index), self.row(below, &self.index)) };
-            std::array::from_fn(|q| _mm512_mask_blend_epi32(self.upper, first[q], second[q]))
-        }
-    }
-
-    /// One channel with a `KH`-row kernel of `WORDS` words per row: each strip slides down
-    /// the output rows, the words of the `KH` input rows under the current ones in registers.
-    ///
-    /// # Safety
-    /// As for [`dispatch`]; `KH` and `WORDS` match the plan's kernel, `PAIRED` its rows per vector.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi")]
-    unsafe fn channel<const KH: usize, const WORDS: usize, const PAIRED: bool, S: Sink>(
-        plan: &StripPlan,
-        planes: &[u8],
-        zero_point: u8,
-        words: &[i32],
-        sink: &mut S,
-    ) {
-        let (plane_len, words_len) = (plan.plane_len(), plan.words_len());
-        let planes = planes.chunks_exact(plane_len.max(1));
-        for (c, (plane, words)) in planes.zip(words.chunks_exact(words_len.max(1))).enumerate() {
-            let sink = sink.channel(c);
-            // SAFETY: as the caller guarantees, for this channel.
-            unsafe {
-                // A narrow plane's channel is quick: its strip inline saves the call's set-up.
-                // Wider planes measured faster as a call of their own (the inlined loop over
-                // channels held more registers).
-                if PAIRED {
-                    strips::<KH, WORDS, PAIRED, S::Channel>(plan, plane, zero_point, words, sink)
-                } else {
-                    strips_apart::<KH, WORDS, PAIRED, S::Channel>(
-                        plan, plane, zero_point, words, sink,
-                    )
-                }
-            };
-        }
-    }
-
-    /// [`strips`] compiled apart.
-    ///
-    /// # Safety
-    /// As for [`strips`].
-    #[inline(never)]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi")]
-    unsafe fn strips_apart<
-        const KH: usize,
-        const WORDS: usize,
-        const PAIRED: bool,
-        S: ChannelSink,
-    >(
-        plan: &StripPlan,
-        plane: &[u8],
-        zero_point: u8,
-        words: &[i32],
-        sink: S,
-    ) {
-        // SAFETY: as the caller guarantees.
-        unsafe { strips::<KH, WORDS, PAIRED, S>(plan, plane, zero_point, words, sink) }
-    }
-
-    /// One channel's strips.
-    ///
-    /// # Safety
-    /// As for [`channel`], `plane` and `words` one channel's.
-    #[inline(always)]
-    unsafe fn strips<const KH: usize, const WORDS: usize, const PAIRED: bool, S: ChannelSink>(
-        plan: &StripPlan,
-        plane: &[u8],
-        zero_point: u8,
-        words: &[i32],
-        sink: S,
-    ) {
-        let g = &plan.geometry;
-        let fill = _mm512_set1_epi8(zero_point as i8);
-        let taps: [[__m512i; WORDS]; KH] = std::array::from_fn(|ky| {
-            std::array::from_fn(|q| _mm512_set1_epi32(words[ky * WORDS + q]))
-        });
-        let per_vector = if PAIRED { 2 } else { 1 };
-        // Input rows the window moves down per vector of output rows.
-        let advance = per_vector * g.stride[0];
-        for strip in &plan.strips {
-            let load = |index: &[[u8; 64]; MAX_ROW_WORDS]| -> [__m512i; WORDS] {
-                // SAFETY: each index row is 64 bytes.
-                std::array::from_fn(|q| unsafe { _mm512_loadu_si512(index[q].as_ptr().cast()) })
-            };
-            let upper = lane_mask(2 * strip.lanes) & !lane_mask(strip.lanes);
-            let rows = Rows::<WORDS, PAIRED> {
-                plane,
-                height: g.height,
-                width: g.width,
-                strip,
-                index: load(&strip.index),
-                pair_index: if PAIRED { load(&strip.pair_index) } else { [fill; WORDS] },
-                fill,
-                row_step: g.stride[0],
-                upper,
-                pair_len: plan.pair_len,
-            };
-            let mut next = -(g.pad[0] as isize);
-            let mut window = [[fill; WORDS]; KH];
-            for row in window.iter_mut() {
-                // SAFETY: as the caller guarantees.
-                *row = unsafe { rows.words(next) };
-                next += 1;
-            }
-            // Outputs of every vector but the last, which may hold one row.
-            let vectors = g.out[0].div_ceil(per_vector);
-            let full = lane_mask(strip.lanes * per_vector);
-            let last = lane_mask(strip.lanes * (g.out[0] - (vectors - 1) * per_vector));
-            let mut at = strip.first;
-            for v in 0..vectors {
-                let mut sums = _mm512_setzero_si512();
-                for ky in 0..KH {
-                    for q in 0..WORDS {
-                        sums = _mm512_dpbusd_epi32(sums, window[ky][q], taps[ky][q]);
-                    }
-                }
-                let mask = if v + 1 == vectors { last } else { full };
-                // SAFETY: the vector's outputs lie inside the plane.
-                unsafe { sink.put(sums, at, mask) };
-                if v + 1 == vectors {
-                    break;
-                }
-                at += per_vector * g.out[1];
-                for _ in 0..advance {
-                    for ky in 1..KH {
-                        window[ky - 1] = window[ky];
-                    }
-                    // SAFETY: as the caller guarantees.
-                    window[KH - 1] = unsafe { rows.words(next) };
-                    next += 1;
-                }
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
 
-    use super::super::depthwise_bytes::{tap_words, MAX_TAP_WORDS};
-    use super::super::depthwise_cases::{square_plane, Case};
+    use super::super::bytes::{tap_words, MAX_TAP_WORDS};
+    use super::super::cases::{square_plane, Case};
     use super::*;
     use crate::kernels::{Activation, OutputCodes};
 

@@ -97,7 +97,7 @@ pub fn gemm_u8i8_reference(
 /// `out[r][o]` (row stride `weights.n_padded()`) = Σ_k x[r][k] · W[o][k] for `m` rows of `x`
 /// (stride `x_stride` ≥ `k_padded`; bytes past `k` may hold anything).
 pub fn gemm_u8i8(
-    isa: super::Isa,
+    isa: crate::kernels::Isa,
     x: &[u8],
     x_stride: usize,
     m: usize,
@@ -115,7 +115,7 @@ pub fn gemm_u8i8(
 /// `out_stride` = Σ_k x[r][k] · W[block·16 + lane][k].
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_u8i8_block(
-    isa: super::Isa,
+    isa: crate::kernels::Isa,
     x: &[u8],
     x_stride: usize,
     m: usize,
@@ -132,7 +132,7 @@ pub fn gemm_u8i8_block(
     let k4s = weights.k_padded / 4;
     match isa.tier() {
         #[cfg(target_arch = "x86_64")]
-        super::Tier::Avx512Vnni => {
+        crate::kernels::Tier::Avx512Vnni => {
             let mut r = 0;
             while r < m {
                 let rows = BLOCK_M.min(m - r);
@@ -152,7 +152,22 @@ pub fn gemm_u8i8_block(
                 r += rows;
             }
         }
-        _ => super::quant::multiversion!(isa, {
+        #[cfg(target_arch = "aarch64")]
+        tier @ (crate::kernels::Tier::NeonI8mm
+        | crate::kernels::Tier::NeonDot
+        | crate::kernels::Tier::Neon) => {
+            let mut column_sums = [0i32; BLOCK_N];
+            let channels = &weights.column_sums[block * BLOCK_N..];
+            for (sum, &channel) in column_sums.iter_mut().zip(channels) {
+                *sum = channel;
+            }
+            // SAFETY: Isa of a NEON tier is only chosen when the CPU has its features; the
+            // asserts above bound every row and column the kernel touches.
+            unsafe {
+                super::gemm_neon::block(tier, w, &column_sums, k4s, x, x_stride, m, out, out_stride)
+            };
+        }
+        _ => crate::kernels::quant::multiversion!(isa, {
             scalar_block(w, k4s, x, x_stride, m, out, out_stride)
         }),
     }
@@ -281,16 +296,20 @@ mod tests {
     }
 
     #[test]
-    fn scalar_matches_reference_on_extremes() {
+    fn every_isa_holds_the_extremes() {
         // 255 × -128 summed over a long k: the accumulator range the kernels must hold exactly.
         let (m, n, k) = (3, 5, 1000);
         let x = vec![255u8; m * k];
         let w = vec![-128i8; n * k];
         let packed = PackedWeights::pack(&w, n, k);
-        let mut out = vec![0; m * packed.n_padded()];
-        gemm_u8i8(Isa::SCALAR, &x, k, m, &packed, &mut out);
-        assert_eq!(out[0], 255 * -128 * 1000);
         assert_eq!(packed.column_sums, vec![-128 * 1000; n]);
+        for isa in Isa::reference_first() {
+            let mut out = vec![0; m * packed.n_padded()];
+            gemm_u8i8(isa, &x, k, m, &packed, &mut out);
+            for r in 0..m {
+                assert_eq!(out[r * packed.n_padded()..][..n], [255 * -128 * 1000; 5], "{isa:?}");
+            }
+        }
     }
 
     proptest! {

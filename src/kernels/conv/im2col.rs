@@ -4,8 +4,8 @@
 
 use std::ops::Range;
 
-use super::planar::ConvGeometry;
-use super::Isa;
+use crate::kernels::ConvGeometry;
+use crate::kernels::Isa;
 
 /// Builds the C4 patch matrix of a k×k convolution: for each tap and channel group, the plane of
 /// input words each output pixel reads (the zero point where the tap falls in the padding).
@@ -162,7 +162,7 @@ fn shifted_copy(
 fn every_other(dst: &mut [u32], src: &[u32]) {
     let pairs = dst.len().min(src.len() / 2);
     let (head, last) = dst.split_at_mut(pairs);
-    super::quant::multiversion!(Isa::detect(), {
+    crate::kernels::quant::multiversion!(Isa::detect(), {
         for (d, pair) in head.iter_mut().zip(src.chunks_exact(2)) {
             *d = pair[0];
         }

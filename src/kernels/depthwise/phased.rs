@@ -9,9 +9,9 @@
 //! [`MAX_DEPTHWISE_TAPS`] of them stays below 2^24, where f32 is exact — so the result equals
 //! the integer reference bit for bit, while f32 FMAs are the fastest multiply-add on every ISA.
 
-use super::codes::{Element, Epilogue, SimdElement};
-use super::quant::{multiversion, ActivationQuant};
-use super::{ConvGeometry, Isa};
+use crate::kernels::quant::{multiversion, ActivationQuant};
+use crate::kernels::store::codes::{Element, Epilogue, SimdElement};
+use crate::kernels::{ConvGeometry, Isa};
 
 /// Most kernel taps the f32 accumulation stays exact for (`taps · 255 · 128 < 2^24`).
 pub const MAX_DEPTHWISE_TAPS: usize = 512;
@@ -234,7 +234,7 @@ fn chunk_sums<const N: usize>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::depthwise_cases::Case;
+    use crate::kernels::depthwise::cases::Case;
     use crate::kernels::{Activation, FloatStore};
     use proptest::prelude::*;
 

@@ -1,14 +1,14 @@
-//! [`BytePlane`](super::BytePlane)'s padded copy and accumulation on 256-bit vectors: the copy
-//! in 32-byte pieces blended with the zero point, then each output's four-tap word gathered
-//! from its padded input row by a byte shuffle within 128-bit lanes (AVX2 has no permutation
-//! across them), multiplied as the planar GEMM does (`vpdpbusd ymm` with AVX-VNNI, 16-bit
-//! products with AVX2 alone).
+//! [`BytePlane`](crate::kernels::BytePlane)'s padded copy and accumulation on 256-bit vectors: the
+//! copy in 32-byte pieces blended with the zero point, then each output's four-tap word gathered
+//! from its padded input row by a byte shuffle within 128-bit lanes (AVX2 has no permutation across
+//! them), multiplied as the planar GEMM does (`vpdpbusd ymm` with AVX-VNNI, 16-bit products with
+//! AVX2 alone).
 
 use std::arch::x86_64::*;
 
-use super::codes_avx2::store_prefix;
-use super::planar_avx2::{Dot, Vnni, Widened};
-use super::{Isa, Tier};
+use crate::kernels::conv::planar_avx2::{Dot, Vnni, Widened};
+use crate::kernels::store::codes_avx2::store_prefix;
+use crate::kernels::{Isa, Tier};
 
 /// Flat outputs per vector.
 const LANES: usize = 8;
@@ -118,16 +118,21 @@ impl Windows<'_> {
     }
 }
 
-/// [`BytePlane::fill`](super::BytePlane::fill) from codes: each padded row in 32-byte pieces,
-/// loaded from the input row (only up to the plane's end) and blended with the zero point
-/// outside its columns; only a piece that would start before the plane (the left padding of
-/// its first row) is gathered byte by byte.
+/// [`BytePlane::fill`](crate::kernels::BytePlane::fill) from codes: each padded row in 32-byte
+/// pieces, loaded from the input row (only up to the plane's end) and blended with the zero point
+/// outside its columns; only a piece that would start before the plane (the left padding of its
+/// first row) is gathered byte by byte.
 ///
 /// # Safety
 /// AVX2 must be available; `codes` holds the `height × width` plane and `dst` is
 /// `layout.buffer_len()` bytes.
 #[target_feature(enable = "avx2")]
-pub unsafe fn fill(layout: &super::BytePlane, codes: &[u8], zero_point: u8, dst: &mut [u8]) {
+pub unsafe fn fill(
+    layout: &crate::kernels::BytePlane,
+    codes: &[u8],
+    zero_point: u8,
+    dst: &mut [u8],
+) {
     let g = &layout.geometry;
     let (row_bytes, rows, sy) = (layout.row_bytes, layout.rows, layout.stride[0]);
     let (left, end) = (g.pad[1], (g.pad[1] + g.width).min(row_bytes));

@@ -1,19 +1,19 @@
 //! The last `pixels mod 16` pixels of a planar convolution, as dot products.
 //!
-//! [`conv_planar`](super::conv_planar) keeps 16 pixels of one channel per vector, so a plane of
-//! 49 pixels (7×7) takes four vectors, the last with one pixel in it: a quarter of ResNet18's
-//! last stage and of the mobile nets' 7×7 layers multiplied masked-off lanes. Here each of the
-//! few remaining pixels is a column of the operand, transposed once into a contiguous run of
-//! `k4` words, and each output channel's weight row (contiguous already) is multiplied with it
-//! 16 words at a time, then summed across lanes.
+//! [`conv_planar`](crate::kernels::conv_planar) keeps 16 pixels of one channel per vector, so a
+//! plane of 49 pixels (7×7) takes four vectors, the last with one pixel in it, and ResNet18's last
+//! stage and the mobile nets' 7×7 layers would multiply masked-off lanes a quarter of the time.
+//! Here each of the few remaining pixels is a column of the operand, transposed once into a
+//! contiguous run of `k4` words, and each output channel's weight row (contiguous already) is
+//! multiplied with it 16 words at a time, then summed across lanes.
 
 use std::ops::Range;
 
 use ndarray::{ArrayView2, ArrayViewMut2, Axis};
 
-use super::codes::SimdElement;
 use super::planar::{conv_planar, word_dot, PlanarWeights};
-use super::{Epilogue, Isa, Tier};
+use crate::kernels::store::codes::SimdElement;
+use crate::kernels::{Epilogue, Isa, Tier};
 
 /// Most pixels the dot-product path takes (fewer than one vector of them).
 pub const MAX_TAIL_PIXELS: usize = 15;

@@ -6,20 +6,21 @@
 //! plane, shifted. Two things make it exact: each plane lies between guard words holding the
 //! fill (taps above the first or below the last row read them), and a tap whose column falls
 //! outside the row masks those lanes to the fill (otherwise they would read the neighbouring
-//! row's pixel). im2col copied every input word k² times (7.5 % of ResNet18 on one thread).
+//! row's pixel). im2col would copy every input word k² times.
 
 use std::ops::Range;
 
 use ndarray::{s, ArrayView2, ArrayViewMut2, Axis};
 
-use super::codes::SimdElement;
 #[cfg(target_arch = "x86_64")]
 use super::planar::row_stride;
-use super::planar::{word_dot, ConvGeometry, PlanarWeights};
+use super::planar::{word_dot, PlanarWeights};
 use super::planar_tail::{conv_planar_tail, tail_pixels};
+use crate::kernels::store::codes::SimdElement;
+use crate::kernels::ConvGeometry;
 #[cfg(target_arch = "x86_64")]
-use super::Tier;
-use super::{Epilogue, Isa};
+use crate::kernels::Tier;
+use crate::kernels::{Epilogue, Isa};
 
 /// Most kernel columns a shifted convolution may have (one pair of lane masks each per tile).
 pub const MAX_SHIFTED_COLUMNS: usize = 8;
@@ -133,11 +134,12 @@ impl ShiftedOperand<'_> {
     }
 }
 
-/// `out[o − range.start][p − pixels.start] = finish_o(Σ_kk Σ_j operand(kk, p).byte(j) ·
-/// W[o][4·kk + j])` for `o` in `range` and `p` in `pixels`: the product
-/// [`conv_planar_with_tail`](super::conv_planar_with_tail) computes over im2col patches, read
-/// from the planes in place. A plane's last `pixels mod 16` pixels run as dot products over their
-/// gathered columns (`scratch`: at least [`tail_scratch_len`](super::tail_scratch_len) words).
+/// `out[o − range.start][p − pixels.start] = finish_o(Σ_kk Σ_j operand(kk, p).byte(j) · W[o][4·kk +
+/// j])` for `o` in `range` and `p` in `pixels`: the product
+/// [`conv_planar_with_tail`](crate::kernels::conv_planar_with_tail) computes over im2col patches,
+/// read from the planes in place. A plane's last `pixels mod 16` pixels run as dot products over
+/// their gathered columns (`scratch`: at least
+/// [`tail_scratch_len`](crate::kernels::tail_scratch_len) words).
 #[allow(clippy::too_many_arguments)]
 pub fn conv_shifted<E: SimdElement>(
     isa: Isa,
@@ -230,8 +232,8 @@ fn simd<E: SimdElement>(
     out_stride: usize,
     tail_columns: &[u32],
 ) {
-    use super::planar::avx512::{channels, Operand, RowColumns, TailColumns, Tap};
     use super::planar::PlaneRun;
+    use super::planar_avx512::{channels, Operand, RowColumns, TailColumns, Tap};
 
     let (layout, g) = (operand.layout, operand.geometry);
     let [kh, kw] = g.kernel;

@@ -1,11 +1,9 @@
 //! Output tensors that the threads computing them initialise part by part, just before the
 //! kernels store into the part: with zeros, or with the values of a residual branch the
-//! kernels add their results to ([`FloatStore::AddTo`](super::FloatStore::AddTo)).
+//! kernels add their results to ([`FloatStore::AddTo`](crate::kernels::FloatStore::AddTo)).
 //!
-//! Zeroing a whole output on the calling thread before a parallel section was 5 % of
-//! EfficientNet-Lite0 on one thread and ran serially on two; done per part, each thread
-//! initialises only what it stores, and the writes bring those lines into its own cache where
-//! the kernels' first stores then hit (without them they missed, measured).
+//! Done per part, each thread initialises only what it stores, in parallel, and the writes
+//! bring those lines into its own cache where the kernels' first stores then hit.
 //!
 //! The tensor is allocated uninitialised. Its elements are reachable only as `MaybeUninit`
 //! through [`OutputPart`]s, which become plain views only by being initialised; the tensor is

@@ -2,8 +2,10 @@
 //! with the next one's input parameters — and the store that finishes a layer's sums into
 //! either: `act(sum · scale + bias)`, quantized when the output is codes.
 
-use super::quant::{multiversion, quantize_value, round_half_even, Activation, ActivationQuant};
-use super::{Isa, Tier};
+use crate::kernels::quant::{
+    multiversion, quantize_value, round_half_even, Activation, ActivationQuant,
+};
+use crate::kernels::{Isa, Tier};
 
 /// What turns a row of sums into finished values: `act((sum − offset) · scale + bias)`.
 #[derive(Debug, Clone, Copy, PartialEq)]

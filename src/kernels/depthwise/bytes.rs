@@ -1,20 +1,20 @@
 //! Depthwise convolution of one channel plane on its u8 codes, four taps per `vpdpbusd`.
 //!
-//! The plane is copied into padded rows of codes (the zero point in the padding), the rows
-//! split into phases by the row stride so that every kernel row reads one contiguous run over
-//! the flattened output rows (as in [`super::PhasedPlane`]). For 16 outputs and one kernel row,
-//! a byte permutation (`vpermb`) turns the 64 bytes under them into 16 words of four
-//! consecutive columns — `x[s·j], x[s·j + 1], x[s·j + 2], x[s·j + 3]` for column stride `s` —
-//! and one `vpdpbusd` multiplies them by that kernel row's four weights. A 3×3 kernel is three
-//! instructions per 16 outputs where the f32 kernel needs nine multiply-adds, and the plane is
-//! a byte per code instead of four.
+//! The plane is copied into padded rows of codes (the zero point in the padding), the rows split
+//! into phases by the row stride so that every kernel row reads one contiguous run over the
+//! flattened output rows (as in [`crate::kernels::PhasedPlane`]). For 16 outputs and one kernel
+//! row, a byte permutation (`vpermb`) turns the 64 bytes under them into 16 words of four
+//! consecutive columns — `x[s·j], x[s·j + 1], x[s·j + 2], x[s·j + 3]` for column stride `s` — and
+//! one `vpdpbusd` multiplies them by that kernel row's four weights. A 3×3 kernel is three
+//! instructions per 16 outputs where the f32 kernel needs nine multiply-adds, and the plane is a
+//! byte per code instead of four.
 //!
 //! Sums are of the raw codes, so `Σ w · q − zero_point · Σ w` is the centred sum: every padding
 //! position holds the zero point, so the correction is the same for every output and exact.
 
-use super::codes::Element;
-use super::quant::ActivationQuant;
-use super::{ConvGeometry, Isa};
+use crate::kernels::quant::ActivationQuant;
+use crate::kernels::store::codes::Element;
+use crate::kernels::{ConvGeometry, Isa};
 
 /// Outputs one accumulator vector holds.
 const LANES: usize = 16;
@@ -28,7 +28,7 @@ const MAX_KERNEL: usize = 8;
 /// Weight words of one channel: up to [`MAX_KERNEL`] rows of two words.
 pub const MAX_TAP_WORDS: usize = MAX_KERNEL * 2;
 
-/// Whether the byte kernels ([`BytePlane`], [`super::StripPlan`]) take a `kernel`: both
+/// Whether the byte kernels ([`BytePlane`], [`crate::kernels::StripPlan`]) take a `kernel`: both
 /// sides from 1 to 8, so its weight words fit [`MAX_TAP_WORDS`].
 pub fn byte_kernel_fits(kernel: [usize; 2]) -> bool {
     kernel.iter().all(|&side| (1..=MAX_KERNEL).contains(&side))
@@ -55,7 +55,7 @@ pub struct BytePlane {
 impl BytePlane {
     /// The layout for `geometry` (one channel) when this CPU has the instructions (AVX-512 VNNI
     /// and VBMI, AVX2 or NEON) and the geometry fits: no dilation, a column stride of 1 or 2, kernel
-    /// sides up to 8. `None` otherwise: [`super::PhasedPlane`] takes those.
+    /// sides up to 8. `None` otherwise: [`crate::kernels::PhasedPlane`] takes those.
     pub fn new(isa: Isa, geometry: &ConvGeometry) -> Option<Self> {
         if !byte_kernel_runs(isa) {
             return None;
@@ -132,7 +132,7 @@ impl BytePlane {
             let dst = &mut dst[..self.buffer_len()];
             // SAFETY: the AVX2 instruction sets are only chosen on CPUs with AVX2; the slices
             // hold the plane and the buffer (asserted).
-            return unsafe { super::depthwise_bytes_avx2::fill(self, codes, zero_point, dst) };
+            return unsafe { super::bytes_avx2::fill(self, codes, zero_point, dst) };
         }
         let rows = self.rows;
         let phase_rows = (0..sy).flat_map(|py| (0..rows).map(move |qy| qy * sy + py));
@@ -170,7 +170,7 @@ impl BytePlane {
             // sx · (flat_len − 8) + 4 · sx and reads 16 bytes, short of the 64 bytes from
             // max(word_offsets) + sx · (flat_len − 16) that `buffer_len` (asserted) covers.
             return unsafe {
-                super::depthwise_bytes_avx2::accumulate(isa, x, &self.word_offsets, words, sx, acc)
+                super::bytes_avx2::accumulate(isa, x, &self.word_offsets, words, sx, acc)
             };
         }
         #[cfg(target_arch = "aarch64")]
@@ -180,7 +180,7 @@ impl BytePlane {
             // sx · (flat_len − 4) and reads 16 bytes, short of the 64 bytes from
             // max(word_offsets) + sx · (flat_len − 16) that `buffer_len` (asserted) covers.
             return unsafe {
-                super::depthwise_bytes_neon::accumulate(isa, x, &self.word_offsets, words, sx, acc)
+                super::bytes_neon::accumulate(isa, x, &self.word_offsets, words, sx, acc)
             };
         }
         let _ = isa;
@@ -224,7 +224,7 @@ fn byte_kernel_runs(isa: Isa) -> bool {
 }
 
 /// Whether `isa` runs the byte kernel here: AVX-512 VNNI plus VBMI's byte permutation.
-pub(super) fn has_byte_permutes(isa: Isa) -> bool {
+pub(in crate::kernels) fn has_byte_permutes(isa: Isa) -> bool {
     isa.byte_permutes()
 }
 
@@ -344,7 +344,7 @@ mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::depthwise_cases::Case;
+    use crate::kernels::depthwise::cases::Case;
     use proptest::prelude::*;
 
     proptest! {

@@ -1,12 +1,12 @@
-//! The u8 code store ([`Element::store_row`](super::Element::store_row) for codes) on aarch64
-//! NEON: 16 sums finished per step (one fused multiply-add, a clamp and a rounding convert per
-//! 4), narrowed to bytes in registers and stored at once. The compiler's loop of the scalar
+//! The u8 code store ([`Element::store_row`](crate::kernels::Element::store_row) for codes) on
+//! aarch64 NEON: 16 sums finished per step (one fused multiply-add, a clamp and a rounding convert
+//! per 4), narrowed to bytes in registers and stored at once. The compiler's loop of the scalar
 //! reference rounds with the 2^23 trick and stores byte by byte.
 
 use std::arch::aarch64::*;
 
 use super::codes::{CodeFinish, Sum};
-use super::{Epilogue, OutputCodes};
+use crate::kernels::{Epilogue, OutputCodes};
 
 /// Values finished and narrowed together (four vectors into one of bytes).
 const CHUNK: usize = 16;

@@ -1,7 +1,7 @@
 //! Random depthwise cases the property tests of the three depthwise kernels share: a geometry
 //! from drawn sizes, a plane of codes, a filter, and the naive convolution's centred sums.
 
-use super::ConvGeometry;
+use crate::kernels::ConvGeometry;
 
 /// One channel: its geometry, input codes and filter.
 pub struct Case {
