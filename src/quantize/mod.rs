@@ -233,6 +233,8 @@ const MIN_LAYER_SQNR_DB: f64 = 15.0;
 /// How much slower (median) an int8 layer must be, and consistently, to stay float: a layer
 /// near a tie could go either way from one calibration to the next on a busy machine.
 const SLOWER: f64 = 1.25;
+/// And by at least this much (ms): a few microseconds per call are noise, not a reason.
+const MIN_LOSS_MS: f64 = 0.01;
 
 /// The candidates whose int8 op is neither measured slower than their float layer nor too far
 /// from it, with their input quantizations, and the others as skipped layers saying why
@@ -284,7 +286,11 @@ fn keep_faster_layers(
                     "int8 output {:.1} dB from float on calibration data (below {MIN_LAYER_SQNR_DB} dB)",
                     t.sqnr_db
                 ))
-            } else if speed_fallback && t.consistently_slower && t.int8_ms > SLOWER * t.float_ms {
+            } else if speed_fallback
+                && t.consistently_slower
+                && t.int8_ms > SLOWER * t.float_ms
+                && t.int8_ms - t.float_ms >= MIN_LOSS_MS
+            {
                 Some(format!(
                     "int8 measured slower than float ({:.3} ms against {:.3} ms)",
                     t.int8_ms, t.float_ms
