@@ -31,6 +31,10 @@ pub struct Precision {
     /// Layers (node or tensor names) kept in float; repeatable.
     #[arg(long = "exclude")]
     pub exclude: Vec<String>,
+    /// Keep int8 layers that measure slower than float (calibration then reproducible bit for
+    /// bit: no timing decides).
+    #[arg(long)]
+    pub no_speed_fallback: bool,
 }
 
 /// Loads `path` as `precision` asks.
@@ -61,6 +65,7 @@ pub fn load(path: &Path, threads: Option<usize>, precision: &Precision) -> Resul
     let quantize = QuantizeOptions {
         method,
         exclude: precision.exclude.clone(),
+        speed_fallback: !precision.no_speed_fallback,
         ..QuantizeOptions::default()
     };
     let runtime = Runtime::from_model_quantized(model, &options, &quantize, &mut || {

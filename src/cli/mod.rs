@@ -82,6 +82,9 @@ enum Command {
         /// quarter of the float model that reloads bit for bit but cannot be updated.
         #[arg(long)]
         deployable: bool,
+        /// Keep int8 layers that measure slower than float (no timing decides).
+        #[arg(long)]
+        no_speed_fallback: bool,
     },
     /// Compare INT8 with float on data: SQNR, cosine, top-1 agreement, accuracy, per-layer report.
     Eval {
@@ -151,8 +154,18 @@ fn execute(command: Command) -> Result<()> {
         Command::SetPreprocessing { model, images, clear } => {
             set_preprocessing(&model, &images, clear)
         }
-        Command::Quantize { model, calib, output, method, exclude, deployable } => {
-            let precision = int8::Precision { int8: true, calib: Some(calib), method, exclude };
+        Command::Quantize {
+            model,
+            calib,
+            output,
+            method,
+            exclude,
+            deployable,
+            no_speed_fallback,
+        } => {
+            let calib = Some(calib);
+            let precision =
+                int8::Precision { int8: true, calib, method, exclude, no_speed_fallback };
             let runtime = int8::load(&model, None, &precision)?;
             int8::print_report(&runtime);
             let mode = if deployable { SaveMode::Deployable } else { SaveMode::Learnable };

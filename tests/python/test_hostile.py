@@ -122,7 +122,9 @@ def test_nan_and_inf_inputs() -> None:
             rt.infer(x)
     out = jp.Runtime.load(MODELS / "digits_cnn.onnx", allow_non_finite=True).infer(x)
     assert np.isnan(out[1]).all() and np.isfinite(out[3:]).all()
-    rt8 = jp.Runtime.load(MODELS / "digits_cnn.onnx", quantize="int8", calibration=calib, allow_non_finite=True)
+    # Every layer int8, the stem too (its int8 op may measure slower than float at this size).
+    rt8 = jp.Runtime.load(MODELS / "digits_cnn.onnx", quantize="int8", calibration=calib,
+                          allow_non_finite=True, speed_fallback=False)
     out8 = rt8.infer(x)
     assert np.isfinite(out8).all()
     clean = x.copy()

@@ -31,7 +31,9 @@ def digits() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def test_digits_cnn_int8_accuracy_within_half_a_point(digits: tuple[np.ndarray, ...]) -> None:
     calib, x, y = digits
     float_rt = jp.Runtime.load(MODELS / "digits_cnn.onnx")
-    int8_rt = jp.Runtime.load(MODELS / "digits_cnn.onnx", quantize="int8", calibration=calib)
+    # The speed check off: the 1-channel stem's int8 op can measure slower than float here.
+    int8_rt = jp.Runtime.load(MODELS / "digits_cnn.onnx", quantize="int8", calibration=calib,
+                              speed_fallback=False)
     assert int8_rt.quantized and not float_rt.quantized
     float_acc = (float_rt.infer(x).argmax(1) == y).mean()
     int8_acc = (int8_rt.infer(x).argmax(1) == y).mean()
