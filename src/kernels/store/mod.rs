@@ -4,6 +4,8 @@
 pub(super) mod codes;
 #[cfg(target_arch = "x86_64")]
 pub(super) mod codes_avx2;
+#[cfg(target_arch = "x86_64")]
+pub(super) mod codes_avx512;
 #[cfg(target_arch = "aarch64")]
 pub(super) mod codes_neon;
 pub(super) mod output;
