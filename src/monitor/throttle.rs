@@ -233,7 +233,8 @@ mod tests {
         let percent = (thread_cpu() - cpu0).as_secs_f64() / start.elapsed().as_secs_f64() * 100.0;
         // The throttle paces on the whole process's CPU (other tests included), so this thread
         // alone stays under the cap; unthrottled it would use close to 100 %.
-        assert!(t.status().throttled);
-        assert!(percent < 20.0 + 5.0, "{percent:.1} %");
+        assert!(t.status().throttled, "not throttled at {percent:.1} %");
+        // The slack covers the scheduler's granularity when the other tests load both cores.
+        assert!(percent < 20.0 + 10.0, "{percent:.1} %");
     }
 }
